@@ -1,0 +1,184 @@
+//! One entity's ring of slots.
+
+use crate::names::METRICS;
+
+const EMPTY: u32 = u32::MAX;
+const N: usize = METRICS.len();
+
+/// A context value (capacity, replicas, cost) with the event time and offset that set it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Context {
+    pub value: f64,
+    pub ts_ms: i64,
+    pub offset: u64,
+    pub set: bool,
+}
+
+impl Context {
+    /// Later event time wins, whatever the arrival order, so replays agree.
+    pub fn offer(&mut self, v: Option<f64>, ts_ms: i64, offset: u64) {
+        if let Some(v) = v {
+            if !self.set || ts_ms > self.ts_ms || (ts_ms == self.ts_ms && offset < self.offset) {
+                *self = Context { value: v, ts_ms, offset, set: true };
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct EntityState {
+    /// Metric-major rings: metric `m`, slot position `p` at `m * cap + p`. NaN = not observed.
+    pub values: Box<[f32]>,
+    /// Millisecond of the sample within its slot; `EMPTY` when the slot has no sample.
+    pub slot_ts: Box<[u32]>,
+    /// Smallest source offset that wrote the slot.
+    pub slot_offset: Box<[u64]>,
+    pub newest_slot: i64,
+    pub newest_ts: i64,
+    /// cpu_cores, mem_bytes, replicas, cost_per_hour
+    pub context: [Context; 4],
+    /// Cached minimum of retained offsets; recomputed when `floor_dirty`.
+    pub floor: u64,
+    pub floor_dirty: bool,
+}
+
+pub(crate) enum Write {
+    Written,
+    Duplicate,
+    TooLate { behind_slots: i64 },
+}
+
+impl EntityState {
+    pub fn new(cap: usize, slot: i64) -> EntityState {
+        EntityState {
+            values: vec![f32::NAN; N * cap].into_boxed_slice(),
+            slot_ts: vec![EMPTY; cap].into_boxed_slice(),
+            slot_offset: vec![u64::MAX; cap].into_boxed_slice(),
+            newest_slot: slot,
+            newest_ts: i64::MIN,
+            context: [Context::default(); 4],
+            floor: u64::MAX,
+            floor_dirty: false,
+        }
+    }
+
+    pub fn heap_bytes(cap: usize) -> usize {
+        N * cap * 4 + cap * 4 + cap * 8
+    }
+
+    #[inline]
+    pub fn cap(&self) -> usize {
+        self.slot_ts.len()
+    }
+
+    #[inline]
+    pub fn pos(&self, slot: i64) -> usize {
+        slot.rem_euclid(self.cap() as i64) as usize
+    }
+
+    /// Oldest slot the ring still holds.
+    #[inline]
+    pub fn lowest_slot(&self) -> i64 {
+        self.newest_slot - self.cap() as i64 + 1
+    }
+
+    fn clear_pos(&mut self, p: usize) {
+        let cap = self.cap();
+        if self.slot_ts[p] != EMPTY {
+            if self.slot_offset[p] == self.floor {
+                self.floor_dirty = true;
+            }
+            self.slot_ts[p] = EMPTY;
+            self.slot_offset[p] = u64::MAX;
+            for m in 0..N {
+                self.values[m * cap + p] = f32::NAN;
+            }
+        }
+    }
+
+    fn advance(&mut self, slot: i64) {
+        let cap = self.cap() as i64;
+        if slot - self.newest_slot >= cap {
+            for p in 0..cap as usize {
+                self.clear_pos(p);
+            }
+        } else {
+            for s in self.newest_slot + 1..=slot {
+                let p = self.pos(s);
+                self.clear_pos(p);
+            }
+        }
+        self.newest_slot = slot;
+    }
+
+    pub fn write(
+        &mut self,
+        slot: i64,
+        within: u32,
+        ts_ms: i64,
+        metrics: &[Option<f64>; N],
+        offset: u64,
+        lateness_slots: i64,
+    ) -> Write {
+        if slot > self.newest_slot {
+            self.advance(slot);
+        } else if slot < self.newest_slot - lateness_slots {
+            return Write::TooLate { behind_slots: self.newest_slot - slot };
+        }
+        let p = self.pos(slot);
+        let cap = self.cap();
+        let existing = self.slot_ts[p];
+        if existing == within {
+            return Write::Duplicate;
+        }
+        if existing == EMPTY || within > existing {
+            self.slot_ts[p] = within;
+            for (m, v) in metrics.iter().enumerate() {
+                self.values[m * cap + p] = v.map_or(f32::NAN, |v| v as f32);
+            }
+        }
+        if offset < self.slot_offset[p] {
+            self.slot_offset[p] = offset;
+        }
+        if offset < self.floor {
+            self.floor = offset;
+        }
+        self.newest_ts = self.newest_ts.max(ts_ms);
+        Write::Written
+    }
+
+    /// Smallest offset still retained by this entity (slots and live context).
+    pub fn floor(&mut self, interval_ms: i64) -> u64 {
+        if self.floor_dirty {
+            self.floor = self.slot_offset.iter().copied().min().unwrap_or(u64::MAX);
+            self.floor_dirty = false;
+        }
+        let lowest_ms = self.lowest_slot() * interval_ms;
+        let ctx = self
+            .context
+            .iter()
+            .filter(|c| c.set && c.ts_ms >= lowest_ms)
+            .map(|c| c.offset)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.floor.min(ctx)
+    }
+
+    /// The value of metric `m` at `slot`, or the most recent observed value before it that the
+    /// ring still holds.
+    #[inline]
+    pub fn ffill(&self, m: usize, slot: i64) -> Option<f32> {
+        let cap = self.cap();
+        let ring = &self.values[m * cap..(m + 1) * cap];
+        let lowest = self.lowest_slot();
+        let mut s = slot.min(self.newest_slot);
+        while s >= lowest {
+            let v = ring[self.pos(s)];
+            if !v.is_nan() {
+                return Some(v);
+            }
+            s -= 1;
+        }
+        None
+    }
+}
