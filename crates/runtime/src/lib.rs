@@ -1,1 +1,40 @@
+//! The streaming runtime shared by every headroom service.
+//!
+//! # Delivery semantics
+//!
+//! - **At least once, in partition order.** A service's [`Processor`] sees each input record of
+//!   its assigned partitions in offset order. Outputs are handed to an idempotent producer as
+//!   they are made; every `max_batch` records or `max_batch_wait`, the producer is flushed and
+//!   only then are the input positions considered durable. Offsets are committed (async every
+//!   `commit_interval`, sync on revoke and shutdown) only for durable positions. A crash
+//!   replays at most the records since the last commit; outputs carry deterministic ids so
+//!   consumers can de-duplicate.
+//! - **Delivery failures stop the service.** librdkafka retries inside `message.timeout.ms`;
+//!   a record that still fails makes [`run`] return an error without committing, so the
+//!   restarted service reprocesses from the last commit. Nothing is skipped.
+//! - **Bad input never blocks a partition.** The processor dead-letters it through the
+//!   [`Emitter`]; the DLQ record keeps the original key and payload and carries the reason and
+//!   the source coordinates in headers (`dlq.reason`, `dlq.detail`, `dlq.source.*`).
+//! - **State is rebuilt by replay.** With each commit the runtime stores, in the offset
+//!   metadata, the processor's [`Processor::replay_floor`]: the smallest input offset its state
+//!   still depends on. On assignment the partition is consumed from that floor with outputs
+//!   suppressed up to the committed offset, which rebuilds exactly the state an uninterrupted
+//!   run would hold. Revoke flushes the producer and commits synchronously before the
+//!   partition is released.
 
+pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod observe;
+pub mod processor;
+pub mod registry;
+pub mod service;
+pub mod shutdown;
+pub mod topology;
+pub mod trace;
+
+pub use config::{load_config, CommonConfig, ConfigError, KafkaConfig};
+pub use kafka::run;
+pub use metrics::Metrics;
+pub use processor::{Emitter, InputRecord, Processor};
+pub use shutdown::Shutdown;

@@ -1,1 +1,162 @@
+//! Integration-test helpers. Tests that need the broker call [`brokers`]: it uses
+//! `HEADROOM_TEST_BROKERS` when set, and otherwise starts the local broker with
+//! `scripts/stack.sh broker-up` (installing it if needed). It never skips: if the broker
+//! cannot be started, the test fails with the script's output.
 
+pub use rdkafka;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use headroom_runtime::topology::{self, Topology};
+use headroom_runtime::KafkaConfig;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// The address of a running broker, started through the project's scripts when needed.
+pub fn brokers() -> String {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("HEADROOM_TEST_BROKERS") {
+                if !b.is_empty() {
+                    return b;
+                }
+            }
+            let script = repo_root().join("scripts/stack.sh");
+            let out = Command::new("bash").arg(&script).arg("broker-up").output().expect("run scripts/stack.sh");
+            assert!(
+                out.status.success(),
+                "scripts/stack.sh broker-up failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let env = Command::new("bash").arg(&script).arg("env").output().expect("stack env");
+            String::from_utf8_lossy(&env.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("HEADROOM_BROKERS=").map(str::to_owned))
+                .expect("stack.sh env prints HEADROOM_BROKERS")
+        })
+        .clone()
+}
+
+/// A name unique to this test run, safe for topics and groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub fn kafka_config(brokers: &str, group: &str) -> KafkaConfig {
+    KafkaConfig { brokers: brokers.to_owned(), group_id: group.to_owned(), properties: Default::default() }
+}
+
+/// Creates every topic of the built-in topology under `prefix`.
+pub async fn create_topics(brokers: &str, prefix: &str) {
+    let report = topology::apply(&Topology::builtin(), &kafka_config(brokers, "unused"), prefix, Duration::from_secs(30))
+        .await
+        .expect("apply topology");
+    assert!(report.existing.is_empty(), "fresh prefix expected, found {:?}", report.existing);
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Produces `records` in order and waits for every acknowledgement.
+pub fn produce(brokers: &str, topic: &str, records: &[Rec]) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for r in records {
+        let mut rec = BaseRecord::to(topic).payload(r.payload.as_slice());
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_slice());
+        }
+        if !r.headers.is_empty() {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                h = h.insert(Header { key: k, value: Some(v.as_str()) });
+            }
+            rec = rec.headers(h);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Reads `topic` from the beginning of every partition until `expected` records arrived or
+/// `timeout` passed, then keeps reading for `settle` to catch extras.
+pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("tpl");
+        }
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now > deadline || settle_until.is_some_and(|s| now > s) {
+            break;
+        }
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+        if out.len() >= expected && settle_until.is_none() {
+            settle_until = Some(Instant::now() + settle);
+        }
+    }
+    out
+}
+
+pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    use rdkafka::message::Headers;
+    let h = m.headers()?;
+    h.iter().find(|x| x.key == key).and_then(|x| x.value).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}

@@ -1,0 +1,624 @@
+//! The consumer–processor–producer loop. See the crate documentation for the delivery
+//! semantics it implements.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::observe::{now_ms, Health};
+use crate::processor::{Emitter, InputRecord, Processor};
+use crate::{CommonConfig, Metrics, Shutdown};
+
+const REPLAY_KEY: &str = "replay_from=";
+
+/// Everything [`run`] needs besides the processor.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub service: String,
+    pub input_topics: Vec<String>,
+    pub dlq_topic: Option<String>,
+    pub config: CommonConfig,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub shutdown: Shutdown,
+}
+
+/// Builds a librdkafka client configuration with the pass-through properties.
+pub fn client_config(cfg: &crate::KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer side: counts acknowledgements per topic, failures, and record latency.
+pub struct ProducerCtx {
+    metrics: Metrics,
+    failures: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+    out_counters: Mutex<Vec<(String, prometheus::IntCounter)>>,
+}
+
+impl ProducerCtx {
+    pub(crate) fn record_failure(&self, detail: &str) {
+        self.failures.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut l) = self.last_failure.lock() {
+            *l = Some(detail.to_owned());
+        }
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    fn counter(&self, topic: &str) -> Option<prometheus::IntCounter> {
+        let mut v = self.out_counters.lock().ok()?;
+        if let Some((_, c)) = v.iter().find(|(t, _)| t == topic) {
+            return Some(c.clone());
+        }
+        let c = self.metrics.records_out.with_label_values(&[topic]);
+        v.push((topic.to_owned(), c.clone()));
+        Some(c)
+    }
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, input_ts_ms: usize) {
+        match result {
+            Ok(msg) => {
+                if let Some(c) = self.counter(msg.topic()) {
+                    c.inc();
+                }
+                if input_ts_ms > 0 {
+                    let lat = (now_ms() - input_ts_ms as i64).max(0) as f64 / 1000.0;
+                    self.metrics.record_latency.observe(lat);
+                }
+            }
+            Err((err, msg)) => {
+                tracing::error!(topic = msg.topic(), error = %err, "delivery failed");
+                self.record_failure(&err.to_string());
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Assign { topic: String, partition: i32, replay_until: Option<i64> },
+    Revoke { topic: String, partition: i32 },
+}
+
+#[derive(Debug, Default)]
+struct Durable {
+    /// (topic, partition) -> (next offset, replay floor)
+    positions: HashMap<(String, i32), (i64, Option<i64>)>,
+}
+
+/// Consumer side: replays on assignment, flushes and commits on revoke, exports lag.
+pub struct ConsumerCtx {
+    metrics: Metrics,
+    floors: FloorStore,
+    producer: Arc<ThreadedProducer<ProducerCtx>>,
+    durable: Arc<Mutex<Durable>>,
+    events: Arc<Mutex<Vec<Event>>>,
+    timeout: Duration,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                let mut events = Vec::new();
+                match consumer.committed_offsets(tpl.clone(), self.timeout) {
+                    Ok(committed) => {
+                        let shadow = self.floors.read(&committed, self.timeout);
+                        for elem in committed.elements() {
+                            let floor = parse_floor(elem.metadata())
+                                .or_else(|| shadow.get(&(elem.topic().to_owned(), elem.partition())).copied());
+                            let mut replay_until = None;
+                            if let (Offset::Offset(at), Some(floor)) = (elem.offset(), floor) {
+                                if floor < at {
+                                    let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), Offset::Offset(floor));
+                                    replay_until = Some(at);
+                                }
+                            }
+                            tracing::info!(topic = elem.topic(), partition = elem.partition(), committed = ?elem.offset(), replay_from = ?floor, "partition assigned");
+                            events.push(Event::Assign { topic: elem.topic().into(), partition: elem.partition(), replay_until });
+                        }
+                    }
+                    Err(e) => {
+                        // Without the committed offsets we cannot know where state starts; let
+                        // the consumer start from the committed offsets with empty state and
+                        // say so loudly (outputs stay correct for stateless processors).
+                        tracing::error!(error = %e, "cannot read committed offsets; state will not be replayed");
+                        for elem in tpl.elements() {
+                            events.push(Event::Assign { topic: elem.topic().into(), partition: elem.partition(), replay_until: None });
+                        }
+                    }
+                }
+                if let Ok(mut q) = self.events.lock() {
+                    q.extend(events);
+                }
+                let res = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                // Finish the in-flight batch: everything processed so far becomes durable, and
+                // its offsets are committed before the partitions go to another member.
+                let flushed = self.producer.flush(self.timeout).is_ok() && self.producer.context().failures() == 0;
+                let revoked: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                if flushed && !consumer.assignment_lost() {
+                    if let Ok(durable) = self.durable.lock() {
+                        if let Some(list) = commit_list(&durable, Some(&revoked)) {
+                            match consumer.commit(&list, CommitMode::Sync) {
+                                Ok(()) => self.floors.write(&durable, Some(&revoked)),
+                                Err(e) => {
+                                    self.metrics.commit_failures.inc();
+                                    tracing::warn!(error = %e, "commit on revoke failed");
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    tracing::warn!("partitions revoked before their outputs were flushed; they will be reprocessed");
+                }
+                if let Ok(mut q) = self.events.lock() {
+                    for (topic, partition) in revoked {
+                        q.push(Event::Revoke { topic, partition });
+                    }
+                }
+                let res = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Replay floors, stored twice: in the offset commit's metadata (atomic with the offset, kept by
+/// Apache Kafka and Redpanda) and as the committed offsets of a shadow group
+/// `<group>.replay-floor`, for brokers that drop commit metadata (tansu 0.6 does). The shadow
+/// is written after the main commit, so a crash between the two leaves an older, lower floor,
+/// from which a replay is still exact (only longer).
+pub struct FloorStore {
+    shadow: BaseConsumer,
+}
+
+impl FloorStore {
+    fn new(kafka: &crate::KafkaConfig) -> anyhow::Result<FloorStore> {
+        let mut c = client_config(kafka);
+        c.set("group.id", format!("{}.replay-floor", kafka.group_id)).set("enable.auto.commit", "false");
+        Ok(FloorStore { shadow: c.create().context("creating the replay-floor client")? })
+    }
+
+    fn write(&self, durable: &Durable, only: Option<&[(String, i32)]>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), (_, floor)) in &durable.positions {
+            if only.is_some_and(|o| !o.iter().any(|(t, p)| t == topic && p == partition)) {
+                continue;
+            }
+            if let Some(f) = floor {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*f));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.shadow.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(error = %e, "storing replay floors failed; the previous (lower) floors stay in force");
+            }
+        }
+    }
+
+    fn read(&self, tpl: &TopicPartitionList, timeout: Duration) -> HashMap<(String, i32), i64> {
+        let mut q = TopicPartitionList::new();
+        for e in tpl.elements() {
+            q.add_partition(e.topic(), e.partition());
+        }
+        match self.shadow.committed_offsets(q, timeout) {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read replay floors");
+                HashMap::new()
+            }
+        }
+    }
+}
+
+fn parse_floor(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(REPLAY_KEY).and_then(|s| s.parse().ok())
+}
+
+fn commit_list(durable: &Durable, only: Option<&[(String, i32)]>) -> Option<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), (next, floor)) in &durable.positions {
+        if let Some(only) = only {
+            if !only.iter().any(|(t, p)| t == topic && p == partition) {
+                continue;
+            }
+        }
+        if tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).is_ok() {
+            if let (Some(f), Some(mut e)) = (floor, tpl.find_partition(topic, *partition)) {
+                e.set_metadata(format!("{REPLAY_KEY}{f}"));
+            }
+        }
+    }
+    (tpl.count() > 0).then_some(tpl)
+}
+
+/// Runs the loop until shutdown. Blocking: run it on its own thread.
+pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<()> {
+    let cfg = &opts.config;
+    let rt = &cfg.runtime;
+    let mut pcfg = client_config(&cfg.kafka);
+    pcfg.set("enable.idempotence", "true");
+    if !cfg.kafka.properties.contains_key("linger.ms") {
+        pcfg.set("linger.ms", "2");
+    }
+    let producer_ctx = ProducerCtx {
+        metrics: opts.metrics.clone(),
+        failures: AtomicU64::new(0),
+        last_failure: Mutex::new(None),
+        out_counters: Mutex::new(Vec::new()),
+    };
+    let producer: Arc<ThreadedProducer<ProducerCtx>> =
+        Arc::new(pcfg.create_with_context(producer_ctx).context("creating the kafka producer")?);
+
+    let durable = Arc::new(Mutex::new(Durable::default()));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let cctx = ConsumerCtx {
+        metrics: opts.metrics.clone(),
+        floors: FloorStore::new(&cfg.kafka)?,
+        producer: producer.clone(),
+        durable: durable.clone(),
+        events: events.clone(),
+        timeout: rt.drain_deadline,
+    };
+    let mut ccfg = client_config(&cfg.kafka);
+    ccfg.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    if !cfg.kafka.properties.contains_key("auto.offset.reset") {
+        ccfg.set("auto.offset.reset", "earliest");
+    }
+    if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
+        ccfg.set("statistics.interval.ms", "5000");
+    }
+    let consumer: BaseConsumer<ConsumerCtx> =
+        ccfg.create_with_context(cctx).context("creating the kafka consumer")?;
+    let topics: Vec<&str> = opts.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).with_context(|| format!("subscribing to {topics:?}"))?;
+    tracing::info!(service = %opts.service, topics = ?topics, group = %cfg.kafka.group_id, "consuming");
+
+    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    let mut replay_until: HashMap<(String, i32), i64> = HashMap::new();
+    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
+    let mut floors: HashMap<(String, i32), i64> = HashMap::new();
+    let mut since_flush = 0usize;
+    let mut batch_started = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut in_counters: Vec<(String, prometheus::IntCounter)> = Vec::new();
+    opts.health.beat();
+
+    let result: anyhow::Result<()> = loop {
+        opts.health.beat();
+        if opts.shutdown.is_triggered() {
+            break Ok(());
+        }
+        drain_events(&events, &mut processor, &mut assigned, &mut replay_until, &mut pending, &mut floors, &durable, &opts.metrics);
+        opts.health.set_ready(true);
+        let timeout = if since_flush > 0 {
+            rt.max_batch_wait.saturating_sub(batch_started.elapsed())
+        } else {
+            Duration::from_millis(100)
+        };
+        match consumer.poll(timeout) {
+            None => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+            }
+            Some(Ok(msg)) => {
+                // Rebalance callbacks ran inside poll: apply them before touching the record.
+                drain_events(&events, &mut processor, &mut assigned, &mut replay_until, &mut pending, &mut floors, &durable, &opts.metrics);
+                let tp = (msg.topic().to_owned(), msg.partition());
+                if assigned.contains(&tp) {
+                    let suppressed = match replay_until.get(&tp) {
+                        Some(&until) if msg.offset() < until => true,
+                        Some(_) => {
+                            replay_until.remove(&tp);
+                            false
+                        }
+                        None => false,
+                    };
+                    let traceparent = msg.headers().and_then(|h| {
+                        h.iter().find(|h| h.key == crate::trace::TRACEPARENT).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+                    });
+                    let record = InputRecord {
+                        topic: msg.topic(),
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                        key: msg.key(),
+                        payload: msg.payload(),
+                        timestamp_ms: msg.timestamp().to_millis(),
+                        traceparent,
+                    };
+                    let mut emitter = Emitter {
+                        producer: &producer,
+                        metrics: &opts.metrics,
+                        service: &opts.service,
+                        dlq_topic: opts.dlq_topic.as_deref(),
+                        record: &record,
+                        suppressed,
+                        max_output_bytes: rt.max_output_bytes,
+                        emitted: 0,
+                    };
+                    processor.process(&record, &mut emitter);
+                    if suppressed {
+                        opts.metrics.replayed.inc();
+                    } else {
+                        counter(&mut in_counters, &opts.metrics, msg.topic()).inc();
+                        pending.insert(tp, msg.offset() + 1);
+                        if since_flush == 0 {
+                            batch_started = Instant::now();
+                        }
+                        since_flush += 1;
+                    }
+                }
+            }
+        }
+        let batch_due = since_flush >= rt.max_batch || (since_flush > 0 && batch_started.elapsed() >= rt.max_batch_wait);
+        if batch_due {
+            if let Err(e) = flush(&producer, &mut processor, &mut pending, &mut floors, &durable, rt.drain_deadline, &opts) {
+                break Err(e);
+            }
+            opts.metrics.batch_size.observe(since_flush as f64);
+            opts.metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
+            since_flush = 0;
+        }
+        if last_commit.elapsed() >= rt.commit_interval {
+            if since_flush > 0 {
+                if let Err(e) = flush(&producer, &mut processor, &mut pending, &mut floors, &durable, rt.drain_deadline, &opts) {
+                    break Err(e);
+                }
+                since_flush = 0;
+            }
+            // Fresh floors for every partition we are about to commit.
+            refresh_floors(&mut processor, &durable, &mut floors);
+            commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
+            processor.on_commit(&opts.metrics);
+            last_commit = Instant::now();
+        }
+    };
+
+    opts.health.set_ready(false);
+    match &result {
+        Ok(()) => {
+            // Drain: flush what was processed, commit it, leave the group.
+            let deadline = Instant::now() + rt.drain_deadline;
+            match flush(&producer, &mut processor, &mut pending, &mut floors, &durable, rt.drain_deadline, &opts) {
+                Ok(()) => {
+                    refresh_floors(&mut processor, &durable, &mut floors);
+                    commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
+                }
+                Err(e) => tracing::error!(error = %e, "drain flush failed; uncommitted records will be reprocessed"),
+            }
+            consumer.unsubscribe();
+            // Serve the final revoke callback so the group rebalances promptly.
+            while Instant::now() < deadline {
+                if consumer.poll(Duration::from_millis(50)).is_none() && consumer.assignment().map(|a| a.count() == 0).unwrap_or(true) {
+                    break;
+                }
+            }
+            tracing::info!(service = %opts.service, "stopped cleanly");
+        }
+        Err(e) => tracing::error!(error = %e, "processing loop stopped"),
+    }
+    result
+}
+
+fn counter<'a>(cache: &'a mut Vec<(String, prometheus::IntCounter)>, m: &Metrics, topic: &str) -> &'a prometheus::IntCounter {
+    if let Some(i) = cache.iter().position(|(t, _)| t == topic) {
+        return &cache[i].1;
+    }
+    cache.push((topic.to_owned(), m.records_in.with_label_values(&[topic])));
+    &cache[cache.len() - 1].1
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drain_events<P: Processor>(
+    events: &Mutex<Vec<Event>>,
+    processor: &mut P,
+    assigned: &mut HashSet<(String, i32)>,
+    replay_until: &mut HashMap<(String, i32), i64>,
+    pending: &mut HashMap<(String, i32), i64>,
+    floors: &mut HashMap<(String, i32), i64>,
+    durable: &Mutex<Durable>,
+    metrics: &Metrics,
+) {
+    let drained: Vec<Event> = match events.lock() {
+        Ok(mut q) if !q.is_empty() => q.drain(..).collect(),
+        _ => return,
+    };
+    for ev in drained {
+        match ev {
+            Event::Assign { topic, partition, replay_until: until } => {
+                processor.on_revoke(&topic, partition);
+                processor.on_assign(&topic, partition);
+                let tp = (topic, partition);
+                if let Some(u) = until {
+                    replay_until.insert(tp.clone(), u);
+                }
+                assigned.insert(tp);
+            }
+            Event::Revoke { topic, partition } => {
+                processor.on_revoke(&topic, partition);
+                let tp = (topic, partition);
+                assigned.remove(&tp);
+                replay_until.remove(&tp);
+                pending.remove(&tp);
+                floors.remove(&tp);
+                if let Ok(mut d) = durable.lock() {
+                    d.positions.remove(&tp);
+                }
+            }
+        }
+    }
+    metrics.assigned_partitions.set(assigned.len() as i64);
+}
+
+fn refresh_floors<P: Processor>(processor: &mut P, durable: &Mutex<Durable>, floors: &mut HashMap<(String, i32), i64>) {
+    if let Ok(mut d) = durable.lock() {
+        for ((topic, partition), (_, floor)) in d.positions.iter_mut() {
+            *floor = processor.replay_floor(topic, *partition);
+            match floor {
+                Some(f) => {
+                    floors.insert((topic.clone(), *partition), *f);
+                }
+                None => {
+                    floors.remove(&(topic.clone(), *partition));
+                }
+            }
+        }
+    }
+}
+
+/// Waits for every produced record to be acknowledged, then marks the processed positions
+/// durable. A delivery failure is fatal (nothing is committed past it).
+fn flush<P: Processor>(
+    producer: &ThreadedProducer<ProducerCtx>,
+    processor: &mut P,
+    pending: &mut HashMap<(String, i32), i64>,
+    floors: &mut HashMap<(String, i32), i64>,
+    durable: &Mutex<Durable>,
+    deadline: Duration,
+    opts: &RunOptions,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        match producer.flush(deadline) {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, waited_s = started.elapsed().as_secs(), "producer flush is slow; still waiting for acknowledgements");
+                if opts.shutdown.is_triggered() && started.elapsed() > deadline {
+                    anyhow::bail!("outputs not acknowledged within the drain deadline: {e}");
+                }
+            }
+        }
+        opts.health.beat();
+    }
+    let failures = producer.context().failures();
+    if failures > 0 {
+        let last = producer.context().last_failure.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+        anyhow::bail!("{failures} output records were not delivered (last error: {last}); stopping without committing");
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut d = durable.lock().map_err(|_| anyhow::anyhow!("durable positions lock poisoned"))?;
+    for (tp, next) in pending.drain() {
+        // A partition seen for the first time gets its floor now, so no commit ever lacks one.
+        let floor = match floors.get(&tp) {
+            Some(f) => Some(*f),
+            None => {
+                let f = processor.replay_floor(&tp.0, tp.1);
+                if let Some(f) = f {
+                    floors.insert(tp.clone(), f);
+                }
+                f
+            }
+        };
+        d.positions.insert(tp, (next, floor));
+    }
+    Ok(())
+}
+
+fn commit(consumer: &BaseConsumer<ConsumerCtx>, durable: &Mutex<Durable>, mode: CommitMode, metrics: &Metrics) {
+    let list = match durable.lock() {
+        Ok(d) => commit_list(&d, None),
+        Err(_) => None,
+    };
+    let Some(list) = list else { return };
+    let started = Instant::now();
+    let res: KafkaResult<()> = consumer.commit(&list, mode);
+    metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    match res {
+        Ok(()) => {
+            if let Ok(d) = durable.lock() {
+                consumer.context().floors.write(&d, None);
+            }
+        }
+        Err(e) => {
+            metrics.commit_failures.inc();
+            tracing::warn!(error = %e, "offset commit failed; will retry at the next interval");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_metadata_round_trips() {
+        let mut d = Durable::default();
+        d.positions.insert(("t".into(), 0), (42, Some(7)));
+        d.positions.insert(("t".into(), 1), (9, None));
+        let tpl = commit_list(&d, None).expect("list");
+        let p0 = tpl.find_partition("t", 0).expect("p0");
+        assert_eq!(p0.offset(), Offset::Offset(42));
+        assert_eq!(parse_floor(p0.metadata()), Some(7));
+        assert_eq!(parse_floor(tpl.find_partition("t", 1).expect("p1").metadata()), None);
+        let only = commit_list(&d, Some(&[("t".into(), 1)])).expect("only");
+        assert_eq!(only.count(), 1);
+    }
+}

@@ -1,0 +1,151 @@
+//! The stage trait a service implements, and the handle it writes outputs through.
+
+use headroom_schemas::{DeadLetter, DlqReason};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::error::KafkaError;
+
+use crate::kafka::ProducerCtx;
+use crate::observe::now_ms;
+use crate::{trace, Metrics};
+
+/// One consumed record, borrowed from the consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    /// The record's Kafka timestamp (producer create time) in ms, when set.
+    pub timestamp_ms: Option<i64>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// A processing stage. Called from one thread, in offset order per partition.
+pub trait Processor: Send + 'static {
+    /// Handles one record: emit outputs, dead-letter it, or count it as a duplicate.
+    fn process(&mut self, record: &InputRecord<'_>, out: &mut Emitter<'_>);
+
+    /// A partition was assigned; a replay of its recent records may follow.
+    fn on_assign(&mut self, _topic: &str, _partition: i32) {}
+
+    /// A partition was revoked: drop its state.
+    fn on_revoke(&mut self, _topic: &str, _partition: i32) {}
+
+    /// The smallest input offset this partition's state depends on, or `None` when the
+    /// processor keeps no state for it. Stored with each commit and used to replay.
+    fn replay_floor(&mut self, _topic: &str, _partition: i32) -> Option<i64> {
+        None
+    }
+
+    /// Called at each commit, for housekeeping such as expiring idle state and updating gauges.
+    fn on_commit(&mut self, _metrics: &Metrics) {}
+}
+
+/// Where a processor's outputs go. In replay mode everything is suppressed.
+pub struct Emitter<'a> {
+    pub(crate) producer: &'a ThreadedProducer<ProducerCtx>,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) service: &'a str,
+    pub(crate) dlq_topic: Option<&'a str>,
+    pub(crate) record: &'a InputRecord<'a>,
+    pub(crate) suppressed: bool,
+    pub(crate) max_output_bytes: usize,
+    pub(crate) emitted: usize,
+}
+
+impl Emitter<'_> {
+    /// True while the record is being replayed to rebuild state: outputs are dropped.
+    pub fn is_replay(&self) -> bool {
+        self.suppressed
+    }
+
+    /// Sends one output record keyed by `key`, continuing the input's trace.
+    pub fn emit(&mut self, topic: &str, key: &[u8], payload: &[u8]) {
+        if self.suppressed {
+            return;
+        }
+        if payload.len() > self.max_output_bytes {
+            let detail = format!("output of {} bytes exceeds runtime.max_output_bytes", payload.len());
+            self.dead_letter(DlqReason::OutputTooLarge, &detail);
+            return;
+        }
+        let headers = self
+            .record
+            .traceparent
+            .and_then(trace::child_traceparent)
+            .map(|tp| OwnedHeaders::new().insert(Header { key: trace::TRACEPARENT, value: Some(tp.as_str()) }));
+        let opaque = self.record.timestamp_ms.unwrap_or(0).max(0) as usize;
+        let mut rec = BaseRecord::with_opaque_to(topic, opaque).key(key).payload(payload);
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        send(self.producer, rec);
+        self.emitted += 1;
+    }
+
+    /// Sends the input record to the DLQ with `reason`, and counts it.
+    pub fn dead_letter(&mut self, reason: DlqReason, detail: &str) {
+        if self.suppressed {
+            return;
+        }
+        self.metrics.dlq_records.with_label_values(&[reason.as_str()]).inc();
+        tracing::trace!(reason = reason.as_str(), detail, partition = self.record.partition, offset = self.record.offset, "dead-lettered");
+        let Some(dlq) = self.dlq_topic else { return };
+        let r = self.record;
+        let envelope = DeadLetter {
+            reason,
+            detail,
+            service: self.service,
+            source_topic: r.topic,
+            source_partition: r.partition,
+            source_offset: r.offset,
+            failed_at_ms: now_ms(),
+            key: r.key,
+            payload: r.payload,
+        };
+        let mut buf = Vec::with_capacity(64 + r.payload.map_or(0, <[u8]>::len));
+        envelope.encode_framed(&mut buf);
+        let partition = r.partition.to_string();
+        let offset = r.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "dlq.reason", value: Some(reason.as_str()) })
+            .insert(Header { key: "dlq.detail", value: Some(detail) })
+            .insert(Header { key: "dlq.service", value: Some(self.service) })
+            .insert(Header { key: "dlq.source.topic", value: Some(r.topic) })
+            .insert(Header { key: "dlq.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "dlq.source.offset", value: Some(offset.as_str()) });
+        let mut rec = BaseRecord::with_opaque_to(dlq, 0).payload(buf.as_slice()).headers(headers);
+        if let Some(k) = r.key {
+            rec = rec.key(k);
+        }
+        send(self.producer, rec);
+    }
+
+    /// Counts an exact duplicate that was dropped.
+    pub fn duplicate(&mut self) {
+        if !self.suppressed {
+            self.metrics.duplicates.inc();
+        }
+    }
+}
+
+fn send<'a>(producer: &ThreadedProducer<ProducerCtx>, mut rec: BaseRecord<'a, [u8], [u8], usize>) {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(std::time::Duration::from_millis(5));
+            }
+            Err((err, _)) => {
+                // Not retriable here (for example an unknown topic): count it as a delivery
+                // failure so the batch is not committed.
+                producer.context().record_failure(&err.to_string());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Starting a service: metrics, HTTP endpoints, and the processing loop on its own thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::kafka::RunOptions;
+use crate::observe::{serve_http, Health};
+use crate::{CommonConfig, Metrics, Processor, Shutdown};
+
+/// A running service.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    pub http_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServiceHandle {
+    /// Waits until the loop ends (after [`Shutdown::trigger`], or on a fatal error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.join.await.map_err(|e| anyhow::anyhow!("processing thread panicked: {e}"))?
+    }
+
+    /// Triggers shutdown and waits for the drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.wait().await
+    }
+}
+
+/// Starts `service`: serves `/metrics` and `/health/*` and runs the processor over `inputs`.
+pub async fn start<P: Processor>(
+    service: &str,
+    config: CommonConfig,
+    inputs: Vec<String>,
+    dlq_topic: Option<String>,
+    shutdown: Shutdown,
+    make: impl FnOnce(&Metrics) -> anyhow::Result<P>,
+) -> anyhow::Result<ServiceHandle> {
+    config.validate()?;
+    let metrics = Metrics::new(service);
+    let health = Arc::new(Health::default());
+    let http_addr = serve_http(&config.http.listen, metrics.clone(), health.clone()).await?;
+    let processor = make(&metrics)?;
+    let opts = RunOptions {
+        service: service.to_owned(),
+        input_topics: inputs,
+        dlq_topic,
+        config,
+        metrics: metrics.clone(),
+        health,
+        shutdown: shutdown.clone(),
+    };
+    let join = tokio::task::spawn_blocking(move || crate::kafka::run(opts, processor));
+    tracing::info!(service, metrics = %format!("http://{http_addr}/metrics"), "service started");
+    Ok(ServiceHandle { http_addr, metrics, shutdown, join })
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian machine, and nothing twice:
+# system packages for the build, PostgreSQL, and the tansu broker (built once from the Rust
+# package registry, cached under $HEADROOM_CACHE). Quick when everything is there.
+source "$(dirname "$0")/lib.sh"
+
+BUILD_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev)
+PG_PACKAGES=(postgresql-$PG_VERSION postgresql-client-$PG_VERSION)
+
+missing=()
+for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing system packages: ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$TANSU_BIN" ]; then
+    log "building the tansu broker $TANSU_VERSION (once; about 12-17 minutes on 2 cores)"
+    mkdir -p "$TANSU_ROOT"
+    # Its own target dir, so the build never competes with the workspace's lock file.
+    CARGO_TARGET_DIR="$HEADROOM_CACHE/tansu-build" \
+        cargo install --quiet --root "$TANSU_ROOT" tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+    rm -rf "$HEADROOM_CACHE/tansu-build"
+fi
+log "setup complete (tansu at $TANSU_BIN)"

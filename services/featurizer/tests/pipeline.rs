@@ -1,0 +1,315 @@
+//! Integration tests against the real broker (started through scripts/stack.sh when needed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use headroom_featurizer::Config;
+use headroom_runtime::observe::now_ms;
+use headroom_runtime::Shutdown;
+use headroom_schemas::{FeaturesRecord, Telemetry};
+use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
+use headroom_testkit::rdkafka::{self, Message};
+
+const IV: i64 = 300_000;
+
+fn config(brokers: &str, prefix: &str, group: &str) -> Config {
+    let mut c: Config = headroom_runtime::load_config(
+        headroom_featurizer_defaults(),
+        None,
+        "HEADROOM_FEATURIZER_ITEST_UNUSED__",
+    )
+    .expect("defaults");
+    c.kafka.brokers = brokers.to_owned();
+    c.kafka.group_id = group.to_owned();
+    c.http.listen = "127.0.0.1:0".into();
+    c.runtime.commit_interval = Duration::from_millis(200);
+    c.topics.input = format!("{prefix}telemetry.raw");
+    c.topics.output = format!("{prefix}features");
+    c.topics.dlq = format!("{prefix}telemetry.dlq");
+    c
+}
+
+fn headroom_featurizer_defaults() -> &'static str {
+    include_str!("../default.toml")
+}
+
+fn telemetry(entity: &str, ts_ms: i64, cpu: f64) -> Telemetry {
+    Telemetry {
+        entity_id: entity.into(),
+        ts_ms,
+        service: Some("svc".into()),
+        cluster: Some("c1".into()),
+        cpu_util: Some(cpu),
+        mem_util: Some(0.5 * cpu + 0.1),
+        net_in_bps: Some(1e6 * cpu),
+        net_out_bps: Some(2e5),
+        disk_read_bps: Some(1e4),
+        disk_write_bps: Some(2e4),
+        cpu_cores: Some(4.0),
+        mem_bytes: Some(16e9),
+        replicas: Some(2),
+        cost_per_hour: Some(0.8),
+        scale_event: Some(false),
+        labels: vec![("team".into(), "a".into())],
+    }
+}
+
+fn avro(t: &Telemetry) -> Rec {
+    let mut payload = Vec::new();
+    t.encode_framed(&mut payload);
+    Rec { key: Some(t.entity_id.clone().into_bytes()), payload, headers: vec![] }
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("fz-bad"));
+    create_topics(&brokers, &prefix).await;
+    let base = (now_ms() - 3 * 86_400_000) / IV * IV;
+
+    let mut records = Vec::new();
+    let mut valid = 0usize;
+    // 20 valid records for two entities, some as JSON.
+    for i in 0..10 {
+        for e in ["vm-a", "vm-b"] {
+            let t = telemetry(e, base + i * IV, 0.1 + 0.05 * i as f64);
+            if i % 3 == 0 {
+                records.push(Rec { key: Some(e.as_bytes().to_vec()), payload: t.to_json().into_bytes(), headers: vec![] });
+            } else {
+                records.push(avro(&t));
+            }
+            valid += 1;
+        }
+    }
+    // An exact duplicate: dropped and counted, not dead-lettered.
+    records.push(avro(&telemetry("vm-a", base + 3 * IV, 0.25)));
+    let mut expected_reasons: Vec<&str> = Vec::new();
+    let mut bad = |records: &mut Vec<Rec>, key: &str, payload: Vec<u8>, reason: &'static str| {
+        records.push(Rec { key: Some(key.as_bytes().to_vec()), payload, headers: vec![] });
+        expected_reasons.push(reason);
+    };
+    bad(&mut records, "vm-x", vec![0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00], "bad_magic");
+    let mut wrong_id = Vec::new();
+    telemetry("vm-a", base + 11 * IV, 0.2).encode_framed(&mut wrong_id);
+    wrong_id[1..5].copy_from_slice(&999_999u32.to_be_bytes());
+    bad(&mut records, "vm-a", wrong_id, "unknown_schema");
+    let mut truncated = Vec::new();
+    telemetry("vm-a", base + 11 * IV, 0.2).encode_framed(&mut truncated);
+    truncated.truncate(truncated.len() / 2);
+    bad(&mut records, "vm-a", truncated, "avro_decode");
+    bad(&mut records, "vm-a", vec![0, 0, 0], "truncated");
+    bad(&mut records, "vm-a", br#"{"entity_id":"vm-a","ts_ms":"soon"}"#.to_vec(), "wrong_type");
+    bad(&mut records, "vm-a", br#"{"entity_id": "vm-a", "ts_ms": 12"#.to_vec(), "json_invalid");
+    let mut nan = telemetry("vm-a", base + 12 * IV, 0.2);
+    nan.cpu_util = Some(f64::NAN);
+    bad(&mut records, "vm-a", avro(&nan).payload, "not_finite");
+    let mut neg = telemetry("vm-a", base + 12 * IV, 0.2);
+    neg.mem_util = Some(-0.5);
+    bad(&mut records, "vm-a", avro(&neg).payload, "out_of_range");
+    let mut over = telemetry("vm-a", base + 12 * IV, 0.2);
+    over.cpu_util = Some(250.0);
+    bad(&mut records, "vm-a", avro(&over).payload, "out_of_range");
+    let future = telemetry("vm-a", now_ms() + 365 * 86_400_000, 0.2);
+    bad(&mut records, "vm-a", avro(&future).payload, "timestamp_future");
+    let past = telemetry("vm-a", 915_148_800_000, 0.2); // 1999-01-01
+    bad(&mut records, "vm-a", avro(&past).payload, "timestamp_past");
+    let mut empty = telemetry("", base + 12 * IV, 0.2);
+    empty.entity_id = String::new();
+    bad(&mut records, "", avro(&empty).payload, "empty_entity");
+    let mut labels = telemetry("vm-a", base + 12 * IV, 0.2);
+    labels.labels = (0..100).map(|i| (format!("k{i}"), "v".repeat(100))).collect();
+    bad(&mut records, "vm-a", avro(&labels).payload, "oversized_labels");
+    // Too late: vm-b's newest event is at slot 9; slot 1 is 40 min behind (lateness 30 min).
+    bad(&mut records, "vm-b", avro(&telemetry("vm-b", base + IV + 1000, 0.3)).payload, "too_late");
+    bad(&mut records, "vm-zzz", avro(&telemetry("vm-b", base + 12 * IV, 0.3)).payload, "key_mismatch");
+    // Valid records after the bad ones still flow: the partition is not blocked.
+    for i in 10..13 {
+        records.push(avro(&telemetry("vm-a", base + i * IV, 0.3)));
+        valid += 1;
+    }
+    produce(&brokers, &format!("{prefix}telemetry.raw"), &records);
+
+    let cfg = config(&brokers, &prefix, &unique("g"));
+    let svc = headroom_featurizer::start(cfg, Shutdown::new()).await.expect("start");
+    let addr = svc.http_addr;
+    let b2 = brokers.clone();
+    let p2 = prefix.clone();
+    let (features, dlq) = tokio::task::spawn_blocking(move || {
+        let f = consume(&b2, &format!("{p2}features"), valid, Duration::from_secs(60), Duration::from_secs(2));
+        let d = consume(&b2, &format!("{p2}telemetry.dlq"), 16, Duration::from_secs(30), Duration::from_secs(1));
+        (f, d)
+    })
+    .await
+    .expect("consume");
+    let metrics = tokio::task::spawn_blocking(move || scrape(addr)).await.expect("scrape");
+    svc.stop().await.expect("clean stop");
+
+    assert_eq!(features.len(), valid, "every valid record gives exactly one feature vector");
+    let mut ids = std::collections::HashSet::new();
+    for m in &features {
+        let f = FeaturesRecord::decode(m.payload().expect("payload")).expect("decodes");
+        assert!(ids.insert(f.event_id.clone()), "no duplicate outputs");
+        assert_eq!(m.key(), Some(f.entity_id.as_bytes()), "keyed by entity");
+        assert!(f.values.iter().all(|v| v.is_finite()), "finite features");
+    }
+    let mut got: Vec<&str> = dlq.iter().map(|m| header(m, "dlq.reason").expect("reason header")).collect();
+    got.sort_unstable();
+    let mut want = expected_reasons.clone();
+    want.sort_unstable();
+    assert_eq!(got, want, "one DLQ record per bad input, with its reason");
+    for m in &dlq {
+        assert!(header(m, "dlq.detail").is_some_and(|d| !d.is_empty()));
+        assert!(header(m, "dlq.source.offset").is_some());
+    }
+    assert!(want.iter().collect::<std::collections::HashSet<_>>().len() >= 10, "at least ten kinds of bad input");
+    assert_eq!(metric(&metrics, "headroom_duplicate_records_total", ""), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "headroom_dlq_records_total", "reason=\"out_of_range\""), 2.0);
+    assert_eq!(metric(&metrics, "headroom_dlq_records_total", ""), want.len() as f64);
+}
+
+/// A run with a restart and a rebalance in the middle produces, for every event, the same
+/// features as an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_rebalance_give_the_same_features() {
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("fz-restore"));
+    create_topics(&brokers, &prefix).await;
+    let input = format!("{prefix}telemetry.raw");
+    let output = format!("{prefix}features");
+    let base = (now_ms() - 5 * 86_400_000) / IV * IV;
+    let entities: Vec<String> = (0..24).map(|i| format!("vm-{i:02}")).collect();
+    let make = |from: i64, to: i64| -> Vec<Rec> {
+        let mut v = Vec::new();
+        for step in from..to {
+            for (i, e) in entities.iter().enumerate() {
+                let wave = ((step as f64 / 12.0) + i as f64).sin() * 0.3 + 0.5;
+                let mut t = telemetry(e, base + step * IV + (i as i64 * 997) % 60_000, wave);
+                if (step + i as i64) % 17 == 0 {
+                    t.cpu_util = None;
+                }
+                v.push(avro(&t));
+            }
+        }
+        v
+    };
+    let phases = [make(0, 100), make(100, 160), make(160, 220)];
+    let total: usize = phases.iter().map(Vec::len).sum();
+
+    // Run 1 (the reference): everything, uninterrupted.
+    produce(&brokers, &input, &phases[0]);
+    produce(&brokers, &input, &phases[1]);
+    produce(&brokers, &input, &phases[2]);
+    let reference = {
+        let svc = headroom_featurizer::start(config(&brokers, &prefix, &unique("ref")), Shutdown::new()).await.expect("start");
+        let (b, o) = (brokers.clone(), output.clone());
+        let msgs = tokio::task::spawn_blocking(move || consume(&b, &o, total, Duration::from_secs(120), Duration::from_secs(1)))
+            .await
+            .expect("consume");
+        svc.stop().await.expect("stop");
+        by_event(&msgs)
+    };
+    assert_eq!(reference.len(), total);
+
+    // Run 2 reads the same topic with its own group: stop after phase 0, restart, then a second
+    // member joins during phase 2 (a rebalance), and one leaves.
+    let out2 = format!("{prefix}features2");
+    let group = unique("restore");
+    let mut cfg = config(&brokers, &prefix, &group);
+    cfg.topics.output = out2.clone();
+    headroom_runtime::topology::apply(
+        &one_topic_topology(&out2),
+        &headroom_testkit::kafka_config(&brokers, "x"),
+        "",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("output topic");
+    // Only phase 0 is visible at first: use a separate input topic fed phase by phase.
+    let in2 = format!("{prefix}telemetry.raw2");
+    headroom_runtime::topology::apply(&one_topic_topology(&in2), &headroom_testkit::kafka_config(&brokers, "x"), "", Duration::from_secs(30))
+        .await
+        .expect("input topic");
+    cfg.topics.input = in2.clone();
+    produce(&brokers, &in2, &phases[0]);
+    let first = headroom_featurizer::start(cfg.clone(), Shutdown::new()).await.expect("start");
+    wait_for(&brokers, &out2, phases[0].len()).await;
+    first.stop().await.expect("stop");
+
+    produce(&brokers, &in2, &phases[1]);
+    let second = headroom_featurizer::start(cfg.clone(), Shutdown::new()).await.expect("restart");
+    wait_for(&brokers, &out2, phases[0].len() + phases[1].len()).await;
+    let joiner = headroom_featurizer::start(cfg.clone(), Shutdown::new()).await.expect("join");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&brokers, &in2, &phases[2]);
+    wait_for(&brokers, &out2, total).await;
+    joiner.stop().await.expect("leave");
+    second.stop().await.expect("stop");
+    let replayed = {
+        let (b, o) = (brokers.clone(), out2.clone());
+        tokio::task::spawn_blocking(move || consume(&b, &o, total, Duration::from_secs(60), Duration::from_secs(2)))
+            .await
+            .expect("consume")
+    };
+    let got = by_event(&replayed);
+    assert_eq!(got.len(), total, "every event has features after restart and rebalance");
+    for (id, values) in &got {
+        let want = reference.get(id).expect("same event ids");
+        assert_eq!(values, want, "features of event {id} differ from the uninterrupted run");
+    }
+}
+
+fn one_topic_topology(name: &str) -> headroom_runtime::topology::Topology {
+    headroom_runtime::topology::Topology::parse(&format!(
+        "[defaults]\npartitions = 6\nreplication_factor = 1\n[[topic]]\nname = \"{name}\"\ncleanup = \"delete\"\nkey = \"entity_id\"\nschema = \"features-value\"\n"
+    ))
+    .expect("topology")
+}
+
+async fn wait_for(brokers: &str, topic: &str, n: usize) {
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    let got = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let msgs = consume(&b, &t, n, Duration::from_secs(10), Duration::from_millis(0));
+            let distinct = by_event(&msgs).len();
+            if distinct >= n || std::time::Instant::now() > deadline {
+                return distinct;
+            }
+        }
+    })
+    .await
+    .expect("wait");
+    assert!(got >= n, "{topic}: {got} of {n} events after 90 s");
+}
+
+/// event id -> feature values; duplicates (at-least-once) must agree with each other.
+fn by_event(msgs: &[rdkafka::message::OwnedMessage]) -> BTreeMap<String, Vec<u32>> {
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in msgs {
+        let f = FeaturesRecord::decode(m.payload().expect("payload")).expect("decode");
+        let bits: Vec<u32> = f.values.iter().map(|v| v.to_bits()).collect();
+        if let Some(prev) = out.get(&f.event_id) {
+            assert_eq!(prev, &bits, "a duplicate delivery of {} carries different features", f.event_id);
+        }
+        *seen.entry(f.event_id.clone()).or_default() += 1;
+        out.insert(f.event_id, bits);
+    }
+    out
+}
