@@ -1,0 +1,253 @@
+//! The pipeline benchmark: the featurizer against the relay (the reference: same runtime,
+//! decode and re-publish only) on the same preloaded records, then end-to-end latency of the
+//! featurizer under open-loop load at 70 % of its measured maximum.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use headroom_runtime::topology::{self, Topology};
+use headroom_runtime::{KafkaConfig, Shutdown};
+use headroom_schemas::FeaturesRecord;
+use rdkafka::Message;
+
+use crate::generator::{GenConfig, Generator};
+use crate::kafka;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Records preloaded for the throughput runs.
+    #[arg(long, default_value_t = 200_000)]
+    records: u64,
+    #[arg(long, default_value_t = 1000)]
+    entities: u32,
+    /// Length of the open-loop latency run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    latency_duration: Duration,
+    /// Fraction of the featurizer's maximum rate used for the latency run.
+    #[arg(long, default_value_t = 0.7)]
+    load_fraction: f64,
+}
+
+fn kafka_cfg(brokers: &str) -> KafkaConfig {
+    KafkaConfig { brokers: brokers.into(), group_id: "loadgen".into(), properties: Default::default() }
+}
+
+fn topic_topology(names: &[&str]) -> Topology {
+    let mut s = String::from("[defaults]\npartitions = 6\nreplication_factor = 1\n");
+    for n in names {
+        s.push_str(&format!("[[topic]]\nname = \"{n}\"\ncleanup = \"delete\"\nkey = \"entity_id\"\nschema = \"telemetry.raw-value\"\n"));
+    }
+    Topology::parse(&s).expect("bench topology")
+}
+
+/// Publishes `records` generated samples as fast as possible; returns the rate.
+fn preload(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::Result<f64> {
+    let mut g = Generator::new(GenConfig { entities: Some(entities), ..GenConfig::default() });
+    let n = g.entity_count() as u64;
+    let rounds = records.div_ceil(n) as i64;
+    let iv = g.interval_ms();
+    let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
+    let p = kafka::producer(brokers)?;
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    for k in 0..records {
+        let (r, i) = ((k / n) as i64, (k % n) as usize);
+        let t = g.sample(i, start_ts + r * iv);
+        t.encode_framed(&mut buf);
+        kafka::send(&p, topic, t.entity_id.as_bytes(), &buf)?;
+    }
+    kafka::flush(&p)?;
+    Ok(records as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Counts outputs until `expected` arrived; returns records/s between the first and last one.
+fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration) -> anyhow::Result<(f64, u64)> {
+    let c = kafka::reader(brokers, topic, false)?;
+    let deadline = Instant::now() + timeout;
+    let (mut n, mut first, mut last) = (0u64, None::<Instant>, Instant::now());
+    while n < expected && Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+            n += 1;
+        }
+    }
+    anyhow::ensure!(n >= expected, "{topic}: only {n} of {expected} outputs within {timeout:?}");
+    let secs = (last - first.unwrap_or(last)).as_secs_f64().max(1e-6);
+    Ok(((n - 1) as f64 / secs, n))
+}
+
+async fn throughput(brokers: &str, which: &str, prefix: &str, input: &str, records: u64) -> anyhow::Result<f64> {
+    let group = format!("{prefix}{which}");
+    let output;
+    let handle = if which == "relay" {
+        let mut c = headroom_relay::Config::load(None)?;
+        c.kafka.brokers = brokers.into();
+        c.kafka.group_id = group;
+        c.http.listen = "127.0.0.1:0".into();
+        c.topics.input = input.into();
+        c.topics.output = format!("{prefix}telemetry.relayed");
+        c.topics.dlq = format!("{prefix}telemetry.dlq");
+        output = c.topics.output.clone();
+        headroom_relay::start(c, Shutdown::new()).await?
+    } else {
+        let mut c = headroom_featurizer::Config::load(None)?;
+        c.kafka.brokers = brokers.into();
+        c.kafka.group_id = group;
+        c.http.listen = "127.0.0.1:0".into();
+        c.topics.input = input.into();
+        c.topics.output = format!("{prefix}features");
+        c.topics.dlq = format!("{prefix}telemetry.dlq");
+        output = c.topics.output.clone();
+        headroom_featurizer::start(c, Shutdown::new()).await?
+    };
+    let b = brokers.to_owned();
+    let (rate, _) = tokio::task::spawn_blocking(move || drain(&b, &output, records, Duration::from_secs(600))).await??;
+    handle.stop().await?;
+    eprintln!("  {which}: {rate:.0} records/s");
+    Ok(rate)
+}
+
+pub fn run(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run_async(brokers, args))
+}
+
+async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let kcfg = kafka_cfg(brokers);
+    topology::apply(&Topology::builtin(), &kcfg, &prefix, Duration::from_secs(30)).await?;
+    topology::apply(&topic_topology(&["telemetry.relayed", "telemetry.lat", "features.lat"]), &kcfg, &prefix, Duration::from_secs(30)).await?;
+    let input = format!("{prefix}telemetry.raw");
+    eprintln!("preloading {} records of {} entities into {input}", args.records, args.entities);
+    let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
+    let produce_rate = tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
+    eprintln!("  preload: {produce_rate:.0} records/s");
+
+    let relay = throughput(brokers, "relay", &prefix, &input, args.records).await?;
+    let featurizer = throughput(brokers, "featurizer", &prefix, &input, args.records).await?;
+    println!(
+        "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0}",
+        args.records,
+        args.entities,
+        featurizer / relay
+    );
+
+    let rate = featurizer * args.load_fraction;
+    let lat = latency(brokers, &prefix, args.entities, rate, args.latency_duration).await?;
+    println!(
+        "RESULT featurizer-latency rate_eps={rate:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} max_backlog={}",
+        lat.count, lat.p50, lat.p95, lat.p99, lat.max, lat.max_backlog
+    );
+    Ok(())
+}
+
+struct Latency {
+    count: u64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+    max_backlog: u64,
+}
+
+/// Open-loop production at `rate`; latency of each feature from the time its input was due
+/// (not when it was sent, so a stalled producer cannot hide queueing delay).
+async fn latency(brokers: &str, prefix: &str, entities: u32, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
+    let input = format!("{prefix}telemetry.lat");
+    let output = format!("{prefix}features.lat");
+    let mut c = headroom_featurizer::Config::load(None)?;
+    c.kafka.brokers = brokers.into();
+    c.kafka.group_id = format!("{prefix}latency");
+    c.http.listen = "127.0.0.1:0".into();
+    c.topics.input = input.clone();
+    c.topics.output = output.clone();
+    c.topics.dlq = format!("{prefix}telemetry.dlq");
+    c.runtime.max_batch_wait = Duration::from_millis(5);
+    let svc = headroom_featurizer::start(c, Shutdown::new()).await?;
+    // Let the group settle before the clock starts.
+    warmup(brokers, &input, &output).await?;
+
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let b = brokers.to_owned();
+    let out_topic = output.clone();
+    let reader = kafka::reader(brokers, &out_topic, true)?;
+    let mut g = Generator::new(GenConfig { entities: Some(entities), seed: 11, ..GenConfig::default() });
+    let n = g.entity_count() as u64;
+    let iv = g.interval_ms();
+    let rounds = total.div_ceil(n) as i64;
+    let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
+    let ids: HashMap<String, u64> = (0..n).map(|i| (g.entity_id(i as usize).to_owned(), i)).collect();
+    let pacer = kafka::Pacer { start: Instant::now() + Duration::from_millis(200), rate };
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let prod_count = produced.clone();
+    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let p = kafka::producer(&b)?;
+        let mut buf = Vec::new();
+        for k in 0..total {
+            let (r, i) = ((k / n) as i64, (k % n) as usize);
+            let t = g.sample(i, start_ts + r * iv);
+            t.encode_framed(&mut buf);
+            pacer.wait(k);
+            kafka::send(&p, &input, t.entity_id.as_bytes(), &buf)?;
+            prod_count.store(k + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        kafka::flush(&p)
+    });
+    let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let deadline = pacer.start + duration + Duration::from_secs(60);
+        let mut got = 0u64;
+        let mut max_backlog = 0u64;
+        while got < total && Instant::now() < deadline {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+                let now = Instant::now();
+                let Some(payload) = m.payload() else { continue };
+                let Ok(f) = FeaturesRecord::decode(payload) else { continue };
+                let Some(&i) = ids.get(&f.entity_id) else { continue };
+                let r = ((f.ts_ms - start_ts) / iv) as u64;
+                let k = r * n + i;
+                let due = pacer.due(k);
+                let us = now.saturating_duration_since(due).as_micros() as u64;
+                h.record(us.max(1))?;
+                got += 1;
+                let backlog = produced.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(got);
+                max_backlog = max_backlog.max(backlog);
+            }
+        }
+        Ok((h, max_backlog))
+    });
+    producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let (h, max_backlog) = consumer.await??;
+    svc.stop().await?;
+    anyhow::ensure!(h.len() > 0, "no features arrived in the latency run");
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Latency { count: h.len(), p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), max: h.max() as f64 / 1000.0, max_backlog })
+}
+
+/// Sends one record and waits for its feature, so group join and metadata are done.
+async fn warmup(brokers: &str, input: &str, output: &str) -> anyhow::Result<()> {
+    let (b, i, o) = (brokers.to_owned(), input.to_owned(), output.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let reader = kafka::reader(&b, &o, false)?;
+        let p = kafka::producer(&b)?;
+        let mut g = Generator::new(GenConfig { entities: Some(1), seed: 99, ..GenConfig::default() });
+        let mut buf = Vec::new();
+        let t = g.sample(0, headroom_runtime::observe::now_ms() - 86_400_000 * 30);
+        let mut t = t;
+        t.entity_id = "warmup".into();
+        t.encode_framed(&mut buf);
+        kafka::send(&p, &i, b"warmup", &buf)?;
+        kafka::flush(&p)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(Ok(_)) = reader.poll(Duration::from_millis(100)) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("warm-up record got no feature within 60 s")
+    })
+    .await?
+}

@@ -1,0 +1,90 @@
+//! Producing and consuming for the load generator (plain rdkafka clients, no group).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+/// Sends, waiting for queue space instead of failing.
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
+    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => anyhow::bail!("produce to {topic}: {e}"),
+        }
+    }
+}
+
+pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) -> anyhow::Result<()> {
+    p.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// A consumer assigned to every partition of `topic`, at the end (`from_end`) or beginning.
+pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<BaseConsumer> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            let off = if from_end {
+                let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                Offset::Offset(high)
+            } else {
+                Offset::Beginning
+            };
+            tpl.add_partition_offset(topic, p.id(), off)?;
+        }
+    }
+    anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
+    c.assign(&tpl)?;
+    Ok(c)
+}
+
+/// Open-loop pacing: record `k` is due at `start + k / rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacer {
+    pub start: Instant,
+    pub rate: f64,
+}
+
+impl Pacer {
+    pub fn due(&self, k: u64) -> Instant {
+        if self.rate <= 0.0 {
+            self.start
+        } else {
+            self.start + Duration::from_secs_f64(k as f64 / self.rate)
+        }
+    }
+
+    pub fn wait(&self, k: u64) {
+        let due = self.due(k);
+        let now = Instant::now();
+        if due > now + Duration::from_micros(200) {
+            std::thread::sleep(due - now);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `loadgen`: publish synthetic telemetry, replay a CSV trace, or benchmark the pipeline.
+
+mod bench;
+mod generator;
+mod kafka;
+mod trace;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use generator::{GenConfig, Generator};
+
+#[derive(Parser)]
+#[command(version, about = "headroom load generator, trace replayer and pipeline benchmark")]
+struct Cli {
+    #[arg(long, env = "HEADROOM_BROKERS", default_value = "127.0.0.1:19092", global = true)]
+    brokers: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Avro,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct FleetArgs {
+    /// Services (× clusters) of the synthetic fleet.
+    #[arg(long, default_value_t = 20)]
+    services: u32,
+    #[arg(long, default_value_t = 5)]
+    clusters: u32,
+    /// Plain entity count instead of services × clusters (up to 100,000 and more).
+    #[arg(long)]
+    entities: Option<u32>,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+impl FleetArgs {
+    fn config(&self) -> GenConfig {
+        GenConfig { services: self.services, clusters: self.clusters, entities: self.entities, seed: self.seed, ..GenConfig::default() }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish synthetic telemetry at a target rate (open loop).
+    Generate {
+        #[arg(long, default_value = "telemetry.raw")]
+        topic: String,
+        /// Records per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, value_enum, default_value_t = Format::Avro)]
+        format: Format,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Replay a CSV trace in event-time order.
+    Replay {
+        #[arg(long, default_value = "telemetry.raw")]
+        topic: String,
+        /// The Bitbrains .tar.gz (or a directory of its CSV files), or a generic CSV file.
+        #[arg(long)]
+        trace: PathBuf,
+        /// `bitbrains`, or `generic` with --ts-column, --entity-column and --map.
+        #[arg(long, default_value = "bitbrains")]
+        trace_format: String,
+        #[arg(long, default_value = "timestamp")]
+        ts_column: String,
+        #[arg(long, default_value = "entity")]
+        entity_column: String,
+        /// FIELD=COLUMN pairs, e.g. cpu_util=cpu,mem_util=memory.
+        #[arg(long, default_value = "")]
+        map: String,
+        #[arg(long)]
+        max_vms: Option<usize>,
+        /// Records per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long)]
+        max_records: Option<usize>,
+    },
+    /// Throughput of the featurizer against the relay (same runtime, pass-through), and the
+    /// end-to-end latency at 70 % of the featurizer's maximum rate.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig { format: headroom_runtime::config::LogFormat::Text, level: filter });
+    match cli.command {
+        Command::Generate { topic, rate, duration, format, fleet } => generate(&cli.brokers, &topic, rate, duration, format, &fleet),
+        Command::Replay { topic, trace: path, trace_format, ts_column, entity_column, map, max_vms, rate, max_records } => {
+            let started = Instant::now();
+            let mut rows = match trace_format.as_str() {
+                "bitbrains" => trace::read_bitbrains(&path, max_vms)?,
+                "generic" => trace::read_generic(&path, &trace::Mapping::parse(&ts_column, &entity_column, &map)?)?,
+                other => anyhow::bail!("--trace-format must be bitbrains or generic, not `{other}`"),
+            };
+            if let Some(m) = max_records {
+                rows.truncate(m);
+            }
+            eprintln!("read {} records in {:.1}s; publishing to {topic}", rows.len(), started.elapsed().as_secs_f64());
+            let p = kafka::producer(&cli.brokers)?;
+            let pacer = kafka::Pacer { start: Instant::now(), rate };
+            let mut buf = Vec::new();
+            for (k, t) in rows.iter().enumerate() {
+                pacer.wait(k as u64);
+                t.encode_framed(&mut buf);
+                kafka::send(&p, &topic, t.entity_id.as_bytes(), &buf)?;
+            }
+            kafka::flush(&p)?;
+            let secs = pacer.start.elapsed().as_secs_f64();
+            println!("RESULT loadgen-replay records={} seconds={secs:.2} rate={:.0}", rows.len(), rows.len() as f64 / secs);
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(&cli.brokers, &args),
+    }
+}
+
+fn generate(brokers: &str, topic: &str, rate: f64, duration: Duration, format: Format, fleet: &FleetArgs) -> anyhow::Result<()> {
+    let mut g = Generator::new(fleet.config());
+    let n = g.entity_count();
+    let total = if rate > 0.0 { (rate * duration.as_secs_f64()) as u64 } else { 1_000_000 };
+    let rounds = total.div_ceil(n as u64) as i64;
+    let iv = g.interval_ms();
+    let now = headroom_runtime::observe::now_ms();
+    let start_ts = (now - rounds * iv) / iv * iv;
+    eprintln!("publishing {total} records of {n} entities to {topic} at {rate}/s (event time from {} rounds ago)", rounds);
+    let p = kafka::producer(brokers)?;
+    let pacer = kafka::Pacer { start: Instant::now(), rate };
+    let mut buf = Vec::new();
+    let mut k = 0u64;
+    let mut last_report = Instant::now();
+    'outer: for r in 0..rounds {
+        for i in 0..n {
+            if k >= total {
+                break 'outer;
+            }
+            pacer.wait(k);
+            let t = g.sample(i, start_ts + r * iv);
+            match format {
+                Format::Avro => t.encode_framed(&mut buf),
+                Format::Json => {
+                    buf.clear();
+                    buf.extend_from_slice(t.to_json().as_bytes());
+                }
+            }
+            kafka::send(&p, topic, t.entity_id.as_bytes(), &buf)?;
+            k += 1;
+            if last_report.elapsed() > Duration::from_secs(5) {
+                eprintln!("  {k} records published ({:.0}/s)", k as f64 / pacer.start.elapsed().as_secs_f64());
+                last_report = Instant::now();
+            }
+        }
+    }
+    kafka::flush(&p)?;
+    let secs = pacer.start.elapsed().as_secs_f64();
+    println!("RESULT loadgen-generate records={k} seconds={secs:.2} rate={:.0}", k as f64 / secs);
+    Ok(())
+}

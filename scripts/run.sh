@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The main job: installs and starts what is missing (system packages, the broker,
+# PostgreSQL), creates the topics from topologies/, starts the featurizer, and feeds it
+# generated telemetry (or a real trace with --trace PATH) until Ctrl-C.
+#
+#   scripts/run.sh                         synthetic fleet, 20 services x 5 clusters, 500 rec/s
+#   scripts/run.sh --rate 2000 --entities 10000
+#   scripts/run.sh --trace ../shared/data/bitbrains-rnd-2013-7.tar.gz --max-vms 50
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+RATE=500
+DURATION=1h
+TRACE=""
+MAX_VMS=""
+ENTITIES=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rate) RATE=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --entities) ENTITIES=$2; shift 2 ;;
+        --trace) TRACE=$2; shift 2 ;;
+        --max-vms) MAX_VMS=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+
+"$REPO_ROOT/scripts/setup.sh"
+"$REPO_ROOT/scripts/stack.sh" up
+log "building release binaries"
+cargo build --release --quiet -p headroom-featurizer -p headroom-cli -p headroom-loadgen
+BIN="$CARGO_TARGET_DIR/release"
+export HEADROOM_BROKERS="$KAFKA_BROKERS"
+"$BIN/headroom" topology apply --brokers "$KAFKA_BROKERS"
+
+mkdir -p "$STACK_DIR"
+pids=()
+cleanup() {
+    trap - INT TERM EXIT
+    log "stopping"
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    log "stopped (the broker keeps running; scripts/stack.sh down stops it)"
+}
+trap cleanup INT TERM EXIT
+
+HEADROOM_FEATURIZER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_FEATURIZER__HTTP__LISTEN="127.0.0.1:9464" \
+    "$BIN/headroom-featurizer" >"$STACK_DIR/featurizer.log" 2>&1 &
+pids+=($!)
+
+if [ -n "$TRACE" ]; then
+    args=(replay --topic telemetry.raw --trace "$TRACE" --rate "$RATE")
+    [ -n "$MAX_VMS" ] && args+=(--max-vms "$MAX_VMS")
+else
+    args=(generate --topic telemetry.raw --rate "$RATE" --duration "$DURATION")
+    [ -n "$ENTITIES" ] && args+=(--entities "$ENTITIES")
+fi
+"$BIN/loadgen" "${args[@]}" &
+pids+=($!)
+
+cat >&2 <<TXT
+
+  headroom is running
+    broker           $KAFKA_BROKERS   (topics: telemetry.raw -> features, bad input -> telemetry.dlq)
+    featurizer       http://127.0.0.1:9464/metrics   http://127.0.0.1:9464/health/ready
+    featurizer log   $STACK_DIR/featurizer.log
+    PostgreSQL       $PG_URL
+    read features    any Kafka client on topic 'features' (README.md has a Python example)
+  Ctrl-C stops the featurizer and the generator.
+
+TXT
+wait "${pids[1]}" || true
+log "generator finished; the featurizer keeps running until Ctrl-C"
+wait "${pids[0]}" || true

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, unit and integration, against the real broker and PostgreSQL.
+# Installs and starts what is missing (scripts/setup.sh, scripts/stack.sh), then runs every
+# test of the workspace. Integration tests use random topic and group names, so they do not
+# depend on what is already on the broker.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+"$REPO_ROOT/scripts/setup.sh"
+"$REPO_ROOT/scripts/stack.sh" up
+export HEADROOM_TEST_BROKERS="$KAFKA_BROKERS"
+export HEADROOM_TEST_PG_URL="$PG_URL"
+
+log "building and running the tests (target dir: $CARGO_TARGET_DIR)"
+if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    cargo test --workspace --no-fail-fast "$@"
+fi
