@@ -126,10 +126,14 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let produce_rate = tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
     eprintln!("  preload: {produce_rate:.0} records/s");
 
+    // The broker's own ceiling: a plain consumer reading the preloaded topic, no processing.
+    let (b, i, r) = (brokers.to_owned(), input.clone(), args.records);
+    let (consume_rate, _) = tokio::task::spawn_blocking(move || drain(&b, &i, r, Duration::from_secs(600))).await??;
+    eprintln!("  plain consumer: {consume_rate:.0} records/s");
     let relay = throughput(brokers, "relay", &prefix, &input, args.records).await?;
     let featurizer = throughput(brokers, "featurizer", &prefix, &input, args.records).await?;
     println!(
-        "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0}",
+        "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0}",
         args.records,
         args.entities,
         featurizer / relay

@@ -60,8 +60,12 @@ pub enum Outcome {
     TooLate { behind_ms: i64 },
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// Window accumulator. Values are summed relative to a pivot (the event's current value) in
+/// f32 lanes, which keeps the variance numerically sound (no large-mean cancellation) and lets
+/// the compiler vectorize the scan; NaN (not observed) contributes nothing.
+#[derive(Debug, Clone, Copy)]
 struct Acc {
+    pivot: f32,
     sum: f64,
     sumsq: f64,
     min: f32,
@@ -69,28 +73,59 @@ struct Acc {
     n: u32,
 }
 
+const LANES: usize = 8;
+
 impl Acc {
-    fn new() -> Acc {
-        Acc { sum: 0.0, sumsq: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY, n: 0 }
+    fn new(pivot: f32) -> Acc {
+        Acc { pivot, sum: 0.0, sumsq: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY, n: 0 }
     }
 
     #[inline]
     fn add_slice(&mut self, vals: &[f32]) {
-        let (mut sum, mut sumsq, mut min, mut max, mut n) = (0.0f64, 0.0f64, self.min, self.max, 0u32);
-        for &v in vals {
-            let ok = !v.is_nan();
-            let x = if ok { f64::from(v) } else { 0.0 };
-            sum += x;
-            sumsq += x * x;
-            n += u32::from(ok);
-            min = min.min(v);
-            max = max.max(v);
+        let p = self.pivot;
+        let mut sum = [0f32; LANES];
+        let mut sumsq = [0f32; LANES];
+        let mut min = [f32::INFINITY; LANES];
+        let mut max = [f32::NEG_INFINITY; LANES];
+        let mut n = [0u32; LANES];
+        let chunks = vals.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..LANES {
+                let v = c[l];
+                let ok = v == v;
+                let d = if ok { v - p } else { 0.0 };
+                sum[l] += d;
+                sumsq[l] += d * d;
+                n[l] += u32::from(ok);
+                min[l] = if v < min[l] { v } else { min[l] };
+                max[l] = if v > max[l] { v } else { max[l] };
+            }
         }
-        self.sum += sum;
-        self.sumsq += sumsq;
-        self.min = min;
-        self.max = max;
-        self.n += n;
+        for (l, &v) in rest.iter().enumerate() {
+            let ok = v == v;
+            let d = if ok { v - p } else { 0.0 };
+            sum[l] += d;
+            sumsq[l] += d * d;
+            n[l] += u32::from(ok);
+            min[l] = if v < min[l] { v } else { min[l] };
+            max[l] = if v > max[l] { v } else { max[l] };
+        }
+        for l in 0..LANES {
+            self.sum += f64::from(sum[l]);
+            self.sumsq += f64::from(sumsq[l]);
+            self.n += n[l];
+            self.min = if min[l] < self.min { min[l] } else { self.min };
+            self.max = if max[l] > self.max { max[l] } else { self.max };
+        }
+    }
+
+    /// (mean, population std) of the observed values.
+    fn mean_std(&self) -> (f64, f64) {
+        let n = f64::from(self.n);
+        let mean_d = self.sum / n;
+        let var = (self.sumsq / n - mean_d * mean_d).max(0.0);
+        (f64::from(self.pivot) + mean_d, var.sqrt())
     }
 }
 
@@ -270,7 +305,7 @@ fn compute(state: &EntityState, windows: &[(usize, usize)], lags: usize, per: us
         };
         block[0] = now;
         // Nested windows in one backward pass over at most two contiguous ring segments each.
-        let mut acc = Acc::new();
+        let mut acc = Acc::new(now);
         let mut covered = 0usize;
         for &(w, idx) in windows {
             // Slots (slot - w, slot], clamped to what the ring still holds.
@@ -294,11 +329,9 @@ fn compute(state: &EntityState, windows: &[(usize, usize)], lags: usize, per: us
                 block[o + 2] = now;
                 block[o + 3] = now;
             } else {
-                let n = f64::from(acc.n);
-                let mean = acc.sum / n;
-                let var = (acc.sumsq / n - mean * mean).max(0.0);
+                let (mean, std) = acc.mean_std();
                 block[o] = mean as f32;
-                block[o + 1] = var.sqrt() as f32;
+                block[o + 1] = std as f32;
                 block[o + 2] = acc.min;
                 block[o + 3] = acc.max;
             }

@@ -108,9 +108,10 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Records processed between producer flushes.
+    /// Records per epoch: processed positions are sealed (made committable once their outputs
+    /// are acknowledged) at least this often.
     pub max_batch: usize,
-    /// Longest time between producer flushes while records arrive.
+    /// Longest epoch while records arrive.
     #[serde(with = "humantime_serde")]
     pub max_batch_wait: Duration,
     #[serde(with = "humantime_serde")]

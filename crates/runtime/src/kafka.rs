@@ -1,7 +1,7 @@
 //! The consumer–processor–producer loop. See the crate documentation for the delivery
 //! semantics it implements.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +51,7 @@ pub struct ProducerCtx {
     failures: AtomicU64,
     last_failure: Mutex<Option<String>>,
     out_counters: Mutex<Vec<(String, prometheus::IntCounter)>>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl ProducerCtx {
@@ -81,14 +82,16 @@ impl ClientContext for ProducerCtx {}
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, input_ts_ms: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (slot, input_ts_ms) = unpack_opaque(opaque);
+        self.outstanding.done(slot);
         match result {
             Ok(msg) => {
                 if let Some(c) = self.counter(msg.topic()) {
                     c.inc();
                 }
                 if input_ts_ms > 0 {
-                    let lat = (now_ms() - input_ts_ms as i64).max(0) as f64 / 1000.0;
+                    let lat = (now_ms() - input_ts_ms).max(0) as f64 / 1000.0;
                     self.metrics.record_latency.observe(lat);
                 }
             }
@@ -112,12 +115,55 @@ struct Durable {
     positions: HashMap<(String, i32), (i64, Option<i64>)>,
 }
 
+/// Outputs are tracked by epoch (a slice of `max_batch_wait` or `max_batch` records): each
+/// output increments its epoch's counter when sent and the delivery callback decrements it. An
+/// epoch whose counter is back at zero is acknowledged; the positions sealed with it become
+/// committable once every earlier epoch is too. The loop never waits for acknowledgements.
+pub(crate) const EPOCH_RING: usize = 4096;
+
+pub(crate) struct Outstanding(Box<[std::sync::atomic::AtomicI64]>);
+
+impl Outstanding {
+    fn new() -> Outstanding {
+        Outstanding((0..EPOCH_RING).map(|_| std::sync::atomic::AtomicI64::new(0)).collect())
+    }
+
+    pub(crate) fn add(&self, slot: usize) {
+        self.0[slot].fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self, slot: usize) {
+        self.0[slot].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn get(&self, slot: usize) -> i64 {
+        self.0[slot].load(Ordering::Acquire)
+    }
+}
+
+/// Packs an output's epoch slot and its input's timestamp into the delivery opaque.
+pub(crate) fn pack_opaque(slot: usize, input_ts_ms: i64) -> usize {
+    ((input_ts_ms.max(0) as usize) << 12) | (slot & (EPOCH_RING - 1))
+}
+
+fn unpack_opaque(v: usize) -> (usize, i64) {
+    (v & (EPOCH_RING - 1), (v >> 12) as i64)
+}
+
+#[derive(Debug)]
+struct Sealed {
+    slot: usize,
+    positions: Vec<((String, i32), i64, Option<i64>)>,
+}
+
 /// Consumer side: replays on assignment, flushes and commits on revoke, exports lag.
 pub struct ConsumerCtx {
     metrics: Metrics,
     floors: FloorStore,
     producer: Arc<ThreadedProducer<ProducerCtx>>,
     durable: Arc<Mutex<Durable>>,
+    sealed: Arc<Mutex<VecDeque<Sealed>>>,
+    outstanding: Arc<Outstanding>,
     events: Arc<Mutex<Vec<Event>>>,
     timeout: Duration,
 }
@@ -187,6 +233,7 @@ impl ConsumerContext for ConsumerCtx {
                 let revoked: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 if flushed && !consumer.assignment_lost() {
+                    promote_complete(&self.sealed, &self.outstanding, &self.durable);
                     if let Ok(durable) = self.durable.lock() {
                         if let Some(list) = commit_list(&durable, Some(&revoked)) {
                             match consumer.commit(&list, CommitMode::Sync) {
@@ -299,6 +346,7 @@ fn commit_list(durable: &Durable, only: Option<&[(String, i32)]>) -> Option<Topi
 pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<()> {
     let cfg = &opts.config;
     let rt = &cfg.runtime;
+    let outstanding = Arc::new(Outstanding::new());
     let mut pcfg = client_config(&cfg.kafka);
     pcfg.set("enable.idempotence", "true");
     if !cfg.kafka.properties.contains_key("linger.ms") {
@@ -309,17 +357,21 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         failures: AtomicU64::new(0),
         last_failure: Mutex::new(None),
         out_counters: Mutex::new(Vec::new()),
+        outstanding: outstanding.clone(),
     };
     let producer: Arc<ThreadedProducer<ProducerCtx>> =
         Arc::new(pcfg.create_with_context(producer_ctx).context("creating the kafka producer")?);
 
     let durable = Arc::new(Mutex::new(Durable::default()));
+    let sealed = Arc::new(Mutex::new(VecDeque::new()));
     let events = Arc::new(Mutex::new(Vec::new()));
     let cctx = ConsumerCtx {
         metrics: opts.metrics.clone(),
         floors: FloorStore::new(&cfg.kafka)?,
         producer: producer.clone(),
         durable: durable.clone(),
+        sealed: sealed.clone(),
+        outstanding: outstanding.clone(),
         events: events.clone(),
         timeout: rt.drain_deadline,
     };
@@ -340,12 +392,8 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     consumer.subscribe(&topics).with_context(|| format!("subscribing to {topics:?}"))?;
     tracing::info!(service = %opts.service, topics = ?topics, group = %cfg.kafka.group_id, "consuming");
 
-    let mut assigned: HashSet<(String, i32)> = HashSet::new();
-    let mut replay_until: HashMap<(String, i32), i64> = HashMap::new();
-    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
-    let mut floors: HashMap<(String, i32), i64> = HashMap::new();
-    let mut since_flush = 0usize;
-    let mut batch_started = Instant::now();
+    let mut st = LoopState::default();
+    let mut epoch_started = Instant::now();
     let mut last_commit = Instant::now();
     let mut in_counters: Vec<(String, prometheus::IntCounter)> = Vec::new();
     opts.health.beat();
@@ -355,85 +403,80 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         if opts.shutdown.is_triggered() {
             break Ok(());
         }
-        drain_events(&events, &mut processor, &mut assigned, &mut replay_until, &mut pending, &mut floors, &durable, &opts.metrics);
+        if let Some(e) = delivery_failure(&producer) {
+            break Err(e);
+        }
+        st.apply_events(&events, &mut processor, &durable, &sealed, &opts.metrics);
         opts.health.set_ready(true);
-        let timeout = if since_flush > 0 {
-            rt.max_batch_wait.saturating_sub(batch_started.elapsed())
+        let timeout = if st.in_epoch > 0 {
+            rt.max_batch_wait.saturating_sub(epoch_started.elapsed())
         } else {
             Duration::from_millis(100)
         };
-        match consumer.poll(timeout) {
-            None => {}
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
-            }
-            Some(Ok(msg)) => {
-                // Rebalance callbacks ran inside poll: apply them before touching the record.
-                drain_events(&events, &mut processor, &mut assigned, &mut replay_until, &mut pending, &mut floors, &durable, &opts.metrics);
-                let tp = (msg.topic().to_owned(), msg.partition());
-                if assigned.contains(&tp) {
-                    let suppressed = match replay_until.get(&tp) {
-                        Some(&until) if msg.offset() < until => true,
-                        Some(_) => {
-                            replay_until.remove(&tp);
-                            false
+        if let Some(polled) = consumer.poll(timeout) {
+            match polled {
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+                Ok(msg) => {
+                    // Rebalance callbacks ran inside poll: apply them before touching the record.
+                    st.apply_events(&events, &mut processor, &durable, &sealed, &opts.metrics);
+                    let partition = msg.partition();
+                    let epoch_slot = st.epoch_slot();
+                    let topic = msg.topic();
+                    if let Some(part) = st.assigned.iter_mut().find(|a| a.1 == partition && a.0 == topic).map(|a| &mut a.2) {
+                        let suppressed = part.replay_until.is_some_and(|u| msg.offset() < u);
+                        if !suppressed {
+                            part.replay_until = None;
                         }
-                        None => false,
-                    };
-                    let traceparent = msg.headers().and_then(|h| {
-                        h.iter().find(|h| h.key == crate::trace::TRACEPARENT).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
-                    });
-                    let record = InputRecord {
-                        topic: msg.topic(),
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        key: msg.key(),
-                        payload: msg.payload(),
-                        timestamp_ms: msg.timestamp().to_millis(),
-                        traceparent,
-                    };
-                    let mut emitter = Emitter {
-                        producer: &producer,
-                        metrics: &opts.metrics,
-                        service: &opts.service,
-                        dlq_topic: opts.dlq_topic.as_deref(),
-                        record: &record,
-                        suppressed,
-                        max_output_bytes: rt.max_output_bytes,
-                        emitted: 0,
-                    };
-                    processor.process(&record, &mut emitter);
-                    if suppressed {
-                        opts.metrics.replayed.inc();
-                    } else {
-                        counter(&mut in_counters, &opts.metrics, msg.topic()).inc();
-                        pending.insert(tp, msg.offset() + 1);
-                        if since_flush == 0 {
-                            batch_started = Instant::now();
+                        let traceparent = msg.headers().and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == crate::trace::TRACEPARENT)
+                                .and_then(|h| h.value)
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                        });
+                        let record = InputRecord {
+                            topic: msg.topic(),
+                            partition,
+                            offset: msg.offset(),
+                            key: msg.key(),
+                            payload: msg.payload(),
+                            timestamp_ms: msg.timestamp().to_millis(),
+                            traceparent,
+                        };
+                        let mut emitter = Emitter {
+                            producer: &producer,
+                            metrics: &opts.metrics,
+                            service: &opts.service,
+                            dlq_topic: opts.dlq_topic.as_deref(),
+                            record: &record,
+                            suppressed,
+                            max_output_bytes: rt.max_output_bytes,
+                            emitted: 0,
+                            outstanding: &outstanding,
+                            epoch_slot,
+                        };
+                        processor.process(&record, &mut emitter);
+                        if suppressed {
+                            opts.metrics.replayed.inc();
+                        } else {
+                            counter(&mut in_counters, &opts.metrics, msg.topic()).inc();
+                            part.next = Some(msg.offset() + 1);
+                            part.touched = true;
+                            if st.in_epoch == 0 {
+                                epoch_started = Instant::now();
+                            }
+                            st.in_epoch += 1;
                         }
-                        since_flush += 1;
                     }
                 }
             }
         }
-        let batch_due = since_flush >= rt.max_batch || (since_flush > 0 && batch_started.elapsed() >= rt.max_batch_wait);
-        if batch_due {
-            if let Err(e) = flush(&producer, &mut processor, &mut pending, &mut floors, &durable, rt.drain_deadline, &opts) {
-                break Err(e);
-            }
-            opts.metrics.batch_size.observe(since_flush as f64);
-            opts.metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
-            since_flush = 0;
+        if st.in_epoch >= rt.max_batch || (st.in_epoch > 0 && epoch_started.elapsed() >= rt.max_batch_wait) {
+            opts.metrics.batch_size.observe(st.in_epoch as f64);
+            opts.metrics.batch_seconds.observe(epoch_started.elapsed().as_secs_f64());
+            st.seal(&mut processor, &sealed, &outstanding, &producer);
         }
         if last_commit.elapsed() >= rt.commit_interval {
-            if since_flush > 0 {
-                if let Err(e) = flush(&producer, &mut processor, &mut pending, &mut floors, &durable, rt.drain_deadline, &opts) {
-                    break Err(e);
-                }
-                since_flush = 0;
-            }
-            // Fresh floors for every partition we are about to commit.
-            refresh_floors(&mut processor, &durable, &mut floors);
+            promote_complete(&sealed, &outstanding, &durable);
             commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
             processor.on_commit(&opts.metrics);
             last_commit = Instant::now();
@@ -443,19 +486,22 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     opts.health.set_ready(false);
     match &result {
         Ok(()) => {
-            // Drain: flush what was processed, commit it, leave the group.
+            // Drain: seal what was processed, wait for its outputs, commit, leave the group.
             let deadline = Instant::now() + rt.drain_deadline;
-            match flush(&producer, &mut processor, &mut pending, &mut floors, &durable, rt.drain_deadline, &opts) {
-                Ok(()) => {
-                    refresh_floors(&mut processor, &durable, &mut floors);
+            st.seal(&mut processor, &sealed, &outstanding, &producer);
+            match producer.flush(rt.drain_deadline) {
+                Ok(()) if delivery_failure(&producer).is_none() => {
+                    promote_complete(&sealed, &outstanding, &durable);
                     commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
                 }
-                Err(e) => tracing::error!(error = %e, "drain flush failed; uncommitted records will be reprocessed"),
+                _ => tracing::error!("outputs not acknowledged within the drain deadline; uncommitted records will be reprocessed"),
             }
             consumer.unsubscribe();
             // Serve the final revoke callback so the group rebalances promptly.
             while Instant::now() < deadline {
-                if consumer.poll(Duration::from_millis(50)).is_none() && consumer.assignment().map(|a| a.count() == 0).unwrap_or(true) {
+                if consumer.poll(Duration::from_millis(50)).is_none()
+                    && consumer.assignment().map(|a| a.count() == 0).unwrap_or(true)
+                {
                     break;
                 }
             }
@@ -466,6 +512,14 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     result
 }
 
+fn delivery_failure(producer: &ThreadedProducer<ProducerCtx>) -> Option<anyhow::Error> {
+    let failures = producer.context().failures();
+    (failures > 0).then(|| {
+        let last = producer.context().last_failure.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+        anyhow::anyhow!("{failures} output records were not delivered (last error: {last}); stopping without committing")
+    })
+}
+
 fn counter<'a>(cache: &'a mut Vec<(String, prometheus::IntCounter)>, m: &Metrics, topic: &str) -> &'a prometheus::IntCounter {
     if let Some(i) = cache.iter().position(|(t, _)| t == topic) {
         return &cache[i].1;
@@ -474,112 +528,113 @@ fn counter<'a>(cache: &'a mut Vec<(String, prometheus::IntCounter)>, m: &Metrics
     &cache[cache.len() - 1].1
 }
 
-#[allow(clippy::too_many_arguments)]
-fn drain_events<P: Processor>(
-    events: &Mutex<Vec<Event>>,
-    processor: &mut P,
-    assigned: &mut HashSet<(String, i32)>,
-    replay_until: &mut HashMap<(String, i32), i64>,
-    pending: &mut HashMap<(String, i32), i64>,
-    floors: &mut HashMap<(String, i32), i64>,
-    durable: &Mutex<Durable>,
-    metrics: &Metrics,
-) {
-    let drained: Vec<Event> = match events.lock() {
-        Ok(mut q) if !q.is_empty() => q.drain(..).collect(),
-        _ => return,
-    };
-    for ev in drained {
-        match ev {
-            Event::Assign { topic, partition, replay_until: until } => {
-                processor.on_revoke(&topic, partition);
-                processor.on_assign(&topic, partition);
-                let tp = (topic, partition);
-                if let Some(u) = until {
-                    replay_until.insert(tp.clone(), u);
-                }
-                assigned.insert(tp);
-            }
-            Event::Revoke { topic, partition } => {
-                processor.on_revoke(&topic, partition);
-                let tp = (topic, partition);
-                assigned.remove(&tp);
-                replay_until.remove(&tp);
-                pending.remove(&tp);
-                floors.remove(&tp);
-                if let Ok(mut d) = durable.lock() {
-                    d.positions.remove(&tp);
-                }
-            }
-        }
-    }
-    metrics.assigned_partitions.set(assigned.len() as i64);
+/// Per assigned partition, as the loop sees it.
+#[derive(Debug, Default)]
+struct PartitionPos {
+    /// Outputs are suppressed below this offset (state replay).
+    replay_until: Option<i64>,
+    /// Next offset after the last processed record.
+    next: Option<i64>,
+    /// Processed records since the last seal.
+    touched: bool,
 }
 
-fn refresh_floors<P: Processor>(processor: &mut P, durable: &Mutex<Durable>, floors: &mut HashMap<(String, i32), i64>) {
-    if let Ok(mut d) = durable.lock() {
-        for ((topic, partition), (_, floor)) in d.positions.iter_mut() {
-            *floor = processor.replay_floor(topic, *partition);
-            match floor {
-                Some(f) => {
-                    floors.insert((topic.clone(), *partition), *f);
-                }
-                None => {
-                    floors.remove(&(topic.clone(), *partition));
-                }
-            }
-        }
-    }
+#[derive(Debug, Default)]
+struct LoopState {
+    /// (topic, partition, position); a handful of entries, searched linearly per record.
+    assigned: Vec<(String, i32, PartitionPos)>,
+    epoch: u64,
+    in_epoch: usize,
 }
 
-/// Waits for every produced record to be acknowledged, then marks the processed positions
-/// durable. A delivery failure is fatal (nothing is committed past it).
-fn flush<P: Processor>(
-    producer: &ThreadedProducer<ProducerCtx>,
-    processor: &mut P,
-    pending: &mut HashMap<(String, i32), i64>,
-    floors: &mut HashMap<(String, i32), i64>,
-    durable: &Mutex<Durable>,
-    deadline: Duration,
-    opts: &RunOptions,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        match producer.flush(deadline) {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, waited_s = started.elapsed().as_secs(), "producer flush is slow; still waiting for acknowledgements");
-                if opts.shutdown.is_triggered() && started.elapsed() > deadline {
-                    anyhow::bail!("outputs not acknowledged within the drain deadline: {e}");
-                }
-            }
-        }
-        opts.health.beat();
+impl LoopState {
+    fn epoch_slot(&self) -> usize {
+        (self.epoch % EPOCH_RING as u64) as usize
     }
-    let failures = producer.context().failures();
-    if failures > 0 {
-        let last = producer.context().last_failure.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
-        anyhow::bail!("{failures} output records were not delivered (last error: {last}); stopping without committing");
-    }
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let mut d = durable.lock().map_err(|_| anyhow::anyhow!("durable positions lock poisoned"))?;
-    for (tp, next) in pending.drain() {
-        // A partition seen for the first time gets its floor now, so no commit ever lacks one.
-        let floor = match floors.get(&tp) {
-            Some(f) => Some(*f),
-            None => {
-                let f = processor.replay_floor(&tp.0, tp.1);
-                if let Some(f) = f {
-                    floors.insert(tp.clone(), f);
-                }
-                f
-            }
+
+    fn apply_events<P: Processor>(
+        &mut self,
+        events: &Mutex<Vec<Event>>,
+        processor: &mut P,
+        durable: &Mutex<Durable>,
+        sealed: &Mutex<VecDeque<Sealed>>,
+        metrics: &Metrics,
+    ) {
+        let drained: Vec<Event> = match events.lock() {
+            Ok(mut q) if !q.is_empty() => q.drain(..).collect(),
+            _ => return,
         };
-        d.positions.insert(tp, (next, floor));
+        for ev in drained {
+            match ev {
+                Event::Assign { topic, partition, replay_until } => {
+                    processor.on_revoke(&topic, partition);
+                    processor.on_assign(&topic, partition);
+                    self.assigned.retain(|a| !(a.0 == topic && a.1 == partition));
+                    self.assigned.push((topic, partition, PartitionPos { replay_until, ..PartitionPos::default() }));
+                }
+                Event::Revoke { topic, partition } => {
+                    processor.on_revoke(&topic, partition);
+                    self.assigned.retain(|a| !(a.0 == topic && a.1 == partition));
+                    let tp = (topic, partition);
+                    if let Ok(mut d) = durable.lock() {
+                        d.positions.remove(&tp);
+                    }
+                    if let Ok(mut s) = sealed.lock() {
+                        for e in s.iter_mut() {
+                            e.positions.retain(|(t, _, _)| *t != tp);
+                        }
+                    }
+                }
+            }
+        }
+        metrics.assigned_partitions.set(self.assigned.len() as i64);
     }
-    Ok(())
+
+    /// Closes the current epoch: records the processed positions of the partitions it touched,
+    /// with their replay floors computed now (exactly at those positions).
+    fn seal<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        sealed: &Mutex<VecDeque<Sealed>>,
+        outstanding: &Outstanding,
+        producer: &ThreadedProducer<ProducerCtx>,
+    ) {
+        let mut positions = Vec::new();
+        for (topic, partition, part) in self.assigned.iter_mut() {
+            if part.touched {
+                part.touched = false;
+                if let Some(next) = part.next {
+                    positions.push(((topic.clone(), *partition), next, processor.replay_floor(topic, *partition)));
+                }
+            }
+        }
+        if let Ok(mut s) = sealed.lock() {
+            s.push_back(Sealed { slot: self.epoch_slot(), positions });
+        }
+        self.epoch += 1;
+        self.in_epoch = 0;
+        // The ring slot about to be reused must belong to an acknowledged epoch.
+        let slot = self.epoch_slot();
+        while outstanding.get(slot) != 0 {
+            tracing::warn!("{EPOCH_RING} epochs of outputs unacknowledged; waiting for the producer");
+            let _ = producer.flush(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Moves every leading sealed epoch whose outputs are all acknowledged into the durable
+/// positions (the ones commits use).
+fn promote_complete(sealed: &Mutex<VecDeque<Sealed>>, outstanding: &Outstanding, durable: &Mutex<Durable>) {
+    let (Ok(mut s), Ok(mut d)) = (sealed.lock(), durable.lock()) else { return };
+    while let Some(front) = s.front() {
+        if outstanding.get(front.slot) != 0 {
+            break;
+        }
+        let e = s.pop_front().expect("front exists");
+        for (tp, next, floor) in e.positions {
+            d.positions.insert(tp, (next, floor));
+        }
+    }
 }
 
 fn commit(consumer: &BaseConsumer<ConsumerCtx>, durable: &Mutex<Durable>, mode: CommitMode, metrics: &Metrics) {

@@ -4,11 +4,12 @@
 //!
 //! - **At least once, in partition order.** A service's [`Processor`] sees each input record of
 //!   its assigned partitions in offset order. Outputs are handed to an idempotent producer as
-//!   they are made; every `max_batch` records or `max_batch_wait`, the producer is flushed and
-//!   only then are the input positions considered durable. Offsets are committed (async every
-//!   `commit_interval`, sync on revoke and shutdown) only for durable positions. A crash
-//!   replays at most the records since the last commit; outputs carry deterministic ids so
-//!   consumers can de-duplicate.
+//!   they are made, and the loop never waits for them inline. Processed positions are sealed
+//!   into an *epoch* every `max_batch` records or `max_batch_wait`; each output counts against
+//!   its epoch until its delivery report arrives. Every `commit_interval` the positions of the
+//!   leading fully acknowledged epochs are committed (sync), and on revoke and shutdown the
+//!   producer is flushed first. A crash replays at most the records since the last commit;
+//!   outputs carry deterministic ids so consumers can de-duplicate.
 //! - **Delivery failures stop the service.** librdkafka retries inside `message.timeout.ms`;
 //!   a record that still fails makes [`run`] return an error without committing, so the
 //!   restarted service reprocesses from the last commit. Nothing is skipped.

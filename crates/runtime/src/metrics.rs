@@ -107,7 +107,12 @@ mod tests {
         let m = Metrics::new("featurizer");
         m.records_in.with_label_values(&["telemetry.raw"]).inc_by(3);
         let text = m.render();
-        assert!(text.contains("headroom_records_in_total{service=\"featurizer\",topic=\"telemetry.raw\"} 3"), "{text}");
-        assert!(text.contains("headroom_dlq_records_total{reason=\"too_late\",service=\"featurizer\"} 0"));
+        let line = |name: &str, label: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(label) && l.contains("service=\"featurizer\""))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(line("headroom_records_in_total{", "topic=\"telemetry.raw\"").as_deref(), Some("3"), "{text}");
+        assert_eq!(line("headroom_dlq_records_total{", "reason=\"too_late\"").as_deref(), Some("0"), "{text}");
     }
 }

@@ -54,6 +54,8 @@ pub struct Emitter<'a> {
     pub(crate) suppressed: bool,
     pub(crate) max_output_bytes: usize,
     pub(crate) emitted: usize,
+    pub(crate) outstanding: &'a crate::kafka::Outstanding,
+    pub(crate) epoch_slot: usize,
 }
 
 impl Emitter<'_> {
@@ -77,11 +79,12 @@ impl Emitter<'_> {
             .traceparent
             .and_then(trace::child_traceparent)
             .map(|tp| OwnedHeaders::new().insert(Header { key: trace::TRACEPARENT, value: Some(tp.as_str()) }));
-        let opaque = self.record.timestamp_ms.unwrap_or(0).max(0) as usize;
+        let opaque = crate::kafka::pack_opaque(self.epoch_slot, self.record.timestamp_ms.unwrap_or(0));
         let mut rec = BaseRecord::with_opaque_to(topic, opaque).key(key).payload(payload);
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
+        self.outstanding.add(self.epoch_slot);
         send(self.producer, rec);
         self.emitted += 1;
     }
@@ -117,10 +120,12 @@ impl Emitter<'_> {
             .insert(Header { key: "dlq.source.topic", value: Some(r.topic) })
             .insert(Header { key: "dlq.source.partition", value: Some(partition.as_str()) })
             .insert(Header { key: "dlq.source.offset", value: Some(offset.as_str()) });
-        let mut rec = BaseRecord::with_opaque_to(dlq, 0).payload(buf.as_slice()).headers(headers);
+        let opaque = crate::kafka::pack_opaque(self.epoch_slot, 0);
+        let mut rec = BaseRecord::with_opaque_to(dlq, opaque).payload(buf.as_slice()).headers(headers);
         if let Some(k) = r.key {
             rec = rec.key(k);
         }
+        self.outstanding.add(self.epoch_slot);
         send(self.producer, rec);
     }
 
