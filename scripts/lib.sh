@@ -1,12 +1,13 @@
 # Shared settings of the project's scripts. Sourced, not run.
 # Everything that is installed or cached lives outside the clone, under HEADROOM_CACHE, so
-# that a new clone (and CI) reuses it; run-time state (pids, logs, data) lives in .stack/.
+# that a new clone (and CI) reuses it; so does the local stack's run-time state (pids, logs).
 
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HEADROOM_CACHE="${HEADROOM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/headroom}"
-STACK_DIR="${HEADROOM_STACK_DIR:-$REPO_ROOT/.stack}"
+# One local stack per machine, shared by every clone (its pid file, logs and data).
+STACK_DIR="${HEADROOM_STACK_DIR:-$HEADROOM_CACHE/stack}"
 
 TANSU_VERSION="0.6.0"
 TANSU_ROOT="$HEADROOM_CACHE/tansu-$TANSU_VERSION"
