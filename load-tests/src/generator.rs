@@ -115,7 +115,7 @@ impl Generator {
         let mut cpu = p.base * weekly * (1.0 + p.amp * bump) + n(&mut self.rng, &self.noise, 0.02);
         // Scale events concentrate in the peaks: about 3 % of samples overall.
         let peak = bump > 0.5 && !weekend;
-        let scale_event = self.rng.random::<f64>() < if peak { 0.085 } else { 0.006 };
+        let scale_event = self.rng.random::<f64>() < if peak { 0.16 } else { 0.007 };
         if scale_event {
             p.replicas = (p.replicas + if self.rng.random::<bool>() { 1 } else { -1 }).clamp(1, 20);
         }

@@ -82,9 +82,13 @@ enum Command {
         map: String,
         #[arg(long)]
         max_vms: Option<usize>,
-        /// Records per second; 0 = as fast as possible.
+        /// Records per second; 0 = as fast as possible (unless --speed is given).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+        /// Event-time speed-up: 3600 replays an hour of the trace per second, keeping its
+        /// spacing and bursts. Overrides --rate.
+        #[arg(long)]
+        speed: Option<f64>,
         #[arg(long)]
         max_records: Option<usize>,
     },
@@ -99,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig { format: headroom_runtime::config::LogFormat::Text, level: filter });
     match cli.command {
         Command::Generate { topic, rate, duration, format, fleet } => generate(&cli.brokers, &topic, rate, duration, format, &fleet),
-        Command::Replay { topic, trace: path, trace_format, ts_column, entity_column, map, max_vms, rate, max_records } => {
+        Command::Replay { topic, trace: path, trace_format, ts_column, entity_column, map, max_vms, rate, speed, max_records } => {
             let started = Instant::now();
             let mut rows = match trace_format.as_str() {
                 "bitbrains" => trace::read_bitbrains(&path, max_vms)?,
@@ -112,9 +116,22 @@ fn main() -> anyhow::Result<()> {
             eprintln!("read {} records in {:.1}s; publishing to {topic}", rows.len(), started.elapsed().as_secs_f64());
             let p = kafka::producer(&cli.brokers)?;
             let pacer = kafka::Pacer { start: Instant::now(), rate };
+            let first_ts = rows.first().map_or(0, |t| t.ts_ms);
+            if let Some(s) = speed {
+                anyhow::ensure!(s > 0.0, "--speed must be positive");
+            }
             let mut buf = Vec::new();
             for (k, t) in rows.iter().enumerate() {
-                pacer.wait(k as u64);
+                match speed {
+                    Some(s) => {
+                        let due = pacer.start + Duration::from_secs_f64((t.ts_ms - first_ts) as f64 / 1000.0 / s);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    None => pacer.wait(k as u64),
+                }
                 t.encode_framed(&mut buf);
                 kafka::send(&p, &topic, t.entity_id.as_bytes(), &buf)?;
             }

@@ -288,6 +288,8 @@ fn writer_id() -> u32 {
 /// Decodes telemetry payloads: Confluent-framed Avro of any known writer schema (resolved to
 /// the latest reader schema once per schema id), or JSON.
 pub struct TelemetryDecoder {
+    /// Id of the built-in v1 schema, decoded by the hand-written fast path.
+    fast_id: u32,
     reader_schema: &'static Schema,
     readers: HashMap<u32, GenericDatumReader<'static>>,
 }
@@ -308,7 +310,8 @@ impl TelemetryDecoder {
     pub fn new() -> Self {
         let cat = Catalogue::builtin();
         let reader_schema = &cat.latest(SUBJECT).expect("telemetry subject in catalogue").schema;
-        let mut d = TelemetryDecoder { reader_schema, readers: HashMap::new() };
+        let fast_id = cat.versions(SUBJECT).find(|e| e.version == 1).map_or(u32::MAX, |e| e.id);
+        let mut d = TelemetryDecoder { fast_id, reader_schema, readers: HashMap::new() };
         for e in cat.versions(SUBJECT) {
             // Built-in schemas are validated by the crate's tests.
             let _ = d.add_writer_schema(e.id, &e.schema);
@@ -332,6 +335,21 @@ impl TelemetryDecoder {
         self.readers.contains_key(&id)
     }
 
+    /// Decodes with the reference `apache-avro` reader only (no fast path); for tests and
+    /// benchmarks.
+    pub fn decode_reference(&self, payload: &[u8]) -> Result<Telemetry, DecodeError> {
+        let framed = framing::unframe(payload)?;
+        let reader = self.readers.get(&framed.schema_id).ok_or(DecodeError::UnknownSchemaId(framed.schema_id))?;
+        let mut cursor = framed.datum;
+        let value = reader
+            .read_value(&mut cursor)
+            .map_err(|e| DecodeError::Avro { id: framed.schema_id, detail: e.to_string() })?;
+        if !cursor.is_empty() {
+            return Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: cursor.len() });
+        }
+        from_value(value)
+    }
+
     pub fn decode(&self, payload: &[u8]) -> Result<Telemetry, DecodeError> {
         match payload.first() {
             Some(b'{') => return Telemetry::from_json(payload),
@@ -339,6 +357,17 @@ impl TelemetryDecoder {
             _ => {}
         }
         let framed = framing::unframe(payload)?;
+        if framed.schema_id == self.fast_id {
+            return decode_v1(framed.datum)
+                .map_err(|detail| DecodeError::Avro { id: framed.schema_id, detail })
+                .and_then(|(t, rest)| {
+                    if rest == 0 {
+                        Ok(t)
+                    } else {
+                        Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: rest })
+                    }
+                });
+        }
         let reader = self
             .readers
             .get(&framed.schema_id)
@@ -351,6 +380,131 @@ impl TelemetryDecoder {
             return Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: cursor.len() });
         }
         from_value(value)
+    }
+}
+
+/// Hand-written reader of the v1 datum (the hot path: `apache-avro` builds a `Value` tree per
+/// record). Returns the record and the number of unread bytes. Property tests check it against
+/// the reference reader.
+fn decode_v1(datum: &[u8]) -> Result<(Telemetry, usize), String> {
+    let mut c = Cursor { buf: datum, pos: 0 };
+    let entity_id = c.string()?;
+    let ts_ms = c.long()?;
+    let service = c.opt(Cursor::string)?;
+    let cluster = c.opt(Cursor::string)?;
+    let mut doubles = [None; 8];
+    for d in &mut doubles {
+        *d = c.opt(Cursor::double)?;
+    }
+    let replicas = c.opt(Cursor::int)?;
+    let cost_per_hour = c.opt(Cursor::double)?;
+    let scale_event = c.opt(Cursor::boolean)?;
+    // A map keeps the last value of a repeated key, as the reference reader does.
+    let mut labels = std::collections::BTreeMap::new();
+    loop {
+        let mut n = c.long()?;
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            n = n.checked_neg().ok_or("bad map block count")?;
+            c.long()?; // block size in bytes
+        }
+        if n as usize > c.remaining() {
+            return Err(format!("map block of {n} entries exceeds the datum"));
+        }
+        for _ in 0..n {
+            let k = c.string()?;
+            let v = c.string()?;
+            labels.insert(k, v);
+        }
+    }
+    let labels: Vec<(String, String)> = labels.into_iter().collect();
+    let [cpu_util, mem_util, net_in_bps, net_out_bps, disk_read_bps, disk_write_bps, cpu_cores, mem_bytes] = doubles;
+    let t = Telemetry {
+        entity_id,
+        ts_ms,
+        service,
+        cluster,
+        cpu_util,
+        mem_util,
+        net_in_bps,
+        net_out_bps,
+        disk_read_bps,
+        disk_write_bps,
+        cpu_cores,
+        mem_bytes,
+        replicas,
+        cost_per_hour,
+        scale_event,
+        labels,
+    };
+    Ok((t, c.remaining()))
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn long(&mut self) -> Result<i64, String> {
+        let mut z: u64 = 0;
+        for i in 0..10 {
+            let b = *self.buf.get(self.pos).ok_or("datum ends inside a varint")?;
+            self.pos += 1;
+            z |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err("varint longer than 10 bytes".into())
+    }
+
+    fn int(&mut self) -> Result<i32, String> {
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| format!("int {v} out of range"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if n > self.remaining() {
+            return Err(format!("datum ends: need {n} bytes, {} left", self.remaining()));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.long()?;
+        let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| format!("string is not utf-8: {e}"))
+    }
+
+    fn double(&mut self) -> Result<f64, String> {
+        let b = self.take(8)?;
+        Ok(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+
+    fn boolean(&mut self) -> Result<bool, String> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(format!("invalid boolean byte {b}")),
+        }
+    }
+
+    fn opt<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<Option<T>, String> {
+        match self.long()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            i => Err(format!("union index {i} out of range")),
+        }
     }
 }
 
@@ -551,6 +705,36 @@ mod tests {
         #[test]
         fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = TelemetryDecoder::new().decode(&bytes);
+        }
+
+        /// The fast path accepts only what the reference reader accepts, with the same result.
+        #[test]
+        fn fast_path_agrees_with_reference(
+            entity in "[a-z0-9/-]{1,20}",
+            ts in any::<i64>(),
+            cpu in proptest::option::of(any::<f64>()),
+            labels in proptest::collection::btree_map("[a-z]{1,4}", "[a-z0-9]{0,6}", 0..4),
+            cut in 0usize..120,
+            flip in proptest::option::of((0usize..120, any::<u8>())),
+        ) {
+            let t = Telemetry { entity_id: entity, ts_ms: ts, cpu_util: cpu, labels: labels.into_iter().collect(), ..Telemetry::default() };
+            let mut buf = Vec::new();
+            t.encode_framed(&mut buf);
+            let d = TelemetryDecoder::new();
+            let fast = d.decode(&buf).expect("valid record");
+            let reference = d.decode_reference(&buf).expect("valid record");
+            prop_assert_eq!(format!("{fast:?}"), format!("{reference:?}"));
+            // Corrupted variants: whenever the fast path accepts, the reference agrees.
+            let mut bad = buf.clone();
+            bad.truncate(5 + cut.min(bad.len() - 5));
+            if let Some((i, b)) = flip {
+                if 5 + i < bad.len() { bad[5 + i] = b; }
+            }
+            if let Ok(f) = d.decode(&bad) {
+                let r = d.decode_reference(&bad);
+                prop_assert!(r.is_ok(), "fast accepted what the reference rejects: {:?}", r);
+                prop_assert_eq!(format!("{f:?}"), format!("{:?}", r.expect("ok")));
+            }
         }
     }
 }

@@ -61,3 +61,23 @@ async fn offsets_of_a_memberless_group_round_trip() {
     assert_eq!(got.find_partition(&topic, 2).expect("p2").offset(), Offset::Offset(1234));
     assert_eq!(got.find_partition(&topic, 3).expect("p3").offset(), Offset::Invalid);
 }
+
+/// Applying the topology twice is a no-op; a partition-count mismatch fails and names the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_apply_is_idempotent_and_refuses_a_mismatch() {
+    use headroom_runtime::topology::{apply, Topology};
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("rt-topo"));
+    let kafka = headroom_testkit::kafka_config(&brokers, "x");
+    let t = Topology::builtin();
+    let first = apply(&t, &kafka, &prefix, Duration::from_secs(30)).await.expect("create");
+    assert_eq!(first.created.len(), t.topics.len());
+    let second = apply(&t, &kafka, &prefix, Duration::from_secs(30)).await.expect("again");
+    assert!(second.created.is_empty());
+    assert_eq!(second.existing.len(), t.topics.len());
+    let mut changed = t.clone();
+    changed.topics[0].partitions = Some(3);
+    let err = apply(&changed, &kafka, &prefix, Duration::from_secs(30)).await.expect_err("mismatch");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{prefix}telemetry.raw")) && msg.contains("3"), "{msg}");
+}

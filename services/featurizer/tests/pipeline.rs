@@ -150,9 +150,10 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     let addr = svc.http_addr;
     let b2 = brokers.clone();
     let p2 = prefix.clone();
+    let n_bad = expected_reasons.len();
     let (features, dlq) = tokio::task::spawn_blocking(move || {
         let f = consume(&b2, &format!("{p2}features"), valid, Duration::from_secs(60), Duration::from_secs(2));
-        let d = consume(&b2, &format!("{p2}telemetry.dlq"), 16, Duration::from_secs(30), Duration::from_secs(1));
+        let d = consume(&b2, &format!("{p2}telemetry.dlq"), n_bad, Duration::from_secs(30), Duration::from_secs(2));
         (f, d)
     })
     .await
