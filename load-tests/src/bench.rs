@@ -209,9 +209,9 @@ async fn latency(brokers: &str, prefix: &str, entities: u32, rate: f64, duration
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
                 let now = Instant::now();
                 let Some(payload) = m.payload() else { continue };
-                let Ok(f) = FeaturesRecord::decode(payload) else { continue };
-                let Some(&i) = ids.get(&f.entity_id) else { continue };
-                let r = ((f.ts_ms - start_ts) / iv) as u64;
+                let Ok((entity, ts_ms)) = FeaturesRecord::peek(payload) else { continue };
+                let Some(&i) = ids.get(&entity) else { continue };
+                let r = ((ts_ms - start_ts) / iv) as u64;
                 let k = r * n + i;
                 let due = pacer.due(k);
                 let us = now.saturating_duration_since(due).as_micros() as u64;

@@ -62,19 +62,35 @@ impl FeaturesRecord {
         write_opt(out, self.source_ts_ms, write_long);
     }
 
+    /// The entity id and event time of a framed v1 payload, without decoding the vector
+    /// (for consumers that only route or measure).
+    pub fn peek(payload: &[u8]) -> Result<(String, i64), DecodeError> {
+        let framed = framing::unframe(payload)?;
+        let cat = Catalogue::builtin();
+        match cat.by_id(framed.schema_id) {
+            Some(e) if e.subject == SUBJECT && e.version == 1 => {}
+            Some(e) => return Err(DecodeError::WrongSubject { id: framed.schema_id, subject: e.subject.clone() }),
+            None => return Err(DecodeError::UnknownSchemaId(framed.schema_id)),
+        }
+        let mut cur = framed.datum;
+        let bad = || DecodeError::Avro { id: framed.schema_id, detail: "truncated or malformed datum".into() };
+        let _event_id = read_str(&mut cur).ok_or_else(bad)?;
+        let entity = read_str(&mut cur).ok_or_else(bad)?;
+        let ts = read_varint(&mut cur).ok_or_else(bad)?;
+        Ok((entity, ts))
+    }
+
     /// Decodes a framed `features` payload written with any catalogued version.
     pub fn decode(payload: &[u8]) -> Result<FeaturesRecord, DecodeError> {
         let framed = framing::unframe(payload)?;
-        let cat = Catalogue::builtin();
-        let writer = cat.by_id(framed.schema_id).ok_or(DecodeError::UnknownSchemaId(framed.schema_id))?;
-        if writer.subject != SUBJECT {
-            return Err(DecodeError::WrongSubject { id: framed.schema_id, subject: writer.subject.clone() });
-        }
-        let reader_schema = &cat.latest(SUBJECT).expect("features subject").schema;
-        let reader = GenericDatumReader::builder(&writer.schema)
-            .reader_schema(reader_schema)
-            .build()
-            .map_err(|e| DecodeError::Avro { id: framed.schema_id, detail: e.to_string() })?;
+        let reader = readers()
+            .iter()
+            .find(|(id, _)| *id == framed.schema_id)
+            .map(|(_, r)| r)
+            .ok_or_else(|| match Catalogue::builtin().by_id(framed.schema_id) {
+                Some(e) => DecodeError::WrongSubject { id: framed.schema_id, subject: e.subject.clone() },
+                None => DecodeError::UnknownSchemaId(framed.schema_id),
+            })?;
         let mut cur = framed.datum;
         let value = reader
             .read_value(&mut cur)
@@ -126,6 +142,43 @@ impl FeaturesRecord {
     }
 }
 
+fn read_varint(cur: &mut &[u8]) -> Option<i64> {
+    let mut z = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = cur.split_first()?;
+        *cur = rest;
+        z |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+fn read_str(cur: &mut &[u8]) -> Option<String> {
+    let n = usize::try_from(read_varint(cur)?).ok()?;
+    if n > cur.len() {
+        return None;
+    }
+    let (s, rest) = cur.split_at(n);
+    *cur = rest;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+/// One reader per catalogued writer version, resolved to the latest schema once.
+fn readers() -> &'static [(u32, GenericDatumReader<'static>)] {
+    static READERS: std::sync::OnceLock<Vec<(u32, GenericDatumReader<'static>)>> = std::sync::OnceLock::new();
+    READERS.get_or_init(|| {
+        let cat = Catalogue::builtin();
+        let latest = &cat.latest(SUBJECT).expect("features subject").schema;
+        cat.versions(SUBJECT)
+            .filter_map(|e| {
+                GenericDatumReader::builder(&e.schema).reader_schema(latest).build().ok().map(|r| (e.id, r))
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +208,8 @@ mod tests {
         let mut buf = Vec::new();
         r.encode_framed(&mut buf);
         assert_eq!(FeaturesRecord::decode(&buf).expect("decode"), r);
+        assert_eq!(FeaturesRecord::peek(&buf).expect("peek"), ("vm-1".to_owned(), 42));
+        assert!(FeaturesRecord::peek(&buf[..12]).is_err());
     }
 
     #[test]

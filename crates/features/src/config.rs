@@ -95,7 +95,8 @@ impl FeatureConfig {
     /// lateness, rounded so that the ring never needs more.
     pub fn capacity(&self) -> usize {
         let longest = self.window_slots().into_iter().max().unwrap_or(1);
-        longest.max(self.lags as usize + 1).max(self.lateness_slots() as usize + 1)
+        let need = longest.max(self.lags as usize + 1).max(self.lateness_slots() as usize + 1);
+        need.div_ceil(crate::state::BLOCK) * crate::state::BLOCK
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

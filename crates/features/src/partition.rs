@@ -60,75 +60,6 @@ pub enum Outcome {
     TooLate { behind_ms: i64 },
 }
 
-/// Window accumulator. Values are summed relative to a pivot (the event's current value) in
-/// f32 lanes, which keeps the variance numerically sound (no large-mean cancellation) and lets
-/// the compiler vectorize the scan; NaN (not observed) contributes nothing.
-#[derive(Debug, Clone, Copy)]
-struct Acc {
-    pivot: f32,
-    sum: f64,
-    sumsq: f64,
-    min: f32,
-    max: f32,
-    n: u32,
-}
-
-const LANES: usize = 8;
-
-impl Acc {
-    fn new(pivot: f32) -> Acc {
-        Acc { pivot, sum: 0.0, sumsq: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY, n: 0 }
-    }
-
-    #[inline]
-    fn add_slice(&mut self, vals: &[f32]) {
-        let p = self.pivot;
-        let mut sum = [0f32; LANES];
-        let mut sumsq = [0f32; LANES];
-        let mut min = [f32::INFINITY; LANES];
-        let mut max = [f32::NEG_INFINITY; LANES];
-        let mut n = [0u32; LANES];
-        let chunks = vals.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for l in 0..LANES {
-                let v = c[l];
-                let ok = v == v;
-                let d = if ok { v - p } else { 0.0 };
-                sum[l] += d;
-                sumsq[l] += d * d;
-                n[l] += u32::from(ok);
-                min[l] = if v < min[l] { v } else { min[l] };
-                max[l] = if v > max[l] { v } else { max[l] };
-            }
-        }
-        for (l, &v) in rest.iter().enumerate() {
-            let ok = v == v;
-            let d = if ok { v - p } else { 0.0 };
-            sum[l] += d;
-            sumsq[l] += d * d;
-            n[l] += u32::from(ok);
-            min[l] = if v < min[l] { v } else { min[l] };
-            max[l] = if v > max[l] { v } else { max[l] };
-        }
-        for l in 0..LANES {
-            self.sum += f64::from(sum[l]);
-            self.sumsq += f64::from(sumsq[l]);
-            self.n += n[l];
-            self.min = if min[l] < self.min { min[l] } else { self.min };
-            self.max = if max[l] > self.max { max[l] } else { self.max };
-        }
-    }
-
-    /// (mean, population std) of the observed values.
-    fn mean_std(&self) -> (f64, f64) {
-        let n = f64::from(self.n);
-        let mean_d = self.sum / n;
-        let var = (self.sumsq / n - mean_d * mean_d).max(0.0);
-        (f64::from(self.pivot) + mean_d, var.sqrt())
-    }
-}
-
 /// Per-partition feature state. Not shared between threads: one per assigned partition.
 #[derive(Debug)]
 pub struct PartitionState {
@@ -304,36 +235,24 @@ fn compute(state: &EntityState, windows: &[(usize, usize)], lags: usize, per: us
             (observed, false)
         };
         block[0] = now;
-        // Nested windows in one backward pass over at most two contiguous ring segments each.
-        let mut acc = Acc::new(now);
-        let mut covered = 0usize;
         for &(w, idx) in windows {
             // Slots (slot - w, slot], clamped to what the ring still holds.
-            let start = (slot - w as i64 + 1).max(lowest);
-            let hi = slot - covered as i64;
-            if hi >= start {
-                let lo = start;
-                let (plo, phi) = (state.pos(lo), state.pos(hi));
-                if plo <= phi {
-                    acc.add_slice(&ring[plo..=phi]);
-                } else {
-                    acc.add_slice(&ring[plo..]);
-                    acc.add_slice(&ring[..=phi]);
-                }
-            }
-            covered = w;
+            let lo = (slot - w as i64 + 1).max(lowest);
+            let st = state.window(m, lo, slot);
             let o = 1 + 4 * idx;
-            if acc.n == 0 {
+            if st.n == 0 {
                 block[o] = now;
                 block[o + 1] = 0.0;
                 block[o + 2] = now;
                 block[o + 3] = now;
             } else {
-                let (mean, std) = acc.mean_std();
+                let n = f64::from(st.n);
+                let mean = st.sum / n;
+                let var = (st.sumsq / n - mean * mean).max(0.0);
                 block[o] = mean as f32;
-                block[o + 1] = std as f32;
-                block[o + 2] = acc.min;
-                block[o + 3] = acc.max;
+                block[o + 1] = var.sqrt() as f32;
+                block[o + 2] = st.min;
+                block[o + 3] = st.max;
             }
         }
         // Lags: forward-filled from older slots, back-filled from the current value.

@@ -4,6 +4,43 @@ use crate::names::METRICS;
 
 const EMPTY: u32 = u32::MAX;
 const N: usize = METRICS.len();
+/// Slots per summary block. Long windows read block summaries instead of every slot.
+pub(crate) const BLOCK: usize = 12;
+
+/// Sum, sum of squares, min, max and count of the observed values of one block of one metric.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockStat {
+    pub sum: f64,
+    pub sumsq: f64,
+    pub min: f32,
+    pub max: f32,
+    pub n: u32,
+}
+
+impl BlockStat {
+    pub const EMPTY: BlockStat = BlockStat { sum: 0.0, sumsq: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY, n: 0 };
+
+    #[inline]
+    pub fn add(&mut self, v: f32) {
+        if !v.is_nan() {
+            let x = f64::from(v);
+            self.sum += x;
+            self.sumsq += x * x;
+            self.n += 1;
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+    }
+
+    #[inline]
+    pub fn merge(&mut self, o: &BlockStat) {
+        self.sum += o.sum;
+        self.sumsq += o.sumsq;
+        self.n += o.n;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+}
 
 /// A context value (capacity, replicas, cost) with the event time and offset that set it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,6 +70,8 @@ pub(crate) struct EntityState {
     pub slot_ts: Box<[u32]>,
     /// Smallest source offset that wrote the slot.
     pub slot_offset: Box<[u64]>,
+    /// Metric-major block summaries: metric `m`, block `b` at `m * (cap / BLOCK) + b`.
+    pub blocks: Box<[BlockStat]>,
     pub newest_slot: i64,
     pub newest_ts: i64,
     /// cpu_cores, mem_bytes, replicas, cost_per_hour
@@ -54,6 +93,7 @@ impl EntityState {
             values: vec![f32::NAN; N * cap].into_boxed_slice(),
             slot_ts: vec![EMPTY; cap].into_boxed_slice(),
             slot_offset: vec![u64::MAX; cap].into_boxed_slice(),
+            blocks: vec![BlockStat::EMPTY; N * (cap / BLOCK)].into_boxed_slice(),
             newest_slot: slot,
             newest_ts: i64::MIN,
             context: [Context::default(); 4],
@@ -63,7 +103,21 @@ impl EntityState {
     }
 
     pub fn heap_bytes(cap: usize) -> usize {
-        N * cap * 4 + cap * 4 + cap * 8
+        N * cap * 4 + cap * 4 + cap * 8 + N * (cap / BLOCK) * std::mem::size_of::<BlockStat>()
+    }
+
+    /// Recomputes the summaries of the block holding ring position `p`.
+    fn refresh_block(&mut self, p: usize) {
+        let cap = self.cap();
+        let nb = cap / BLOCK;
+        let b = p / BLOCK;
+        for m in 0..N {
+            let mut st = BlockStat::EMPTY;
+            for &v in &self.values[m * cap + b * BLOCK..m * cap + (b + 1) * BLOCK] {
+                st.add(v);
+            }
+            self.blocks[m * nb + b] = st;
+        }
     }
 
     #[inline]
@@ -102,10 +156,18 @@ impl EntityState {
             for p in 0..cap as usize {
                 self.clear_pos(p);
             }
+            self.blocks.fill(BlockStat::EMPTY);
         } else {
             for s in self.newest_slot + 1..=slot {
                 let p = self.pos(s);
                 self.clear_pos(p);
+            }
+            // Refresh each touched block once, after all its slots were cleared.
+            let mut s = self.newest_slot + 1;
+            while s <= slot {
+                let p = self.pos(s);
+                self.refresh_block(p);
+                s = (s.div_euclid(BLOCK as i64) + 1) * BLOCK as i64;
             }
         }
         self.newest_slot = slot;
@@ -136,6 +198,7 @@ impl EntityState {
             for (m, v) in metrics.iter().enumerate() {
                 self.values[m * cap + p] = v.map_or(f32::NAN, |v| v as f32);
             }
+            self.refresh_block(p);
         }
         if offset < self.slot_offset[p] {
             self.slot_offset[p] = offset;
@@ -162,6 +225,39 @@ impl EntityState {
             .min()
             .unwrap_or(u64::MAX);
         self.floor.min(ctx)
+    }
+
+    /// Statistics of metric `m` over slots `lo..=hi` (absolute, within the ring): partial
+    /// blocks are scanned, whole blocks read from their summaries.
+    #[inline]
+    pub fn window(&self, m: usize, lo: i64, hi: i64) -> BlockStat {
+        let cap = self.cap();
+        let nb = cap / BLOCK;
+        let ring = &self.values[m * cap..(m + 1) * cap];
+        let blocks = &self.blocks[m * nb..(m + 1) * nb];
+        let mut st = BlockStat::EMPTY;
+        if lo > hi {
+            return st;
+        }
+        let b = BLOCK as i64;
+        let (blo, bhi) = (lo.div_euclid(b), hi.div_euclid(b));
+        let scan = |st: &mut BlockStat, from: i64, to: i64| {
+            let (pf, pt) = (self.pos(from), self.pos(to));
+            // A run within one block never wraps the ring.
+            for &v in &ring[pf..=pt] {
+                st.add(v);
+            }
+        };
+        if blo == bhi {
+            scan(&mut st, lo, hi);
+            return st;
+        }
+        scan(&mut st, lo, (blo + 1) * b - 1);
+        for blk in blo + 1..bhi {
+            st.merge(&blocks[blk.rem_euclid(nb as i64) as usize]);
+        }
+        scan(&mut st, bhi * b, hi);
+        st
     }
 
     /// The value of metric `m` at `slot`, or the most recent observed value before it that the
