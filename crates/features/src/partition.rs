@@ -72,7 +72,8 @@ pub struct PartitionState {
     windows_sorted: Vec<(usize, usize)>,
     entities: FxHashMap<Box<str>, EntityState>,
     max_ts: i64,
-    /// Precomputed sin/cos for the 7 days and 12 months.
+    /// Precomputed sin/cos for each minute of the day, the 7 days and the 12 months.
+    minute_trig: Box<[(f32, f32)]>,
     dow_trig: [(f32, f32); 7],
     month_trig: [(f32, f32); 12],
 }
@@ -97,7 +98,14 @@ impl PartitionState {
             let a = tau * m as f64 / 12.0;
             (a.sin() as f32, a.cos() as f32)
         });
+        let minute_trig = (0..1440)
+            .map(|m| {
+                let a = tau * m as f64 / 1440.0;
+                (a.sin() as f32, a.cos() as f32)
+            })
+            .collect();
         PartitionState {
+            minute_trig,
             cap: cfg.capacity(),
             interval_ms: cfg.interval_ms(),
             lateness_slots: cfg.lateness_slots(),
@@ -159,9 +167,9 @@ impl PartitionState {
     fn time_and_extras(&self, state: &EntityState, ts_ms: i64, out: &mut [f32]) {
         let base = N * self.layout.per_metric();
         let (hour, dow, month) = calendar::fields(ts_ms);
-        let a = std::f64::consts::TAU * hour / 24.0;
-        out[base] = a.sin() as f32;
-        out[base + 1] = a.cos() as f32;
+        let (hs, hc) = self.minute_trig[((hour * 60.0) as usize).min(1439)];
+        out[base] = hs;
+        out[base + 1] = hc;
         out[base + 2] = self.dow_trig[dow as usize].0;
         out[base + 3] = self.dow_trig[dow as usize].1;
         out[base + 4] = self.month_trig[(month - 1) as usize].0;
@@ -259,15 +267,20 @@ fn compute(state: &EntityState, windows: &[(usize, usize)], lags: usize, per: us
         let lag_base = 1 + 4 * windows.len();
         let oldest_lag = slot - lags as i64;
         let mut carry = if oldest_lag > lowest { state.ffill(m, oldest_lag - 1) } else { None };
+        let mut p = state.pos(oldest_lag);
         for k in (1..=lags).rev() {
             let s = slot - k as i64;
             if s >= lowest {
-                let v = ring[state.pos(s)];
+                let v = ring[p];
                 if !v.is_nan() {
                     carry = Some(v);
                 }
             }
             block[lag_base + k - 1] = carry.unwrap_or(now);
+            p += 1;
+            if p == cap {
+                p = 0;
+            }
         }
         block[per - 1] = if imputed { 1.0 } else { 0.0 };
     }

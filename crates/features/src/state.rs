@@ -162,11 +162,15 @@ impl EntityState {
                 let p = self.pos(s);
                 self.clear_pos(p);
             }
-            // Refresh each touched block once, after all its slots were cleared.
+            // Refresh each touched block once, after all its slots were cleared; the block of
+            // `slot` itself is refreshed by the write that follows.
+            let target_block = self.pos(slot) / BLOCK;
             let mut s = self.newest_slot + 1;
             while s <= slot {
                 let p = self.pos(s);
-                self.refresh_block(p);
+                if p / BLOCK != target_block {
+                    self.refresh_block(p);
+                }
                 s = (s.div_euclid(BLOCK as i64) + 1) * BLOCK as i64;
             }
         }
@@ -253,8 +257,15 @@ impl EntityState {
             return st;
         }
         scan(&mut st, lo, (blo + 1) * b - 1);
-        for blk in blo + 1..bhi {
-            st.merge(&blocks[blk.rem_euclid(nb as i64) as usize]);
+        if bhi > blo + 1 {
+            let mut bi = (blo + 1).rem_euclid(nb as i64) as usize;
+            for _ in blo + 1..bhi {
+                st.merge(&blocks[bi]);
+                bi += 1;
+                if bi == nb {
+                    bi = 0;
+                }
+            }
         }
         scan(&mut st, bhi * b, hi);
         st
@@ -268,12 +279,17 @@ impl EntityState {
         let ring = &self.values[m * cap..(m + 1) * cap];
         let lowest = self.lowest_slot();
         let mut s = slot.min(self.newest_slot);
+        if s < lowest {
+            return None;
+        }
+        let mut p = self.pos(s);
         while s >= lowest {
-            let v = ring[self.pos(s)];
+            let v = ring[p];
             if !v.is_nan() {
                 return Some(v);
             }
             s -= 1;
+            p = if p == 0 { cap - 1 } else { p - 1 };
         }
         None
     }
