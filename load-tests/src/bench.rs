@@ -24,9 +24,13 @@ pub struct BenchArgs {
     /// Length of the open-loop latency run.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     latency_duration: Duration,
-    /// Fraction of the featurizer's maximum rate used for the latency run.
-    #[arg(long, default_value_t = 0.7)]
-    load_fraction: f64,
+    /// Fractions of the featurizer's maximum rate for the latency runs (one run each; the
+    /// issue's figure is the one at 0.7).
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.3,0.5,0.7")]
+    load_fractions: Vec<f64>,
+    /// Throughput runs per service, alternating relay and featurizer; the best of each counts.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
 }
 
 fn kafka_cfg(brokers: &str) -> KafkaConfig {
@@ -62,8 +66,8 @@ fn preload(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::R
 }
 
 /// Counts outputs until `expected` arrived; returns records/s between the first and last one.
-fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration) -> anyhow::Result<(f64, u64)> {
-    let c = kafka::reader(brokers, topic, false)?;
+fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration, from_end: bool) -> anyhow::Result<(f64, u64)> {
+    let c = kafka::reader(brokers, topic, from_end)?;
     let deadline = Instant::now() + timeout;
     let (mut n, mut first, mut last) = (0u64, None::<Instant>, Instant::now());
     while n < expected && Instant::now() < deadline {
@@ -79,8 +83,8 @@ fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration) -> anyhow
     Ok(((n - 1) as f64 / secs, n))
 }
 
-async fn throughput(brokers: &str, which: &str, prefix: &str, input: &str, records: u64) -> anyhow::Result<f64> {
-    let group = format!("{prefix}{which}");
+async fn throughput(brokers: &str, which: &str, group_prefix: &str, prefix: &str, input: &str, records: u64) -> anyhow::Result<f64> {
+    let group = format!("{group_prefix}{which}");
     let output;
     let handle = if which == "relay" {
         let mut c = headroom_relay::Config::load(None)?;
@@ -88,7 +92,7 @@ async fn throughput(brokers: &str, which: &str, prefix: &str, input: &str, recor
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
-        c.topics.output = format!("{prefix}telemetry.relayed");
+        c.topics.output = format!("{group_prefix}telemetry.relayed");
         c.topics.dlq = format!("{prefix}telemetry.dlq");
         output = c.topics.output.clone();
         headroom_relay::start(c, Shutdown::new()).await?
@@ -98,13 +102,13 @@ async fn throughput(brokers: &str, which: &str, prefix: &str, input: &str, recor
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
-        c.topics.output = format!("{prefix}features");
+        c.topics.output = format!("{group_prefix}features");
         c.topics.dlq = format!("{prefix}telemetry.dlq");
         output = c.topics.output.clone();
         headroom_featurizer::start(c, Shutdown::new()).await?
     };
     let b = brokers.to_owned();
-    let (rate, _) = tokio::task::spawn_blocking(move || drain(&b, &output, records, Duration::from_secs(600))).await??;
+    let (rate, _) = tokio::task::spawn_blocking(move || drain(&b, &output, records, Duration::from_secs(600), false)).await??;
     handle.stop().await?;
     eprintln!("  {which}: {rate:.0} records/s");
     Ok(rate)
@@ -119,7 +123,17 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let kcfg = kafka_cfg(brokers);
     topology::apply(&Topology::builtin(), &kcfg, &prefix, Duration::from_secs(30)).await?;
-    topology::apply(&topic_topology(&["telemetry.relayed", "telemetry.lat", "features.lat"]), &kcfg, &prefix, Duration::from_secs(30)).await?;
+    let mut extra = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        extra.push(format!("r{round}.telemetry.relayed"));
+        extra.push(format!("r{round}.features"));
+    }
+    for i in 0..=args.load_fractions.len() {
+        extra.push(format!("telemetry.lat{i}"));
+        extra.push(format!("features.lat{i}"));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    topology::apply(&topic_topology(&extra), &kcfg, &prefix, Duration::from_secs(30)).await?;
     let input = format!("{prefix}telemetry.raw");
     eprintln!("preloading {} records of {} entities into {input}", args.records, args.entities);
     let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
@@ -128,10 +142,13 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
 
     // The broker's own ceiling: a plain consumer reading the preloaded topic, no processing.
     let (b, i, r) = (brokers.to_owned(), input.clone(), args.records);
-    let (consume_rate, _) = tokio::task::spawn_blocking(move || drain(&b, &i, r, Duration::from_secs(600))).await??;
+    let (consume_rate, _) = tokio::task::spawn_blocking(move || drain(&b, &i, r, Duration::from_secs(600), false)).await??;
     eprintln!("  plain consumer: {consume_rate:.0} records/s");
-    let relay = throughput(brokers, "relay", &prefix, &input, args.records).await?;
-    let featurizer = throughput(brokers, "featurizer", &prefix, &input, args.records).await?;
+    let (mut relay, mut featurizer) = (0f64, 0f64);
+    for round in 0..args.rounds.max(1) {
+        relay = relay.max(throughput(brokers, "relay", &format!("{prefix}r{round}."), &prefix, &input, args.records).await?);
+        featurizer = featurizer.max(throughput(brokers, "featurizer", &format!("{prefix}r{round}."), &prefix, &input, args.records).await?);
+    }
     println!(
         "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0}",
         args.records,
@@ -139,12 +156,33 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         featurizer / relay
     );
 
-    let rate = featurizer * args.load_fraction;
-    let lat = latency(brokers, &prefix, args.entities, rate, args.latency_duration).await?;
+    // Reference: one broker hop (producer -> broker -> reader) at the 70 % rate, no featurizer.
+    // The featurizer path has two hops, so its floor is about twice this.
+    let ref_fraction = args.load_fractions.last().copied().unwrap_or(0.7);
+    let hop = broker_hop(brokers, &prefix, args.load_fractions.len(), args.entities, featurizer * ref_fraction, args.latency_duration).await?;
     println!(
-        "RESULT featurizer-latency rate_eps={rate:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} max_backlog={}",
-        lat.count, lat.p50, lat.p95, lat.p99, lat.max, lat.max_backlog
+        "RESULT broker-hop-latency rate_eps={:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        featurizer * ref_fraction, hop.count, hop.p50, hop.p95, hop.p99, hop.max
     );
+    let mut last = None;
+    for (i, fraction) in args.load_fractions.iter().enumerate() {
+        let rate = featurizer * fraction;
+        let lat = latency(brokers, &prefix, i, args.entities, rate, args.latency_duration).await?;
+        eprintln!(
+            "  latency at {:.0} % ({rate:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max backlog {}",
+            fraction * 100.0,
+            lat.p50,
+            lat.p99,
+            lat.max_backlog
+        );
+        last = Some((*fraction, rate, lat));
+    }
+    if let Some((fraction, rate, lat)) = last {
+        println!(
+            "RESULT featurizer-latency load_fraction={fraction} rate_eps={rate:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} max_backlog={} target_p99_ms=25",
+            lat.count, lat.p50, lat.p95, lat.p99, lat.max, lat.max_backlog
+        );
+    }
     Ok(())
 }
 
@@ -159,20 +197,42 @@ struct Latency {
 
 /// Open-loop production at `rate`; latency of each feature from the time its input was due
 /// (not when it was sent, so a stalled producer cannot hide queueing delay).
-async fn latency(brokers: &str, prefix: &str, entities: u32, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
-    let input = format!("{prefix}telemetry.lat");
-    let output = format!("{prefix}features.lat");
+async fn latency(brokers: &str, prefix: &str, run: usize, entities: u32, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
+    latency_run(brokers, prefix, run, entities, rate, duration, true).await
+}
+
+/// The same open-loop run without the featurizer: producer -> broker -> reader, one hop.
+async fn broker_hop(brokers: &str, prefix: &str, run: usize, entities: u32, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
+    latency_run(brokers, prefix, run, entities, rate, duration, false).await
+}
+
+async fn latency_run(
+    brokers: &str,
+    prefix: &str,
+    run: usize,
+    entities: u32,
+    rate: f64,
+    duration: Duration,
+    through_featurizer: bool,
+) -> anyhow::Result<Latency> {
+    let input = format!("{prefix}telemetry.lat{run}");
+    let output = if through_featurizer { format!("{prefix}features.lat{run}") } else { input.clone() };
     let mut c = headroom_featurizer::Config::load(None)?;
     c.kafka.brokers = brokers.into();
-    c.kafka.group_id = format!("{prefix}latency");
+    c.kafka.group_id = format!("{prefix}latency{run}");
     c.http.listen = "127.0.0.1:0".into();
     c.topics.input = input.clone();
     c.topics.output = output.clone();
     c.topics.dlq = format!("{prefix}telemetry.dlq");
     c.runtime.max_batch_wait = Duration::from_millis(5);
-    let svc = headroom_featurizer::start(c, Shutdown::new()).await?;
-    // Let the group settle before the clock starts.
-    warmup(brokers, &input, &output).await?;
+    let svc = if through_featurizer {
+        let svc = headroom_featurizer::start(c, Shutdown::new()).await?;
+        // Let the group settle before the clock starts.
+        warmup(brokers, &input, &output).await?;
+        Some(svc)
+    } else {
+        None
+    };
 
     let total = (rate * duration.as_secs_f64()) as u64;
     let b = brokers.to_owned();
@@ -202,6 +262,7 @@ async fn latency(brokers: &str, prefix: &str, entities: u32, rate: f64, duration
     });
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<(Histogram<u64>, u64)> {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let decoder = headroom_schemas::TelemetryDecoder::new();
         let deadline = pacer.start + duration + Duration::from_secs(60);
         let mut got = 0u64;
         let mut max_backlog = 0u64;
@@ -209,7 +270,12 @@ async fn latency(brokers: &str, prefix: &str, entities: u32, rate: f64, duration
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
                 let now = Instant::now();
                 let Some(payload) = m.payload() else { continue };
-                let Ok((entity, ts_ms)) = FeaturesRecord::peek(payload) else { continue };
+                let peeked = if through_featurizer {
+                    FeaturesRecord::peek(payload).ok()
+                } else {
+                    decoder.decode(payload).ok().map(|t| (t.entity_id, t.ts_ms))
+                };
+                let Some((entity, ts_ms)) = peeked else { continue };
                 let Some(&i) = ids.get(&entity) else { continue };
                 let r = ((ts_ms - start_ts) / iv) as u64;
                 let k = r * n + i;
@@ -225,7 +291,9 @@ async fn latency(brokers: &str, prefix: &str, entities: u32, rate: f64, duration
     });
     producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     let (h, max_backlog) = consumer.await??;
-    svc.stop().await?;
+    if let Some(svc) = svc {
+        svc.stop().await?;
+    }
     anyhow::ensure!(h.len() > 0, "no features arrived in the latency run");
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Latency { count: h.len(), p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), max: h.max() as f64 / 1000.0, max_backlog })

@@ -166,6 +166,7 @@ pub struct ConsumerCtx {
     outstanding: Arc<Outstanding>,
     events: Arc<Mutex<Vec<Event>>>,
     timeout: Duration,
+    commit_started: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -184,6 +185,23 @@ impl ClientContext for ConsumerCtx {
 }
 
 impl ConsumerContext for ConsumerCtx {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Ok(mut started) = self.commit_started.lock() {
+            if let Some(t) = started.take() {
+                self.metrics.commit_seconds.observe(t.elapsed().as_secs_f64());
+            }
+        }
+        match result {
+            // Only after the broker confirmed the offsets may their floors be stored: a floor
+            // newer than the committed offset would make a replay start too late.
+            Ok(()) => self.floors.write_confirmed(offsets, CommitMode::Async),
+            Err(e) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %e, "offset commit failed; will retry at the next interval");
+            }
+        }
+    }
+
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
@@ -299,6 +317,22 @@ impl FloorStore {
         }
     }
 
+    /// Stores the floors carried in the metadata of a commit the broker just confirmed,
+    /// without waiting.
+    fn write_confirmed(&self, committed: &TopicPartitionList, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for e in committed.elements() {
+            if let Some(f) = parse_floor(e.metadata()) {
+                let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(f));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.shadow.commit(&tpl, mode) {
+                tracing::warn!(error = %e, "storing replay floors failed; the previous (lower) floors stay in force");
+            }
+        }
+    }
+
     fn read(&self, tpl: &TopicPartitionList, timeout: Duration) -> HashMap<(String, i32), i64> {
         let mut q = TopicPartitionList::new();
         for e in tpl.elements() {
@@ -374,6 +408,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         outstanding: outstanding.clone(),
         events: events.clone(),
         timeout: rt.drain_deadline,
+        commit_started: Mutex::new(None),
     };
     let mut ccfg = client_config(&cfg.kafka);
     ccfg.set("group.id", &cfg.kafka.group_id)
@@ -385,6 +420,11 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     }
     if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
         ccfg.set("statistics.interval.ms", "5000");
+    }
+    // Bounds how long a fetch may wait for data. Brokers that hold a fetch for the whole wait
+    // even when data arrives (tansu 0.6 does) would otherwise add up to 500 ms per hop.
+    if !cfg.kafka.properties.contains_key("fetch.wait.max.ms") {
+        ccfg.set("fetch.wait.max.ms", "10");
     }
     let consumer: BaseConsumer<ConsumerCtx> =
         ccfg.create_with_context(cctx).context("creating the kafka consumer")?;
@@ -477,7 +517,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         }
         if last_commit.elapsed() >= rt.commit_interval {
             promote_complete(&sealed, &outstanding, &durable);
-            commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
+            commit(&consumer, &durable, CommitMode::Async, &opts.metrics);
             processor.on_commit(&opts.metrics);
             last_commit = Instant::now();
         }
@@ -643,16 +683,16 @@ fn commit(consumer: &BaseConsumer<ConsumerCtx>, durable: &Mutex<Durable>, mode: 
         Err(_) => None,
     };
     let Some(list) = list else { return };
-    let started = Instant::now();
+    if let Ok(mut started) = consumer.context().commit_started.lock() {
+        started.get_or_insert_with(Instant::now);
+    }
+    // Async: the commit callback records the latency, counts failures, and stores the floors
+    // once the broker confirmed the offsets. Sync (revoke, shutdown) does the same inline.
     let res: KafkaResult<()> = consumer.commit(&list, mode);
-    metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-    match res {
-        Ok(()) => {
-            if let Ok(d) = durable.lock() {
-                consumer.context().floors.write(&d, None);
-            }
-        }
-        Err(e) => {
+    match (res, mode) {
+        (Ok(()), CommitMode::Sync) => consumer.context().floors.write_confirmed(&list, CommitMode::Sync),
+        (Ok(()), CommitMode::Async) => {}
+        (Err(e), _) => {
             metrics.commit_failures.inc();
             tracing::warn!(error = %e, "offset commit failed; will retry at the next interval");
         }
