@@ -65,6 +65,20 @@ fn preload(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::R
     Ok(records as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Counts outputs until `expected` arrived; returns when the last one did.
+fn drain_until(brokers: &str, topic: &str, expected: u64, timeout: Duration) -> anyhow::Result<Instant> {
+    let c = kafka::reader(brokers, topic, false)?;
+    let deadline = Instant::now() + timeout;
+    let mut n = 0u64;
+    while n < expected && Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            n += 1;
+        }
+    }
+    anyhow::ensure!(n >= expected, "{topic}: only {n} of {expected} outputs within {timeout:?}");
+    Ok(Instant::now())
+}
+
 /// Counts outputs until `expected` arrived; returns records/s between the first and last one.
 fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration, from_end: bool) -> anyhow::Result<(f64, u64)> {
     let c = kafka::reader(brokers, topic, from_end)?;
@@ -107,8 +121,24 @@ async fn throughput(brokers: &str, which: &str, group_prefix: &str, prefix: &str
         output = c.topics.output.clone();
         headroom_featurizer::start(c, Shutdown::new()).await?
     };
+    // The clock starts when the service consumed its first record (group join excluded) and
+    // stops when the last output arrived.
+    let records_in = handle.metrics.records_in.with_label_values(&[input]);
+    let first_in = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let consumed: u64 = records_in.get();
+            if consumed > 0 || Instant::now() > deadline {
+                return Instant::now();
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
     let b = brokers.to_owned();
-    let (rate, _) = tokio::task::spawn_blocking(move || drain(&b, &output, records, Duration::from_secs(600), false)).await??;
+    let drained = tokio::task::spawn_blocking(move || drain_until(&b, &output, records, Duration::from_secs(600)));
+    let started = first_in.await?;
+    let last = drained.await??;
+    let rate = records as f64 / last.saturating_duration_since(started).as_secs_f64().max(1e-6);
     handle.stop().await?;
     eprintln!("  {which}: {rate:.0} records/s");
     Ok(rate)
@@ -128,7 +158,7 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         extra.push(format!("r{round}.telemetry.relayed"));
         extra.push(format!("r{round}.features"));
     }
-    for i in 0..=args.load_fractions.len() {
+    for i in 0..args.load_fractions.len() + 2 {
         extra.push(format!("telemetry.lat{i}"));
         extra.push(format!("features.lat{i}"));
     }
@@ -156,14 +186,16 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         featurizer / relay
     );
 
-    // Reference: one broker hop (producer -> broker -> reader) at the 70 % rate, no featurizer.
-    // The featurizer path has two hops, so its floor is about twice this.
-    let ref_fraction = args.load_fractions.last().copied().unwrap_or(0.7);
-    let hop = broker_hop(brokers, &prefix, args.load_fractions.len(), args.entities, featurizer * ref_fraction, args.latency_duration).await?;
-    println!(
-        "RESULT broker-hop-latency rate_eps={:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
-        featurizer * ref_fraction, hop.count, hop.p50, hop.p95, hop.p99, hop.max
-    );
+    // Reference: one broker hop (producer -> broker -> reader), no featurizer, at the lowest
+    // and the highest load. The featurizer path has two hops, so its floor is about twice this.
+    let fractions = [args.load_fractions.first().copied().unwrap_or(0.1), args.load_fractions.last().copied().unwrap_or(0.7)];
+    for (j, f) in fractions.iter().enumerate() {
+        let hop = broker_hop(brokers, &prefix, args.load_fractions.len() + j, args.entities, featurizer * f, args.latency_duration).await?;
+        println!(
+            "RESULT broker-hop-latency load_fraction={f} rate_eps={:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+            featurizer * f, hop.count, hop.p50, hop.p95, hop.p99, hop.max
+        );
+    }
     let mut last = None;
     for (i, fraction) in args.load_fractions.iter().enumerate() {
         let rate = featurizer * fraction;
