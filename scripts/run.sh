@@ -66,7 +66,7 @@ cat >&2 <<TXT
     featurizer       http://127.0.0.1:9464/metrics   http://127.0.0.1:9464/health/ready
     featurizer log   $STACK_DIR/featurizer.log
     PostgreSQL       $PG_URL
-    read features    any Kafka client on topic 'features' (README.md has a Python example)
+    read features    $BIN/loadgen tail --topic features   (or any Kafka client; README.md)
   Ctrl-C stops the featurizer and the generator.
 
 TXT

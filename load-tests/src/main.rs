@@ -95,6 +95,15 @@ enum Command {
     /// Throughput of the featurizer against the relay (same runtime, pass-through), and the
     /// end-to-end latency at 70 % of the featurizer's maximum rate.
     Bench(bench::BenchArgs),
+    /// Print records of the features topic (or the DLQ's reasons) from the beginning.
+    Tail {
+        #[arg(long, default_value = "features")]
+        topic: String,
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,7 +150,34 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&cli.brokers, &args),
+        Command::Tail { topic, count, timeout } => tail(&cli.brokers, &topic, count, timeout),
     }
+}
+
+fn tail(brokers: &str, topic: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    use rdkafka::message::{Headers, Message};
+    let c = kafka::reader(brokers, topic, false)?;
+    let deadline = Instant::now() + timeout;
+    let mut n = 0;
+    while n < count && Instant::now() < deadline {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else { continue };
+        n += 1;
+        let payload = m.payload().unwrap_or_default();
+        if let Ok(f) = headroom_schemas::FeaturesRecord::decode(payload) {
+            println!(
+                "{} ts={} cpu={:.3} mem={:.3} net={:.0} feature_set={} values={}",
+                f.entity_id, f.ts_ms, f.cpu_util, f.mem_util, f.net_bps, f.feature_set, f.values.len()
+            );
+        } else {
+            let reason = m.headers().and_then(|h| h.iter().find(|x| x.key == "dlq.reason").and_then(|x| x.value));
+            match reason {
+                Some(r) => println!("dead letter: {}", String::from_utf8_lossy(r)),
+                None => println!("{} bytes", payload.len()),
+            }
+        }
+    }
+    anyhow::ensure!(n > 0, "no records on {topic} within {timeout:?}");
+    Ok(())
 }
 
 fn generate(brokers: &str, topic: &str, rate: f64, duration: Duration, format: Format, fleet: &FleetArgs) -> anyhow::Result<()> {

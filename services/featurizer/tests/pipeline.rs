@@ -11,6 +11,7 @@ use headroom_testkit::{brokers, consume, create_topics, header, produce, unique,
 use headroom_testkit::rdkafka::{self, Message};
 
 const IV: i64 = 300_000;
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn config(brokers: &str, prefix: &str, group: &str) -> Config {
     let mut c: Config = headroom_runtime::load_config(
@@ -91,6 +92,11 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
             let t = telemetry(e, base + i * IV, 0.1 + 0.05 * i as f64);
             if i % 3 == 0 {
                 records.push(Rec { key: Some(e.as_bytes().to_vec()), payload: t.to_json().into_bytes(), headers: vec![] });
+            } else if i == 1 && e == "vm-a" {
+                // One traced record: its output must continue the trace.
+                let mut r = avro(&t);
+                r.headers.push(("traceparent".into(), TRACEPARENT.into()));
+                records.push(r);
             } else {
                 records.push(avro(&t));
             }
@@ -169,6 +175,10 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
         assert_eq!(m.key(), Some(f.entity_id.as_bytes()), "keyed by entity");
         assert!(f.values.iter().all(|v| v.is_finite()), "finite features");
     }
+    let traced: Vec<&str> = features.iter().filter_map(|m| header(m, "traceparent")).collect();
+    assert_eq!(traced.len(), 1, "exactly the traced input has a traced output");
+    assert_eq!(&traced[0][..36], &TRACEPARENT[..36], "same trace id");
+    assert_ne!(traced[0], TRACEPARENT, "a new span id");
     let mut got: Vec<&str> = dlq.iter().map(|m| header(m, "dlq.reason").expect("reason header")).collect();
     got.sort_unstable();
     let mut want = expected_reasons.clone();
