@@ -519,6 +519,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
             promote_complete(&sealed, &outstanding, &durable);
             commit(&consumer, &durable, CommitMode::Async, &opts.metrics);
             processor.on_commit(&opts.metrics);
+            st.refresh_floors(&mut processor);
             last_commit = Instant::now();
         }
     };
@@ -577,6 +578,10 @@ struct PartitionPos {
     next: Option<i64>,
     /// Processed records since the last seal.
     touched: bool,
+    /// The replay floor computed at some earlier position (at the last commit). Floors never
+    /// decrease along a partition, so an older floor is a safe (lower) floor for any later
+    /// position; computing it once per commit interval keeps the per-seal cost constant.
+    floor: Option<Option<i64>>,
 }
 
 #[derive(Debug, Default)]
@@ -588,6 +593,15 @@ struct LoopState {
 }
 
 impl LoopState {
+    /// Recomputes every partition's floor at the current position, for the seals to come.
+    fn refresh_floors<P: Processor>(&mut self, processor: &mut P) {
+        for (topic, partition, part) in self.assigned.iter_mut() {
+            if part.next.is_some() {
+                part.floor = Some(processor.replay_floor(topic, *partition));
+            }
+        }
+    }
+
     fn epoch_slot(&self) -> usize {
         (self.epoch % EPOCH_RING as u64) as usize
     }
@@ -644,7 +658,8 @@ impl LoopState {
             if part.touched {
                 part.touched = false;
                 if let Some(next) = part.next {
-                    positions.push(((topic.clone(), *partition), next, processor.replay_floor(topic, *partition)));
+                    let floor = *part.floor.get_or_insert_with(|| processor.replay_floor(topic, *partition));
+                    positions.push(((topic.clone(), *partition), next, floor));
                 }
             }
         }
