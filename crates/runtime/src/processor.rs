@@ -21,6 +21,9 @@ pub struct InputRecord<'a> {
     /// The record's Kafka timestamp (producer create time) in ms, when set.
     pub timestamp_ms: Option<i64>,
     pub traceparent: Option<&'a str>,
+    /// Wall clock (ms since the epoch) when the record was polled, give or take a few ms:
+    /// read once per handful of records, so processors need not read the clock themselves.
+    pub now_ms: i64,
 }
 
 /// A processing stage. Called from one thread, in offset order per partition.

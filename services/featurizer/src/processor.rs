@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use headroom_features::{FeatureConfig, FeatureLayout, Outcome, PartitionState, Sample};
-use headroom_runtime::observe::now_ms;
 use headroom_runtime::registry::RegistryClient;
 use headroom_runtime::{Emitter, InputRecord, Metrics, Processor};
 use headroom_schemas::features::event_id;
@@ -76,7 +75,7 @@ impl Processor for Featurizer {
                 return;
             }
         };
-        if let Err((reason, detail)) = telemetry.validate(now_ms(), &self.limits) {
+        if let Err((reason, detail)) = telemetry.validate(record.now_ms, &self.limits) {
             out.dead_letter(reason, &detail);
             return;
         }
