@@ -64,12 +64,16 @@ struct TopologyArgs {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 fn load_topology(f: &TopologyFile) -> anyhow::Result<Topology> {
     Ok(match &f.file {
-        Some(p) => Topology::parse(&std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)?,
+        Some(p) => Topology::parse(
+            &std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        )?,
         None => Topology::builtin(),
     })
 }
@@ -77,18 +81,24 @@ fn load_topology(f: &TopologyFile) -> anyhow::Result<Topology> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Topology { action: TopologyAction::Check(f) } => {
+        Command::Topology {
+            action: TopologyAction::Check(f),
+        } => {
             let t = load_topology(&f)?;
             println!("topology is valid: {} topics", t.topics.len());
         }
-        Command::Topology { action: TopologyAction::Apply(args) } => {
+        Command::Topology {
+            action: TopologyAction::Apply(args),
+        } => {
             let t = load_topology(&args.file)?;
             let kafka = KafkaConfig {
                 brokers: args.brokers.clone(),
                 group_id: "headroom-cli".into(),
                 properties: args.properties.into_iter().collect(),
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let report = rt.block_on(topology::apply(&t, &kafka, &args.prefix, args.timeout))?;
             for n in &report.created {
                 println!("created  {n}");

@@ -34,7 +34,11 @@ pub struct BenchArgs {
 }
 
 fn kafka_cfg(brokers: &str) -> KafkaConfig {
-    KafkaConfig { brokers: brokers.into(), group_id: "loadgen".into(), properties: Default::default() }
+    KafkaConfig {
+        brokers: brokers.into(),
+        group_id: "loadgen".into(),
+        properties: Default::default(),
+    }
 }
 
 fn topic_topology(names: &[&str]) -> Topology {
@@ -47,7 +51,10 @@ fn topic_topology(names: &[&str]) -> Topology {
 
 /// Publishes `records` generated samples as fast as possible; returns the rate.
 fn preload(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::Result<f64> {
-    let mut g = Generator::new(GenConfig { entities: Some(entities), ..GenConfig::default() });
+    let mut g = Generator::new(GenConfig {
+        entities: Some(entities),
+        ..GenConfig::default()
+    });
     let n = g.entity_count() as u64;
     let rounds = records.div_ceil(n) as i64;
     let iv = g.interval_ms();
@@ -66,7 +73,12 @@ fn preload(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::R
 }
 
 /// Counts outputs until `expected` arrived; returns when the last one did.
-fn drain_until(brokers: &str, topic: &str, expected: u64, timeout: Duration) -> anyhow::Result<Instant> {
+fn drain_until(
+    brokers: &str,
+    topic: &str,
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
     let c = kafka::reader(brokers, topic, false)?;
     let deadline = Instant::now() + timeout;
     let mut n = 0u64;
@@ -75,12 +87,21 @@ fn drain_until(brokers: &str, topic: &str, expected: u64, timeout: Duration) -> 
             n += 1;
         }
     }
-    anyhow::ensure!(n >= expected, "{topic}: only {n} of {expected} outputs within {timeout:?}");
+    anyhow::ensure!(
+        n >= expected,
+        "{topic}: only {n} of {expected} outputs within {timeout:?}"
+    );
     Ok(Instant::now())
 }
 
 /// Counts outputs until `expected` arrived; returns records/s between the first and last one.
-fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration, from_end: bool) -> anyhow::Result<(f64, u64)> {
+fn drain(
+    brokers: &str,
+    topic: &str,
+    expected: u64,
+    timeout: Duration,
+    from_end: bool,
+) -> anyhow::Result<(f64, u64)> {
     let c = kafka::reader(brokers, topic, from_end)?;
     let deadline = Instant::now() + timeout;
     let (mut n, mut first, mut last) = (0u64, None::<Instant>, Instant::now());
@@ -92,12 +113,22 @@ fn drain(brokers: &str, topic: &str, expected: u64, timeout: Duration, from_end:
             n += 1;
         }
     }
-    anyhow::ensure!(n >= expected, "{topic}: only {n} of {expected} outputs within {timeout:?}");
+    anyhow::ensure!(
+        n >= expected,
+        "{topic}: only {n} of {expected} outputs within {timeout:?}"
+    );
     let secs = (last - first.unwrap_or(last)).as_secs_f64().max(1e-6);
     Ok(((n - 1) as f64 / secs, n))
 }
 
-async fn throughput(brokers: &str, which: &str, group_prefix: &str, prefix: &str, input: &str, records: u64) -> anyhow::Result<f64> {
+async fn throughput(
+    brokers: &str,
+    which: &str,
+    group_prefix: &str,
+    prefix: &str,
+    input: &str,
+    records: u64,
+) -> anyhow::Result<f64> {
     let group = format!("{group_prefix}{which}");
     let output;
     let handle = if which == "relay" {
@@ -135,24 +166,39 @@ async fn throughput(brokers: &str, which: &str, group_prefix: &str, prefix: &str
         }
     });
     let b = brokers.to_owned();
-    let drained = tokio::task::spawn_blocking(move || drain_until(&b, &output, records, Duration::from_secs(600)));
+    let drained = tokio::task::spawn_blocking(move || {
+        drain_until(&b, &output, records, Duration::from_secs(600))
+    });
     let started = first_in.await?;
     let last = drained.await??;
-    let rate = records as f64 / last.saturating_duration_since(started).as_secs_f64().max(1e-6);
+    let rate = records as f64
+        / last
+            .saturating_duration_since(started)
+            .as_secs_f64()
+            .max(1e-6);
     handle.stop().await?;
     eprintln!("  {which}: {rate:.0} records/s");
     Ok(rate)
 }
 
 pub fn run(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(brokers, args))
 }
 
 async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let kcfg = kafka_cfg(brokers);
-    topology::apply(&Topology::builtin(), &kcfg, &prefix, Duration::from_secs(30)).await?;
+    topology::apply(
+        &Topology::builtin(),
+        &kcfg,
+        &prefix,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut extra = Vec::new();
     for round in 0..args.rounds.max(1) {
         extra.push(format!("r{round}.telemetry.relayed"));
@@ -163,21 +209,57 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         extra.push(format!("features.lat{i}"));
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    topology::apply(&topic_topology(&extra), &kcfg, &prefix, Duration::from_secs(30)).await?;
+    topology::apply(
+        &topic_topology(&extra),
+        &kcfg,
+        &prefix,
+        Duration::from_secs(30),
+    )
+    .await?;
     let input = format!("{prefix}telemetry.raw");
-    eprintln!("preloading {} records of {} entities into {input}", args.records, args.entities);
-    let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
+    eprintln!(
+        "preloading {} records of {} entities into {input}",
+        args.records, args.entities
+    );
+    let (b, i, e, r) = (
+        brokers.to_owned(),
+        input.clone(),
+        args.entities,
+        args.records,
+    );
     let produce_rate = tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
     eprintln!("  preload: {produce_rate:.0} records/s");
 
     // The broker's own ceiling: a plain consumer reading the preloaded topic, no processing.
     let (b, i, r) = (brokers.to_owned(), input.clone(), args.records);
-    let (consume_rate, _) = tokio::task::spawn_blocking(move || drain(&b, &i, r, Duration::from_secs(600), false)).await??;
+    let (consume_rate, _) =
+        tokio::task::spawn_blocking(move || drain(&b, &i, r, Duration::from_secs(600), false))
+            .await??;
     eprintln!("  plain consumer: {consume_rate:.0} records/s");
     let (mut relay, mut featurizer) = (0f64, 0f64);
     for round in 0..args.rounds.max(1) {
-        relay = relay.max(throughput(brokers, "relay", &format!("{prefix}r{round}."), &prefix, &input, args.records).await?);
-        featurizer = featurizer.max(throughput(brokers, "featurizer", &format!("{prefix}r{round}."), &prefix, &input, args.records).await?);
+        relay = relay.max(
+            throughput(
+                brokers,
+                "relay",
+                &format!("{prefix}r{round}."),
+                &prefix,
+                &input,
+                args.records,
+            )
+            .await?,
+        );
+        featurizer = featurizer.max(
+            throughput(
+                brokers,
+                "featurizer",
+                &format!("{prefix}r{round}."),
+                &prefix,
+                &input,
+                args.records,
+            )
+            .await?,
+        );
     }
     println!(
         "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0}",
@@ -188,9 +270,20 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
 
     // Reference: one broker hop (producer -> broker -> reader), no featurizer, at the lowest
     // and the highest load. The featurizer path has two hops, so its floor is about twice this.
-    let fractions = [args.load_fractions.first().copied().unwrap_or(0.1), args.load_fractions.last().copied().unwrap_or(0.7)];
+    let fractions = [
+        args.load_fractions.first().copied().unwrap_or(0.1),
+        args.load_fractions.last().copied().unwrap_or(0.7),
+    ];
     for (j, f) in fractions.iter().enumerate() {
-        let hop = broker_hop(brokers, &prefix, args.load_fractions.len() + j, args.entities, featurizer * f, args.latency_duration).await?;
+        let hop = broker_hop(
+            brokers,
+            &prefix,
+            args.load_fractions.len() + j,
+            args.entities,
+            featurizer * f,
+            args.latency_duration,
+        )
+        .await?;
         println!(
             "RESULT broker-hop-latency load_fraction={f} rate_eps={:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
             featurizer * f, hop.count, hop.p50, hop.p95, hop.p99, hop.max
@@ -199,7 +292,15 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let mut last = None;
     for (i, fraction) in args.load_fractions.iter().enumerate() {
         let rate = featurizer * fraction;
-        let lat = latency(brokers, &prefix, i, args.entities, rate, args.latency_duration).await?;
+        let lat = latency(
+            brokers,
+            &prefix,
+            i,
+            args.entities,
+            rate,
+            args.latency_duration,
+        )
+        .await?;
         eprintln!(
             "  latency at {:.0} % ({rate:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max backlog {}",
             fraction * 100.0,
@@ -229,12 +330,26 @@ struct Latency {
 
 /// Open-loop production at `rate`; latency of each feature from the time its input was due
 /// (not when it was sent, so a stalled producer cannot hide queueing delay).
-async fn latency(brokers: &str, prefix: &str, run: usize, entities: u32, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
+async fn latency(
+    brokers: &str,
+    prefix: &str,
+    run: usize,
+    entities: u32,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Latency> {
     latency_run(brokers, prefix, run, entities, rate, duration, true).await
 }
 
 /// The same open-loop run without the featurizer: producer -> broker -> reader, one hop.
-async fn broker_hop(brokers: &str, prefix: &str, run: usize, entities: u32, rate: f64, duration: Duration) -> anyhow::Result<Latency> {
+async fn broker_hop(
+    brokers: &str,
+    prefix: &str,
+    run: usize,
+    entities: u32,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Latency> {
     latency_run(brokers, prefix, run, entities, rate, duration, false).await
 }
 
@@ -248,7 +363,11 @@ async fn latency_run(
     through_featurizer: bool,
 ) -> anyhow::Result<Latency> {
     let input = format!("{prefix}telemetry.lat{run}");
-    let output = if through_featurizer { format!("{prefix}features.lat{run}") } else { input.clone() };
+    let output = if through_featurizer {
+        format!("{prefix}features.lat{run}")
+    } else {
+        input.clone()
+    };
     let mut c = headroom_featurizer::Config::load(None)?;
     c.kafka.brokers = brokers.into();
     c.kafka.group_id = format!("{prefix}latency{run}");
@@ -270,13 +389,22 @@ async fn latency_run(
     let b = brokers.to_owned();
     let out_topic = output.clone();
     let reader = kafka::reader(brokers, &out_topic, true)?;
-    let mut g = Generator::new(GenConfig { entities: Some(entities), seed: 11, ..GenConfig::default() });
+    let mut g = Generator::new(GenConfig {
+        entities: Some(entities),
+        seed: 11,
+        ..GenConfig::default()
+    });
     let n = g.entity_count() as u64;
     let iv = g.interval_ms();
     let rounds = total.div_ceil(n) as i64;
     let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
-    let ids: HashMap<String, u64> = (0..n).map(|i| (g.entity_id(i as usize).to_owned(), i)).collect();
-    let pacer = kafka::Pacer { start: Instant::now() + Duration::from_millis(200), rate };
+    let ids: HashMap<String, u64> = (0..n)
+        .map(|i| (g.entity_id(i as usize).to_owned(), i))
+        .collect();
+    let pacer = kafka::Pacer {
+        start: Instant::now() + Duration::from_millis(200),
+        rate,
+    };
     let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prod_count = produced.clone();
     let producer = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -307,7 +435,9 @@ async fn latency_run(
                 } else {
                     decoder.decode(payload).ok().map(|t| (t.entity_id, t.ts_ms))
                 };
-                let Some((entity, ts_ms)) = peeked else { continue };
+                let Some((entity, ts_ms)) = peeked else {
+                    continue;
+                };
                 let Some(&i) = ids.get(&entity) else { continue };
                 let r = ((ts_ms - start_ts) / iv) as u64;
                 let k = r * n + i;
@@ -315,20 +445,31 @@ async fn latency_run(
                 let us = now.saturating_duration_since(due).as_micros() as u64;
                 h.record(us.max(1))?;
                 got += 1;
-                let backlog = produced.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(got);
+                let backlog = produced
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .saturating_sub(got);
                 max_backlog = max_backlog.max(backlog);
             }
         }
         Ok((h, max_backlog))
     });
-    producer.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     let (h, max_backlog) = consumer.await??;
     if let Some(svc) = svc {
         svc.stop().await?;
     }
     anyhow::ensure!(h.len() > 0, "no features arrived in the latency run");
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Latency { count: h.len(), p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), max: h.max() as f64 / 1000.0, max_backlog })
+    Ok(Latency {
+        count: h.len(),
+        p50: ms(0.5),
+        p95: ms(0.95),
+        p99: ms(0.99),
+        max: h.max() as f64 / 1000.0,
+        max_backlog,
+    })
 }
 
 /// Sends one record and waits for its feature, so group join and metadata are done.
@@ -337,7 +478,11 @@ async fn warmup(brokers: &str, input: &str, output: &str) -> anyhow::Result<()> 
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let reader = kafka::reader(&b, &o, false)?;
         let p = kafka::producer(&b)?;
-        let mut g = Generator::new(GenConfig { entities: Some(1), seed: 99, ..GenConfig::default() });
+        let mut g = Generator::new(GenConfig {
+            entities: Some(1),
+            seed: 99,
+            ..GenConfig::default()
+        });
         let mut buf = Vec::new();
         let t = g.sample(0, headroom_runtime::observe::now_ms() - 86_400_000 * 30);
         let mut t = t;

@@ -22,7 +22,15 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig { services: 20, clusters: 5, entities: None, interval_ms: 300_000, seed: 7, anomaly_rate: 0.015, missing_rate: 0.01 }
+        GenConfig {
+            services: 20,
+            clusters: 5,
+            entities: None,
+            interval_ms: 300_000,
+            seed: 7,
+            anomaly_rate: 0.015,
+            missing_rate: 0.01,
+        }
     }
 }
 
@@ -57,36 +65,52 @@ impl Generator {
     pub fn new(cfg: GenConfig) -> Generator {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let mut profiles = Vec::new();
-        let mut push = |id: String, service: Option<String>, cluster: Option<String>, rng: &mut SmallRng| {
-            profiles.push(Profile {
-                id,
-                service,
-                cluster,
-                base: rng.random_range(0.08..0.35),
-                amp: rng.random_range(0.4..1.4),
-                tz_shift_h: [0.0, 0.0, 1.0, -5.0, 8.0][rng.random_range(0..5)],
-                cores_per_replica: [1.0, 2.0, 4.0, 8.0][rng.random_range(0..4)],
-                mem_gib_per_replica: [2.0, 4.0, 8.0, 16.0][rng.random_range(0..4)],
-                replicas: rng.random_range(2..8),
-                net_scale: 10f64.powf(rng.random_range(5.0..7.5)),
-                mem_base: rng.random_range(0.2..0.5),
-            });
-        };
+        let mut push =
+            |id: String, service: Option<String>, cluster: Option<String>, rng: &mut SmallRng| {
+                profiles.push(Profile {
+                    id,
+                    service,
+                    cluster,
+                    base: rng.random_range(0.08..0.35),
+                    amp: rng.random_range(0.4..1.4),
+                    tz_shift_h: [0.0, 0.0, 1.0, -5.0, 8.0][rng.random_range(0..5)],
+                    cores_per_replica: [1.0, 2.0, 4.0, 8.0][rng.random_range(0..4)],
+                    mem_gib_per_replica: [2.0, 4.0, 8.0, 16.0][rng.random_range(0..4)],
+                    replicas: rng.random_range(2..8),
+                    net_scale: 10f64.powf(rng.random_range(5.0..7.5)),
+                    mem_base: rng.random_range(0.2..0.5),
+                });
+            };
         match cfg.entities {
             Some(n) => {
                 for i in 0..n {
-                    push(format!("vm-{i:06}"), None, Some(format!("cluster-{:02}", i % 5)), &mut rng);
+                    push(
+                        format!("vm-{i:06}"),
+                        None,
+                        Some(format!("cluster-{:02}", i % 5)),
+                        &mut rng,
+                    );
                 }
             }
             None => {
                 for s in 0..cfg.services {
                     for c in 0..cfg.clusters {
-                        push(format!("service-{s:03}.cluster-{c:02}"), Some(format!("service-{s:03}")), Some(format!("cluster-{c:02}")), &mut rng);
+                        push(
+                            format!("service-{s:03}.cluster-{c:02}"),
+                            Some(format!("service-{s:03}")),
+                            Some(format!("cluster-{c:02}")),
+                            &mut rng,
+                        );
                     }
                 }
             }
         }
-        Generator { cfg, profiles, rng, noise: Normal::new(0.0, 1.0).expect("normal") }
+        Generator {
+            cfg,
+            profiles,
+            rng,
+            noise: Normal::new(0.0, 1.0).expect("normal"),
+        }
     }
 
     pub fn entity_count(&self) -> usize {
@@ -106,11 +130,22 @@ impl Generator {
         let p = &mut self.profiles[i];
         let days = ts_ms.div_euclid(86_400_000);
         let dow = (days + 3).rem_euclid(7); // 0 = Monday
-        let hour = (ts_ms.rem_euclid(86_400_000) as f64 / 3_600_000.0 + p.tz_shift_h).rem_euclid(24.0);
+        let hour =
+            (ts_ms.rem_euclid(86_400_000) as f64 / 3_600_000.0 + p.tz_shift_h).rem_euclid(24.0);
         let weekend = dow >= 5;
         // Smooth business-hours bump between 08:00 and 18:00.
-        let bump = if (8.0..18.0).contains(&hour) { (std::f64::consts::PI * (hour - 8.0) / 10.0).sin().powi(2) } else { 0.0 };
-        let weekly = if weekend { 0.55 } else if dow == 0 { 1.08 } else { 1.0 };
+        let bump = if (8.0..18.0).contains(&hour) {
+            (std::f64::consts::PI * (hour - 8.0) / 10.0).sin().powi(2)
+        } else {
+            0.0
+        };
+        let weekly = if weekend {
+            0.55
+        } else if dow == 0 {
+            1.08
+        } else {
+            1.0
+        };
         let n = |rng: &mut SmallRng, noise: &Normal<f64>, s: f64| noise.sample(rng) * s;
         let mut cpu = p.base * weekly * (1.0 + p.amp * bump) + n(&mut self.rng, &self.noise, 0.02);
         // Scale events concentrate in the peaks: about 3 % of samples overall.
@@ -120,11 +155,16 @@ impl Generator {
             p.replicas = (p.replicas + if self.rng.random::<bool>() { 1 } else { -1 }).clamp(1, 20);
         }
         if self.rng.random::<f64>() < self.cfg.anomaly_rate {
-            cpu = if self.rng.random::<bool>() { cpu * self.rng.random_range(2.0..3.5) } else { cpu * 0.05 };
+            cpu = if self.rng.random::<bool>() {
+                cpu * self.rng.random_range(2.0..3.5)
+            } else {
+                cpu * 0.05
+            };
         }
         let cpu = cpu.clamp(0.0, 1.0);
         let mem = (p.mem_base + 0.45 * cpu + n(&mut self.rng, &self.noise, 0.015)).clamp(0.0, 1.0);
-        let net_in = (p.net_scale * (0.2 + cpu) * (1.0 + n(&mut self.rng, &self.noise, 0.05))).max(0.0);
+        let net_in =
+            (p.net_scale * (0.2 + cpu) * (1.0 + n(&mut self.rng, &self.noise, 0.05))).max(0.0);
         let net_out = net_in * 0.35;
         let disk_r = (p.net_scale * 0.05 * (0.1 + cpu)).max(0.0);
         let disk_w = disk_r * 1.7;
@@ -175,18 +215,36 @@ mod tests {
                 let t = g.sample(i, start + r * 300_000);
                 n += 1;
                 scale += usize::from(t.scale_event == Some(true));
-                missing += usize::from(t.cpu_util.is_none() || t.mem_util.is_none() || t.net_in_bps.is_none() || t.disk_read_bps.is_none());
+                missing += usize::from(
+                    t.cpu_util.is_none()
+                        || t.mem_util.is_none()
+                        || t.net_in_bps.is_none()
+                        || t.disk_read_bps.is_none(),
+                );
                 assert!(t.validate(start + r * 300_000, &Default::default()).is_ok());
                 let hour = ((start + r * 300_000) % 86_400_000) / 3_600_000;
                 if let Some(c) = t.cpu_util {
-                    if hour == 13 { peak_cpu += c } else if hour == 3 { night_cpu += c }
+                    if hour == 13 {
+                        peak_cpu += c
+                    } else if hour == 3 {
+                        night_cpu += c
+                    }
                 }
             }
         }
         let scale_rate = scale as f64 / n as f64;
         let missing_rate = missing as f64 / n as f64;
-        assert!((0.02..0.045).contains(&scale_rate), "scale events {scale_rate}");
-        assert!((0.007..0.013).contains(&missing_rate), "missing {missing_rate}");
-        assert!(peak_cpu > 1.3 * night_cpu, "business hours peak: {peak_cpu} vs {night_cpu}");
+        assert!(
+            (0.02..0.045).contains(&scale_rate),
+            "scale events {scale_rate}"
+        );
+        assert!(
+            (0.007..0.013).contains(&missing_rate),
+            "missing {missing_rate}"
+        );
+        assert!(
+            peak_cpu > 1.3 * night_cpu,
+            "business hours peak: {peak_cpu} vs {night_cpu}"
+        );
     }
 }

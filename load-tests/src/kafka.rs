@@ -19,7 +19,12 @@ pub fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProduce
 }
 
 /// Sends, waiting for queue space instead of failing.
-pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
+pub fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let mut rec = BaseRecord::to(topic).key(key).payload(payload);
     loop {
         match p.send(rec) {
@@ -42,7 +47,10 @@ pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) -> anyhow::Result<()>
 pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<BaseConsumer> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("loadgen-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()?;

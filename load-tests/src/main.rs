@@ -13,9 +13,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use generator::{GenConfig, Generator};
 
 #[derive(Parser)]
-#[command(version, about = "headroom load generator, trace replayer and pipeline benchmark")]
+#[command(
+    version,
+    about = "headroom load generator, trace replayer and pipeline benchmark"
+)]
 struct Cli {
-    #[arg(long, env = "HEADROOM_BROKERS", default_value = "127.0.0.1:19092", global = true)]
+    #[arg(
+        long,
+        env = "HEADROOM_BROKERS",
+        default_value = "127.0.0.1:19092",
+        global = true
+    )]
     brokers: String,
     #[command(subcommand)]
     command: Command,
@@ -43,7 +51,13 @@ struct FleetArgs {
 
 impl FleetArgs {
     fn config(&self) -> GenConfig {
-        GenConfig { services: self.services, clusters: self.clusters, entities: self.entities, seed: self.seed, ..GenConfig::default() }
+        GenConfig {
+            services: self.services,
+            clusters: self.clusters,
+            entities: self.entities,
+            seed: self.seed,
+            ..GenConfig::default()
+        }
     }
 }
 
@@ -109,22 +123,54 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig { format: headroom_runtime::config::LogFormat::Text, level: filter });
+    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
+        format: headroom_runtime::config::LogFormat::Text,
+        level: filter,
+    });
     match cli.command {
-        Command::Generate { topic, rate, duration, format, fleet } => generate(&cli.brokers, &topic, rate, duration, format, &fleet),
-        Command::Replay { topic, trace: path, trace_format, ts_column, entity_column, map, max_vms, rate, speed, max_records } => {
+        Command::Generate {
+            topic,
+            rate,
+            duration,
+            format,
+            fleet,
+        } => generate(&cli.brokers, &topic, rate, duration, format, &fleet),
+        Command::Replay {
+            topic,
+            trace: path,
+            trace_format,
+            ts_column,
+            entity_column,
+            map,
+            max_vms,
+            rate,
+            speed,
+            max_records,
+        } => {
             let started = Instant::now();
             let mut rows = match trace_format.as_str() {
                 "bitbrains" => trace::read_bitbrains(&path, max_vms)?,
-                "generic" => trace::read_generic(&path, &trace::Mapping::parse(&ts_column, &entity_column, &map)?)?,
-                other => anyhow::bail!("--trace-format must be bitbrains or generic, not `{other}`"),
+                "generic" => trace::read_generic(
+                    &path,
+                    &trace::Mapping::parse(&ts_column, &entity_column, &map)?,
+                )?,
+                other => {
+                    anyhow::bail!("--trace-format must be bitbrains or generic, not `{other}`")
+                }
             };
             if let Some(m) = max_records {
                 rows.truncate(m);
             }
-            eprintln!("read {} records in {:.1}s; publishing to {topic}", rows.len(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "read {} records in {:.1}s; publishing to {topic}",
+                rows.len(),
+                started.elapsed().as_secs_f64()
+            );
             let p = kafka::producer(&cli.brokers)?;
-            let pacer = kafka::Pacer { start: Instant::now(), rate };
+            let pacer = kafka::Pacer {
+                start: Instant::now(),
+                rate,
+            };
             let first_ts = rows.first().map_or(0, |t| t.ts_ms);
             if let Some(s) = speed {
                 anyhow::ensure!(s > 0.0, "--speed must be positive");
@@ -133,7 +179,8 @@ fn main() -> anyhow::Result<()> {
             for (k, t) in rows.iter().enumerate() {
                 match speed {
                     Some(s) => {
-                        let due = pacer.start + Duration::from_secs_f64((t.ts_ms - first_ts) as f64 / 1000.0 / s);
+                        let due = pacer.start
+                            + Duration::from_secs_f64((t.ts_ms - first_ts) as f64 / 1000.0 / s);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);
@@ -146,11 +193,19 @@ fn main() -> anyhow::Result<()> {
             }
             kafka::flush(&p)?;
             let secs = pacer.start.elapsed().as_secs_f64();
-            println!("RESULT loadgen-replay records={} seconds={secs:.2} rate={:.0}", rows.len(), rows.len() as f64 / secs);
+            println!(
+                "RESULT loadgen-replay records={} seconds={secs:.2} rate={:.0}",
+                rows.len(),
+                rows.len() as f64 / secs
+            );
             Ok(())
         }
         Command::Bench(args) => bench::run(&cli.brokers, &args),
-        Command::Tail { topic, count, timeout } => tail(&cli.brokers, &topic, count, timeout),
+        Command::Tail {
+            topic,
+            count,
+            timeout,
+        } => tail(&cli.brokers, &topic, count, timeout),
     }
 }
 
@@ -160,16 +215,28 @@ fn tail(brokers: &str, topic: &str, count: usize, timeout: Duration) -> anyhow::
     let deadline = Instant::now() + timeout;
     let mut n = 0;
     while n < count && Instant::now() < deadline {
-        let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else { continue };
+        let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         n += 1;
         let payload = m.payload().unwrap_or_default();
         if let Ok(f) = headroom_schemas::FeaturesRecord::decode(payload) {
             println!(
                 "{} ts={} cpu={:.3} mem={:.3} net={:.0} feature_set={} values={}",
-                f.entity_id, f.ts_ms, f.cpu_util, f.mem_util, f.net_bps, f.feature_set, f.values.len()
+                f.entity_id,
+                f.ts_ms,
+                f.cpu_util,
+                f.mem_util,
+                f.net_bps,
+                f.feature_set,
+                f.values.len()
             );
         } else {
-            let reason = m.headers().and_then(|h| h.iter().find(|x| x.key == "dlq.reason").and_then(|x| x.value));
+            let reason = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == "dlq.reason")
+                    .and_then(|x| x.value)
+            });
             match reason {
                 Some(r) => println!("dead letter: {}", String::from_utf8_lossy(r)),
                 None => println!("{} bytes", payload.len()),
@@ -180,17 +247,31 @@ fn tail(brokers: &str, topic: &str, count: usize, timeout: Duration) -> anyhow::
     Ok(())
 }
 
-fn generate(brokers: &str, topic: &str, rate: f64, duration: Duration, format: Format, fleet: &FleetArgs) -> anyhow::Result<()> {
+fn generate(
+    brokers: &str,
+    topic: &str,
+    rate: f64,
+    duration: Duration,
+    format: Format,
+    fleet: &FleetArgs,
+) -> anyhow::Result<()> {
     let mut g = Generator::new(fleet.config());
     let n = g.entity_count();
-    let total = if rate > 0.0 { (rate * duration.as_secs_f64()) as u64 } else { 1_000_000 };
+    let total = if rate > 0.0 {
+        (rate * duration.as_secs_f64()) as u64
+    } else {
+        1_000_000
+    };
     let rounds = total.div_ceil(n as u64) as i64;
     let iv = g.interval_ms();
     let now = headroom_runtime::observe::now_ms();
     let start_ts = (now - rounds * iv) / iv * iv;
     eprintln!("publishing {total} records of {n} entities to {topic} at {rate}/s (event time from {} rounds ago)", rounds);
     let p = kafka::producer(brokers)?;
-    let pacer = kafka::Pacer { start: Instant::now(), rate };
+    let pacer = kafka::Pacer {
+        start: Instant::now(),
+        rate,
+    };
     let mut buf = Vec::new();
     let mut k = 0u64;
     let mut last_report = Instant::now();
@@ -211,13 +292,19 @@ fn generate(brokers: &str, topic: &str, rate: f64, duration: Duration, format: F
             kafka::send(&p, topic, t.entity_id.as_bytes(), &buf)?;
             k += 1;
             if last_report.elapsed() > Duration::from_secs(5) {
-                eprintln!("  {k} records published ({:.0}/s)", k as f64 / pacer.start.elapsed().as_secs_f64());
+                eprintln!(
+                    "  {k} records published ({:.0}/s)",
+                    k as f64 / pacer.start.elapsed().as_secs_f64()
+                );
                 last_report = Instant::now();
             }
         }
     }
     kafka::flush(&p)?;
     let secs = pacer.start.elapsed().as_secs_f64();
-    println!("RESULT loadgen-generate records={k} seconds={secs:.2} rate={:.0}", k as f64 / secs);
+    println!(
+        "RESULT loadgen-generate records={k} seconds={secs:.2} rate={:.0}",
+        k as f64 / secs
+    );
     Ok(())
 }

@@ -25,12 +25,32 @@ impl Mapping {
     pub fn parse(timestamp: &str, entity: &str, spec: &str) -> anyhow::Result<Mapping> {
         let mut fields = HashMap::new();
         for pair in spec.split(',').filter(|s| !s.is_empty()) {
-            let (k, v) = pair.split_once('=').with_context(|| format!("mapping `{pair}` is not FIELD=COLUMN"))?;
-            const KNOWN: [&str; 9] = ["cpu_util", "mem_util", "net_in_bps", "net_out_bps", "disk_read_bps", "disk_write_bps", "cpu_cores", "mem_bytes", "cost_per_hour"];
-            anyhow::ensure!(KNOWN.contains(&k), "mapping: unknown telemetry field `{k}` (known: {})", KNOWN.join(", "));
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("mapping `{pair}` is not FIELD=COLUMN"))?;
+            const KNOWN: [&str; 9] = [
+                "cpu_util",
+                "mem_util",
+                "net_in_bps",
+                "net_out_bps",
+                "disk_read_bps",
+                "disk_write_bps",
+                "cpu_cores",
+                "mem_bytes",
+                "cost_per_hour",
+            ];
+            anyhow::ensure!(
+                KNOWN.contains(&k),
+                "mapping: unknown telemetry field `{k}` (known: {})",
+                KNOWN.join(", ")
+            );
             fields.insert(k.to_owned(), v.to_owned());
         }
-        Ok(Mapping { timestamp: timestamp.into(), entity: entity.into(), fields })
+        Ok(Mapping {
+            timestamp: timestamp.into(),
+            entity: entity.into(),
+            fields,
+        })
     }
 }
 
@@ -39,7 +59,11 @@ pub fn read_bitbrains(path: &Path, max_vms: Option<usize>) -> anyhow::Result<Vec
     let mut out = Vec::new();
     let mut files = 0usize;
     let add = |name: &str, text: &str, out: &mut Vec<Telemetry>| -> anyhow::Result<()> {
-        let vm = Path::new(name).file_stem().and_then(|s| s.to_str()).unwrap_or(name).to_owned();
+        let vm = Path::new(name)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(name)
+            .to_owned();
         parse_bitbrains_csv(&vm, text, out).with_context(|| format!("parsing {name}"))
     };
     if path.is_dir() {
@@ -49,11 +73,16 @@ pub fn read_bitbrains(path: &Path, max_vms: Option<usize>) -> anyhow::Result<Vec
             if max_vms.is_some_and(|m| files >= m) {
                 break;
             }
-            add(&p.display().to_string(), &std::fs::read_to_string(&p)?, &mut out)?;
+            add(
+                &p.display().to_string(),
+                &std::fs::read_to_string(&p)?,
+                &mut out,
+            )?;
             files += 1;
         }
     } else {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
         for entry in archive.entries()? {
             let mut entry = entry?;
@@ -71,7 +100,11 @@ pub fn read_bitbrains(path: &Path, max_vms: Option<usize>) -> anyhow::Result<Vec
         }
     }
     anyhow::ensure!(files > 0, "{}: no CSV files found", path.display());
-    out.sort_by(|a, b| a.ts_ms.cmp(&b.ts_ms).then_with(|| a.entity_id.cmp(&b.entity_id)));
+    out.sort_by(|a, b| {
+        a.ts_ms
+            .cmp(&b.ts_ms)
+            .then_with(|| a.entity_id.cmp(&b.entity_id))
+    });
     Ok(out)
 }
 
@@ -93,7 +126,11 @@ pub fn parse_bitbrains_csv(vm: &str, text: &str, out: &mut Vec<Telemetry>) -> an
     let mut lines = text.lines();
     let header = lines.next().context("empty file")?;
     let cols: Vec<&str> = header.split(';').map(str::trim).collect();
-    let idx = |name: &str| cols.iter().position(|c| c.starts_with(name)).with_context(|| format!("no column `{name}`"));
+    let idx = |name: &str| {
+        cols.iter()
+            .position(|c| c.starts_with(name))
+            .with_context(|| format!("no column `{name}`"))
+    };
     let (its, icores, icpu, imemcap, imem, idr, idw, inr, int) = (
         idx("Timestamp")?,
         idx("CPU cores")?,
@@ -111,7 +148,11 @@ pub fn parse_bitbrains_csv(vm: &str, text: &str, out: &mut Vec<Telemetry>) -> an
             continue;
         }
         let f: Vec<&str> = line.split(';').map(str::trim).collect();
-        let num = |i: usize| -> Option<f64> { f.get(i).and_then(|s| s.parse::<f64>().ok()).filter(|v| v.is_finite()) };
+        let num = |i: usize| -> Option<f64> {
+            f.get(i)
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+        };
         let Some(ts_s) = num(its) else {
             anyhow::bail!("line {}: bad timestamp", n + 2);
         };
@@ -150,9 +191,17 @@ pub fn parse_bitbrains_csv(vm: &str, text: &str, out: &mut Vec<Telemetry>) -> an
 /// A generic CSV: one row per sample, a timestamp column (epoch seconds or milliseconds), an
 /// entity column, and mapped metric columns.
 pub fn read_generic(path: &Path, mapping: &Mapping) -> anyhow::Result<Vec<Telemetry>> {
-    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let headers = rdr.headers()?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name).with_context(|| format!("{}: no column `{name}`", path.display()));
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no column `{name}`", path.display()))
+    };
     let its = col(&mapping.timestamp)?;
     let ient = col(&mapping.entity)?;
     let mut fields = Vec::new();
@@ -162,9 +211,21 @@ pub fn read_generic(path: &Path, mapping: &Mapping) -> anyhow::Result<Vec<Teleme
     let mut out = Vec::new();
     for (n, rec) in rdr.records().enumerate() {
         let rec = rec?;
-        let ts: f64 = rec.get(its).unwrap_or("").parse().with_context(|| format!("row {}: bad timestamp", n + 2))?;
-        let ts_ms = if ts < 1e11 { (ts * 1000.0) as i64 } else { ts as i64 };
-        let mut t = Telemetry { entity_id: rec.get(ient).unwrap_or("").to_owned(), ts_ms, ..Telemetry::default() };
+        let ts: f64 = rec
+            .get(its)
+            .unwrap_or("")
+            .parse()
+            .with_context(|| format!("row {}: bad timestamp", n + 2))?;
+        let ts_ms = if ts < 1e11 {
+            (ts * 1000.0) as i64
+        } else {
+            ts as i64
+        };
+        let mut t = Telemetry {
+            entity_id: rec.get(ient).unwrap_or("").to_owned(),
+            ts_ms,
+            ..Telemetry::default()
+        };
         for (field, i) in &fields {
             let v = rec.get(*i).and_then(|s| s.parse::<f64>().ok());
             match field.as_str() {

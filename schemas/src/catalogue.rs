@@ -11,12 +11,30 @@ const CATALOGUE_TOML: &str = include_str!("../catalogue.toml");
 
 /// Every schema file of the catalogue, embedded. A test checks this list against the folder.
 pub const FILES: &[(&str, &str)] = &[
-    ("avro/telemetry/v1.avsc", include_str!("../avro/telemetry/v1.avsc")),
-    ("avro/features/v1.avsc", include_str!("../avro/features/v1.avsc")),
-    ("avro/forecasts/v1.avsc", include_str!("../avro/forecasts/v1.avsc")),
-    ("avro/recommendations/v1.avsc", include_str!("../avro/recommendations/v1.avsc")),
-    ("avro/drift_alerts/v1.avsc", include_str!("../avro/drift_alerts/v1.avsc")),
-    ("avro/model_events/v1.avsc", include_str!("../avro/model_events/v1.avsc")),
+    (
+        "avro/telemetry/v1.avsc",
+        include_str!("../avro/telemetry/v1.avsc"),
+    ),
+    (
+        "avro/features/v1.avsc",
+        include_str!("../avro/features/v1.avsc"),
+    ),
+    (
+        "avro/forecasts/v1.avsc",
+        include_str!("../avro/forecasts/v1.avsc"),
+    ),
+    (
+        "avro/recommendations/v1.avsc",
+        include_str!("../avro/recommendations/v1.avsc"),
+    ),
+    (
+        "avro/drift_alerts/v1.avsc",
+        include_str!("../avro/drift_alerts/v1.avsc"),
+    ),
+    (
+        "avro/model_events/v1.avsc",
+        include_str!("../avro/model_events/v1.avsc"),
+    ),
     ("avro/dlq/v1.avsc", include_str!("../avro/dlq/v1.avsc")),
 ];
 
@@ -103,7 +121,10 @@ impl Catalogue {
 
     /// The newest version of a subject (the one writers use).
     pub fn latest(&self, subject: &str) -> Option<&SchemaEntry> {
-        self.entries.iter().filter(|e| e.subject == subject).max_by_key(|e| e.version)
+        self.entries
+            .iter()
+            .filter(|e| e.subject == subject)
+            .max_by_key(|e| e.version)
     }
 
     pub fn versions<'a>(&'a self, subject: &'a str) -> impl Iterator<Item = &'a SchemaEntry> + 'a {
@@ -136,14 +157,19 @@ mod tests {
             let sub = sub.expect("entry").path();
             for f in std::fs::read_dir(&sub).expect("subject dir") {
                 let f = f.expect("file").path();
-                let rel = f.strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/")).expect("rel");
+                let rel = f
+                    .strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/"))
+                    .expect("rel");
                 on_disk.push(rel.to_string_lossy().into_owned());
             }
         }
         on_disk.sort();
         let mut listed: Vec<String> = FILES.iter().map(|(p, _)| (*p).to_owned()).collect();
         listed.sort();
-        assert_eq!(on_disk, listed, "every .avsc must be embedded and catalogued");
+        assert_eq!(
+            on_disk, listed,
+            "every .avsc must be embedded and catalogued"
+        );
     }
 
     /// Evolution rule: within a subject, every version reads data written by every earlier

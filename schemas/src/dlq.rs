@@ -92,7 +92,10 @@ pub struct DeadLetter<'a> {
 
 impl DeadLetter<'_> {
     pub fn encode_framed(&self, out: &mut Vec<u8>) {
-        let id = Catalogue::builtin().latest(SUBJECT).map(|e| e.id).unwrap_or(0);
+        let id = Catalogue::builtin()
+            .latest(SUBJECT)
+            .map(|e| e.id)
+            .unwrap_or(0);
         framing::frame(id, out);
         write_str(out, self.reason.as_str());
         write_str(out, self.detail);
@@ -109,8 +112,8 @@ impl DeadLetter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apache_avro::types::Value;
     use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::types::Value;
 
     #[test]
     fn reasons_round_trip_and_are_unique() {
@@ -138,7 +141,9 @@ mod tests {
         dl.encode_framed(&mut buf);
         let f = framing::unframe(&buf).expect("framed");
         let entry = Catalogue::builtin().by_id(f.schema_id).expect("id");
-        let reader = GenericDatumReader::builder(&entry.schema).build().expect("reader");
+        let reader = GenericDatumReader::builder(&entry.schema)
+            .build()
+            .expect("reader");
         let mut cur = f.datum;
         let Value::Record(fields) = reader.read_value(&mut cur).expect("decode") else {
             panic!("record")
@@ -146,6 +151,9 @@ mod tests {
         assert!(cur.is_empty());
         assert_eq!(fields[0].1, Value::String("too_late".into()));
         assert_eq!(fields[5].1, Value::Long(12345));
-        assert_eq!(fields[8].1, Value::Union(1, Box::new(Value::Bytes(vec![0xde, 0xad]))));
+        assert_eq!(
+            fields[8].1,
+            Value::Union(1, Box::new(Value::Bytes(vec![0xde, 0xad])))
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! The `features` record: a hand-written encoder for the featurizer's hot path and a decoder
 //! (through the reference `apache-avro` reader) for consumers and tests.
 
-use apache_avro::types::Value;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
 
-use crate::avro::{write_block, write_bool, write_f32, write_f64, write_int, write_long, write_opt, write_str};
+use crate::avro::{
+    write_block, write_bool, write_f32, write_f64, write_int, write_long, write_opt, write_str,
+};
 use crate::{framing, Catalogue, DecodeError};
 
 pub const SUBJECT: &str = "features-value";
@@ -40,7 +42,10 @@ pub fn event_id(entity_id: &str, ts_ms: i64) -> String {
 
 impl FeaturesRecord {
     pub fn encode_framed(&self, out: &mut Vec<u8>) {
-        let id = Catalogue::builtin().latest(SUBJECT).map(|e| e.id).unwrap_or(0);
+        let id = Catalogue::builtin()
+            .latest(SUBJECT)
+            .map(|e| e.id)
+            .unwrap_or(0);
         framing::frame(id, out);
         write_str(out, &self.event_id);
         write_str(out, &self.entity_id);
@@ -69,11 +74,19 @@ impl FeaturesRecord {
         let cat = Catalogue::builtin();
         match cat.by_id(framed.schema_id) {
             Some(e) if e.subject == SUBJECT && e.version == 1 => {}
-            Some(e) => return Err(DecodeError::WrongSubject { id: framed.schema_id, subject: e.subject.clone() }),
+            Some(e) => {
+                return Err(DecodeError::WrongSubject {
+                    id: framed.schema_id,
+                    subject: e.subject.clone(),
+                })
+            }
             None => return Err(DecodeError::UnknownSchemaId(framed.schema_id)),
         }
         let mut cur = framed.datum;
-        let bad = || DecodeError::Avro { id: framed.schema_id, detail: "truncated or malformed datum".into() };
+        let bad = || DecodeError::Avro {
+            id: framed.schema_id,
+            detail: "truncated or malformed datum".into(),
+        };
         let _event_id = read_str(&mut cur).ok_or_else(bad)?;
         let entity = read_str(&mut cur).ok_or_else(bad)?;
         let ts = read_varint(&mut cur).ok_or_else(bad)?;
@@ -88,18 +101,28 @@ impl FeaturesRecord {
             .find(|(id, _)| *id == framed.schema_id)
             .map(|(_, r)| r)
             .ok_or_else(|| match Catalogue::builtin().by_id(framed.schema_id) {
-                Some(e) => DecodeError::WrongSubject { id: framed.schema_id, subject: e.subject.clone() },
+                Some(e) => DecodeError::WrongSubject {
+                    id: framed.schema_id,
+                    subject: e.subject.clone(),
+                },
                 None => DecodeError::UnknownSchemaId(framed.schema_id),
             })?;
         let mut cur = framed.datum;
-        let value = reader
-            .read_value(&mut cur)
-            .map_err(|e| DecodeError::Avro { id: framed.schema_id, detail: e.to_string() })?;
+        let value = reader.read_value(&mut cur).map_err(|e| DecodeError::Avro {
+            id: framed.schema_id,
+            detail: e.to_string(),
+        })?;
         if !cur.is_empty() {
-            return Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: cur.len() });
+            return Err(DecodeError::TrailingBytes {
+                id: framed.schema_id,
+                extra: cur.len(),
+            });
         }
         let Value::Record(fields) = value else {
-            return Err(DecodeError::Field { field: "record", detail: "not a record".into() });
+            return Err(DecodeError::Field {
+                field: "record",
+                detail: "not a record".into(),
+            });
         };
         let mut r = FeaturesRecord::default();
         for (name, v) in fields {
@@ -167,13 +190,18 @@ fn read_str(cur: &mut &[u8]) -> Option<String> {
 
 /// One reader per catalogued writer version, resolved to the latest schema once.
 fn readers() -> &'static [(u32, GenericDatumReader<'static>)] {
-    static READERS: std::sync::OnceLock<Vec<(u32, GenericDatumReader<'static>)>> = std::sync::OnceLock::new();
+    static READERS: std::sync::OnceLock<Vec<(u32, GenericDatumReader<'static>)>> =
+        std::sync::OnceLock::new();
     READERS.get_or_init(|| {
         let cat = Catalogue::builtin();
         let latest = &cat.latest(SUBJECT).expect("features subject").schema;
         cat.versions(SUBJECT)
             .filter_map(|e| {
-                GenericDatumReader::builder(&e.schema).reader_schema(latest).build().ok().map(|r| (e.id, r))
+                GenericDatumReader::builder(&e.schema)
+                    .reader_schema(latest)
+                    .build()
+                    .ok()
+                    .map(|r| (e.id, r))
             })
             .collect()
     })
@@ -208,7 +236,10 @@ mod tests {
         let mut buf = Vec::new();
         r.encode_framed(&mut buf);
         assert_eq!(FeaturesRecord::decode(&buf).expect("decode"), r);
-        assert_eq!(FeaturesRecord::peek(&buf).expect("peek"), ("vm-1".to_owned(), 42));
+        assert_eq!(
+            FeaturesRecord::peek(&buf).expect("peek"),
+            ("vm-1".to_owned(), 42)
+        );
         assert!(FeaturesRecord::peek(&buf[..12]).is_err());
     }
 

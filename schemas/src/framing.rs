@@ -24,7 +24,10 @@ pub fn unframe(payload: &[u8]) -> Result<Framed<'_>, DecodeError> {
         return Err(DecodeError::TooShort { len: payload.len() });
     }
     let schema_id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
-    Ok(Framed { schema_id, datum: &payload[HEADER_LEN..] })
+    Ok(Framed {
+        schema_id,
+        datum: &payload[HEADER_LEN..],
+    })
 }
 
 /// Writes the framing header for `schema_id` into `out` (cleared first).
@@ -51,7 +54,13 @@ mod tests {
     #[test]
     fn rejects_short_and_wrong_magic() {
         assert!(matches!(unframe(&[]), Err(DecodeError::Empty)));
-        assert!(matches!(unframe(&[0, 0, 1]), Err(DecodeError::TooShort { len: 3 })));
-        assert!(matches!(unframe(&[7, 0, 0, 0, 1]), Err(DecodeError::BadMagic { found: 7 })));
+        assert!(matches!(
+            unframe(&[0, 0, 1]),
+            Err(DecodeError::TooShort { len: 3 })
+        ));
+        assert!(matches!(
+            unframe(&[7, 0, 0, 0, 1]),
+            Err(DecodeError::BadMagic { found: 7 })
+        ));
     }
 }

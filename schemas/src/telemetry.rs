@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 
-use apache_avro::types::Value;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::avro::{write_block, write_bool, write_f64, write_int, write_long, write_opt, write_str};
+use crate::avro::{
+    write_block, write_bool, write_f64, write_int, write_long, write_opt, write_str,
+};
 use crate::{framing, Catalogue, DecodeError, DlqReason};
 
 pub const SUBJECT: &str = "telemetry.raw-value";
@@ -137,7 +139,10 @@ impl Telemetry {
     pub fn from_json(bytes: &[u8]) -> Result<Telemetry, DecodeError> {
         let j: TelemetryJson = serde_json::from_slice(bytes).map_err(|e| {
             if e.is_data() {
-                DecodeError::Field { field: "json", detail: e.to_string() }
+                DecodeError::Field {
+                    field: "json",
+                    detail: e.to_string(),
+                }
             } else {
                 DecodeError::Json(e.to_string())
             }
@@ -163,7 +168,11 @@ impl Telemetry {
     }
 
     /// Semantic checks. Returns the reason and a readable detail for the DLQ.
-    pub fn validate(&self, now_ms: i64, limits: &ValidationLimits) -> Result<(), (DlqReason, String)> {
+    pub fn validate(
+        &self,
+        now_ms: i64,
+        limits: &ValidationLimits,
+    ) -> Result<(), (DlqReason, String)> {
         if self.entity_id.trim().is_empty() {
             return Err((DlqReason::EmptyEntity, "entity_id is empty".into()));
         }
@@ -282,7 +291,10 @@ impl Default for ValidationLimits {
 }
 
 fn writer_id() -> u32 {
-    Catalogue::builtin().latest(SUBJECT).map(|e| e.id).unwrap_or(0)
+    Catalogue::builtin()
+        .latest(SUBJECT)
+        .map(|e| e.id)
+        .unwrap_or(0)
 }
 
 /// Decodes telemetry payloads: Confluent-framed Avro of any known writer schema (resolved to
@@ -296,7 +308,9 @@ pub struct TelemetryDecoder {
 
 impl std::fmt::Debug for TelemetryDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelemetryDecoder").field("known_ids", &self.readers.len()).finish()
+        f.debug_struct("TelemetryDecoder")
+            .field("known_ids", &self.readers.len())
+            .finish()
     }
 }
 
@@ -309,9 +323,19 @@ impl Default for TelemetryDecoder {
 impl TelemetryDecoder {
     pub fn new() -> Self {
         let cat = Catalogue::builtin();
-        let reader_schema = &cat.latest(SUBJECT).expect("telemetry subject in catalogue").schema;
-        let fast_id = cat.versions(SUBJECT).find(|e| e.version == 1).map_or(u32::MAX, |e| e.id);
-        let mut d = TelemetryDecoder { fast_id, reader_schema, readers: HashMap::new() };
+        let reader_schema = &cat
+            .latest(SUBJECT)
+            .expect("telemetry subject in catalogue")
+            .schema;
+        let fast_id = cat
+            .versions(SUBJECT)
+            .find(|e| e.version == 1)
+            .map_or(u32::MAX, |e| e.id);
+        let mut d = TelemetryDecoder {
+            fast_id,
+            reader_schema,
+            readers: HashMap::new(),
+        };
         for e in cat.versions(SUBJECT) {
             // Built-in schemas are validated by the crate's tests.
             let _ = d.add_writer_schema(e.id, &e.schema);
@@ -326,7 +350,10 @@ impl TelemetryDecoder {
         let reader = GenericDatumReader::builder(writer)
             .reader_schema(self.reader_schema)
             .build()
-            .map_err(|e| DecodeError::Avro { id, detail: e.to_string() })?;
+            .map_err(|e| DecodeError::Avro {
+                id,
+                detail: e.to_string(),
+            })?;
         self.readers.insert(id, reader);
         Ok(())
     }
@@ -339,13 +366,22 @@ impl TelemetryDecoder {
     /// benchmarks.
     pub fn decode_reference(&self, payload: &[u8]) -> Result<Telemetry, DecodeError> {
         let framed = framing::unframe(payload)?;
-        let reader = self.readers.get(&framed.schema_id).ok_or(DecodeError::UnknownSchemaId(framed.schema_id))?;
+        let reader = self
+            .readers
+            .get(&framed.schema_id)
+            .ok_or(DecodeError::UnknownSchemaId(framed.schema_id))?;
         let mut cursor = framed.datum;
         let value = reader
             .read_value(&mut cursor)
-            .map_err(|e| DecodeError::Avro { id: framed.schema_id, detail: e.to_string() })?;
+            .map_err(|e| DecodeError::Avro {
+                id: framed.schema_id,
+                detail: e.to_string(),
+            })?;
         if !cursor.is_empty() {
-            return Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: cursor.len() });
+            return Err(DecodeError::TrailingBytes {
+                id: framed.schema_id,
+                extra: cursor.len(),
+            });
         }
         from_value(value)
     }
@@ -359,12 +395,18 @@ impl TelemetryDecoder {
         let framed = framing::unframe(payload)?;
         if framed.schema_id == self.fast_id {
             return decode_v1(framed.datum)
-                .map_err(|detail| DecodeError::Avro { id: framed.schema_id, detail })
+                .map_err(|detail| DecodeError::Avro {
+                    id: framed.schema_id,
+                    detail,
+                })
                 .and_then(|(t, rest)| {
                     if rest == 0 {
                         Ok(t)
                     } else {
-                        Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: rest })
+                        Err(DecodeError::TrailingBytes {
+                            id: framed.schema_id,
+                            extra: rest,
+                        })
                     }
                 });
         }
@@ -375,9 +417,15 @@ impl TelemetryDecoder {
         let mut cursor = framed.datum;
         let value = reader
             .read_value(&mut cursor)
-            .map_err(|e| DecodeError::Avro { id: framed.schema_id, detail: e.to_string() })?;
+            .map_err(|e| DecodeError::Avro {
+                id: framed.schema_id,
+                detail: e.to_string(),
+            })?;
         if !cursor.is_empty() {
-            return Err(DecodeError::TrailingBytes { id: framed.schema_id, extra: cursor.len() });
+            return Err(DecodeError::TrailingBytes {
+                id: framed.schema_id,
+                extra: cursor.len(),
+            });
         }
         from_value(value)
     }
@@ -420,7 +468,8 @@ fn decode_v1(datum: &[u8]) -> Result<(Telemetry, usize), String> {
         }
     }
     let labels: Vec<(String, String)> = labels.into_iter().collect();
-    let [cpu_util, mem_util, net_in_bps, net_out_bps, disk_read_bps, disk_write_bps, cpu_cores, mem_bytes] = doubles;
+    let [cpu_util, mem_util, net_in_bps, net_out_bps, disk_read_bps, disk_write_bps, cpu_cores, mem_bytes] =
+        doubles;
     let t = Telemetry {
         entity_id,
         ts_ms,
@@ -472,7 +521,10 @@ impl Cursor<'_> {
 
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         if n > self.remaining() {
-            return Err(format!("datum ends: need {n} bytes, {} left", self.remaining()));
+            return Err(format!(
+                "datum ends: need {n} bytes, {} left",
+                self.remaining()
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -483,12 +535,16 @@ impl Cursor<'_> {
         let len = self.long()?;
         let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| format!("string is not utf-8: {e}"))
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| format!("string is not utf-8: {e}"))
     }
 
     fn double(&mut self) -> Result<f64, String> {
         let b = self.take(8)?;
-        Ok(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        Ok(f64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
     }
 
     fn boolean(&mut self) -> Result<bool, String> {
@@ -499,7 +555,10 @@ impl Cursor<'_> {
         }
     }
 
-    fn opt<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<Option<T>, String> {
+    fn opt<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
         match self.long()? {
             0 => Ok(None),
             1 => read(self).map(Some),
@@ -510,7 +569,10 @@ impl Cursor<'_> {
 
 fn from_value(value: Value) -> Result<Telemetry, DecodeError> {
     let Value::Record(fields) = value else {
-        return Err(DecodeError::Field { field: "record", detail: "not a record".into() });
+        return Err(DecodeError::Field {
+            field: "record",
+            detail: "not a record".into(),
+        });
     };
     let mut t = Telemetry::default();
     for (name, v) in fields {
@@ -557,10 +619,16 @@ fn from_value(value: Value) -> Result<Telemetry, DecodeError> {
 }
 
 fn wrong(field: &'static str, expected: &str, got: &Value) -> DecodeError {
-    DecodeError::Field { field, detail: format!("expected {expected}, got {got:?}") }
+    DecodeError::Field {
+        field,
+        detail: format!("expected {expected}, got {got:?}"),
+    }
 }
 
-fn opt<T>(v: Value, f: impl FnOnce(Value) -> Result<T, DecodeError>) -> Result<Option<T>, DecodeError> {
+fn opt<T>(
+    v: Value,
+    f: impl FnOnce(Value) -> Result<T, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
     match v {
         Value::Null => Ok(None),
         Value::Union(_, inner) => match *inner {
@@ -616,7 +684,10 @@ mod tests {
             replicas: Some(3),
             cost_per_hour: Some(1.25),
             scale_event: Some(false),
-            labels: vec![("team".into(), "payments".into()), ("tier".into(), "1".into())],
+            labels: vec![
+                ("team".into(), "payments".into()),
+                ("tier".into(), "1".into()),
+            ],
         }
     }
 
@@ -633,7 +704,9 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let t = sample();
-        let decoded = TelemetryDecoder::new().decode(t.to_json().as_bytes()).expect("json");
+        let decoded = TelemetryDecoder::new()
+            .decode(t.to_json().as_bytes())
+            .expect("json");
         assert_eq!(decoded, t);
     }
 
@@ -665,12 +738,24 @@ mod tests {
         t.ts_ms = now;
         assert!(t.validate(now, &lim).is_ok());
         let cases: Vec<(Box<dyn Fn(&mut Telemetry)>, DlqReason)> = vec![
-            (Box::new(|t| t.cpu_util = Some(f64::NAN)), DlqReason::NotFinite),
+            (
+                Box::new(|t| t.cpu_util = Some(f64::NAN)),
+                DlqReason::NotFinite,
+            ),
             (Box::new(|t| t.mem_util = Some(-0.1)), DlqReason::OutOfRange),
             (Box::new(|t| t.cpu_util = Some(7.0)), DlqReason::OutOfRange),
-            (Box::new(|t| t.ts_ms += 365 * 86_400_000), DlqReason::TimestampFuture),
-            (Box::new(|t| t.ts_ms = 900_000_000_000), DlqReason::TimestampPast),
-            (Box::new(|t| t.entity_id = " ".into()), DlqReason::EmptyEntity),
+            (
+                Box::new(|t| t.ts_ms += 365 * 86_400_000),
+                DlqReason::TimestampFuture,
+            ),
+            (
+                Box::new(|t| t.ts_ms = 900_000_000_000),
+                DlqReason::TimestampPast,
+            ),
+            (
+                Box::new(|t| t.entity_id = " ".into()),
+                DlqReason::EmptyEntity,
+            ),
             (
                 Box::new(|t| t.labels = vec![("k".into(), "v".repeat(10_000))]),
                 DlqReason::OversizedLabels,

@@ -39,7 +39,9 @@ fn sample(i: usize, round: i64) -> Sample {
 fn fixture() -> Fixture {
     let mut f = Fixture {
         state: PartitionState::new(FeatureConfig::default()),
-        names: (0..ENTITIES).map(|i| format!("service-{:03}.cluster-{:02}.vm-{i:05}", i % 200, i % 5)).collect(),
+        names: (0..ENTITIES)
+            .map(|i| format!("service-{:03}.cluster-{:02}.vm-{i:05}", i % 200, i % 5))
+            .collect(),
         samples: (0..ENTITIES).map(|i| sample(i, 0)).collect(),
         next_round: 0,
         offset: 0,
@@ -65,7 +67,10 @@ impl Fixture {
         let mut s = self.samples[i];
         s.ts_ms = sample(0, self.next_round).ts_ms;
         self.offset += 1;
-        black_box(self.state.process(&self.names[i], &s, self.offset, &mut self.out));
+        black_box(
+            self.state
+                .process(&self.names[i], &s, self.offset, &mut self.out),
+        );
     }
 }
 
@@ -108,7 +113,9 @@ fn benches(c: &mut Criterion) {
     });
     let decoder = TelemetryDecoder::new();
     let buf = encoded_event();
-    c.bench_function("reference/decode_telemetry_avro", |b| b.iter(|| black_box(decoder.decode(black_box(&buf)))));
+    c.bench_function("reference/decode_telemetry_avro", |b| {
+        b.iter(|| black_box(decoder.decode(black_box(&buf))))
+    });
 }
 
 criterion_group!(group, benches);

@@ -8,12 +8,19 @@ use headroom_features::{FeatureConfig, PartitionState, Sample};
 
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
 fn main() {
-    let entities: usize = std::env::var("ENTITIES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let entities: usize = std::env::var("ENTITIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let before = rss_bytes();
     let mut state = PartitionState::new(FeatureConfig::default());
     let mut out = Vec::new();
@@ -22,9 +29,18 @@ fn main() {
     let mut offset = 0u64;
     for round in 0..12 {
         for i in 0..entities {
-            let s = Sample { ts_ms: t0 + round * iv, metrics: [Some(0.5), Some(0.5), Some(1e6), Some(1e4)], ..Sample::default() };
+            let s = Sample {
+                ts_ms: t0 + round * iv,
+                metrics: [Some(0.5), Some(0.5), Some(1e6), Some(1e4)],
+                ..Sample::default()
+            };
             offset += 1;
-            state.process(&format!("service-{:03}.vm-{i:06}", i % 100), &s, offset, &mut out);
+            state.process(
+                &format!("service-{:03}.vm-{i:06}", i % 100),
+                &s,
+                offset,
+                &mut out,
+            );
         }
     }
     let after = rss_bytes();

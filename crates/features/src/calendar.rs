@@ -19,7 +19,11 @@ fn month_of(days: i64) -> u32 {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    if mp < 10 { (mp + 3) as u32 } else { (mp - 9) as u32 }
+    if mp < 10 {
+        (mp + 3) as u32
+    } else {
+        (mp - 9) as u32
+    }
 }
 
 #[cfg(test)]

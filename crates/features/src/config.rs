@@ -73,7 +73,9 @@ pub enum ConfigError {
     Lags(u32),
     #[error("features.allowed_lateness {0:?} must be shorter than the longest window")]
     Lateness(Duration),
-    #[error("features.idle_expiry {0:?} must be at least the longest window plus the allowed lateness")]
+    #[error(
+        "features.idle_expiry {0:?} must be at least the longest window plus the allowed lateness"
+    )]
     IdleExpiry(Duration),
 }
 
@@ -84,7 +86,10 @@ impl FeatureConfig {
 
     pub fn window_slots(&self) -> Vec<usize> {
         let iv = self.sampling_interval.as_millis();
-        self.windows.iter().map(|w| (w.as_millis() / iv) as usize).collect()
+        self.windows
+            .iter()
+            .map(|w| (w.as_millis() / iv) as usize)
+            .collect()
     }
 
     pub fn lateness_slots(&self) -> i64 {
@@ -95,7 +100,9 @@ impl FeatureConfig {
     /// lateness, rounded so that the ring never needs more.
     pub fn capacity(&self) -> usize {
         let longest = self.window_slots().into_iter().max().unwrap_or(1);
-        let need = longest.max(self.lags as usize + 1).max(self.lateness_slots() as usize + 1);
+        let need = longest
+            .max(self.lags as usize + 1)
+            .max(self.lateness_slots() as usize + 1);
         need.div_ceil(crate::state::BLOCK) * crate::state::BLOCK
     }
 
@@ -108,7 +115,10 @@ impl FeatureConfig {
             return Err(ConfigError::WindowCount);
         }
         for w in &self.windows {
-            if w.is_zero() || w.as_millis() % iv.as_millis() != 0 || w.as_millis() / iv.as_millis() > 4096 {
+            if w.is_zero()
+                || w.as_millis() % iv.as_millis() != 0
+                || w.as_millis() / iv.as_millis() > 4096
+            {
                 return Err(ConfigError::Window(*w));
             }
         }
@@ -141,11 +151,22 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let mut c = FeatureConfig { lags: 0, ..FeatureConfig::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("features.lags"));
+        let mut c = FeatureConfig {
+            lags: 0,
+            ..FeatureConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("features.lags"));
         c.lags = 24;
         c.windows.push(Duration::from_secs(7 * 60));
-        assert!(c.validate().unwrap_err().to_string().contains("features.windows"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("features.windows"));
     }
 
     #[test]

@@ -5,8 +5,15 @@ use crate::FeatureConfig;
 /// The metrics that get the full set of window and lag features, in vector order.
 pub const METRICS: [&str; 4] = ["cpu", "mem", "net", "disk"];
 
-pub(crate) const TIME_FEATURES: [&str; 7] =
-    ["hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos", "is_weekend"];
+pub(crate) const TIME_FEATURES: [&str; 7] = [
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
+    "month_sin",
+    "month_cos",
+    "is_weekend",
+];
 pub(crate) const EXTRA_FEATURES: [&str; 7] = [
     "mem_cpu_ratio",
     "cost_per_used_core",
@@ -47,7 +54,12 @@ impl FeatureLayout {
         let mut hashed = names.join(",");
         hashed.push_str(&format!("|interval={}ms", cfg.interval_ms()));
         let id = format!("fs1-{:016x}", xxhash_rust::xxh3::xxh3_64(hashed.as_bytes()));
-        FeatureLayout { names, id, windows: cfg.windows.len(), lags: cfg.lags as usize }
+        FeatureLayout {
+            names,
+            id,
+            windows: cfg.windows.len(),
+            lags: cfg.lags as usize,
+        }
     }
 
     pub fn names(&self) -> &[String] {
@@ -88,7 +100,10 @@ mod tests {
         assert_eq!(l.names()[1], "cpu_mean_15m");
         assert_eq!(l.index_of("mem_lag_24"), Some(l.per_metric() + 1 + 16 + 23));
         assert!(l.id().starts_with("fs1-"));
-        let other = FeatureLayout::new(&FeatureConfig { lags: 12, ..FeatureConfig::default() });
+        let other = FeatureLayout::new(&FeatureConfig {
+            lags: 12,
+            ..FeatureConfig::default()
+        });
         assert_ne!(l.id(), other.id());
     }
 }

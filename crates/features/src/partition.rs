@@ -73,9 +73,7 @@ pub struct PartitionState {
     entities: FxHashMap<Box<str>, EntityState>,
     max_ts: i64,
     /// Precomputed sin/cos for each minute of the day, the 7 days and the 12 months.
-    minute_trig: Box<[(f32, f32)]>,
-    dow_trig: [(f32, f32); 7],
-    month_trig: [(f32, f32); 12],
+    trig: Trig,
 }
 
 impl PartitionState {
@@ -86,8 +84,12 @@ impl PartitionState {
 
     /// Shares one layout between the partitions of a service.
     pub fn with_layout(cfg: FeatureConfig, layout: Arc<FeatureLayout>) -> PartitionState {
-        let mut windows_sorted: Vec<(usize, usize)> =
-            cfg.window_slots().into_iter().enumerate().map(|(i, w)| (w, i)).collect();
+        let mut windows_sorted: Vec<(usize, usize)> = cfg
+            .window_slots()
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| (w, i))
+            .collect();
         windows_sorted.sort_unstable();
         let tau = std::f64::consts::TAU;
         let dow_trig = std::array::from_fn(|d| {
@@ -105,7 +107,11 @@ impl PartitionState {
             })
             .collect();
         PartitionState {
-            minute_trig,
+            trig: Trig {
+                minute: minute_trig,
+                dow: dow_trig,
+                month: month_trig,
+            },
             cap: cfg.capacity(),
             interval_ms: cfg.interval_ms(),
             lateness_slots: cfg.lateness_slots(),
@@ -114,8 +120,6 @@ impl PartitionState {
             cfg,
             entities: FxHashMap::default(),
             max_ts: i64::MIN,
-            dow_trig,
-            month_trig,
         }
     }
 
@@ -135,72 +139,132 @@ impl PartitionState {
 
     /// Updates the entity's state with `sample` and, unless it is a duplicate or too late,
     /// writes its feature vector into `out` (resized to the layout's length).
-    pub fn process(&mut self, entity: &str, sample: &Sample, offset: u64, out: &mut Vec<f32>) -> Outcome {
+    pub fn process(
+        &mut self,
+        entity: &str,
+        sample: &Sample,
+        offset: u64,
+        out: &mut Vec<f32>,
+    ) -> Outcome {
         let slot = sample.ts_ms.div_euclid(self.interval_ms);
         let within = sample.ts_ms.rem_euclid(self.interval_ms) as u32;
         let cap = self.cap;
         let state = match self.entities.get_mut(entity) {
             Some(s) => s,
-            None => self.entities.entry(entity.into()).or_insert_with(|| EntityState::new(cap, slot)),
+            None => self
+                .entities
+                .entry(entity.into())
+                .or_insert_with(|| EntityState::new(cap, slot)),
         };
-        match state.write(slot, within, sample.ts_ms, &sample.metrics, offset, self.lateness_slots) {
+        match state.write(
+            slot,
+            within,
+            sample.ts_ms,
+            &sample.metrics,
+            offset,
+            self.lateness_slots,
+        ) {
             Write::Duplicate => return Outcome::Duplicate,
             Write::TooLate { behind_slots } => {
-                return Outcome::TooLate { behind_ms: behind_slots * self.interval_ms }
+                return Outcome::TooLate {
+                    behind_ms: behind_slots * self.interval_ms,
+                }
             }
             Write::Written => {}
         }
-        let ctx = [sample.cpu_cores, sample.mem_bytes, sample.replicas, sample.cost_per_hour];
+        let ctx = [
+            sample.cpu_cores,
+            sample.mem_bytes,
+            sample.replicas,
+            sample.cost_per_hour,
+        ];
         for (c, v) in state.context.iter_mut().zip(ctx) {
             c.offer(v, sample.ts_ms, offset);
         }
         self.max_ts = self.max_ts.max(sample.ts_ms);
         out.clear();
         out.resize(self.layout.len(), 0.0);
-        let state = &self.entities[entity];
-        compute(state, &self.windows_sorted, self.layout.lags, self.layout.per_metric(), slot, out);
+        // One map lookup per event: `state` stays borrowed from the map; the other fields are
+        // borrowed separately.
+        let state: &EntityState = state;
+        compute(
+            state,
+            &self.windows_sorted,
+            self.layout.lags,
+            self.layout.per_metric(),
+            slot,
+            out,
+        );
         let mask = out_imputed_mask(out, self.layout.per_metric());
-        self.time_and_extras(state, sample.ts_ms, out);
+        time_and_extras(
+            &self.trig,
+            &self.layout,
+            self.interval_ms,
+            state,
+            sample.ts_ms,
+            out,
+        );
         Outcome::Emitted { imputed_mask: mask }
     }
+}
 
-    fn time_and_extras(&self, state: &EntityState, ts_ms: i64, out: &mut [f32]) {
-        let base = N * self.layout.per_metric();
-        let (hour, dow, month) = calendar::fields(ts_ms);
-        let (hs, hc) = self.minute_trig[((hour * 60.0) as usize).min(1439)];
-        out[base] = hs;
-        out[base + 1] = hc;
-        out[base + 2] = self.dow_trig[dow as usize].0;
-        out[base + 3] = self.dow_trig[dow as usize].1;
-        out[base + 4] = self.month_trig[(month - 1) as usize].0;
-        out[base + 5] = self.month_trig[(month - 1) as usize].1;
-        out[base + 6] = if dow >= 5 { 1.0 } else { 0.0 };
-        let lowest_ms = state.lowest_slot() * self.interval_ms;
-        let ctx = |i: usize| {
-            let c = &state.context[i];
-            (c.set && c.ts_ms >= lowest_ms).then_some(c.value)
-        };
-        let per = self.layout.per_metric();
-        let cpu = f64::from(out[0]);
-        let mem = f64::from(out[per]);
-        let net = f64::from(out[2 * per]);
-        let (cores, mem_bytes, replicas, cost) = (ctx(0), ctx(1), ctx(2), ctx(3));
-        let e = base + 7;
-        out[e] = if cpu > 1e-3 { (mem / cpu).min(1000.0) as f32 } else { 0.0 };
-        out[e + 1] = match (cost, cores) {
-            (Some(cost), Some(cores)) if cpu * cores > 1e-3 => (cost / (cpu * cores)) as f32,
-            _ => 0.0,
-        };
-        out[e + 2] = match replicas {
-            Some(r) if r >= 1.0 => (net / r) as f32,
-            _ => net as f32,
-        };
-        out[e + 3] = cores.unwrap_or(0.0) as f32;
-        out[e + 4] = (mem_bytes.unwrap_or(0.0) / (1u64 << 30) as f64) as f32;
-        out[e + 5] = replicas.unwrap_or(0.0) as f32;
-        out[e + 6] = cost.unwrap_or(0.0) as f32;
-    }
+/// Sine/cosine tables for the time features.
+#[derive(Debug)]
+struct Trig {
+    minute: Box<[(f32, f32)]>,
+    dow: [(f32, f32); 7],
+    month: [(f32, f32); 12],
+}
 
+fn time_and_extras(
+    trig: &Trig,
+    layout: &FeatureLayout,
+    interval_ms: i64,
+    state: &EntityState,
+    ts_ms: i64,
+    out: &mut [f32],
+) {
+    let base = N * layout.per_metric();
+    let (hour, dow, month) = calendar::fields(ts_ms);
+    let (hs, hc) = trig.minute[((hour * 60.0) as usize).min(1439)];
+    out[base] = hs;
+    out[base + 1] = hc;
+    out[base + 2] = trig.dow[dow as usize].0;
+    out[base + 3] = trig.dow[dow as usize].1;
+    out[base + 4] = trig.month[(month - 1) as usize].0;
+    out[base + 5] = trig.month[(month - 1) as usize].1;
+    out[base + 6] = if dow >= 5 { 1.0 } else { 0.0 };
+    let lowest_ms = state.lowest_slot() * interval_ms;
+    let ctx = |i: usize| {
+        let c = &state.context[i];
+        (c.set && c.ts_ms >= lowest_ms).then_some(c.value)
+    };
+    let per = layout.per_metric();
+    let cpu = f64::from(out[0]);
+    let mem = f64::from(out[per]);
+    let net = f64::from(out[2 * per]);
+    let (cores, mem_bytes, replicas, cost) = (ctx(0), ctx(1), ctx(2), ctx(3));
+    let e = base + 7;
+    out[e] = if cpu > 1e-3 {
+        (mem / cpu).min(1000.0) as f32
+    } else {
+        0.0
+    };
+    out[e + 1] = match (cost, cores) {
+        (Some(cost), Some(cores)) if cpu * cores > 1e-3 => (cost / (cpu * cores)) as f32,
+        _ => 0.0,
+    };
+    out[e + 2] = match replicas {
+        Some(r) if r >= 1.0 => (net / r) as f32,
+        _ => net as f32,
+    };
+    out[e + 3] = cores.unwrap_or(0.0) as f32;
+    out[e + 4] = (mem_bytes.unwrap_or(0.0) / (1u64 << 30) as f64) as f32;
+    out[e + 5] = replicas.unwrap_or(0.0) as f32;
+    out[e + 6] = cost.unwrap_or(0.0) as f32;
+}
+
+impl PartitionState {
     /// The smallest input offset still retained by any entity of this partition: replaying
     /// the partition from it (with outputs suppressed) rebuilds exactly this state.
     pub fn replay_floor(&mut self) -> Option<u64> {
@@ -212,7 +276,9 @@ impl PartitionState {
     /// Drops entities idle for longer than `idle_expiry` in partition event time. Returns how
     /// many were dropped.
     pub fn expire_idle(&mut self) -> usize {
-        let horizon = self.max_ts.saturating_sub(self.cfg.idle_expiry.as_millis() as i64);
+        let horizon = self
+            .max_ts
+            .saturating_sub(self.cfg.idle_expiry.as_millis() as i64);
         let before = self.entities.len();
         self.entities.retain(|_, e| e.newest_ts >= horizon);
         before - self.entities.len()
@@ -230,7 +296,14 @@ fn out_imputed_mask(out: &[f32], per: usize) -> u8 {
 }
 
 /// Writes the per-metric block (now, windows, lags, imputed) for every metric.
-fn compute(state: &EntityState, windows: &[(usize, usize)], lags: usize, per: usize, slot: i64, out: &mut [f32]) {
+fn compute(
+    state: &EntityState,
+    windows: &[(usize, usize)],
+    lags: usize,
+    per: usize,
+    slot: i64,
+    out: &mut [f32],
+) {
     let cap = state.cap();
     let lowest = state.lowest_slot();
     for m in 0..N {
@@ -266,7 +339,11 @@ fn compute(state: &EntityState, windows: &[(usize, usize)], lags: usize, per: us
         // Lags: forward-filled from older slots, back-filled from the current value.
         let lag_base = 1 + 4 * windows.len();
         let oldest_lag = slot - lags as i64;
-        let mut carry = if oldest_lag > lowest { state.ffill(m, oldest_lag - 1) } else { None };
+        let mut carry = if oldest_lag > lowest {
+            state.ffill(m, oldest_lag - 1)
+        } else {
+            None
+        };
         let mut p = state.pos(oldest_lag);
         for k in (1..=lags).rev() {
             let s = slot - k as i64;

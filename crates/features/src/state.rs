@@ -18,7 +18,13 @@ pub(crate) struct BlockStat {
 }
 
 impl BlockStat {
-    pub const EMPTY: BlockStat = BlockStat { sum: 0.0, sumsq: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY, n: 0 };
+    pub const EMPTY: BlockStat = BlockStat {
+        sum: 0.0,
+        sumsq: 0.0,
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+        n: 0,
+    };
 
     #[inline]
     pub fn add(&mut self, v: f32) {
@@ -56,7 +62,12 @@ impl Context {
     pub fn offer(&mut self, v: Option<f64>, ts_ms: i64, offset: u64) {
         if let Some(v) = v {
             if !self.set || ts_ms > self.ts_ms || (ts_ms == self.ts_ms && offset < self.offset) {
-                *self = Context { value: v, ts_ms, offset, set: true };
+                *self = Context {
+                    value: v,
+                    ts_ms,
+                    offset,
+                    set: true,
+                };
             }
         }
     }
@@ -189,7 +200,9 @@ impl EntityState {
         if slot > self.newest_slot {
             self.advance(slot);
         } else if slot < self.newest_slot - lateness_slots {
-            return Write::TooLate { behind_slots: self.newest_slot - slot };
+            return Write::TooLate {
+                behind_slots: self.newest_slot - slot,
+            };
         }
         let p = self.pos(slot);
         let cap = self.cap();

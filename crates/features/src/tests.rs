@@ -46,7 +46,10 @@ impl Naive {
             let b = m * per;
             out[b] = now;
             for (i, w) in cfg.window_slots().into_iter().enumerate() {
-                let xs: Vec<f64> = ((slot - w as i64 + 1).max(lowest)..=slot).filter_map(val).map(f64::from).collect();
+                let xs: Vec<f64> = ((slot - w as i64 + 1).max(lowest)..=slot)
+                    .filter_map(val)
+                    .map(f64::from)
+                    .collect();
                 let o = b + 1 + 4 * i;
                 if xs.is_empty() {
                     out[o..o + 4].copy_from_slice(&[now, 0.0, now, now]);
@@ -56,7 +59,12 @@ impl Naive {
                     let var = (xs.iter().map(|x| x * x).sum::<f64>() / n - mean * mean).max(0.0);
                     let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
                     let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    out[o..o + 4].copy_from_slice(&[mean as f32, var.sqrt() as f32, min as f32, max as f32]);
+                    out[o..o + 4].copy_from_slice(&[
+                        mean as f32,
+                        var.sqrt() as f32,
+                        min as f32,
+                        max as f32,
+                    ]);
                 }
             }
             let lag_base = b + 1 + 4 * cfg.windows.len();
@@ -86,7 +94,12 @@ struct Ev {
 fn stream() -> impl Strategy<Value = Vec<Ev>> {
     // Mostly in order with jitter, gaps, repeats and missing values.
     proptest::collection::vec(
-        (0u8..3, -5i64..3, 0i64..IV, proptest::collection::vec(proptest::option::weighted(0.9, 0.0f64..1.0), 4)),
+        (
+            0u8..3,
+            -5i64..3,
+            0i64..IV,
+            proptest::collection::vec(proptest::option::weighted(0.9, 0.0f64..1.0), 4),
+        ),
         1..300,
     )
     .prop_map(|steps| {
@@ -96,14 +109,22 @@ fn stream() -> impl Strategy<Value = Vec<Ev>> {
             .map(|(entity, dt, jitter, ms)| {
                 t += dt.max(0) * IV;
                 let ts = t + if dt < 0 { dt * IV } else { 0 } + jitter / 60_000 * 60_000;
-                Ev { entity, ts_ms: ts, metrics: [ms[0], ms[1], ms[2], ms[3]] }
+                Ev {
+                    entity,
+                    ts_ms: ts,
+                    metrics: [ms[0], ms[1], ms[2], ms[3]],
+                }
             })
             .collect()
     })
 }
 
 fn sample(e: &Ev) -> Sample {
-    Sample { ts_ms: e.ts_ms, metrics: e.metrics, ..Sample::default() }
+    Sample {
+        ts_ms: e.ts_ms,
+        metrics: e.metrics,
+        ..Sample::default()
+    }
 }
 
 proptest! {
@@ -174,18 +195,37 @@ fn late_duplicate_and_imputed_outcomes() {
     let mut st = PartitionState::new(cfg);
     let mut out = Vec::new();
     let t0 = 1_700_000_100_000 - 1_700_000_100_000 % IV;
-    let s = |ts: i64, cpu: Option<f64>| Sample { ts_ms: ts, metrics: [cpu, Some(0.5), Some(1.0), Some(2.0)], ..Sample::default() };
-    assert_eq!(st.process("a", &s(t0, Some(0.2)), 0, &mut out), Outcome::Emitted { imputed_mask: 0 });
-    assert_eq!(st.process("a", &s(t0, Some(0.9)), 1, &mut out), Outcome::Duplicate);
-    assert_eq!(st.process("a", &s(t0 + IV, None), 2, &mut out), Outcome::Emitted { imputed_mask: 1 });
+    let s = |ts: i64, cpu: Option<f64>| Sample {
+        ts_ms: ts,
+        metrics: [cpu, Some(0.5), Some(1.0), Some(2.0)],
+        ..Sample::default()
+    };
+    assert_eq!(
+        st.process("a", &s(t0, Some(0.2)), 0, &mut out),
+        Outcome::Emitted { imputed_mask: 0 }
+    );
+    assert_eq!(
+        st.process("a", &s(t0, Some(0.9)), 1, &mut out),
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        st.process("a", &s(t0 + IV, None), 2, &mut out),
+        Outcome::Emitted { imputed_mask: 1 }
+    );
     assert_eq!(out[0], 0.2, "missing cpu is forward-filled");
-    assert_eq!(st.process("a", &s(t0 + 30 * IV, Some(0.3)), 3, &mut out), Outcome::Emitted { imputed_mask: 0 });
+    assert_eq!(
+        st.process("a", &s(t0 + 30 * IV, Some(0.3)), 3, &mut out),
+        Outcome::Emitted { imputed_mask: 0 }
+    );
     assert_eq!(
         st.process("a", &s(t0 + 5 * IV, Some(0.3)), 4, &mut out),
         Outcome::TooLate { behind_ms: 25 * IV }
     );
     // Within the lateness: accepted. The first three records left the 2 h ring.
-    assert!(matches!(st.process("a", &s(t0 + 27 * IV, Some(0.3)), 5, &mut out), Outcome::Emitted { .. }));
+    assert!(matches!(
+        st.process("a", &s(t0 + 27 * IV, Some(0.3)), 5, &mut out),
+        Outcome::Emitted { .. }
+    ));
     assert_eq!(st.replay_floor(), Some(3));
 }
 
@@ -196,11 +236,27 @@ fn idle_entities_expire_and_memory_is_bounded() {
     let mut out = Vec::new();
     let t0 = 1_700_000_000_000;
     for i in 0..100 {
-        st.process(&format!("vm-{i}"), &Sample { ts_ms: t0, ..Sample::default() }, i, &mut out);
+        st.process(
+            &format!("vm-{i}"),
+            &Sample {
+                ts_ms: t0,
+                ..Sample::default()
+            },
+            i,
+            &mut out,
+        );
     }
     assert_eq!(st.entity_count(), 100);
     let per_entity = st.state_bytes() / 100;
     assert!(per_entity < 16_000, "per-entity state {per_entity} B");
-    st.process("vm-0", &Sample { ts_ms: t0 + 3 * 86_400_000, ..Sample::default() }, 100, &mut out);
+    st.process(
+        "vm-0",
+        &Sample {
+            ts_ms: t0 + 3 * 86_400_000,
+            ..Sample::default()
+        },
+        100,
+        &mut out,
+    );
     assert_eq!(st.expire_idle(), 99);
 }

@@ -140,7 +140,12 @@ impl CommonConfig {
         if self.kafka.group_id.trim().is_empty() {
             return bad("kafka.group_id", "must not be empty");
         }
-        for reserved in ["enable.auto.commit", "group.id", "bootstrap.servers", "enable.auto.offset.store"] {
+        for reserved in [
+            "enable.auto.commit",
+            "group.id",
+            "bootstrap.servers",
+            "enable.auto.offset.store",
+        ] {
             if self.kafka.properties.contains_key(reserved) {
                 return bad(
                     &format!("kafka.properties.{reserved}"),
@@ -193,11 +198,13 @@ max_output_bytes = 1000000
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[runtime]\nmax_batch = 7\n").expect("write");
-        let c: CommonConfig = load_config(DEFAULTS, Some(&path), "HEADROOM_RTTEST1__").expect("load");
+        let c: CommonConfig =
+            load_config(DEFAULTS, Some(&path), "HEADROOM_RTTEST1__").expect("load");
         assert_eq!(c.runtime.max_batch, 7);
         assert_eq!(c.runtime.max_batch_wait, Duration::from_millis(20));
         std::env::set_var("HEADROOM_RTTEST2__RUNTIME__MAX_BATCH", "9");
-        let c: CommonConfig = load_config(DEFAULTS, Some(&path), "HEADROOM_RTTEST2__").expect("load");
+        let c: CommonConfig =
+            load_config(DEFAULTS, Some(&path), "HEADROOM_RTTEST2__").expect("load");
         assert_eq!(c.runtime.max_batch, 9);
         c.validate().expect("valid");
     }
@@ -207,22 +214,33 @@ max_output_bytes = 1000000
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[runtime]\nmax_batch_wait = \"soon\"\n").expect("write");
-        let err = load_config::<CommonConfig>(DEFAULTS, Some(&path), "HEADROOM_RTTEST3__").unwrap_err();
+        let err =
+            load_config::<CommonConfig>(DEFAULTS, Some(&path), "HEADROOM_RTTEST3__").unwrap_err();
         assert!(err.to_string().contains("runtime.max_batch_wait"), "{err}");
         std::fs::write(&path, "[runtime]\nmax_bath = 3\n").expect("write");
-        let err = load_config::<CommonConfig>(DEFAULTS, Some(&path), "HEADROOM_RTTEST3__").unwrap_err();
+        let err =
+            load_config::<CommonConfig>(DEFAULTS, Some(&path), "HEADROOM_RTTEST3__").unwrap_err();
         assert!(err.to_string().contains("max_bath"), "{err}");
         let mut c: CommonConfig = load_config(DEFAULTS, None, "HEADROOM_RTTEST3__").expect("load");
-        c.kafka.properties.insert("enable.auto.commit".into(), "true".into());
-        assert!(c.validate().unwrap_err().to_string().contains("kafka.properties.enable.auto.commit"));
-        let missing = load_config::<CommonConfig>(DEFAULTS, Some(Path::new("/nonexistent.toml")), "X__");
+        c.kafka
+            .properties
+            .insert("enable.auto.commit".into(), "true".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("kafka.properties.enable.auto.commit"));
+        let missing =
+            load_config::<CommonConfig>(DEFAULTS, Some(Path::new("/nonexistent.toml")), "X__");
         assert!(missing.unwrap_err().to_string().contains("no such file"));
     }
 
     #[test]
     fn debug_hides_property_values() {
         let mut c: CommonConfig = load_config(DEFAULTS, None, "HEADROOM_RTTEST4__").expect("load");
-        c.kafka.properties.insert("sasl.password".into(), "hunter2".into());
+        c.kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

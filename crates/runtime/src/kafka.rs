@@ -105,8 +105,15 @@ impl ProducerContext for ProducerCtx {
 
 #[derive(Debug)]
 enum Event {
-    Assign { topic: String, partition: i32, replay_until: Option<i64> },
-    Revoke { topic: String, partition: i32 },
+    Assign {
+        topic: String,
+        partition: i32,
+        replay_until: Option<i64>,
+    },
+    Revoke {
+        topic: String,
+        partition: i32,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -125,7 +132,11 @@ pub(crate) struct Outstanding(Box<[std::sync::atomic::AtomicI64]>);
 
 impl Outstanding {
     fn new() -> Outstanding {
-        Outstanding((0..EPOCH_RING).map(|_| std::sync::atomic::AtomicI64::new(0)).collect())
+        Outstanding(
+            (0..EPOCH_RING)
+                .map(|_| std::sync::atomic::AtomicI64::new(0))
+                .collect(),
+        )
     }
 
     pub(crate) fn add(&self, slot: usize) {
@@ -188,7 +199,9 @@ impl ConsumerContext for ConsumerCtx {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Ok(mut started) = self.commit_started.lock() {
             if let Some(t) = started.take() {
-                self.metrics.commit_seconds.observe(t.elapsed().as_secs_f64());
+                self.metrics
+                    .commit_seconds
+                    .observe(t.elapsed().as_secs_f64());
             }
         }
         match result {
@@ -202,8 +215,16 @@ impl ConsumerContext for ConsumerCtx {
         }
     }
 
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
@@ -212,17 +233,28 @@ impl ConsumerContext for ConsumerCtx {
                     Ok(committed) => {
                         let shadow = self.floors.read(&committed, self.timeout);
                         for elem in committed.elements() {
-                            let floor = parse_floor(elem.metadata())
-                                .or_else(|| shadow.get(&(elem.topic().to_owned(), elem.partition())).copied());
+                            let floor = parse_floor(elem.metadata()).or_else(|| {
+                                shadow
+                                    .get(&(elem.topic().to_owned(), elem.partition()))
+                                    .copied()
+                            });
                             let mut replay_until = None;
                             if let (Offset::Offset(at), Some(floor)) = (elem.offset(), floor) {
                                 if floor < at {
-                                    let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), Offset::Offset(floor));
+                                    let _ = tpl.set_partition_offset(
+                                        elem.topic(),
+                                        elem.partition(),
+                                        Offset::Offset(floor),
+                                    );
                                     replay_until = Some(at);
                                 }
                             }
                             tracing::info!(topic = elem.topic(), partition = elem.partition(), committed = ?elem.offset(), replay_from = ?floor, "partition assigned");
-                            events.push(Event::Assign { topic: elem.topic().into(), partition: elem.partition(), replay_until });
+                            events.push(Event::Assign {
+                                topic: elem.topic().into(),
+                                partition: elem.partition(),
+                                replay_until,
+                            });
                         }
                     }
                     Err(e) => {
@@ -231,14 +263,22 @@ impl ConsumerContext for ConsumerCtx {
                         // say so loudly (outputs stay correct for stateless processors).
                         tracing::error!(error = %e, "cannot read committed offsets; state will not be replayed");
                         for elem in tpl.elements() {
-                            events.push(Event::Assign { topic: elem.topic().into(), partition: elem.partition(), replay_until: None });
+                            events.push(Event::Assign {
+                                topic: elem.topic().into(),
+                                partition: elem.partition(),
+                                replay_until: None,
+                            });
                         }
                     }
                 }
                 if let Ok(mut q) = self.events.lock() {
                     q.extend(events);
                 }
-                let res = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let res = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
                 if let Err(e) = res {
                     tracing::error!(error = %e, "assign failed");
                 }
@@ -247,9 +287,13 @@ impl ConsumerContext for ConsumerCtx {
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                 // Finish the in-flight batch: everything processed so far becomes durable, and
                 // its offsets are committed before the partitions go to another member.
-                let flushed = self.producer.flush(self.timeout).is_ok() && self.producer.context().failures() == 0;
-                let revoked: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                let flushed = self.producer.flush(self.timeout).is_ok()
+                    && self.producer.context().failures() == 0;
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
                 if flushed && !consumer.assignment_lost() {
                     promote_complete(&self.sealed, &self.outstanding, &self.durable);
                     if let Ok(durable) = self.durable.lock() {
@@ -271,7 +315,11 @@ impl ConsumerContext for ConsumerCtx {
                         q.push(Event::Revoke { topic, partition });
                     }
                 }
-                let res = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let res = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(e) = res {
                     tracing::error!(error = %e, "unassign failed");
                 }
@@ -296,8 +344,11 @@ pub struct FloorStore {
 impl FloorStore {
     fn new(kafka: &crate::KafkaConfig) -> anyhow::Result<FloorStore> {
         let mut c = client_config(kafka);
-        c.set("group.id", format!("{}.replay-floor", kafka.group_id)).set("enable.auto.commit", "false");
-        Ok(FloorStore { shadow: c.create().context("creating the replay-floor client")? })
+        c.set("group.id", format!("{}.replay-floor", kafka.group_id))
+            .set("enable.auto.commit", "false");
+        Ok(FloorStore {
+            shadow: c.create().context("creating the replay-floor client")?,
+        })
     }
 
     fn write(&self, durable: &Durable, only: Option<&[(String, i32)]>) {
@@ -356,7 +407,9 @@ impl FloorStore {
 }
 
 fn parse_floor(metadata: &str) -> Option<i64> {
-    metadata.strip_prefix(REPLAY_KEY).and_then(|s| s.parse().ok())
+    metadata
+        .strip_prefix(REPLAY_KEY)
+        .and_then(|s| s.parse().ok())
 }
 
 fn commit_list(durable: &Durable, only: Option<&[(String, i32)]>) -> Option<TopicPartitionList> {
@@ -367,7 +420,10 @@ fn commit_list(durable: &Durable, only: Option<&[(String, i32)]>) -> Option<Topi
                 continue;
             }
         }
-        if tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).is_ok() {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*next))
+            .is_ok()
+        {
             if let (Some(f), Some(mut e)) = (floor, tpl.find_partition(topic, *partition)) {
                 e.set_metadata(format!("{REPLAY_KEY}{f}"));
             }
@@ -393,8 +449,10 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         out_counters: Mutex::new(Vec::new()),
         outstanding: outstanding.clone(),
     };
-    let producer: Arc<ThreadedProducer<ProducerCtx>> =
-        Arc::new(pcfg.create_with_context(producer_ctx).context("creating the kafka producer")?);
+    let producer: Arc<ThreadedProducer<ProducerCtx>> = Arc::new(
+        pcfg.create_with_context(producer_ctx)
+            .context("creating the kafka producer")?,
+    );
 
     let durable = Arc::new(Mutex::new(Durable::default()));
     let sealed = Arc::new(Mutex::new(VecDeque::new()));
@@ -426,10 +484,13 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     if !cfg.kafka.properties.contains_key("fetch.wait.max.ms") {
         ccfg.set("fetch.wait.max.ms", "10");
     }
-    let consumer: BaseConsumer<ConsumerCtx> =
-        ccfg.create_with_context(cctx).context("creating the kafka consumer")?;
+    let consumer: BaseConsumer<ConsumerCtx> = ccfg
+        .create_with_context(cctx)
+        .context("creating the kafka consumer")?;
     let topics: Vec<&str> = opts.input_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).with_context(|| format!("subscribing to {topics:?}"))?;
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("subscribing to {topics:?}"))?;
     tracing::info!(service = %opts.service, topics = ?topics, group = %cfg.kafka.group_id, "consuming");
 
     let mut st = LoopState::default();
@@ -458,7 +519,8 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         opts.health.set_ready(true);
         let now = Instant::now();
         let timeout = if st.in_epoch > 0 {
-            rt.max_batch_wait.saturating_sub(now.saturating_duration_since(epoch_started))
+            rt.max_batch_wait
+                .saturating_sub(now.saturating_duration_since(epoch_started))
         } else {
             Duration::from_millis(100)
         };
@@ -476,7 +538,12 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
                     let partition = msg.partition();
                     let epoch_slot = st.epoch_slot();
                     let topic = msg.topic();
-                    if let Some(part) = st.assigned.iter_mut().find(|a| a.1 == partition && a.0 == topic).map(|a| &mut a.2) {
+                    if let Some(part) = st
+                        .assigned
+                        .iter_mut()
+                        .find(|a| a.1 == partition && a.0 == topic)
+                        .map(|a| &mut a.2)
+                    {
                         let suppressed = part.replay_until.is_some_and(|u| msg.offset() < u);
                         if !suppressed {
                             part.replay_until = None;
@@ -557,7 +624,10 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
             // Serve the final revoke callback so the group rebalances promptly.
             while Instant::now() < deadline {
                 if consumer.poll(Duration::from_millis(50)).is_none()
-                    && consumer.assignment().map(|a| a.count() == 0).unwrap_or(true)
+                    && consumer
+                        .assignment()
+                        .map(|a| a.count() == 0)
+                        .unwrap_or(true)
                 {
                     break;
                 }
@@ -577,7 +647,11 @@ fn delivery_failure(producer: &ThreadedProducer<ProducerCtx>) -> Option<anyhow::
     })
 }
 
-fn counter<'a>(cache: &'a mut Vec<(String, prometheus::IntCounter)>, m: &Metrics, topic: &str) -> &'a prometheus::IntCounter {
+fn counter<'a>(
+    cache: &'a mut Vec<(String, prometheus::IntCounter)>,
+    m: &Metrics,
+    topic: &str,
+) -> &'a prometheus::IntCounter {
     if let Some(i) = cache.iter().position(|(t, _)| t == topic) {
         return &cache[i].1;
     }
@@ -636,15 +710,28 @@ impl LoopState {
         };
         for ev in drained {
             match ev {
-                Event::Assign { topic, partition, replay_until } => {
+                Event::Assign {
+                    topic,
+                    partition,
+                    replay_until,
+                } => {
                     processor.on_revoke(&topic, partition);
                     processor.on_assign(&topic, partition);
-                    self.assigned.retain(|a| !(a.0 == topic && a.1 == partition));
-                    self.assigned.push((topic, partition, PartitionPos { replay_until, ..PartitionPos::default() }));
+                    self.assigned
+                        .retain(|a| !(a.0 == topic && a.1 == partition));
+                    self.assigned.push((
+                        topic,
+                        partition,
+                        PartitionPos {
+                            replay_until,
+                            ..PartitionPos::default()
+                        },
+                    ));
                 }
                 Event::Revoke { topic, partition } => {
                     processor.on_revoke(&topic, partition);
-                    self.assigned.retain(|a| !(a.0 == topic && a.1 == partition));
+                    self.assigned
+                        .retain(|a| !(a.0 == topic && a.1 == partition));
                     let tp = (topic, partition);
                     if let Ok(mut d) = durable.lock() {
                         d.positions.remove(&tp);
@@ -674,20 +761,27 @@ impl LoopState {
             if part.touched {
                 part.touched = false;
                 if let Some(next) = part.next {
-                    let floor = *part.floor.get_or_insert_with(|| processor.replay_floor(topic, *partition));
+                    let floor = *part
+                        .floor
+                        .get_or_insert_with(|| processor.replay_floor(topic, *partition));
                     positions.push(((topic.clone(), *partition), next, floor));
                 }
             }
         }
         if let Ok(mut s) = sealed.lock() {
-            s.push_back(Sealed { slot: self.epoch_slot(), positions });
+            s.push_back(Sealed {
+                slot: self.epoch_slot(),
+                positions,
+            });
         }
         self.epoch += 1;
         self.in_epoch = 0;
         // The ring slot about to be reused must belong to an acknowledged epoch.
         let slot = self.epoch_slot();
         while outstanding.get(slot) != 0 {
-            tracing::warn!("{EPOCH_RING} epochs of outputs unacknowledged; waiting for the producer");
+            tracing::warn!(
+                "{EPOCH_RING} epochs of outputs unacknowledged; waiting for the producer"
+            );
             let _ = producer.flush(Duration::from_secs(1));
         }
     }
@@ -695,8 +789,14 @@ impl LoopState {
 
 /// Moves every leading sealed epoch whose outputs are all acknowledged into the durable
 /// positions (the ones commits use).
-fn promote_complete(sealed: &Mutex<VecDeque<Sealed>>, outstanding: &Outstanding, durable: &Mutex<Durable>) {
-    let (Ok(mut s), Ok(mut d)) = (sealed.lock(), durable.lock()) else { return };
+fn promote_complete(
+    sealed: &Mutex<VecDeque<Sealed>>,
+    outstanding: &Outstanding,
+    durable: &Mutex<Durable>,
+) {
+    let (Ok(mut s), Ok(mut d)) = (sealed.lock(), durable.lock()) else {
+        return;
+    };
     while let Some(front) = s.front() {
         if outstanding.get(front.slot) != 0 {
             break;
@@ -708,7 +808,12 @@ fn promote_complete(sealed: &Mutex<VecDeque<Sealed>>, outstanding: &Outstanding,
     }
 }
 
-fn commit(consumer: &BaseConsumer<ConsumerCtx>, durable: &Mutex<Durable>, mode: CommitMode, metrics: &Metrics) {
+fn commit(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    durable: &Mutex<Durable>,
+    mode: CommitMode,
+    metrics: &Metrics,
+) {
     let list = match durable.lock() {
         Ok(d) => commit_list(&d, None),
         Err(_) => None,
@@ -721,7 +826,10 @@ fn commit(consumer: &BaseConsumer<ConsumerCtx>, durable: &Mutex<Durable>, mode: 
     // once the broker confirmed the offsets. Sync (revoke, shutdown) does the same inline.
     let res: KafkaResult<()> = consumer.commit(&list, mode);
     match (res, mode) {
-        (Ok(()), CommitMode::Sync) => consumer.context().floors.write_confirmed(&list, CommitMode::Sync),
+        (Ok(()), CommitMode::Sync) => consumer
+            .context()
+            .floors
+            .write_confirmed(&list, CommitMode::Sync),
         (Ok(()), CommitMode::Async) => {}
         (Err(e), _) => {
             metrics.commit_failures.inc();
@@ -743,7 +851,10 @@ mod tests {
         let p0 = tpl.find_partition("t", 0).expect("p0");
         assert_eq!(p0.offset(), Offset::Offset(42));
         assert_eq!(parse_floor(p0.metadata()), Some(7));
-        assert_eq!(parse_floor(tpl.find_partition("t", 1).expect("p1").metadata()), None);
+        assert_eq!(
+            parse_floor(tpl.find_partition("t", 1).expect("p1").metadata()),
+            None
+        );
         let only = commit_list(&d, Some(&[("t".into(), 1)])).expect("only");
         assert_eq!(only.count(), 1);
     }

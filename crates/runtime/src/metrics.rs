@@ -2,8 +2,8 @@
 //! partition, reason), never an entity id or an offset.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use headroom_schemas::DlqReason;
@@ -36,7 +36,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique constants");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique constants");
     c
 }
 
@@ -44,39 +45,127 @@ impl Metrics {
     /// Creates the metrics with a constant `service` label.
     pub fn new(service: &str) -> Metrics {
         let labels = std::iter::once(("service".to_owned(), service.to_owned())).collect();
-        let registry = Registry::new_custom(Some("headroom".into()), Some(labels)).expect("registry");
+        let registry =
+            Registry::new_custom(Some("headroom".into()), Some(labels)).expect("registry");
         let r = &registry;
         let m = Metrics {
-            records_in: reg(r, IntCounterVec::new(
-                Opts::new("records_in_total", "Records consumed, by topic."), &["topic"]).expect("m")),
-            records_out: reg(r, IntCounterVec::new(
-                Opts::new("records_out_total", "Records produced and acknowledged, by topic."), &["topic"]).expect("m")),
-            dlq_records: reg(r, IntCounterVec::new(
-                Opts::new("dlq_records_total", "Records dead-lettered, by reason."), &["reason"]).expect("m")),
-            duplicates: reg(r, IntCounter::new(
-                "duplicate_records_total", "Exact duplicates dropped.").expect("m")),
-            replayed: reg(r, IntCounter::new(
-                "replayed_records_total", "Records re-read to rebuild state after an assignment.").expect("m")),
-            batch_size: reg(r, Histogram::with_opts(HistogramOpts::new(
-                "batch_records", "Records per flushed batch.").buckets(exponential_buckets(1.0, 2.0, 16).expect("b"))).expect("m")),
-            batch_seconds: reg(r, Histogram::with_opts(HistogramOpts::new(
-                "batch_processing_seconds", "Time to process and flush one batch.").buckets(exponential_buckets(0.0001, 2.0, 18).expect("b"))).expect("m")),
-            record_latency: reg(r, Histogram::with_opts(HistogramOpts::new(
-                "record_latency_seconds", "From the input record's timestamp to its output's acknowledgement.").buckets(exponential_buckets(0.0005, 2.0, 18).expect("b"))).expect("m")),
-            commit_seconds: reg(r, Histogram::with_opts(HistogramOpts::new(
-                "commit_seconds", "Offset commit latency.").buckets(exponential_buckets(0.0005, 2.0, 16).expect("b"))).expect("m")),
-            commit_failures: reg(r, IntCounter::new(
-                "commit_failures_total", "Offset commits that failed.").expect("m")),
-            consumer_lag: reg(r, IntGaugeVec::new(
-                Opts::new("consumer_lag_records", "Records behind the partition's high watermark."), &["topic", "partition"]).expect("m")),
-            assigned_partitions: reg(r, IntGauge::new(
-                "assigned_partitions", "Input partitions currently assigned.").expect("m")),
-            state_entities: reg(r, IntGauge::new(
-                "state_entities", "Entities held in memory.").expect("m")),
-            state_bytes: reg(r, IntGauge::new(
-                "state_bytes", "Approximate heap bytes of per-entity state.").expect("m")),
-            rebalances: reg(r, IntCounterVec::new(
-                Opts::new("rebalances_total", "Partition assignments and revocations."), &["kind"]).expect("m")),
+            records_in: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("records_in_total", "Records consumed, by topic."),
+                    &["topic"],
+                )
+                .expect("m"),
+            ),
+            records_out: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "records_out_total",
+                        "Records produced and acknowledged, by topic.",
+                    ),
+                    &["topic"],
+                )
+                .expect("m"),
+            ),
+            dlq_records: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("dlq_records_total", "Records dead-lettered, by reason."),
+                    &["reason"],
+                )
+                .expect("m"),
+            ),
+            duplicates: reg(
+                r,
+                IntCounter::new("duplicate_records_total", "Exact duplicates dropped.").expect("m"),
+            ),
+            replayed: reg(
+                r,
+                IntCounter::new(
+                    "replayed_records_total",
+                    "Records re-read to rebuild state after an assignment.",
+                )
+                .expect("m"),
+            ),
+            batch_size: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("batch_records", "Records per flushed batch.")
+                        .buckets(exponential_buckets(1.0, 2.0, 16).expect("b")),
+                )
+                .expect("m"),
+            ),
+            batch_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "batch_processing_seconds",
+                        "Time to process and flush one batch.",
+                    )
+                    .buckets(exponential_buckets(0.0001, 2.0, 18).expect("b")),
+                )
+                .expect("m"),
+            ),
+            record_latency: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "record_latency_seconds",
+                        "From the input record's timestamp to its output's acknowledgement.",
+                    )
+                    .buckets(exponential_buckets(0.0005, 2.0, 18).expect("b")),
+                )
+                .expect("m"),
+            ),
+            commit_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("commit_seconds", "Offset commit latency.")
+                        .buckets(exponential_buckets(0.0005, 2.0, 16).expect("b")),
+                )
+                .expect("m"),
+            ),
+            commit_failures: reg(
+                r,
+                IntCounter::new("commit_failures_total", "Offset commits that failed.").expect("m"),
+            ),
+            consumer_lag: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "consumer_lag_records",
+                        "Records behind the partition's high watermark.",
+                    ),
+                    &["topic", "partition"],
+                )
+                .expect("m"),
+            ),
+            assigned_partitions: reg(
+                r,
+                IntGauge::new(
+                    "assigned_partitions",
+                    "Input partitions currently assigned.",
+                )
+                .expect("m"),
+            ),
+            state_entities: reg(
+                r,
+                IntGauge::new("state_entities", "Entities held in memory.").expect("m"),
+            ),
+            state_bytes: reg(
+                r,
+                IntGauge::new("state_bytes", "Approximate heap bytes of per-entity state.")
+                    .expect("m"),
+            ),
+            rebalances: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("rebalances_total", "Partition assignments and revocations."),
+                    &["kind"],
+                )
+                .expect("m"),
+            ),
             registry,
         };
         for reason in DlqReason::ALL {
@@ -93,8 +182,17 @@ impl Metrics {
     }
 
     /// Registers a service-specific histogram (for example model inference time).
-    pub fn histogram_vec(&self, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-        reg(&self.registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("m"))
+    pub fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        reg(
+            &self.registry,
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("m"),
+        )
     }
 }
 
@@ -109,10 +207,20 @@ mod tests {
         let text = m.render();
         let line = |name: &str, label: &str| {
             text.lines()
-                .find(|l| l.starts_with(name) && l.contains(label) && l.contains("service=\"featurizer\""))
+                .find(|l| {
+                    l.starts_with(name) && l.contains(label) && l.contains("service=\"featurizer\"")
+                })
                 .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
         };
-        assert_eq!(line("headroom_records_in_total{", "topic=\"telemetry.raw\"").as_deref(), Some("3"), "{text}");
-        assert_eq!(line("headroom_dlq_records_total{", "reason=\"too_late\"").as_deref(), Some("0"), "{text}");
+        assert_eq!(
+            line("headroom_records_in_total{", "topic=\"telemetry.raw\"").as_deref(),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            line("headroom_dlq_records_total{", "reason=\"too_late\"").as_deref(),
+            Some("0"),
+            "{text}"
+        );
     }
 }

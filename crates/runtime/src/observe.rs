@@ -19,7 +19,9 @@ use crate::Metrics;
 pub fn init_logging(cfg: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -27,7 +29,10 @@ pub fn init_logging(cfg: &LogConfig) {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Liveness (the processing loop made progress recently) and readiness (it is consuming).
@@ -63,7 +68,11 @@ struct AppState {
 }
 
 /// Binds the HTTP endpoints and serves them in the background. Returns the bound address.
-pub async fn serve_http(listen: &str, metrics: Metrics, health: Arc<Health>) -> anyhow::Result<SocketAddr> {
+pub async fn serve_http(
+    listen: &str,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("http.listen {listen}: {e}"))?;
@@ -83,15 +92,26 @@ pub async fn serve_http(listen: &str, metrics: Metrics, health: Arc<Health>) -> 
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }
 
 async fn live(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_live() { (StatusCode::OK, "live") } else { (StatusCode::SERVICE_UNAVAILABLE, "stalled") }
+    if s.health.is_live() {
+        (StatusCode::OK, "live")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stalled")
+    }
 }
 
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    if s.health.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
 }

@@ -1,10 +1,10 @@
 //! The stage trait a service implements, and the handle it writes outputs through.
 
 use headroom_schemas::{DeadLetter, DlqReason};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::error::KafkaError;
 
 use crate::kafka::ProducerCtx;
 use crate::observe::now_ms;
@@ -73,7 +73,10 @@ impl Emitter<'_> {
             return;
         }
         if payload.len() > self.max_output_bytes {
-            let detail = format!("output of {} bytes exceeds runtime.max_output_bytes", payload.len());
+            let detail = format!(
+                "output of {} bytes exceeds runtime.max_output_bytes",
+                payload.len()
+            );
             self.dead_letter(DlqReason::OutputTooLarge, &detail);
             return;
         }
@@ -81,9 +84,17 @@ impl Emitter<'_> {
             .record
             .traceparent
             .and_then(trace::child_traceparent)
-            .map(|tp| OwnedHeaders::new().insert(Header { key: trace::TRACEPARENT, value: Some(tp.as_str()) }));
-        let opaque = crate::kafka::pack_opaque(self.epoch_slot, self.record.timestamp_ms.unwrap_or(0));
-        let mut rec = BaseRecord::with_opaque_to(topic, opaque).key(key).payload(payload);
+            .map(|tp| {
+                OwnedHeaders::new().insert(Header {
+                    key: trace::TRACEPARENT,
+                    value: Some(tp.as_str()),
+                })
+            });
+        let opaque =
+            crate::kafka::pack_opaque(self.epoch_slot, self.record.timestamp_ms.unwrap_or(0));
+        let mut rec = BaseRecord::with_opaque_to(topic, opaque)
+            .key(key)
+            .payload(payload);
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
@@ -97,8 +108,17 @@ impl Emitter<'_> {
         if self.suppressed {
             return;
         }
-        self.metrics.dlq_records.with_label_values(&[reason.as_str()]).inc();
-        tracing::trace!(reason = reason.as_str(), detail, partition = self.record.partition, offset = self.record.offset, "dead-lettered");
+        self.metrics
+            .dlq_records
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        tracing::trace!(
+            reason = reason.as_str(),
+            detail,
+            partition = self.record.partition,
+            offset = self.record.offset,
+            "dead-lettered"
+        );
         let Some(dlq) = self.dlq_topic else { return };
         let r = self.record;
         let envelope = DeadLetter {
@@ -117,14 +137,34 @@ impl Emitter<'_> {
         let partition = r.partition.to_string();
         let offset = r.offset.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "dlq.reason", value: Some(reason.as_str()) })
-            .insert(Header { key: "dlq.detail", value: Some(detail) })
-            .insert(Header { key: "dlq.service", value: Some(self.service) })
-            .insert(Header { key: "dlq.source.topic", value: Some(r.topic) })
-            .insert(Header { key: "dlq.source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "dlq.source.offset", value: Some(offset.as_str()) });
+            .insert(Header {
+                key: "dlq.reason",
+                value: Some(reason.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.detail",
+                value: Some(detail),
+            })
+            .insert(Header {
+                key: "dlq.service",
+                value: Some(self.service),
+            })
+            .insert(Header {
+                key: "dlq.source.topic",
+                value: Some(r.topic),
+            })
+            .insert(Header {
+                key: "dlq.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.source.offset",
+                value: Some(offset.as_str()),
+            });
         let opaque = crate::kafka::pack_opaque(self.epoch_slot, 0);
-        let mut rec = BaseRecord::with_opaque_to(dlq, opaque).payload(buf.as_slice()).headers(headers);
+        let mut rec = BaseRecord::with_opaque_to(dlq, opaque)
+            .payload(buf.as_slice())
+            .headers(headers);
         if let Some(k) = r.key {
             rec = rec.key(k);
         }

@@ -27,7 +27,9 @@ pub struct RegistryClient {
 
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryClient").field("url", &self.url).finish()
+        f.debug_struct("RegistryClient")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -52,11 +54,17 @@ impl RegistryClient {
         let res = self.runtime.block_on(get_schema_by_id(id, &self.settings));
         match res {
             Ok(registered) => {
-                Schema::parse_str(&registered.schema).map_err(|e| RegistryError::Parse { id, detail: e.to_string() })
+                Schema::parse_str(&registered.schema).map_err(|e| RegistryError::Parse {
+                    id,
+                    detail: e.to_string(),
+                })
             }
             Err(e) => {
                 self.failed.insert(id, Instant::now());
-                Err(RegistryError::Request { url: self.url.clone(), detail: e.to_string() })
+                Err(RegistryError::Request {
+                    url: self.url.clone(),
+                    detail: e.to_string(),
+                })
             }
         }
     }

@@ -19,7 +19,9 @@ pub struct ServiceHandle {
 impl ServiceHandle {
     /// Waits until the loop ends (after [`Shutdown::trigger`], or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.join.await.map_err(|e| anyhow::anyhow!("processing thread panicked: {e}"))?
+        self.join
+            .await
+            .map_err(|e| anyhow::anyhow!("processing thread panicked: {e}"))?
     }
 
     /// Triggers shutdown and waits for the drain.
@@ -54,5 +56,10 @@ pub async fn start<P: Processor>(
     };
     let join = tokio::task::spawn_blocking(move || crate::kafka::run(opts, processor));
     tracing::info!(service, metrics = %format!("http://{http_addr}/metrics"), "service started");
-    Ok(ServiceHandle { http_addr, metrics, shutdown, join })
+    Ok(ServiceHandle {
+        http_addr,
+        metrics,
+        shutdown,
+        join,
+    })
 }

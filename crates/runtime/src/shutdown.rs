@@ -26,15 +26,17 @@ impl Shutdown {
             let ctrl_c = tokio::signal::ctrl_c();
             #[cfg(unix)]
             {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot install the SIGTERM handler");
-                        let _ = ctrl_c.await;
-                        me.trigger();
-                        return;
-                    }
-                };
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot install the SIGTERM handler");
+                            let _ = ctrl_c.await;
+                            me.trigger();
+                            return;
+                        }
+                    };
                 tokio::select! {
                     _ = ctrl_c => {}
                     _ = term.recv() => {}

@@ -88,7 +88,8 @@ impl TopicDef {
 
 impl Topology {
     pub fn parse(text: &str) -> Result<Topology, TopologyError> {
-        let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Invalid(e.to_string()))?;
+        let t: Topology =
+            toml::from_str(text).map_err(|e| TopologyError::Invalid(e.to_string()))?;
         t.validate()?;
         Ok(t)
     }
@@ -100,7 +101,9 @@ impl Topology {
     fn validate(&self) -> Result<(), TopologyError> {
         let bad = |m: String| Err(TopologyError::Invalid(m));
         if self.defaults.partitions < 1 || self.defaults.replication_factor < 1 {
-            return bad("defaults.partitions and defaults.replication_factor must be at least 1".into());
+            return bad(
+                "defaults.partitions and defaults.replication_factor must be at least 1".into(),
+            );
         }
         let cat = headroom_schemas::Catalogue::builtin();
         let mut names = HashSet::new();
@@ -112,10 +115,16 @@ impl Topology {
                 return bad(format!("topic {}: partitions must be at least 1", t.name));
             }
             if !matches!(t.cleanup.as_str(), "delete" | "compact" | "compact,delete") {
-                return bad(format!("topic {}: cleanup must be delete, compact or compact,delete", t.name));
+                return bad(format!(
+                    "topic {}: cleanup must be delete, compact or compact,delete",
+                    t.name
+                ));
             }
             if cat.latest(&t.schema).is_none() {
-                return bad(format!("topic {}: schema subject {} is not in schemas/catalogue.toml", t.name, t.schema));
+                return bad(format!(
+                    "topic {}: schema subject {} is not in schemas/catalogue.toml",
+                    t.name, t.schema
+                ));
             }
         }
         Ok(())
@@ -127,17 +136,34 @@ impl Topology {
 
     /// Checks that `service` is declared as a consumer of `input` and a producer of each of
     /// `outputs`, so that the wiring in code and in the topology cannot drift apart.
-    pub fn check_service(&self, service: &str, inputs: &[&str], outputs: &[&str]) -> Result<(), TopologyError> {
+    pub fn check_service(
+        &self,
+        service: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+    ) -> Result<(), TopologyError> {
         for i in inputs {
-            let t = self.topic(i).ok_or_else(|| TopologyError::Invalid(format!("{service} reads {i}, which the topology does not declare")))?;
+            let t = self.topic(i).ok_or_else(|| {
+                TopologyError::Invalid(format!(
+                    "{service} reads {i}, which the topology does not declare"
+                ))
+            })?;
             if !t.consumers.iter().any(|c| c.service == service) {
-                return Err(TopologyError::Invalid(format!("{service} reads {i} but is not listed among its consumers")));
+                return Err(TopologyError::Invalid(format!(
+                    "{service} reads {i} but is not listed among its consumers"
+                )));
             }
         }
         for o in outputs {
-            let t = self.topic(o).ok_or_else(|| TopologyError::Invalid(format!("{service} writes {o}, which the topology does not declare")))?;
+            let t = self.topic(o).ok_or_else(|| {
+                TopologyError::Invalid(format!(
+                    "{service} writes {o}, which the topology does not declare"
+                ))
+            })?;
             if !t.producers.iter().any(|p| p == service) {
-                return Err(TopologyError::Invalid(format!("{service} writes {o} but is not listed among its producers")));
+                return Err(TopologyError::Invalid(format!(
+                    "{service} writes {o} but is not listed among its producers"
+                )));
             }
         }
         Ok(())
@@ -161,10 +187,14 @@ pub async fn apply(
     prefix: &str,
     timeout: Duration,
 ) -> Result<ApplyReport, TopologyError> {
-    let broker_err = |detail: String| TopologyError::Broker { brokers: kafka.brokers.clone(), detail };
+    let broker_err = |detail: String| TopologyError::Broker {
+        brokers: kafka.brokers.clone(),
+        detail,
+    };
     let mut cfg = crate::kafka::client_config(kafka);
     cfg.set_log_level(RDKafkaLogLevel::Warning);
-    let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(|e| broker_err(e.to_string()))?;
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.create().map_err(|e| broker_err(e.to_string()))?;
     let existing = {
         let meta = admin
             .inner()
@@ -178,8 +208,11 @@ pub async fn apply(
     };
     let mut report = ApplyReport::default();
     let mut to_create = Vec::new();
-    let configs: Vec<(String, BTreeMap<&str, String>)> =
-        topology.topics.iter().map(|t| (format!("{prefix}{}", t.name), t.configs())).collect();
+    let configs: Vec<(String, BTreeMap<&str, String>)> = topology
+        .topics
+        .iter()
+        .map(|t| (format!("{prefix}{}", t.name), t.configs()))
+        .collect();
     for (t, (name, conf)) in topology.topics.iter().zip(&configs) {
         let want = t.partitions(&topology.defaults);
         match existing.get(name) {
@@ -201,28 +234,47 @@ pub async fn apply(
     }
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     if !to_create.is_empty() {
-        let results = admin.create_topics(&to_create, &opts).await.map_err(|e| broker_err(format!("create topics: {e}")))?;
+        let results = admin
+            .create_topics(&to_create, &opts)
+            .await
+            .map_err(|e| broker_err(format!("create topics: {e}")))?;
         for r in results {
             match r {
                 Ok(name) => report.created.push(name),
-                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => report.existing.push(name),
-                Err((name, code)) => return Err(TopologyError::Mismatch { topic: name, detail: format!("cannot create: {code}") }),
+                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    report.existing.push(name)
+                }
+                Err((name, code)) => {
+                    return Err(TopologyError::Mismatch {
+                        topic: name,
+                        detail: format!("cannot create: {code}"),
+                    })
+                }
             }
         }
     }
     // Wait until every topic is visible with its partitions.
     let deadline = Instant::now() + timeout;
     loop {
-        let meta = admin.inner().fetch_metadata(None, timeout).map_err(|e| broker_err(format!("metadata: {e}")))?;
+        let meta = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map_err(|e| broker_err(format!("metadata: {e}")))?;
         let ready = topology.topics.iter().all(|t| {
             let name = format!("{prefix}{}", t.name);
-            meta.topics().iter().any(|m| m.name() == name && m.error().is_none() && m.partitions().len() as i32 == t.partitions(&topology.defaults))
+            meta.topics().iter().any(|m| {
+                m.name() == name
+                    && m.error().is_none()
+                    && m.partitions().len() as i32 == t.partitions(&topology.defaults)
+            })
         });
         if ready {
             break;
         }
         if Instant::now() > deadline {
-            return Err(broker_err("topics did not become visible in metadata in time".into()));
+            return Err(broker_err(
+                "topics did not become visible in metadata in time".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -265,10 +317,21 @@ mod tests {
         let t = Topology::builtin();
         let cat = headroom_schemas::Catalogue::builtin();
         for subject in cat.subjects() {
-            assert!(t.topics.iter().any(|x| x.schema == subject), "no topic carries {subject}");
+            assert!(
+                t.topics.iter().any(|x| x.schema == subject),
+                "no topic carries {subject}"
+            );
         }
-        assert_eq!(t.topic("models").map(|m| m.cleanup.as_str()), Some("compact"));
-        t.check_service("featurizer", &["telemetry.raw"], &["features", "telemetry.dlq"]).expect("wiring");
+        assert_eq!(
+            t.topic("models").map(|m| m.cleanup.as_str()),
+            Some("compact")
+        );
+        t.check_service(
+            "featurizer",
+            &["telemetry.raw"],
+            &["features", "telemetry.dlq"],
+        )
+        .expect("wiring");
         assert!(t.check_service("featurizer", &["forecasts"], &[]).is_err());
     }
 
@@ -276,10 +339,22 @@ mod tests {
     fn invalid_topologies_are_explained() {
         let base = "[defaults]\npartitions = 1\nreplication_factor = 1\n";
         let dup = format!("{base}[[topic]]\nname='a'\ncleanup='delete'\nkey='k'\nschema='features-value'\n[[topic]]\nname='a'\ncleanup='delete'\nkey='k'\nschema='features-value'\n");
-        assert!(Topology::parse(&dup).unwrap_err().to_string().contains("declared twice"));
-        let schema = format!("{base}[[topic]]\nname='a'\ncleanup='delete'\nkey='k'\nschema='nope-value'\n");
-        assert!(Topology::parse(&schema).unwrap_err().to_string().contains("nope-value"));
-        let cleanup = format!("{base}[[topic]]\nname='a'\ncleanup='keep'\nkey='k'\nschema='features-value'\n");
-        assert!(Topology::parse(&cleanup).unwrap_err().to_string().contains("cleanup"));
+        assert!(Topology::parse(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("declared twice"));
+        let schema =
+            format!("{base}[[topic]]\nname='a'\ncleanup='delete'\nkey='k'\nschema='nope-value'\n");
+        assert!(Topology::parse(&schema)
+            .unwrap_err()
+            .to_string()
+            .contains("nope-value"));
+        let cleanup = format!(
+            "{base}[[topic]]\nname='a'\ncleanup='keep'\nkey='k'\nschema='features-value'\n"
+        );
+        assert!(Topology::parse(&cleanup)
+            .unwrap_err()
+            .to_string()
+            .contains("cleanup"));
     }
 }

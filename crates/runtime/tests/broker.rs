@@ -14,7 +14,15 @@ async fn offset_commit_metadata_round_trips() {
     let prefix = format!("{}.", unique("rt-meta"));
     create_topics(&brokers, &prefix).await;
     let topic = format!("{prefix}features");
-    produce(&brokers, &topic, &[Rec { key: Some(b"k".to_vec()), payload: b"v".to_vec(), headers: vec![] }]);
+    produce(
+        &brokers,
+        &topic,
+        &[Rec {
+            key: Some(b"k".to_vec()),
+            payload: b"v".to_vec(),
+            headers: vec![],
+        }],
+    );
     let group = unique("meta");
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -23,17 +31,25 @@ async fn offset_commit_metadata_round_trips() {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(5)).expect("add");
-    tpl.find_partition(&topic, 0).expect("p").set_metadata("replay_from=3");
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(5))
+        .expect("add");
+    tpl.find_partition(&topic, 0)
+        .expect("p")
+        .set_metadata("replay_from=3");
     c.commit(&tpl, CommitMode::Sync).expect("commit");
     let mut q = TopicPartitionList::new();
     q.add_partition(&topic, 0);
-    let got = c.committed_offsets(q, Duration::from_secs(10)).expect("committed");
+    let got = c
+        .committed_offsets(q, Duration::from_secs(10))
+        .expect("committed");
     let p = got.find_partition(&topic, 0).expect("p0");
     assert_eq!(p.offset(), Offset::Offset(5));
     // Apache Kafka keeps the metadata; tansu 0.6 returns it empty, which is why the runtime
     // also stores floors in a shadow group (see `kafka::FloorStore`). Record which one this is.
-    eprintln!("broker keeps commit metadata: {}", p.metadata() == "replay_from=3");
+    eprintln!(
+        "broker keeps commit metadata: {}",
+        p.metadata() == "replay_from=3"
+    );
     assert!(p.metadata() == "replay_from=3" || p.metadata().is_empty());
 }
 
@@ -52,14 +68,23 @@ async fn offsets_of_a_memberless_group_round_trip() {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 2, Offset::Offset(1234)).expect("add");
+    tpl.add_partition_offset(&topic, 2, Offset::Offset(1234))
+        .expect("add");
     c.commit(&tpl, CommitMode::Sync).expect("commit");
     let mut q = TopicPartitionList::new();
     q.add_partition(&topic, 2);
     q.add_partition(&topic, 3);
-    let got = c.committed_offsets(q, Duration::from_secs(10)).expect("committed");
-    assert_eq!(got.find_partition(&topic, 2).expect("p2").offset(), Offset::Offset(1234));
-    assert_eq!(got.find_partition(&topic, 3).expect("p3").offset(), Offset::Invalid);
+    let got = c
+        .committed_offsets(q, Duration::from_secs(10))
+        .expect("committed");
+    assert_eq!(
+        got.find_partition(&topic, 2).expect("p2").offset(),
+        Offset::Offset(1234)
+    );
+    assert_eq!(
+        got.find_partition(&topic, 3).expect("p3").offset(),
+        Offset::Invalid
+    );
 }
 
 /// Applying the topology twice is a no-op; a partition-count mismatch fails and names the topic.
@@ -70,14 +95,23 @@ async fn topology_apply_is_idempotent_and_refuses_a_mismatch() {
     let prefix = format!("{}.", unique("rt-topo"));
     let kafka = headroom_testkit::kafka_config(&brokers, "x");
     let t = Topology::builtin();
-    let first = apply(&t, &kafka, &prefix, Duration::from_secs(30)).await.expect("create");
+    let first = apply(&t, &kafka, &prefix, Duration::from_secs(30))
+        .await
+        .expect("create");
     assert_eq!(first.created.len(), t.topics.len());
-    let second = apply(&t, &kafka, &prefix, Duration::from_secs(30)).await.expect("again");
+    let second = apply(&t, &kafka, &prefix, Duration::from_secs(30))
+        .await
+        .expect("again");
     assert!(second.created.is_empty());
     assert_eq!(second.existing.len(), t.topics.len());
     let mut changed = t.clone();
     changed.topics[0].partitions = Some(3);
-    let err = apply(&changed, &kafka, &prefix, Duration::from_secs(30)).await.expect_err("mismatch");
+    let err = apply(&changed, &kafka, &prefix, Duration::from_secs(30))
+        .await
+        .expect_err("mismatch");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("{prefix}telemetry.raw")) && msg.contains("3"), "{msg}");
+    assert!(
+        msg.contains(&format!("{prefix}telemetry.raw")) && msg.contains("3"),
+        "{msg}"
+    );
 }

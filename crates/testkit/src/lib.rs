@@ -15,11 +15,14 @@ use headroom_runtime::KafkaConfig;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// The address of a running broker, started through the project's scripts when needed.
@@ -33,14 +36,22 @@ pub fn brokers() -> String {
                 }
             }
             let script = repo_root().join("scripts/stack.sh");
-            let out = Command::new("bash").arg(&script).arg("broker-up").output().expect("run scripts/stack.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg("broker-up")
+                .output()
+                .expect("run scripts/stack.sh");
             assert!(
                 out.status.success(),
                 "scripts/stack.sh broker-up failed:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            let env = Command::new("bash").arg(&script).arg("env").output().expect("stack env");
+            let env = Command::new("bash")
+                .arg(&script)
+                .arg("env")
+                .output()
+                .expect("stack env");
             String::from_utf8_lossy(&env.stdout)
                 .lines()
                 .find_map(|l| l.strip_prefix("HEADROOM_BROKERS=").map(str::to_owned))
@@ -51,19 +62,35 @@ pub fn brokers() -> String {
 
 /// A name unique to this test run, safe for topics and groups.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 pub fn kafka_config(brokers: &str, group: &str) -> KafkaConfig {
-    KafkaConfig { brokers: brokers.to_owned(), group_id: group.to_owned(), properties: Default::default() }
+    KafkaConfig {
+        brokers: brokers.to_owned(),
+        group_id: group.to_owned(),
+        properties: Default::default(),
+    }
 }
 
 /// Creates every topic of the built-in topology under `prefix`.
 pub async fn create_topics(brokers: &str, prefix: &str) {
-    let report = topology::apply(&Topology::builtin(), &kafka_config(brokers, "unused"), prefix, Duration::from_secs(30))
-        .await
-        .expect("apply topology");
-    assert!(report.existing.is_empty(), "fresh prefix expected, found {:?}", report.existing);
+    let report = topology::apply(
+        &Topology::builtin(),
+        &kafka_config(brokers, "unused"),
+        prefix,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("apply topology");
+    assert!(
+        report.existing.is_empty(),
+        "fresh prefix expected, found {:?}",
+        report.existing
+    );
 }
 
 /// One record to produce.
@@ -90,7 +117,10 @@ pub fn produce(brokers: &str, topic: &str, records: &[Rec]) {
         if !r.headers.is_empty() {
             let mut h = OwnedHeaders::new();
             for (k, v) in &r.headers {
-                h = h.insert(Header { key: k, value: Some(v.as_str()) });
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                });
             }
             rec = rec.headers(h);
         }
@@ -110,18 +140,27 @@ pub fn produce(brokers: &str, topic: &str, records: &[Rec]) {
 
 /// Reads `topic` from the beginning of every partition until `expected` records arrived or
 /// `timeout` passed, then keeps reading for `settle` to catch extras.
-pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<OwnedMessage> {
+pub fn consume(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<OwnedMessage> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let meta = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let mut tpl = TopicPartitionList::new();
     for t in meta.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("tpl");
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
         }
     }
     c.assign(&tpl).expect("assign");
@@ -146,7 +185,10 @@ pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, s
 pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
     use rdkafka::message::Headers;
     let h = m.headers()?;
-    h.iter().find(|x| x.key == key).and_then(|x| x.value).and_then(|v| std::str::from_utf8(v).ok())
+    h.iter()
+        .find(|x| x.key == key)
+        .and_then(|x| x.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// Polls `f` until it returns true or `timeout` passes.

@@ -41,9 +41,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.common().validate()?;
-        self.features.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.features
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.topics.input == self.topics.output || self.topics.output == self.topics.dlq {
-            return Err(ConfigError::Invalid("key `topics`: input, output and dlq must be different topics".into()));
+            return Err(ConfigError::Invalid(
+                "key `topics`: input, output and dlq must be different topics".into(),
+            ));
         }
         Ok(())
     }
@@ -65,7 +69,8 @@ mod tests {
 
     #[test]
     fn defaults_load() {
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_FEATURIZER_TEST1__").expect("defaults");
+        let c: Config =
+            load_config(DEFAULTS, None, "HEADROOM_FEATURIZER_TEST1__").expect("defaults");
         c.validate().expect("valid");
         assert_eq!(c.features, FeatureConfig::default());
         assert_eq!(c.validation, ValidationLimits::default());
@@ -75,9 +80,19 @@ mod tests {
     fn bad_config_names_the_key() {
         std::env::set_var("HEADROOM_FEATURIZER_TEST2__FEATURES__LAGS", "0");
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_FEATURIZER_TEST2__").expect("parses");
-        assert!(c.validate().unwrap_err().to_string().contains("features.lags"));
-        std::env::set_var("HEADROOM_FEATURIZER_TEST3__FEATURES__SAMPLING_INTERVAL", "often");
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("features.lags"));
+        std::env::set_var(
+            "HEADROOM_FEATURIZER_TEST3__FEATURES__SAMPLING_INTERVAL",
+            "often",
+        );
         let err = load_config::<Config>(DEFAULTS, None, "HEADROOM_FEATURIZER_TEST3__").unwrap_err();
-        assert!(err.to_string().contains("features.sampling_interval"), "{err}");
+        assert!(
+            err.to_string().contains("features.sampling_interval"),
+            "{err}"
+        );
     }
 }

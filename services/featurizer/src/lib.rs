@@ -20,7 +20,11 @@ pub const SERVICE: &str = "featurizer";
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     config.validate()?;
     // The wiring in code must match the declared topology (names without test prefixes).
-    Topology::builtin().check_service(SERVICE, &["telemetry.raw"], &["features", "telemetry.dlq"])?;
+    Topology::builtin().check_service(
+        SERVICE,
+        &["telemetry.raw"],
+        &["features", "telemetry.dlq"],
+    )?;
     let registry_url = config.schema_registry.url.clone();
     let handle = tokio::runtime::Handle::current();
     let topics = config.topics.clone();

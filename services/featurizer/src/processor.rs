@@ -5,7 +5,9 @@ use headroom_features::{FeatureConfig, FeatureLayout, Outcome, PartitionState, S
 use headroom_runtime::registry::RegistryClient;
 use headroom_runtime::{Emitter, InputRecord, Metrics, Processor};
 use headroom_schemas::features::event_id;
-use headroom_schemas::{DecodeError, DlqReason, FeaturesRecord, Telemetry, TelemetryDecoder, ValidationLimits};
+use headroom_schemas::{
+    DecodeError, DlqReason, FeaturesRecord, Telemetry, TelemetryDecoder, ValidationLimits,
+};
 
 /// The featurizer stage: decode, validate, update the entity's state, emit its vector.
 pub struct Featurizer {
@@ -22,10 +24,18 @@ pub struct Featurizer {
 }
 
 impl Featurizer {
-    pub fn new(cfg: FeatureConfig, limits: ValidationLimits, output: String, registry: Option<RegistryClient>) -> Featurizer {
+    pub fn new(
+        cfg: FeatureConfig,
+        limits: ValidationLimits,
+        output: String,
+        registry: Option<RegistryClient>,
+    ) -> Featurizer {
         let layout = Arc::new(FeatureLayout::new(&cfg));
         Featurizer {
-            record: FeaturesRecord { feature_set: layout.id().to_owned(), ..FeaturesRecord::default() },
+            record: FeaturesRecord {
+                feature_set: layout.id().to_owned(),
+                ..FeaturesRecord::default()
+            },
             cfg,
             layout,
             limits,
@@ -92,7 +102,12 @@ impl Processor for Featurizer {
             .partitions
             .entry(record.partition)
             .or_insert_with(|| PartitionState::with_layout(self.cfg.clone(), self.layout.clone()));
-        match state.process(&telemetry.entity_id, &sample, record.offset as u64, &mut self.vector) {
+        match state.process(
+            &telemetry.entity_id,
+            &sample,
+            record.offset as u64,
+            &mut self.vector,
+        ) {
             Outcome::Duplicate => out.duplicate(),
             Outcome::TooLate { behind_ms } => {
                 let detail = format!(
@@ -139,7 +154,10 @@ impl Processor for Featurizer {
     }
 
     fn replay_floor(&mut self, _topic: &str, partition: i32) -> Option<i64> {
-        self.partitions.get_mut(&partition)?.replay_floor().map(|f| f as i64)
+        self.partitions
+            .get_mut(&partition)?
+            .replay_floor()
+            .map(|f| f as i64)
     }
 
     fn on_commit(&mut self, metrics: &Metrics) {

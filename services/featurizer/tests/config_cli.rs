@@ -9,7 +9,10 @@ fn run_with(env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run the featurizer binary");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -18,7 +21,10 @@ fn invalid_values_and_unknown_keys_stop_start_up_naming_the_key() {
     assert!(!ok);
     assert!(err.contains("features.lags"), "{err}");
 
-    let (ok, err) = run_with(&[("HEADROOM_FEATURIZER__RUNTIME__MAX_BATCH_WAIT", "soonish")], &[]);
+    let (ok, err) = run_with(
+        &[("HEADROOM_FEATURIZER__RUNTIME__MAX_BATCH_WAIT", "soonish")],
+        &[],
+    );
     assert!(!ok);
     assert!(err.contains("runtime.max_batch_wait"), "{err}");
 

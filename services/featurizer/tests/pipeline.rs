@@ -7,8 +7,8 @@ use headroom_featurizer::Config;
 use headroom_runtime::observe::now_ms;
 use headroom_runtime::Shutdown;
 use headroom_schemas::{FeaturesRecord, Telemetry};
-use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
 use headroom_testkit::rdkafka::{self, Message};
+use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
 
 const IV: i64 = 300_000;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -58,13 +58,18 @@ fn telemetry(entity: &str, ts_ms: i64, cpu: f64) -> Telemetry {
 fn avro(t: &Telemetry) -> Rec {
     let mut payload = Vec::new();
     t.encode_framed(&mut payload);
-    Rec { key: Some(t.entity_id.clone().into_bytes()), payload, headers: vec![] }
+    Rec {
+        key: Some(t.entity_id.clone().into_bytes()),
+        payload,
+        headers: vec![],
+    }
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("write");
     let mut body = String::new();
     s.read_to_string(&mut body).expect("read");
     body
@@ -91,7 +96,11 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
         for e in ["vm-a", "vm-b"] {
             let t = telemetry(e, base + i * IV, 0.1 + 0.05 * i as f64);
             if i % 3 == 0 {
-                records.push(Rec { key: Some(e.as_bytes().to_vec()), payload: t.to_json().into_bytes(), headers: vec![] });
+                records.push(Rec {
+                    key: Some(e.as_bytes().to_vec()),
+                    payload: t.to_json().into_bytes(),
+                    headers: vec![],
+                });
             } else if i == 1 && e == "vm-a" {
                 // One traced record: its output must continue the trace.
                 let mut r = avro(&t);
@@ -107,10 +116,19 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     records.push(avro(&telemetry("vm-a", base + 3 * IV, 0.25)));
     let mut expected_reasons: Vec<&str> = Vec::new();
     let mut bad = |records: &mut Vec<Rec>, key: &str, payload: Vec<u8>, reason: &'static str| {
-        records.push(Rec { key: Some(key.as_bytes().to_vec()), payload, headers: vec![] });
+        records.push(Rec {
+            key: Some(key.as_bytes().to_vec()),
+            payload,
+            headers: vec![],
+        });
         expected_reasons.push(reason);
     };
-    bad(&mut records, "vm-x", vec![0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00], "bad_magic");
+    bad(
+        &mut records,
+        "vm-x",
+        vec![0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x00],
+        "bad_magic",
+    );
     let mut wrong_id = Vec::new();
     telemetry("vm-a", base + 11 * IV, 0.2).encode_framed(&mut wrong_id);
     wrong_id[1..5].copy_from_slice(&999_999u32.to_be_bytes());
@@ -120,8 +138,18 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     truncated.truncate(truncated.len() / 2);
     bad(&mut records, "vm-a", truncated, "avro_decode");
     bad(&mut records, "vm-a", vec![0, 0, 0], "truncated");
-    bad(&mut records, "vm-a", br#"{"entity_id":"vm-a","ts_ms":"soon"}"#.to_vec(), "wrong_type");
-    bad(&mut records, "vm-a", br#"{"entity_id": "vm-a", "ts_ms": 12"#.to_vec(), "json_invalid");
+    bad(
+        &mut records,
+        "vm-a",
+        br#"{"entity_id":"vm-a","ts_ms":"soon"}"#.to_vec(),
+        "wrong_type",
+    );
+    bad(
+        &mut records,
+        "vm-a",
+        br#"{"entity_id": "vm-a", "ts_ms": 12"#.to_vec(),
+        "json_invalid",
+    );
     let mut nan = telemetry("vm-a", base + 12 * IV, 0.2);
     nan.cpu_util = Some(f64::NAN);
     bad(&mut records, "vm-a", avro(&nan).payload, "not_finite");
@@ -132,18 +160,40 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     over.cpu_util = Some(250.0);
     bad(&mut records, "vm-a", avro(&over).payload, "out_of_range");
     let future = telemetry("vm-a", now_ms() + 365 * 86_400_000, 0.2);
-    bad(&mut records, "vm-a", avro(&future).payload, "timestamp_future");
+    bad(
+        &mut records,
+        "vm-a",
+        avro(&future).payload,
+        "timestamp_future",
+    );
     let past = telemetry("vm-a", 915_148_800_000, 0.2); // 1999-01-01
     bad(&mut records, "vm-a", avro(&past).payload, "timestamp_past");
     let mut empty = telemetry("", base + 12 * IV, 0.2);
     empty.entity_id = String::new();
     bad(&mut records, "", avro(&empty).payload, "empty_entity");
     let mut labels = telemetry("vm-a", base + 12 * IV, 0.2);
-    labels.labels = (0..100).map(|i| (format!("k{i}"), "v".repeat(100))).collect();
-    bad(&mut records, "vm-a", avro(&labels).payload, "oversized_labels");
+    labels.labels = (0..100)
+        .map(|i| (format!("k{i}"), "v".repeat(100)))
+        .collect();
+    bad(
+        &mut records,
+        "vm-a",
+        avro(&labels).payload,
+        "oversized_labels",
+    );
     // Too late: vm-b's newest event is at slot 9; slot 1 is 40 min behind (lateness 30 min).
-    bad(&mut records, "vm-b", avro(&telemetry("vm-b", base + IV + 1000, 0.3)).payload, "too_late");
-    bad(&mut records, "vm-zzz", avro(&telemetry("vm-b", base + 12 * IV, 0.3)).payload, "key_mismatch");
+    bad(
+        &mut records,
+        "vm-b",
+        avro(&telemetry("vm-b", base + IV + 1000, 0.3)).payload,
+        "too_late",
+    );
+    bad(
+        &mut records,
+        "vm-zzz",
+        avro(&telemetry("vm-b", base + 12 * IV, 0.3)).payload,
+        "key_mismatch",
+    );
     // Valid records after the bad ones still flow: the partition is not blocked.
     for i in 10..13 {
         records.push(avro(&telemetry("vm-a", base + i * IV, 0.3)));
@@ -152,22 +202,42 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     produce(&brokers, &format!("{prefix}telemetry.raw"), &records);
 
     let cfg = config(&brokers, &prefix, &unique("g"));
-    let svc = headroom_featurizer::start(cfg, Shutdown::new()).await.expect("start");
+    let svc = headroom_featurizer::start(cfg, Shutdown::new())
+        .await
+        .expect("start");
     let addr = svc.http_addr;
     let b2 = brokers.clone();
     let p2 = prefix.clone();
     let n_bad = expected_reasons.len();
     let (features, dlq) = tokio::task::spawn_blocking(move || {
-        let f = consume(&b2, &format!("{p2}features"), valid, Duration::from_secs(60), Duration::from_secs(2));
-        let d = consume(&b2, &format!("{p2}telemetry.dlq"), n_bad, Duration::from_secs(30), Duration::from_secs(2));
+        let f = consume(
+            &b2,
+            &format!("{p2}features"),
+            valid,
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        );
+        let d = consume(
+            &b2,
+            &format!("{p2}telemetry.dlq"),
+            n_bad,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        );
         (f, d)
     })
     .await
     .expect("consume");
-    let metrics = tokio::task::spawn_blocking(move || scrape(addr)).await.expect("scrape");
+    let metrics = tokio::task::spawn_blocking(move || scrape(addr))
+        .await
+        .expect("scrape");
     svc.stop().await.expect("clean stop");
 
-    assert_eq!(features.len(), valid, "every valid record gives exactly one feature vector");
+    assert_eq!(
+        features.len(),
+        valid,
+        "every valid record gives exactly one feature vector"
+    );
     let mut ids = std::collections::HashSet::new();
     for m in &features {
         let f = FeaturesRecord::decode(m.payload().expect("payload")).expect("decodes");
@@ -175,11 +245,21 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
         assert_eq!(m.key(), Some(f.entity_id.as_bytes()), "keyed by entity");
         assert!(f.values.iter().all(|v| v.is_finite()), "finite features");
     }
-    let traced: Vec<&str> = features.iter().filter_map(|m| header(m, "traceparent")).collect();
-    assert_eq!(traced.len(), 1, "exactly the traced input has a traced output");
+    let traced: Vec<&str> = features
+        .iter()
+        .filter_map(|m| header(m, "traceparent"))
+        .collect();
+    assert_eq!(
+        traced.len(),
+        1,
+        "exactly the traced input has a traced output"
+    );
     assert_eq!(&traced[0][..36], &TRACEPARENT[..36], "same trace id");
     assert_ne!(traced[0], TRACEPARENT, "a new span id");
-    let mut got: Vec<&str> = dlq.iter().map(|m| header(m, "dlq.reason").expect("reason header")).collect();
+    let mut got: Vec<&str> = dlq
+        .iter()
+        .map(|m| header(m, "dlq.reason").expect("reason header"))
+        .collect();
     got.sort_unstable();
     let mut want = expected_reasons.clone();
     want.sort_unstable();
@@ -188,10 +268,27 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
         assert!(header(m, "dlq.detail").is_some_and(|d| !d.is_empty()));
         assert!(header(m, "dlq.source.offset").is_some());
     }
-    assert!(want.iter().collect::<std::collections::HashSet<_>>().len() >= 10, "at least ten kinds of bad input");
-    assert_eq!(metric(&metrics, "headroom_duplicate_records_total", ""), 1.0, "{metrics}");
-    assert_eq!(metric(&metrics, "headroom_dlq_records_total", "reason=\"out_of_range\""), 2.0);
-    assert_eq!(metric(&metrics, "headroom_dlq_records_total", ""), want.len() as f64);
+    assert!(
+        want.iter().collect::<std::collections::HashSet<_>>().len() >= 10,
+        "at least ten kinds of bad input"
+    );
+    assert_eq!(
+        metric(&metrics, "headroom_duplicate_records_total", ""),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "headroom_dlq_records_total",
+            "reason=\"out_of_range\""
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(&metrics, "headroom_dlq_records_total", ""),
+        want.len() as f64
+    );
 }
 
 /// A run with a restart and a rebalance in the middle produces, for every event, the same
@@ -227,11 +324,22 @@ async fn restart_and_rebalance_give_the_same_features() {
     produce(&brokers, &input, &phases[1]);
     produce(&brokers, &input, &phases[2]);
     let reference = {
-        let svc = headroom_featurizer::start(config(&brokers, &prefix, &unique("ref")), Shutdown::new()).await.expect("start");
+        let svc =
+            headroom_featurizer::start(config(&brokers, &prefix, &unique("ref")), Shutdown::new())
+                .await
+                .expect("start");
         let (b, o) = (brokers.clone(), output.clone());
-        let msgs = tokio::task::spawn_blocking(move || consume(&b, &o, total, Duration::from_secs(120), Duration::from_secs(1)))
-            .await
-            .expect("consume");
+        let msgs = tokio::task::spawn_blocking(move || {
+            consume(
+                &b,
+                &o,
+                total,
+                Duration::from_secs(120),
+                Duration::from_secs(1),
+            )
+        })
+        .await
+        .expect("consume");
         svc.stop().await.expect("stop");
         by_event(&msgs)
     };
@@ -253,19 +361,30 @@ async fn restart_and_rebalance_give_the_same_features() {
     .expect("output topic");
     // Only phase 0 is visible at first: use a separate input topic fed phase by phase.
     let in2 = format!("{prefix}telemetry.raw2");
-    headroom_runtime::topology::apply(&one_topic_topology(&in2), &headroom_testkit::kafka_config(&brokers, "x"), "", Duration::from_secs(30))
-        .await
-        .expect("input topic");
+    headroom_runtime::topology::apply(
+        &one_topic_topology(&in2),
+        &headroom_testkit::kafka_config(&brokers, "x"),
+        "",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("input topic");
     cfg.topics.input = in2.clone();
     produce(&brokers, &in2, &phases[0]);
-    let first = headroom_featurizer::start(cfg.clone(), Shutdown::new()).await.expect("start");
+    let first = headroom_featurizer::start(cfg.clone(), Shutdown::new())
+        .await
+        .expect("start");
     wait_for(&brokers, &out2, phases[0].len()).await;
     first.stop().await.expect("stop");
 
     produce(&brokers, &in2, &phases[1]);
-    let second = headroom_featurizer::start(cfg.clone(), Shutdown::new()).await.expect("restart");
+    let second = headroom_featurizer::start(cfg.clone(), Shutdown::new())
+        .await
+        .expect("restart");
     wait_for(&brokers, &out2, phases[0].len() + phases[1].len()).await;
-    let joiner = headroom_featurizer::start(cfg.clone(), Shutdown::new()).await.expect("join");
+    let joiner = headroom_featurizer::start(cfg.clone(), Shutdown::new())
+        .await
+        .expect("join");
     tokio::time::sleep(Duration::from_secs(3)).await;
     produce(&brokers, &in2, &phases[2]);
     wait_for(&brokers, &out2, total).await;
@@ -273,15 +392,30 @@ async fn restart_and_rebalance_give_the_same_features() {
     second.stop().await.expect("stop");
     let replayed = {
         let (b, o) = (brokers.clone(), out2.clone());
-        tokio::task::spawn_blocking(move || consume(&b, &o, total, Duration::from_secs(60), Duration::from_secs(2)))
-            .await
-            .expect("consume")
+        tokio::task::spawn_blocking(move || {
+            consume(
+                &b,
+                &o,
+                total,
+                Duration::from_secs(60),
+                Duration::from_secs(2),
+            )
+        })
+        .await
+        .expect("consume")
     };
     let got = by_event(&replayed);
-    assert_eq!(got.len(), total, "every event has features after restart and rebalance");
+    assert_eq!(
+        got.len(),
+        total,
+        "every event has features after restart and rebalance"
+    );
     for (id, values) in &got {
         let want = reference.get(id).expect("same event ids");
-        assert_eq!(values, want, "features of event {id} differ from the uninterrupted run");
+        assert_eq!(
+            values, want,
+            "features of event {id} differ from the uninterrupted run"
+        );
     }
 }
 
@@ -317,7 +451,11 @@ fn by_event(msgs: &[rdkafka::message::OwnedMessage]) -> BTreeMap<String, Vec<u32
         let f = FeaturesRecord::decode(m.payload().expect("payload")).expect("decode");
         let bits: Vec<u32> = f.values.iter().map(|v| v.to_bits()).collect();
         if let Some(prev) = out.get(&f.event_id) {
-            assert_eq!(prev, &bits, "a duplicate delivery of {} carries different features", f.event_id);
+            assert_eq!(
+                prev, &bits,
+                "a duplicate delivery of {} carries different features",
+                f.event_id
+            );
         }
         *seen.entry(f.event_id.clone()).or_default() += 1;
         out.insert(f.event_id, bits);

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use headroom_runtime::config::{HttpConfig, LogConfig, RegistryConfig, RuntimeConfig};
 use headroom_runtime::service::{self, ServiceHandle};
-use headroom_runtime::{load_config, CommonConfig, ConfigError, Emitter, InputRecord, KafkaConfig, Processor, Shutdown};
+use headroom_runtime::{
+    load_config, CommonConfig, ConfigError, Emitter, InputRecord, KafkaConfig, Processor, Shutdown,
+};
 use headroom_schemas::TelemetryDecoder;
 use serde::{Deserialize, Serialize};
 
@@ -60,15 +62,29 @@ impl Processor for Relay {
                 out.emit(&self.output, t.entity_id.as_bytes(), &self.buf);
             }
             Some(Err(e)) => out.dead_letter(e.reason(), &e.to_string()),
-            None => out.dead_letter(headroom_schemas::DlqReason::Truncated, "record has no value"),
+            None => out.dead_letter(
+                headroom_schemas::DlqReason::Truncated,
+                "record has no value",
+            ),
         }
     }
 }
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     let output = config.topics.output.clone();
-    service::start(SERVICE, config.common(), vec![config.topics.input.clone()], Some(config.topics.dlq.clone()), shutdown, move |_| {
-        Ok(Relay { decoder: TelemetryDecoder::new(), output, buf: Vec::with_capacity(512) })
-    })
+    service::start(
+        SERVICE,
+        config.common(),
+        vec![config.topics.input.clone()],
+        Some(config.topics.dlq.clone()),
+        shutdown,
+        move |_| {
+            Ok(Relay {
+                decoder: TelemetryDecoder::new(),
+                output,
+                buf: Vec::with_capacity(512),
+            })
+        },
+    )
     .await
 }

@@ -14,7 +14,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = headroom_relay::Config::load(args.config.as_deref())?;
     headroom_runtime::observe::init_logging(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = headroom_runtime::Shutdown::new();
         shutdown.install_signal_handlers();
