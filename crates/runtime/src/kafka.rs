@@ -505,7 +505,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     let mut wall_ms = now_ms();
     let result: anyhow::Result<()> = loop {
         iteration += 1;
-        if iteration % 64 == 0 {
+        if iteration.is_multiple_of(64) {
             wall_ms = now_ms();
             opts.health.beat();
         }
