@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 
 use crate::calendar;
 use crate::names::{FeatureLayout, METRICS};
-use crate::state::{EntityState, Write};
+use crate::state::{BlockStat, EntityState, Write};
 use crate::FeatureConfig;
 
 const N: usize = METRICS.len();
@@ -316,10 +316,17 @@ fn compute(
             (observed, false)
         };
         block[0] = now;
+        // Windows shortest first: each one extends the previous by the older slots it adds,
+        // so the longest window is read once in all.
+        let mut st = BlockStat::EMPTY;
+        let mut covered_lo = slot + 1;
         for &(w, idx) in windows {
             // Slots (slot - w, slot], clamped to what the ring still holds.
             let lo = (slot - w as i64 + 1).max(lowest);
-            let st = state.window(m, lo, slot);
+            if lo < covered_lo {
+                st.merge(&state.window(m, lo, covered_lo - 1));
+                covered_lo = lo;
+            }
             let o = 1 + 4 * idx;
             if st.n == 0 {
                 block[o] = now;
