@@ -6,9 +6,12 @@ source "$(dirname "$0")/lib.sh"
 
 BUILD_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev)
 PG_PACKAGES=(postgresql-$PG_VERSION postgresql-client-$PG_VERSION)
+# python3 -m venv needs ensurepip on Debian systems whose python3 comes from apt.
+PY_PACKAGES=()
+command -v python3 >/dev/null || PY_PACKAGES=(python3 python3-venv)
 
 missing=()
-for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}"; do
+for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}" "${PY_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -25,4 +28,11 @@ if [ ! -x "$TANSU_BIN" ]; then
         cargo install --quiet --root "$TANSU_ROOT" tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
     rm -rf "$HEADROOM_CACHE/tansu-build"
 fi
-log "setup complete (tansu at $TANSU_BIN)"
+# A Python venv with confluent-kafka, the "any Kafka client" of the interoperability test.
+VENV="$HEADROOM_CACHE/venv"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka" 2>/dev/null; then
+    log "creating the Python venv with confluent-kafka $CONFLUENT_KAFKA_VERSION"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+fi
+log "setup complete (tansu at $TANSU_BIN, python at $VENV/bin/python)"

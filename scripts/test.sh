@@ -10,6 +10,7 @@ cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/stack.sh" up
 export HEADROOM_TEST_BROKERS="$KAFKA_BROKERS"
 export HEADROOM_TEST_PG_URL="$PG_URL"
+export HEADROOM_PYTHON="$HEADROOM_CACHE/venv/bin/python"
 
 log "building and running the tests (target dir: $CARGO_TARGET_DIR)"
 if command -v cargo-nextest >/dev/null 2>&1; then
