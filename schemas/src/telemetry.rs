@@ -365,25 +365,7 @@ impl TelemetryDecoder {
     /// Decodes with the reference `apache-avro` reader only (no fast path); for tests and
     /// benchmarks.
     pub fn decode_reference(&self, payload: &[u8]) -> Result<Telemetry, DecodeError> {
-        let framed = framing::unframe(payload)?;
-        let reader = self
-            .readers
-            .get(&framed.schema_id)
-            .ok_or(DecodeError::UnknownSchemaId(framed.schema_id))?;
-        let mut cursor = framed.datum;
-        let value = reader
-            .read_value(&mut cursor)
-            .map_err(|e| DecodeError::Avro {
-                id: framed.schema_id,
-                detail: e.to_string(),
-            })?;
-        if !cursor.is_empty() {
-            return Err(DecodeError::TrailingBytes {
-                id: framed.schema_id,
-                extra: cursor.len(),
-            });
-        }
-        from_value(value)
+        self.decode_framed_reference(framing::unframe(payload)?)
     }
 
     pub fn decode(&self, payload: &[u8]) -> Result<Telemetry, DecodeError> {
@@ -410,6 +392,13 @@ impl TelemetryDecoder {
                     }
                 });
         }
+        self.decode_framed_reference(framed)
+    }
+
+    fn decode_framed_reference(
+        &self,
+        framed: framing::Framed<'_>,
+    ) -> Result<Telemetry, DecodeError> {
         let reader = self
             .readers
             .get(&framed.schema_id)
