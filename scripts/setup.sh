@@ -6,12 +6,14 @@ source "$(dirname "$0")/lib.sh"
 
 BUILD_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev)
 PG_PACKAGES=(postgresql-$PG_VERSION postgresql-client-$PG_VERSION)
+# Validates docker-compose.yml in the test suite (no Docker engine is needed for that).
+CHECK_PACKAGES=(docker-compose)
 # python3 -m venv needs ensurepip on Debian systems whose python3 comes from apt.
 PY_PACKAGES=()
 command -v python3 >/dev/null || PY_PACKAGES=(python3 python3-venv)
 
 missing=()
-for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}" "${PY_PACKAGES[@]}"; do
+for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}" "${PY_PACKAGES[@]}" "${CHECK_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
