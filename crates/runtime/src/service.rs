@@ -63,3 +63,26 @@ pub async fn start<P: Processor>(
         join,
     })
 }
+
+/// The body of every service binary's `main`: logs, a small tokio runtime (the processing
+/// loop has its own thread), SIGTERM/SIGINT handlers, then run until drained.
+pub fn run_until_signal<C, F, Fut>(
+    log: &crate::config::LogConfig,
+    config: C,
+    start: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(C, Shutdown) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ServiceHandle>>,
+{
+    crate::observe::init_logging(log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.install_signal_handlers();
+        start(config, shutdown).await?.wait().await
+    })
+}

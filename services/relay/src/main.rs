@@ -6,6 +6,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
+    /// A TOML file layered over the built-in defaults.
     #[arg(long, env = "HEADROOM_RELAY_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -13,14 +14,6 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = headroom_relay::Config::load(args.config.as_deref())?;
-    headroom_runtime::observe::init_logging(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let shutdown = headroom_runtime::Shutdown::new();
-        shutdown.install_signal_handlers();
-        headroom_relay::start(config, shutdown).await?.wait().await
-    })
+    let log = config.log.clone();
+    headroom_runtime::service::run_until_signal(&log, config, headroom_relay::start)
 }
