@@ -275,13 +275,14 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         args.load_fractions.last().copied().unwrap_or(0.7),
     ];
     for (j, f) in fractions.iter().enumerate() {
-        let hop = broker_hop(
+        let hop = latency_run(
             brokers,
             &prefix,
             args.load_fractions.len() + j,
             args.entities,
             featurizer * f,
             args.latency_duration,
+            Route::BrokerOnly,
         )
         .await?;
         println!(
@@ -292,13 +293,14 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let mut last = None;
     for (i, fraction) in args.load_fractions.iter().enumerate() {
         let rate = featurizer * fraction;
-        let lat = latency(
+        let lat = latency_run(
             brokers,
             &prefix,
             i,
             args.entities,
             rate,
             args.latency_duration,
+            Route::Featurizer,
         )
         .await?;
         eprintln!(
@@ -328,31 +330,16 @@ struct Latency {
     max_backlog: u64,
 }
 
-/// Open-loop production at `rate`; latency of each feature from the time its input was due
+/// Where the measured records go: through the featurizer (two broker hops), or straight from
+/// the producer to the reader (one hop, the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Featurizer,
+    BrokerOnly,
+}
+
+/// Open-loop production at `rate`; latency of each record from the time its input was due
 /// (not when it was sent, so a stalled producer cannot hide queueing delay).
-async fn latency(
-    brokers: &str,
-    prefix: &str,
-    run: usize,
-    entities: u32,
-    rate: f64,
-    duration: Duration,
-) -> anyhow::Result<Latency> {
-    latency_run(brokers, prefix, run, entities, rate, duration, true).await
-}
-
-/// The same open-loop run without the featurizer: producer -> broker -> reader, one hop.
-async fn broker_hop(
-    brokers: &str,
-    prefix: &str,
-    run: usize,
-    entities: u32,
-    rate: f64,
-    duration: Duration,
-) -> anyhow::Result<Latency> {
-    latency_run(brokers, prefix, run, entities, rate, duration, false).await
-}
-
 async fn latency_run(
     brokers: &str,
     prefix: &str,
@@ -360,8 +347,9 @@ async fn latency_run(
     entities: u32,
     rate: f64,
     duration: Duration,
-    through_featurizer: bool,
+    route: Route,
 ) -> anyhow::Result<Latency> {
+    let through_featurizer = route == Route::Featurizer;
     let input = format!("{prefix}telemetry.lat{run}");
     let output = if through_featurizer {
         format!("{prefix}features.lat{run}")

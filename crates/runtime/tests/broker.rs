@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use headroom_testkit::rdkafka::config::ClientConfig;
-use headroom_testkit::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use headroom_testkit::rdkafka::consumer::{CommitMode, Consumer};
 use headroom_testkit::rdkafka::{Offset, TopicPartitionList};
-use headroom_testkit::{brokers, create_topics, produce, unique, Rec};
+use headroom_testkit::{brokers, create_topics, group_client, produce, unique, Rec};
 
 /// The replay floor travels in the offset commit's metadata: the broker must keep it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,12 +23,7 @@ async fn offset_commit_metadata_round_trips() {
         }],
     );
     let group = unique("meta");
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let c = group_client(&brokers, &group);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(5))
         .expect("add");
@@ -61,12 +55,7 @@ async fn offsets_of_a_memberless_group_round_trip() {
     create_topics(&brokers, &prefix).await;
     let topic = format!("{prefix}features");
     let group = format!("{}.replay-floor", unique("g"));
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let c = group_client(&brokers, &group);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 2, Offset::Offset(1234))
         .expect("add");

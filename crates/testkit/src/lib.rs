@@ -138,6 +138,16 @@ pub fn produce(brokers: &str, topic: &str, records: &[Rec]) {
     p.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// A consumer of `group` with auto-commit off, for tests that commit or read offsets by hand.
+pub fn group_client(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
 /// Reads `topic` from the beginning of every partition until `expected` records arrived or
 /// `timeout` passed, then keeps reading for `settle` to catch extras.
 pub fn consume(
@@ -147,12 +157,7 @@ pub fn consume(
     timeout: Duration,
     settle: Duration,
 ) -> Vec<OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let c = group_client(brokers, &unique("reader"));
     let meta = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");

@@ -21,6 +21,8 @@ pub struct Featurizer {
     vector: Vec<f32>,
     record: FeaturesRecord,
     buf: Vec<u8>,
+    /// Positions of the current cpu, mem, net and disk values in the vector, looked up once.
+    now_index: [usize; 4],
 }
 
 impl Featurizer {
@@ -31,7 +33,11 @@ impl Featurizer {
         registry: Option<RegistryClient>,
     ) -> Featurizer {
         let layout = Arc::new(FeatureLayout::new(&cfg));
+        // Every layout has these names; the fallback (one past the end) reads as 0.
+        let now_index = ["cpu_now", "mem_now", "net_now", "disk_now"]
+            .map(|n| layout.index_of(n).unwrap_or(layout.len()));
         Featurizer {
+            now_index,
             record: FeaturesRecord {
                 feature_set: layout.id().to_owned(),
                 ..FeaturesRecord::default()
@@ -121,8 +127,7 @@ impl Processor for Featurizer {
                 if out.is_replay() {
                     return;
                 }
-                let per = self.layout.len();
-                let idx = |name: &str| self.layout.index_of(name).unwrap_or(per);
+                let [cpu_i, mem_i, net_i, disk_i] = self.now_index;
                 let v = &self.vector;
                 let get = |i: usize| v.get(i).copied().map_or(0.0, f64::from);
                 let r = &mut self.record;
@@ -132,10 +137,10 @@ impl Processor for Featurizer {
                 r.service.clone_from(&telemetry.service);
                 r.cluster.clone_from(&telemetry.cluster);
                 r.values.clone_from(v);
-                r.cpu_util = get(0);
-                r.mem_util = get(idx("mem_now"));
-                r.net_bps = get(idx("net_now"));
-                r.disk_bps = get(idx("disk_now"));
+                r.cpu_util = get(cpu_i);
+                r.mem_util = get(mem_i);
+                r.net_bps = get(net_i);
+                r.disk_bps = get(disk_i);
                 r.cpu_cores = telemetry.cpu_cores;
                 r.mem_bytes = telemetry.mem_bytes;
                 r.replicas = telemetry.replicas;
