@@ -15,6 +15,13 @@ TANSU_BIN="$TANSU_ROOT/bin/tansu"
 
 CONFLUENT_KAFKA_VERSION="2.16.1"
 
+# XGBoost's own C library, from the PyPI wheel (CPU build). The `xgb` crate links against it;
+# binaries find it through an rpath set by the crates that link it (see crates/forecast/build.rs).
+# For GPUs, point XGBOOST_LIB_DIR at the CUDA wheel's library (`xgboost==$XGBOOST_VERSION`).
+XGBOOST_VERSION="3.4.1"
+XGBOOST_ROOT="$HEADROOM_CACHE/xgboost-$XGBOOST_VERSION"
+export XGBOOST_LIB_DIR="${XGBOOST_LIB_DIR:-$XGBOOST_ROOT/xgboost/lib}"
+
 KAFKA_HOST="127.0.0.1"
 KAFKA_PORT="${HEADROOM_KAFKA_PORT:-19092}"
 KAFKA_BROKERS="$KAFKA_HOST:$KAFKA_PORT"

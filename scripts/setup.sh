@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian machine, and nothing twice:
-# system packages for the build, PostgreSQL, and the tansu broker (built once from the Rust
+# system packages for the build, PostgreSQL, XGBoost's library, and the tansu broker (built once from the Rust
 # package registry, cached under $HEADROOM_CACHE). Quick when everything is there.
 source "$(dirname "$0")/lib.sh"
 
@@ -30,6 +30,18 @@ if [ ! -x "$TANSU_BIN" ]; then
         cargo install --quiet --root "$TANSU_ROOT" tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
     rm -rf "$HEADROOM_CACHE/tansu-build"
 fi
+if [ ! -e "$XGBOOST_ROOT/xgboost/lib/libxgboost.so.3" ]; then
+    log "installing XGBoost's library $XGBOOST_VERSION from the PyPI wheel xgboost-cpu"
+    rm -rf "$XGBOOST_ROOT.tmp" && mkdir -p "$XGBOOST_ROOT.tmp"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --python-version 3.12 --platform manylinux_2_28_x86_64 \
+        "xgboost-cpu==$XGBOOST_VERSION" -d "$XGBOOST_ROOT.tmp"
+    # The wheel's layout is kept: libxgboost.so finds its bundled OpenMP through its own rpath.
+    python3 -m zipfile -e "$XGBOOST_ROOT.tmp"/xgboost_cpu-*.whl "$XGBOOST_ROOT.tmp/x"
+    rm -rf "$XGBOOST_ROOT" && mv "$XGBOOST_ROOT.tmp/x" "$XGBOOST_ROOT" && rm -rf "$XGBOOST_ROOT.tmp"
+    # The library's SONAME is libxgboost.so.3: that is the name binaries look for at run time.
+    ln -sf libxgboost.so "$XGBOOST_ROOT/xgboost/lib/libxgboost.so.3"
+fi
 # A Python venv with confluent-kafka, the "any Kafka client" of the interoperability test.
 VENV="$HEADROOM_CACHE/venv"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka" 2>/dev/null; then
@@ -37,4 +49,4 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafk
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
 fi
-log "setup complete (tansu at $TANSU_BIN, python at $VENV/bin/python)"
+log "setup complete (tansu at $TANSU_BIN, libxgboost in $XGBOOST_LIB_DIR, python at $VENV/bin/python)"

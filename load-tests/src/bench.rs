@@ -11,7 +11,7 @@ use headroom_runtime::{KafkaConfig, Shutdown};
 use headroom_schemas::FeaturesRecord;
 use rdkafka::Message;
 
-use crate::generator::{GenConfig, Generator};
+use headroom_sources::{GenConfig, Generator};
 use crate::kafka;
 
 #[derive(clap::Args, Debug)]

@@ -1,16 +1,14 @@
 //! `loadgen`: publish synthetic telemetry, replay a CSV trace, or benchmark the pipeline.
 
 mod bench;
-mod generator;
 mod kafka;
-mod trace;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use generator::{GenConfig, Generator};
+use headroom_sources::{trace, GenConfig, Generator};
 
 #[derive(Parser)]
 #[command(

@@ -1,0 +1,422 @@
+//! Fitting the XGBoost models on a dataset's training rows, and the backtest on its test rows
+//! against the baselines.
+//!
+//! Regression models learn the *change* from the current value (`y[t+h] - y_now[t]`): trees
+//! cannot extrapolate levels they have not seen, but changes transfer across entities. The
+//! forecast is the current value plus the predicted change, for each quantile.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::baselines::{self, Baseline, BaselineOptions};
+use crate::dataset::{Dataset, Rows, N_TARGETS, TARGETS};
+use crate::device::{self, Device, DeviceChoice};
+use crate::metrics::{self, Accumulator, ClassScores, Scores};
+use crate::xgb::{self, ffi::InplaceBooster, Labels, Objective, Trained, XgbParams};
+
+/// Options of fitting and backtesting.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub quantiles: Vec<f32>,
+    pub xgb: XgbParams,
+    pub device: DeviceChoice,
+    /// The last part of the training period held out for early stopping.
+    pub valid_fraction: f64,
+    /// Targets to model (indices into [`TARGETS`]).
+    pub targets: Vec<usize>,
+    /// Whether to train the peak classifier.
+    pub classifier: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            quantiles: vec![0.5, 0.9],
+            xgb: XgbParams::default(),
+            device: DeviceChoice::Auto,
+            valid_fraction: 0.1,
+            targets: (0..N_TARGETS).collect(),
+            classifier: true,
+        }
+    }
+}
+
+/// One regression model: target, horizon (slots) and the trained booster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Regressor {
+    pub target: String,
+    pub horizon: usize,
+    pub quantiles: Vec<f32>,
+    #[serde(flatten)]
+    pub trained: Trained,
+    pub train_rows: usize,
+    pub seconds: f64,
+}
+
+/// The peak / scale-event classifier: probability of an event within `horizon` slots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Classifier {
+    pub horizon: usize,
+    pub pos_weight: f32,
+    pub train_base_rate: f64,
+    #[serde(flatten)]
+    pub trained: Trained,
+    pub seconds: f64,
+}
+
+/// Everything one fit produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSet {
+    pub device: Device,
+    pub regressors: Vec<Regressor>,
+    pub classifier: Option<Classifier>,
+}
+
+/// Progress of a fit, for a progress bar.
+pub trait Progress {
+    fn model_started(&mut self, name: &str, rounds: u32);
+    fn round(&mut self, round: u32, validation_loss: Option<f64>);
+    fn model_done(&mut self, name: &str, seconds: f64);
+}
+
+/// No progress output.
+#[derive(Debug)]
+pub struct Quiet;
+impl Progress for Quiet {
+    fn model_started(&mut self, _: &str, _: u32) {}
+    fn round(&mut self, _: u32, _: Option<f64>) {}
+    fn model_done(&mut self, _: &str, _: f64) {}
+}
+
+/// The training rows split in time into a fit part and an early-stopping part.
+struct FitData {
+    fit: Rows,
+    valid: Option<Rows>,
+}
+
+fn split_for_validation(ds: &Dataset, valid_fraction: f64) -> FitData {
+    let end = ds.split_slot.min(ds.last_slot + 1);
+    if valid_fraction <= 0.0 {
+        return FitData {
+            fit: ds.train.clone(),
+            valid: None,
+        };
+    }
+    let max_h = *ds.horizons.iter().max().unwrap_or(&1) as i64;
+    let valid_slot = end - ((end - ds.first_slot) as f64 * valid_fraction) as i64;
+    FitData {
+        fit: ds.train.filter(|s| s + max_h < valid_slot),
+        valid: Some(ds.train.filter(|s| s >= valid_slot)),
+    }
+}
+
+fn delta_labels(ds: &Dataset, rows: &Rows, m: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut y = Vec::with_capacity(rows.len());
+    let mut w = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let d = ds.target(rows, i, m, h) - ds.now(rows, i, m);
+        if d.is_finite() {
+            y.push(d);
+            w.push(1.0);
+        } else {
+            y.push(0.0);
+            w.push(0.0);
+        }
+    }
+    (y, w)
+}
+
+fn peak_labels(ds: &Dataset, rows: &Rows, h: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut y = Vec::with_capacity(rows.len());
+    let mut w = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        match ds.series[rows.entity[i] as usize].peak_within(rows.slot[i], h) {
+            Some(p) => {
+                y.push(if p { 1.0 } else { 0.0 });
+                w.push(1.0);
+            }
+            None => {
+                y.push(0.0);
+                w.push(0.0);
+            }
+        }
+    }
+    (y, w)
+}
+
+/// Fits one multi-quantile regressor per target and horizon, and the peak classifier.
+pub fn fit(ds: &Dataset, opts: &FitOptions, progress: &mut dyn Progress) -> anyhow::Result<ModelSet> {
+    anyhow::ensure!(!ds.train.is_empty(), "no training rows (is the trace long enough?)");
+    let device = device::for_xgboost(opts.device)?;
+    let data = split_for_validation(ds, opts.valid_fraction);
+    anyhow::ensure!(!data.fit.is_empty(), "no rows left to fit after the validation hold-out");
+    let mut dfit = xgb::matrix(&data.fit.x, data.fit.len())?;
+    let mut dvalid = match &data.valid {
+        Some(v) if !v.is_empty() => Some(xgb::matrix(&v.x, v.len())?),
+        _ => None,
+    };
+    let mut regressors = Vec::new();
+    for &m in &opts.targets {
+        for &h in &ds.horizons {
+            let name = format!("{}_h{h}", TARGETS[m]);
+            progress.model_started(&name, opts.xgb.rounds);
+            let started = Instant::now();
+            let (y, w) = delta_labels(ds, &data.fit, m, h);
+            let vl = data.valid.as_ref().map(|v| delta_labels(ds, v, m, h));
+            let valid = match (dvalid.as_mut(), vl.as_ref()) {
+                (Some(d), Some((y, w))) => Some((d, Labels { y, w })),
+                _ => None,
+            };
+            let trained = xgb::train(
+                &mut dfit,
+                Labels { y: &y, w: &w },
+                valid,
+                &Objective::Quantiles(opts.quantiles.clone()),
+                &opts.xgb,
+                device,
+                &mut |r, l| progress.round(r, l),
+            )?;
+            let seconds = started.elapsed().as_secs_f64();
+            progress.model_done(&name, seconds);
+            regressors.push(Regressor {
+                target: TARGETS[m].to_owned(),
+                horizon: h,
+                quantiles: opts.quantiles.clone(),
+                trained,
+                train_rows: w.iter().filter(|w| **w > 0.0).count(),
+                seconds,
+            });
+        }
+    }
+    let classifier = if opts.classifier {
+        let h = *ds.horizons.iter().max().unwrap_or(&1);
+        progress.model_started("peak_classifier", opts.xgb.rounds);
+        let started = Instant::now();
+        let (y, w) = peak_labels(ds, &data.fit, h);
+        let pos = y.iter().zip(&w).filter(|(y, w)| **y > 0.5 && **w > 0.0).count() as f64;
+        let all = w.iter().filter(|w| **w > 0.0).count().max(1) as f64;
+        let pos_weight = if pos > 0.0 { ((all - pos) / pos) as f32 } else { 1.0 };
+        let vl = data.valid.as_ref().map(|v| peak_labels(ds, v, h));
+        let valid = match (dvalid.as_mut(), vl.as_ref()) {
+            (Some(d), Some((y, w))) => Some((d, Labels { y, w })),
+            _ => None,
+        };
+        let trained = xgb::train(
+            &mut dfit,
+            Labels { y: &y, w: &w },
+            valid,
+            &Objective::Binary { pos_weight },
+            &opts.xgb,
+            device,
+            &mut |r, l| progress.round(r, l),
+        )?;
+        let seconds = started.elapsed().as_secs_f64();
+        progress.model_done("peak_classifier", seconds);
+        Some(Classifier {
+            horizon: h,
+            pos_weight,
+            train_base_rate: pos / all,
+            trained,
+            seconds,
+        })
+    } else {
+        None
+    };
+    Ok(ModelSet {
+        device,
+        regressors,
+        classifier,
+    })
+}
+
+/// The scores of one forecaster on one target and horizon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub model: String,
+    pub target: String,
+    pub horizon_slots: usize,
+    pub horizon_minutes: f64,
+    #[serde(flatten)]
+    pub scores: Scores,
+}
+
+/// One entity's test-period forecasts, for the plots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trace {
+    pub entity: String,
+    pub target: String,
+    pub horizon_slots: usize,
+    pub slots: Vec<i64>,
+    pub actual: Vec<f32>,
+    pub p50: Vec<f32>,
+    pub p90: Vec<f32>,
+    pub seasonal_naive: Vec<f32>,
+}
+
+/// The result of a backtest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backtest {
+    pub rows: Vec<Row>,
+    pub classifier: Option<ClassScores>,
+    /// MASE denominators (pooled in-sample one-step naive MAE) per target.
+    pub naive_scale: BTreeMap<String, f64>,
+    pub test_rows: usize,
+    pub traces: Vec<Trace>,
+}
+
+/// Predictions of a regressor for all `rows`: `(p50, p90)` levels (current value + change).
+fn predict_levels(
+    ds: &Dataset,
+    rows: &Rows,
+    m: usize,
+    model: &InplaceBooster,
+    nq: usize,
+) -> anyhow::Result<Vec<(f32, f32)>> {
+    const BATCH: usize = 65_536;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut buf = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let end = (start + BATCH).min(rows.len());
+        let x = &rows.x[start * rows.n_features..end * rows.n_features];
+        let k = model.predict(x, end - start, &mut buf)?;
+        anyhow::ensure!(k == nq, "model has {k} outputs, expected {nq}");
+        for (j, i) in (start..end).enumerate() {
+            let now = ds.now(rows, i, m);
+            let p50 = now + buf[j * k];
+            let p90 = if k > 1 { now + buf[j * k + 1] } else { p50 };
+            // Quantile crossing (rare): keep p90 at or above p50.
+            out.push((p50, p90.max(p50)));
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Scores the models and the baselines on the test rows. `plot_entities` picks entities whose
+/// CPU forecasts are kept for the plots.
+pub fn backtest(
+    ds: &Dataset,
+    models: &ModelSet,
+    baseline_opts: &BaselineOptions,
+    plot_entities: &[u32],
+) -> anyhow::Result<Backtest> {
+    anyhow::ensure!(!ds.test.is_empty(), "no test rows: the split leaves no test period");
+    let rows = &ds.test;
+    let minutes = |h: usize| h as f64 * ds.interval_ms as f64 / 60_000.0;
+    let mut naive_scale = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut traces = Vec::new();
+    let mut scratch = Vec::new();
+    for m in 0..N_TARGETS {
+        let scale = ds.naive_scale(m, 1);
+        naive_scale.insert(TARGETS[m].to_owned(), scale);
+        // MAPE's floor: 1 % of the mean |actual| of the test period.
+        let floor = {
+            let (s, n) = (0..rows.len())
+                .map(|i| ds.now(rows, i, m))
+                .filter(|v| v.is_finite())
+                .fold((0.0f64, 0u64), |(s, n), v| (s + f64::from(v.abs()), n + 1));
+            0.01 * s / n.max(1) as f64
+        };
+        for &h in &ds.horizons {
+            let actual: Vec<f32> = (0..rows.len()).map(|i| ds.target(rows, i, m, h)).collect();
+            if let Some(r) = models
+                .regressors
+                .iter()
+                .find(|r| r.target == TARGETS[m] && r.horizon == h)
+            {
+                let booster = InplaceBooster::from_bytes(&r.trained.model)?;
+                let pred = predict_levels(ds, rows, m, &booster, r.quantiles.len())?;
+                let mut acc = Accumulator::new(floor);
+                for (i, (p50, p90)) in pred.iter().enumerate() {
+                    if actual[i].is_finite() {
+                        acc.add(*p50, actual[i]);
+                        acc.add_p90(*p90, actual[i]);
+                    }
+                }
+                out.push(Row {
+                    model: "xgboost".into(),
+                    target: TARGETS[m].into(),
+                    horizon_slots: h,
+                    horizon_minutes: minutes(h),
+                    scores: acc.scores(scale),
+                });
+                for &e in plot_entities {
+                    let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows.entity[i] == e).collect();
+                    traces.push(Trace {
+                        entity: ds.series[e as usize].id.clone(),
+                        target: TARGETS[m].into(),
+                        horizon_slots: h,
+                        slots: idx.iter().map(|&i| rows.slot[i] + h as i64).collect(),
+                        actual: idx.iter().map(|&i| actual[i]).collect(),
+                        p50: idx.iter().map(|&i| pred[i].0).collect(),
+                        p90: idx.iter().map(|&i| pred[i].1).collect(),
+                        seasonal_naive: idx
+                            .iter()
+                            .map(|&i| {
+                                baselines::forecast(
+                                    Baseline::SeasonalNaive,
+                                    ds,
+                                    rows,
+                                    i,
+                                    m,
+                                    h,
+                                    baseline_opts,
+                                    &mut scratch,
+                                )
+                                .0
+                            })
+                            .collect(),
+                    });
+                }
+            }
+            for b in Baseline::ALL {
+                let mut acc = Accumulator::new(floor);
+                for (i, a) in actual.iter().enumerate() {
+                    if !a.is_finite() {
+                        continue;
+                    }
+                    let (p50, p90) =
+                        baselines::forecast(b, ds, rows, i, m, h, baseline_opts, &mut scratch);
+                    acc.add(p50, *a);
+                    if let Some(p90) = p90 {
+                        acc.add_p90(p90, *a);
+                    }
+                }
+                out.push(Row {
+                    model: b.name().into(),
+                    target: TARGETS[m].into(),
+                    horizon_slots: h,
+                    horizon_minutes: minutes(h),
+                    scores: acc.scores(scale),
+                });
+            }
+        }
+    }
+    let classifier = match &models.classifier {
+        Some(c) => {
+            let booster = InplaceBooster::from_bytes(&c.trained.model)?;
+            let mut probs = Vec::new();
+            booster.predict(&rows.x, rows.len(), &mut probs)?;
+            let mut pairs: Vec<(f32, bool)> = (0..rows.len())
+                .filter_map(|i| {
+                    ds.series[rows.entity[i] as usize]
+                        .peak_within(rows.slot[i], c.horizon)
+                        .map(|p| (probs[i], p))
+                })
+                .collect();
+            Some(metrics::classification(&mut pairs, 0.5))
+        }
+        None => None,
+    };
+    Ok(Backtest {
+        rows: out,
+        classifier,
+        naive_scale,
+        test_rows: rows.len(),
+        traces,
+    })
+}

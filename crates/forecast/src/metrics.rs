@@ -1,0 +1,258 @@
+//! Forecast accuracy metrics, accumulated in one pass over (forecast, actual) pairs.
+
+use serde::{Deserialize, Serialize};
+
+/// Running sums for MAE, RMSE, MAPE, sMAPE, MASE and R² (and pinball loss of a p90).
+#[derive(Debug, Clone, Default)]
+pub struct Accumulator {
+    n: u64,
+    abs: f64,
+    sq: f64,
+    ape: f64,
+    ape_n: u64,
+    sape: f64,
+    sum_y: f64,
+    sum_y2: f64,
+    /// Below this |actual|, MAPE ignores the point (relative error is undefined near zero).
+    mape_floor: f64,
+    pinball90: f64,
+    covered90: u64,
+    n90: u64,
+}
+
+/// The metrics of one model on one target and horizon.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Scores {
+    pub n: u64,
+    pub mae: f64,
+    pub rmse: f64,
+    /// Mean absolute percentage error in %, over points with |actual| ≥ the floor.
+    pub mape: f64,
+    /// Share of points MAPE left out (|actual| below the floor).
+    pub mape_excluded: f64,
+    /// Symmetric MAPE in % (0 where forecast and actual are both 0).
+    pub smape: f64,
+    /// MAE over the in-sample one-step naive MAE of the training period (pooled).
+    pub mase: f64,
+    pub r2: f64,
+    /// Pinball loss of the p90 forecast, when the model has one.
+    pub pinball90: Option<f64>,
+    /// Share of actuals at or below the p90 forecast (0.9 when calibrated).
+    pub coverage90: Option<f64>,
+}
+
+impl Accumulator {
+    pub fn new(mape_floor: f64) -> Accumulator {
+        Accumulator {
+            mape_floor,
+            ..Accumulator::default()
+        }
+    }
+
+    /// Adds one point; pairs with a non-finite forecast or actual are ignored.
+    pub fn add(&mut self, forecast: f32, actual: f32) {
+        if !forecast.is_finite() || !actual.is_finite() {
+            return;
+        }
+        let (f, y) = (f64::from(forecast), f64::from(actual));
+        let e = f - y;
+        self.n += 1;
+        self.abs += e.abs();
+        self.sq += e * e;
+        if y.abs() >= self.mape_floor {
+            self.ape += (e / y).abs();
+            self.ape_n += 1;
+        }
+        let d = f.abs() + y.abs();
+        if d > 0.0 {
+            self.sape += 2.0 * e.abs() / d;
+        }
+        self.sum_y += y;
+        self.sum_y2 += y * y;
+    }
+
+    /// Adds the p90 forecast of a point already added with [`Accumulator::add`].
+    pub fn add_p90(&mut self, p90: f32, actual: f32) {
+        if !p90.is_finite() || !actual.is_finite() {
+            return;
+        }
+        let (q, y) = (f64::from(p90), f64::from(actual));
+        self.pinball90 += if y >= q { 0.9 * (y - q) } else { 0.1 * (q - y) };
+        self.covered90 += u64::from(y <= q);
+        self.n90 += 1;
+    }
+
+    pub fn merge(&mut self, o: &Accumulator) {
+        self.n += o.n;
+        self.abs += o.abs;
+        self.sq += o.sq;
+        self.ape += o.ape;
+        self.ape_n += o.ape_n;
+        self.sape += o.sape;
+        self.sum_y += o.sum_y;
+        self.sum_y2 += o.sum_y2;
+        self.pinball90 += o.pinball90;
+        self.covered90 += o.covered90;
+        self.n90 += o.n90;
+    }
+
+    /// The metrics, with `naive_scale` the MASE denominator.
+    pub fn scores(&self, naive_scale: f64) -> Scores {
+        let n = self.n.max(1) as f64;
+        let mae = self.abs / n;
+        let sst = self.sum_y2 - self.sum_y * self.sum_y / n;
+        Scores {
+            n: self.n,
+            mae,
+            rmse: (self.sq / n).sqrt(),
+            mape: if self.ape_n == 0 {
+                f64::NAN
+            } else {
+                100.0 * self.ape / self.ape_n as f64
+            },
+            mape_excluded: 1.0 - self.ape_n as f64 / n,
+            smape: 100.0 * self.sape / n,
+            mase: if naive_scale > 0.0 {
+                mae / naive_scale
+            } else {
+                f64::NAN
+            },
+            r2: if sst > 0.0 { 1.0 - self.sq / sst } else { f64::NAN },
+            pinball90: (self.n90 > 0).then(|| self.pinball90 / self.n90 as f64),
+            coverage90: (self.n90 > 0).then(|| self.covered90 as f64 / self.n90 as f64),
+        }
+    }
+}
+
+/// Precision, recall, false-positive rate and PR-AUC of a probabilistic classifier.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ClassScores {
+    pub n: u64,
+    pub positives: u64,
+    pub base_rate: f64,
+    pub threshold: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub false_positive_rate: f64,
+    /// Area under the precision-recall curve (average precision); a random classifier scores
+    /// the base rate.
+    pub pr_auc: f64,
+}
+
+/// Scores `(probability, label)` pairs at `threshold`.
+pub fn classification(pairs: &mut [(f32, bool)], threshold: f64) -> ClassScores {
+    let n = pairs.len() as u64;
+    let positives = pairs.iter().filter(|p| p.1).count() as u64;
+    let (mut tp, mut fp) = (0u64, 0u64);
+    for (p, y) in pairs.iter() {
+        if f64::from(*p) >= threshold {
+            if *y {
+                tp += 1
+            } else {
+                fp += 1
+            }
+        }
+    }
+    let negatives = n - positives;
+    // Average precision: sort by descending score, sum precision at each positive.
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut seen_tp, mut ap) = (0u64, 0.0f64);
+    for (k, (_, y)) in pairs.iter().enumerate() {
+        if *y {
+            seen_tp += 1;
+            ap += seen_tp as f64 / (k + 1) as f64;
+        }
+    }
+    ClassScores {
+        n,
+        positives,
+        base_rate: positives as f64 / n.max(1) as f64,
+        threshold,
+        precision: if tp + fp == 0 {
+            f64::NAN
+        } else {
+            tp as f64 / (tp + fp) as f64
+        },
+        recall: if positives == 0 {
+            f64::NAN
+        } else {
+            tp as f64 / positives as f64
+        },
+        false_positive_rate: if negatives == 0 {
+            f64::NAN
+        } else {
+            fp as f64 / negatives as f64
+        },
+        pr_auc: if positives == 0 {
+            f64::NAN
+        } else {
+            ap / positives as f64
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_match_hand_computed_values() {
+        let mut a = Accumulator::new(0.01);
+        for (f, y) in [(1.0, 2.0), (3.0, 3.0), (5.0, 4.0), (0.5, 0.0)] {
+            a.add(f, y);
+        }
+        a.add(f32::NAN, 1.0);
+        let s = a.scores(0.5);
+        assert_eq!(s.n, 4);
+        assert!((s.mae - 2.5 / 4.0).abs() < 1e-12);
+        assert!((s.rmse - (2.25f64 / 4.0).sqrt()).abs() < 1e-12);
+        // MAPE over the three points with |y| >= 0.01: (1/2 + 0 + 1/4) / 3
+        assert!((s.mape - 100.0 * 0.75 / 3.0).abs() < 1e-9);
+        assert!((s.mape_excluded - 0.25).abs() < 1e-12);
+        // sMAPE: 2*1/3, 0, 2*1/9, 2*0.5/0.5
+        let smape = 100.0 * (2.0 / 3.0 + 2.0 / 9.0 + 2.0) / 4.0;
+        assert!((s.smape - smape).abs() < 1e-9);
+        assert!((s.mase - 0.625 / 0.5).abs() < 1e-12);
+        // R²: mean y = 2.25, SST = 0.0625+0.5625+3.0625+5.0625 = 8.75, SSE = 2.25
+        assert!((s.r2 - (1.0 - 2.25 / 8.75)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_perfect_forecast_scores_perfectly_and_merge_adds_up() {
+        let mut a = Accumulator::new(0.0);
+        let mut b = Accumulator::new(0.0);
+        for i in 0..10 {
+            a.add(i as f32, i as f32);
+            b.add(i as f32 + 1.0, i as f32);
+        }
+        let s = a.scores(1.0);
+        assert_eq!((s.mae, s.rmse, s.r2), (0.0, 0.0, 1.0));
+        a.merge(&b);
+        assert_eq!(a.scores(1.0).n, 20);
+        assert!((a.scores(1.0).mae - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pinball_and_coverage_of_p90() {
+        let mut a = Accumulator::new(0.0);
+        for y in 0..100 {
+            a.add(50.0, y as f32);
+            a.add_p90(89.5, y as f32);
+        }
+        let s = a.scores(1.0);
+        assert!((s.coverage90.unwrap() - 0.9).abs() < 1e-12);
+        assert!(s.pinball90.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn classification_scores() {
+        let mut pairs = vec![(0.9, true), (0.8, false), (0.7, true), (0.1, false), (0.05, false)];
+        let c = classification(&mut pairs, 0.5);
+        assert_eq!((c.n, c.positives), (5, 2));
+        assert!((c.precision - 2.0 / 3.0).abs() < 1e-12);
+        assert!((c.recall - 1.0).abs() < 1e-12);
+        assert!((c.false_positive_rate - 1.0 / 3.0).abs() < 1e-12);
+        // AP = (1/1 + 2/3) / 2
+        assert!((c.pr_auc - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    }
+}

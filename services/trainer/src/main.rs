@@ -1,0 +1,243 @@
+//! `headroom-train`: trains the forecasting models and backtests them.
+//!
+//! * `evaluate`: temporal split, fit on the training part, score the models and the baselines
+//!   on the test part; writes the report (markdown, JSON, PNG plots) and the fitted models as a
+//!   candidate version.
+//! * `train`: fit on the whole trace (the last part held out for early stopping only) and write
+//!   a candidate version with its report.
+
+mod plot;
+mod report;
+mod source;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use headroom_features::FeatureConfig;
+use headroom_forecast::backtest::{self, FitOptions, Progress};
+use headroom_forecast::baselines::BaselineOptions;
+use headroom_forecast::xgb::XgbParams;
+use headroom_forecast::{artifact, Dataset, DatasetOptions, DeviceChoice, Split, TARGETS};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(version, about = "Train and backtest headroom's forecasting models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Temporal split, fit on the training part, score models and baselines on the test part.
+    Evaluate(Common),
+    /// Fit on the whole trace and write a candidate model version.
+    Train(Common),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    #[command(flatten)]
+    source: source::SourceArgs,
+    /// Training period: the first N days (the rest is the test period).
+    #[arg(long, conflicts_with = "split")]
+    train_days: Option<f64>,
+    /// Training period as a fraction of the trace's time span.
+    #[arg(long, default_value_t = 0.75)]
+    split: f64,
+    /// Forecast horizons (multiples of the sampling interval).
+    #[arg(long, value_delimiter = ',', default_value = "5m,15m,30m", value_parser = humantime::parse_duration)]
+    horizons: Vec<Duration>,
+    /// The slot grid of the features (the entities' sampling interval).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    sampling_interval: Duration,
+    /// Lags of each metric in the feature vector.
+    #[arg(long, default_value_t = 24)]
+    lags: u32,
+    /// Use every N-th training slot (test rows are never thinned).
+    #[arg(long, default_value_t = 1)]
+    train_stride: usize,
+    /// Targets to model.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,mem,net")]
+    targets: Vec<String>,
+    /// Boosting rounds (upper bound; early stopping on the last 10 % of the training period).
+    #[arg(long, default_value_t = 300)]
+    rounds: u32,
+    #[arg(long, default_value_t = 8)]
+    max_depth: u32,
+    #[arg(long, default_value_t = 0.1)]
+    eta: f64,
+    #[arg(long, default_value_t = 25)]
+    early_stopping_rounds: u32,
+    /// XGBoost threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: u32,
+    /// auto | cpu | cuda
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Skip the peak / scale-event classifier.
+    #[arg(long)]
+    no_classifier: bool,
+    /// Trailing window of the window-percentile baseline.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    baseline_window: Duration,
+    /// Where model versions are written.
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+    /// Where the report is written (report.md, report.json, plots).
+    #[arg(long, default_value = "reports/latest")]
+    out: PathBuf,
+    /// Entities plotted (the ones with the most CPU variance in the test period).
+    #[arg(long, default_value_t = 3)]
+    plots: usize,
+}
+
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Progress for Bar {
+    fn model_started(&mut self, name: &str, rounds: u32) {
+        self.bar.reset();
+        self.bar.set_length(u64::from(rounds));
+        self.bar.set_message(name.to_owned());
+    }
+    fn round(&mut self, round: u32, loss: Option<f64>) {
+        self.bar.set_position(u64::from(round + 1));
+        if let Some(l) = loss {
+            let name = self.bar.message();
+            let base = name.split(" (").next().unwrap_or("").to_owned();
+            self.bar.set_message(format!("{base} (validation {l:.5})"));
+        }
+    }
+    fn model_done(&mut self, name: &str, seconds: f64) {
+        self.bar.println(format!("  {name}: {seconds:.1} s"));
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (args, evaluate) = match cli.command {
+        Command::Evaluate(a) => (a, true),
+        Command::Train(a) => (a, false),
+    };
+    run(args, evaluate)
+}
+
+fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
+    let interval = args.sampling_interval;
+    let horizons: Vec<usize> = args
+        .horizons
+        .iter()
+        .map(|h| {
+            let n = h.as_millis() / interval.as_millis().max(1);
+            anyhow::ensure!(
+                n >= 1 && h.as_millis() % interval.as_millis() == 0,
+                "horizon {} is not a positive multiple of the sampling interval {}",
+                humantime::format_duration(*h),
+                humantime::format_duration(interval)
+            );
+            Ok(n as usize)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let targets: Vec<usize> = args
+        .targets
+        .iter()
+        .map(|t| {
+            TARGETS
+                .iter()
+                .position(|x| x == t)
+                .ok_or_else(|| anyhow::anyhow!("unknown target `{t}` (known: {})", TARGETS.join(", ")))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let features = FeatureConfig {
+        sampling_interval: interval,
+        lags: args.lags,
+        ..FeatureConfig::default()
+    };
+
+    let started = Instant::now();
+    eprintln!("reading {}", args.source.describe());
+    let records = args.source.read()?;
+    eprintln!("  {} records in {:.1} s", records.len(), started.elapsed().as_secs_f64());
+    let split = if !evaluate {
+        Split::None
+    } else if let Some(d) = args.train_days {
+        Split::TrainDays(d)
+    } else {
+        Split::Fraction(args.split)
+    };
+    let t = Instant::now();
+    let ds = Dataset::build(
+        records,
+        &DatasetOptions {
+            features,
+            horizons,
+            split,
+            train_stride: args.train_stride,
+            ..DatasetOptions::default()
+        },
+    )?;
+    eprintln!(
+        "features: {} entities, {} training rows, {} test rows, {} features ({}), {:.1} s",
+        ds.series.len(),
+        ds.train.len(),
+        ds.test.len(),
+        ds.layout.len(),
+        ds.layout.id(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let opts = FitOptions {
+        xgb: XgbParams {
+            rounds: args.rounds,
+            max_depth: args.max_depth,
+            eta: args.eta,
+            early_stopping_rounds: args.early_stopping_rounds,
+            nthread: args.threads,
+            ..XgbParams::default()
+        },
+        device: args.device,
+        targets,
+        classifier: !args.no_classifier,
+        ..FitOptions::default()
+    };
+    let bar = ProgressBar::new(u64::from(args.rounds)).with_style(
+        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} rounds {elapsed}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut progress = Bar { bar };
+    let t = Instant::now();
+    let models = backtest::fit(&ds, &opts, &mut progress)?;
+    progress.bar.finish_and_clear();
+    eprintln!("fitted {} models on {} in {:.1} s", models.regressors.len() + usize::from(models.classifier.is_some()), models.device, t.elapsed().as_secs_f64());
+
+    let slots = |d: Duration| (d.as_millis() / interval.as_millis()).max(1) as usize;
+    let baseline = BaselineOptions {
+        season_slots: slots(Duration::from_secs(86_400)),
+        window_slots: slots(args.baseline_window),
+    };
+    let result = if evaluate {
+        let t = Instant::now();
+        let plot_entities = report::most_variable(&ds, args.plots);
+        let b = backtest::backtest(&ds, &models, &baseline, &plot_entities)?;
+        eprintln!("backtest on {} test rows in {:.1} s", b.test_rows, t.elapsed().as_secs_f64());
+        Some(b)
+    } else {
+        None
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let (manifest, dir) = artifact::write(&args.models_dir, &ds, &models, result.as_ref(), now_ms)?;
+    let command: Vec<String> = std::env::args().collect();
+    report::write(&args.out, &ds, &models, result.as_ref(), &manifest, &command.join(" "))?;
+    eprintln!("model version {} written to {}", manifest.version, dir.display());
+    eprintln!("report written to {}", args.out.join("report.md").display());
+    if let Some(b) = &result {
+        print!("{}", report::summary(b));
+    }
+    Ok(())
+}

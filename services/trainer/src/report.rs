@@ -1,0 +1,213 @@
+//! The report of a fit or a backtest: `report.md` (tables), `report.json` (everything), and
+//! PNG plots of forecast against actual.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use headroom_forecast::artifact::Manifest;
+use headroom_forecast::backtest::{Backtest, ModelSet};
+use headroom_forecast::Dataset;
+
+/// The `n` entities with the most CPU variance in the test period (the interesting plots).
+pub fn most_variable(ds: &Dataset, n: usize) -> Vec<u32> {
+    let mut v: Vec<(f64, u32)> = ds
+        .series
+        .iter()
+        .enumerate()
+        .map(|(e, s)| {
+            let from = (ds.split_slot - s.first_slot).max(0) as usize;
+            let xs: Vec<f64> = s.values[0]
+                .iter()
+                .skip(from)
+                .filter(|x| x.is_finite())
+                .map(|x| f64::from(*x))
+                .collect();
+            let n = xs.len().max(1) as f64;
+            let mean = xs.iter().sum::<f64>() / n;
+            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n, e as u32)
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    v.into_iter().take(n).map(|x| x.1).collect()
+}
+
+fn f(x: f64) -> String {
+    if x.is_nan() {
+        "–".into()
+    } else if x.abs() >= 1e5 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// The accuracy table of a backtest, markdown.
+pub fn table(b: &Backtest) -> String {
+    let mut s = String::new();
+    let mut targets: Vec<&str> = b.rows.iter().map(|r| r.target.as_str()).collect();
+    targets.dedup();
+    for t in targets {
+        let _ = writeln!(s, "\n### {t}\n");
+        let _ = writeln!(
+            s,
+            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | R² | p90 pinball | p90 coverage | n |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in b.rows.iter().filter(|r| r.target == t) {
+            let sc = &r.scores;
+            let _ = writeln!(
+                s,
+                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.horizon_minutes,
+                r.model,
+                f(sc.mae),
+                f(sc.rmse),
+                f(sc.mape),
+                f(sc.smape),
+                f(sc.mase),
+                f(sc.r2),
+                sc.pinball90.map_or("–".into(), f),
+                sc.coverage90.map_or("–".into(), f),
+                sc.n
+            );
+        }
+    }
+    s
+}
+
+/// A few lines for the terminal: best model per target and horizon by MASE.
+pub fn summary(b: &Backtest) -> String {
+    let mut s = String::from("\nbest MASE per target and horizon (test period):\n");
+    let mut keys: Vec<(String, usize)> = b.rows.iter().map(|r| (r.target.clone(), r.horizon_slots)).collect();
+    keys.dedup();
+    for (t, h) in keys {
+        let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h).collect();
+        let get = |m: &str| rows.iter().find(|r| r.model == m).map(|r| r.scores.mase).unwrap_or(f64::NAN);
+        let best = rows
+            .iter()
+            .min_by(|a, b| a.scores.mase.total_cmp(&b.scores.mase))
+            .map(|r| r.model.as_str())
+            .unwrap_or("-");
+        let _ = writeln!(
+            s,
+            "  {t:4} {:>4} min: xgboost {:.3}  seasonal_naive {:.3}  naive {:.3}  -> best {best}",
+            rows[0].horizon_minutes,
+            get("xgboost"),
+            get("seasonal_naive"),
+            get("naive")
+        );
+    }
+    if let Some(c) = &b.classifier {
+        let _ = writeln!(
+            s,
+            "  peak classifier: PR-AUC {:.3} (base rate {:.3}), precision {:.3}, recall {:.3}, FPR {:.4}",
+            c.pr_auc, c.base_rate, c.precision, c.recall, c.false_positive_rate
+        );
+    }
+    s
+}
+
+pub fn write(
+    out: &Path,
+    ds: &Dataset,
+    models: &ModelSet,
+    backtest: Option<&Backtest>,
+    manifest: &Manifest,
+    command: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# headroom forecast report\n");
+    let _ = writeln!(md, "Command: `{command}`\n");
+    let minutes = ds.interval_ms as f64 / 60_000.0;
+    let _ = writeln!(
+        md,
+        "- data: {} entities, slots of {minutes} min, {} training rows, {} test rows\n\
+         - feature schema: `{}` ({} features), computed by the featurizer's own code\n\
+         - model version: `{}` on {} (XGBoost {})\n\
+         - training window: {} to {} (epoch ms); test period from slot {}\n\
+         - MASE: MAE over the pooled in-sample one-step naive MAE of the training period \
+         ({})\n",
+        ds.series.len(),
+        ds.train.len(),
+        ds.test.len(),
+        manifest.feature_schema,
+        manifest.feature_names.len(),
+        manifest.version,
+        models.device,
+        manifest.xgboost_version,
+        manifest.training_from_ms,
+        manifest.training_to_ms,
+        if ds.split_slot == i64::MAX { "none".to_string() } else { ds.split_slot.to_string() },
+        backtest
+            .map(|b| b
+                .naive_scale
+                .iter()
+                .map(|(k, v)| format!("{k} {}", f(*v)))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_else(|| "no test period".into()),
+    );
+    let _ = writeln!(md, "## Models\n");
+    let _ = writeln!(md, "| model | rounds | best iteration | validation | seconds |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for r in &models.regressors {
+        let _ = writeln!(
+            md,
+            "| xgboost {} h{} (quantiles {:?}) | {} | {} | {} {} | {:.1} |",
+            r.target, r.horizon, r.quantiles, r.trained.rounds, r.trained.best_iteration,
+            r.trained.metric, f(r.trained.best_validation_loss), r.seconds
+        );
+    }
+    if let Some(c) = &models.classifier {
+        let _ = writeln!(
+            md,
+            "| peak classifier h{} (pos weight {:.1}) | {} | {} | {} {} | {:.1} |",
+            c.horizon, c.pos_weight, c.trained.rounds, c.trained.best_iteration, c.trained.metric,
+            f(c.trained.best_validation_loss), c.seconds
+        );
+    }
+    if let Some(b) = backtest {
+        let _ = writeln!(md, "\n## Accuracy on the test period\n{}", table(b));
+        if let Some(c) = &b.classifier {
+            let _ = writeln!(
+                md,
+                "\n## Peak / scale-event classifier (event within {} slots)\n\n\
+                 | n | positives | base rate | threshold | precision | recall | FPR | PR-AUC |\n\
+                 |---|---|---|---|---|---|---|---|\n\
+                 | {} | {} | {} | {} | {} | {} | {} | {} |",
+                models.classifier.as_ref().map_or(0, |c| c.horizon),
+                c.n, c.positives, f(c.base_rate), c.threshold, f(c.precision), f(c.recall),
+                f(c.false_positive_rate), f(c.pr_auc)
+            );
+        }
+        let plots = crate::plot::write_all(out, &b.traces, ds.interval_ms)?;
+        if !plots.is_empty() {
+            let _ = writeln!(md, "\n## Forecast against actual\n");
+            for p in plots {
+                let _ = writeln!(md, "![{p}]({p})");
+            }
+        }
+        std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&serde_json::json!({
+            "command": command,
+            "model_version": manifest.version,
+            "feature_schema": manifest.feature_schema,
+            "models": models,
+            "backtest": {
+                "rows": b.rows,
+                "classifier": b.classifier,
+                "naive_scale": b.naive_scale,
+                "test_rows": b.test_rows,
+            },
+        }))?)?;
+    } else {
+        std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&serde_json::json!({
+            "command": command,
+            "model_version": manifest.version,
+            "feature_schema": manifest.feature_schema,
+            "models": models,
+        }))?)?;
+    }
+    std::fs::write(out.join("report.md"), md)?;
+    Ok(())
+}
