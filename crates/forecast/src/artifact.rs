@@ -67,7 +67,12 @@ pub struct Manifest {
     pub status: Status,
     pub created_ms: i64,
     pub feature_schema: String,
+    /// The model inputs: the featurizer's features, then the derived ones.
     pub feature_names: Vec<String>,
+    /// How the derived inputs are computed ([`crate::derived::DERIVED_VERSION`]) and over how
+    /// many slots.
+    pub derived: String,
+    pub anchor_window: usize,
     pub interval_ms: i64,
     pub horizons_slots: Vec<usize>,
     pub training_from_ms: i64,
@@ -207,7 +212,9 @@ pub fn write(
         status: Status::Candidate,
         created_ms: now_ms,
         feature_schema: ds.layout.id().to_owned(),
-        feature_names: ds.layout.names().to_vec(),
+        feature_names: ds.input_names(),
+        derived: crate::derived::DERIVED_VERSION.into(),
+        anchor_window: ds.derivation.window(),
         interval_ms: ds.interval_ms,
         horizons_slots: ds.horizons.clone(),
         training_from_ms: ds.first_slot * ds.interval_ms,
@@ -218,7 +225,7 @@ pub fn write(
         xgboost_version: crate::xgb::ffi::version(),
         models: files,
         metrics: metrics.cloned(),
-        reference: reference(ds.layout.names(), &ds.train, 100_000),
+        reference: reference(&ds.input_names(), &ds.train, 100_000),
     };
     fs::write(tmp.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
     let dir = root.join(&version);

@@ -1,9 +1,10 @@
 //! Fitting the XGBoost models on a dataset's training rows, and the backtest on its test rows
 //! against the baselines.
 //!
-//! Regression models learn the *change* from the current value (`y[t+h] - y_now[t]`): trees
-//! cannot extrapolate levels they have not seen, but changes transfer across entities. The
-//! forecast is the current value plus the predicted change, for each quantile.
+//! Regression models learn the *change* from an anchor, the target's trailing median
+//! (`y[t+h] - median(y[t-11..=t])`, see [`crate::derived`]): trees cannot extrapolate levels
+//! they have not seen, but changes transfer across entities. The forecast is the anchor plus
+//! the predicted change, for each quantile.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -116,7 +117,7 @@ fn delta_labels(ds: &Dataset, rows: &Rows, m: usize, h: usize) -> (Vec<f32>, Vec
     let mut y = Vec::with_capacity(rows.len());
     let mut w = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
-        let d = ds.target(rows, i, m, h) - ds.now(rows, i, m);
+        let d = ds.target(rows, i, m, h) - ds.anchor(rows, i, m);
         if d.is_finite() {
             y.push(d);
             w.push(1.0);
@@ -284,9 +285,10 @@ fn predict_levels(
         let k = model.predict(x, end - start, &mut buf)?;
         anyhow::ensure!(k == nq, "model has {k} outputs, expected {nq}");
         for (j, i) in (start..end).enumerate() {
-            let now = ds.now(rows, i, m);
-            let p50 = now + buf[j * k];
-            let p90 = if k > 1 { now + buf[j * k + 1] } else { p50 };
+            let anchor = ds.anchor(rows, i, m);
+            // Utilisation and rates are never negative.
+            let p50 = (anchor + buf[j * k]).max(0.0);
+            let p90 = if k > 1 { anchor + buf[j * k + 1] } else { p50 };
             // Quantile crossing (rare): keep p90 at or above p50.
             out.push((p50, p90.max(p50)));
         }

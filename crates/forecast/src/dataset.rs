@@ -12,6 +12,8 @@ use headroom_features::{FeatureConfig, FeatureLayout, Outcome, PartitionState, S
 use headroom_schemas::Telemetry;
 use rustc_hash::FxHashMap;
 
+use crate::derived::Derivation;
+
 /// The forecast targets, in order; their values come from [`Sample::metrics`] (cpu, mem, net).
 pub const TARGETS: [&str; 3] = ["cpu", "mem", "net"];
 pub const N_TARGETS: usize = TARGETS.len();
@@ -41,6 +43,8 @@ pub struct DatasetOptions {
     /// The peak label when the data carries no scale-event flag: the value exceeds this
     /// quantile of the entity's own training-period CPU.
     pub peak_quantile: f64,
+    /// Trailing window (slots) of the derived median / p90 features and the forecast anchor.
+    pub anchor_window: usize,
 }
 
 impl Default for DatasetOptions {
@@ -52,6 +56,7 @@ impl Default for DatasetOptions {
             train_stride: 1,
             warmup_slots: 12,
             peak_quantile: 0.97,
+            anchor_window: 12,
         }
     }
 }
@@ -165,6 +170,8 @@ pub struct Dataset {
     pub last_slot: i64,
     /// Index of `{target}_now` in the feature vector, per target.
     pub now_index: [usize; N_TARGETS],
+    /// Model-side derived features (appended to every row) and the anchors.
+    pub derivation: Derivation,
     /// Records the feature code dropped (duplicates, too late) and records without an entity.
     pub dropped: u64,
 }
@@ -219,8 +226,9 @@ impl Dataset {
                 .index_of(&format!("{}_now", TARGETS[m]))
                 .expect("every target has a _now feature")
         });
-        let mut train = Rows::new(layout.len());
-        let mut test = Rows::new(layout.len());
+        let derivation = Derivation::new(&layout, opts.anchor_window.max(1));
+        let mut train = Rows::new(derivation.width());
+        let mut test = Rows::new(derivation.width());
         let mut series = Vec::with_capacity(entities.len());
         let mut dropped = 0u64;
         let mut out = Vec::new();
@@ -253,6 +261,7 @@ impl Dataset {
                 if i < opts.warmup_slots {
                     continue;
                 }
+                derivation.extend(&mut out);
                 if slot >= split_slot {
                     test.push(e as u32, slot, &out);
                 } else if slot + max_h < split_slot && slot.rem_euclid(opts.train_stride as i64) == 0
@@ -285,6 +294,7 @@ impl Dataset {
             first_slot,
             last_slot,
             now_index,
+            derivation,
             dropped,
         })
     }
@@ -297,6 +307,18 @@ impl Dataset {
     /// The current (forward-filled) value of target `m` in row `i`: the naive forecast.
     pub fn now(&self, rows: &Rows, i: usize, m: usize) -> f32 {
         rows.row(i)[self.now_index[m]]
+    }
+
+    /// The anchor of target `m` in row `i` (trailing median): models predict the change from it.
+    pub fn anchor(&self, rows: &Rows, i: usize, m: usize) -> f32 {
+        rows.row(i)[self.derivation.anchor_index(m)]
+    }
+
+    /// Names of the model inputs: the featurizer's, then the derived ones.
+    pub fn input_names(&self) -> Vec<String> {
+        let mut v = self.layout.names().to_vec();
+        v.extend(self.derivation.names());
+        v
     }
 
     /// Pooled in-sample mean absolute error of the naive forecast `lag` slots ahead over the
@@ -405,6 +427,7 @@ mod tests {
             .find(|&j| part.test.entity[j] == full.test.entity[i] && part.test.slot[j] == full.test.slot[i])
             .unwrap();
         assert_eq!(part.test.row(j), full.test.row(i));
+        assert_eq!(full.test.n_features, full.layout.len() + 6);
     }
 
     #[test]

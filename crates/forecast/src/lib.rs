@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod backtest;
 pub mod baselines;
 pub mod dataset;
+pub mod derived;
 pub mod device;
 pub mod metrics;
 pub mod xgb;

@@ -68,6 +68,9 @@ struct Common {
     max_depth: u32,
     #[arg(long, default_value_t = 0.1)]
     eta: f64,
+    /// Minimum rows (hessian) per leaf: larger values regularise.
+    #[arg(long, default_value_t = 5.0)]
+    min_child_weight: f64,
     #[arg(long, default_value_t = 25)]
     early_stopping_rounds: u32,
     /// XGBoost threads (0: all cores).
@@ -194,6 +197,7 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
             rounds: args.rounds,
             max_depth: args.max_depth,
             eta: args.eta,
+            min_child_weight: args.min_child_weight,
             early_stopping_rounds: args.early_stopping_rounds,
             nthread: args.threads,
             ..XgbParams::default()

@@ -82,7 +82,11 @@ pub fn summary(b: &Backtest) -> String {
     keys.dedup();
     for (t, h) in keys {
         let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h).collect();
-        let get = |m: &str| rows.iter().find(|r| r.model == m).map(|r| r.scores.mase).unwrap_or(f64::NAN);
+        let get = |m: &str| {
+            rows.iter()
+                .find(|r| r.model == m)
+                .map_or("–".to_string(), |r| format!("{:.3}", r.scores.mase))
+        };
         let best = rows
             .iter()
             .min_by(|a, b| a.scores.mase.total_cmp(&b.scores.mase))
@@ -90,9 +94,10 @@ pub fn summary(b: &Backtest) -> String {
             .unwrap_or("-");
         let _ = writeln!(
             s,
-            "  {t:4} {:>4} min: xgboost {:.3}  seasonal_naive {:.3}  naive {:.3}  -> best {best}",
+            "  {t:4} {:>4} min: xgboost {}  window_percentile {}  seasonal_naive {}  naive {}  -> best {best}",
             rows[0].horizon_minutes,
             get("xgboost"),
+            get("window_percentile"),
             get("seasonal_naive"),
             get("naive")
         );

@@ -1,0 +1,103 @@
+//! `headroom-train` end to end on generated telemetry: the report (markdown, JSON, plots) and a
+//! model version that loads, predicts, and refuses another feature schema.
+
+use std::path::Path;
+use std::process::Command;
+
+use headroom_features::{FeatureConfig, FeatureLayout};
+use headroom_forecast::artifact;
+
+fn train(dir: &Path, cmd: &str, extra: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
+        .current_dir(dir)
+        .args([cmd, "--generate-entities", "6", "--generate-days", "5", "--rounds", "30", "--threads", "2"])
+        .args(extra)
+        .output()
+        .expect("run headroom-train");
+    assert!(
+        out.status.success(),
+        "headroom-train {cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn evaluate_writes_a_report_and_a_loadable_model_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(dir.path(), "evaluate", &["--train-days", "4"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("best MASE"), "{stdout}");
+
+    let report = dir.path().join("reports/latest");
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    for needle in ["### cpu", "### mem", "### net", "seasonal_naive", "window_percentile", "PR-AUC", ".png"] {
+        assert!(md.contains(needle), "report.md lacks {needle}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let rows = json["backtest"]["rows"].as_array().unwrap();
+    // 3 targets × 3 horizons × (xgboost + 3 baselines)
+    assert_eq!(rows.len(), 36);
+    for r in rows {
+        let mase = r["mase"].as_f64().unwrap();
+        assert!(mase.is_finite() && mase > 0.0, "{r}");
+    }
+    // On the generator's daily pattern XGBoost beats the naive forecast at 30 minutes.
+    let mase = |model: &str| {
+        rows.iter()
+            .find(|r| r["model"] == model && r["target"] == "cpu" && r["horizon_slots"] == 6)
+            .unwrap()["mase"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(mase("xgboost") < mase("naive"), "xgboost {} naive {}", mase("xgboost"), mase("naive"));
+    let png = std::fs::read(report.join("forecast-0-cpu-h3.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
+    let versions = artifact::list(&dir.path().join("models")).unwrap();
+    assert_eq!(versions.len(), 1);
+    let vdir = dir.path().join("models").join(&versions[0]);
+    let layout = FeatureLayout::new(&FeatureConfig::default());
+    let loaded = artifact::load(&vdir, layout.id()).unwrap();
+    assert_eq!(loaded.boosters.len(), 10);
+    assert_eq!(loaded.manifest.feature_names.len(), layout.len() + 6);
+    assert_eq!(loaded.manifest.reference.len(), layout.len() + 6);
+    assert!(loaded.manifest.metrics.is_some());
+    // One model predicts a row of the right width.
+    let mut out = Vec::new();
+    let row = vec![0.3f32; layout.len() + 6];
+    assert_eq!(loaded.boosters[0].1.predict(&row, 1, &mut out).unwrap(), 2);
+
+    // Another feature configuration has another schema: the version is refused, by name.
+    let other = FeatureLayout::new(&FeatureConfig { lags: 12, ..FeatureConfig::default() });
+    let e = artifact::load(&vdir, other.id()).unwrap_err().to_string();
+    assert!(e.contains("feature schema") && e.contains(other.id()), "{e}");
+}
+
+#[test]
+fn train_fits_on_everything_and_bad_arguments_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), "train", &["--targets", "cpu", "--no-classifier"]);
+    let versions = artifact::list(&dir.path().join("models")).unwrap();
+    assert_eq!(versions.len(), 1);
+    let md = std::fs::read_to_string(dir.path().join("reports/latest/report.md")).unwrap();
+    assert!(md.contains("xgboost cpu h6") && !md.contains("## Accuracy"), "{md}");
+
+    for (args, needle) in [
+        (vec!["evaluate", "--generate-entities", "2", "--generate-days", "2", "--horizons", "7m"], "not a positive multiple"),
+        (vec!["evaluate", "--generate-entities", "2", "--generate-days", "2", "--targets", "gpu"], "unknown target `gpu`"),
+        (vec!["evaluate", "--generate-entities", "2", "--generate-days", "2", "--train-days", "3"], "leaves no test period"),
+        (vec!["evaluate", "--trace", "/nonexistent/trace.csv", "--trace-format", "generic"], "nonexistent"),
+        (vec!["evaluate", "--generate-entities", "2", "--device", "gpu"], "auto, cpu or cuda"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
+            .current_dir(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
