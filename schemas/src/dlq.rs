@@ -24,10 +24,14 @@ pub enum DlqReason {
     TooLate,
     KeyMismatch,
     OutputTooLarge,
+    /// A feature vector of another feature schema than the serving model's.
+    FeatureSchemaMismatch,
+    /// The model failed on a batch (the record is kept whole for a replay).
+    ScoringFailed,
 }
 
 impl DlqReason {
-    pub const ALL: [DlqReason; 15] = [
+    pub const ALL: [DlqReason; 17] = [
         DlqReason::Truncated,
         DlqReason::BadMagic,
         DlqReason::UnknownSchema,
@@ -43,6 +47,8 @@ impl DlqReason {
         DlqReason::TooLate,
         DlqReason::KeyMismatch,
         DlqReason::OutputTooLarge,
+        DlqReason::FeatureSchemaMismatch,
+        DlqReason::ScoringFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +68,8 @@ impl DlqReason {
             DlqReason::TooLate => "too_late",
             DlqReason::KeyMismatch => "key_mismatch",
             DlqReason::OutputTooLarge => "output_too_large",
+            DlqReason::FeatureSchemaMismatch => "feature_schema_mismatch",
+            DlqReason::ScoringFailed => "scoring_failed",
         }
     }
 

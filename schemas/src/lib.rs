@@ -15,12 +15,15 @@ pub mod avro;
 pub mod catalogue;
 pub mod dlq;
 pub mod features;
+pub mod forecasts;
 pub mod framing;
+mod generic;
 pub mod telemetry;
 
 pub use catalogue::{Catalogue, SchemaEntry};
 pub use dlq::{DeadLetter, DlqReason};
 pub use features::FeaturesRecord;
+pub use forecasts::{Forecast, ForecastPoint, Metric, ModelEvent, ModelEventKind};
 pub use framing::{frame, unframe, Framed, MAGIC_BYTE};
 pub use telemetry::{Telemetry, TelemetryDecoder, ValidationLimits};
 

@@ -268,8 +268,9 @@ pub enum LoadError {
     },
 }
 
-/// Loads the version in `dir`, refusing it unless its feature schema is `expected_schema`.
-pub fn load(dir: &Path, expected_schema: &str) -> Result<Loaded, LoadError> {
+/// Loads the version in `dir`, refusing it unless its feature schema is `expected_schema`
+/// (when one is given).
+pub fn load(dir: &Path, expected_schema: Option<&str>) -> Result<Loaded, LoadError> {
     let d = dir.display().to_string();
     let io = |source| LoadError::Io {
         dir: d.clone(),
@@ -286,12 +287,14 @@ pub fn load(dir: &Path, expected_schema: &str) -> Result<Loaded, LoadError> {
             found: manifest.format,
         });
     }
-    if manifest.feature_schema != expected_schema {
-        return Err(LoadError::SchemaMismatch {
-            version: manifest.version,
-            model: manifest.feature_schema,
-            live: expected_schema.to_owned(),
-        });
+    if let Some(expected) = expected_schema {
+        if manifest.feature_schema != expected {
+            return Err(LoadError::SchemaMismatch {
+                version: manifest.version,
+                model: manifest.feature_schema,
+                live: expected.to_owned(),
+            });
+        }
     }
     let mut boosters = Vec::new();
     for f in &manifest.models {
@@ -308,6 +311,48 @@ pub fn load(dir: &Path, expected_schema: &str) -> Result<Loaded, LoadError> {
         dir: dir.to_owned(),
         boosters,
     })
+}
+
+/// The registry file of a models directory: which version of each family serves.
+pub const REGISTRY: &str = "registry.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Registry {
+    /// family -> serving version
+    pub serving: std::collections::BTreeMap<String, String>,
+    /// version -> status (versions absent here are candidates)
+    #[serde(default)]
+    pub status: std::collections::BTreeMap<String, Status>,
+}
+
+impl Registry {
+    pub fn read(root: &Path) -> anyhow::Result<Registry> {
+        match fs::read(root.join(REGISTRY)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", root.join(REGISTRY).display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Marks `version` serving for its family (the previous one retired), atomically.
+    pub fn promote(root: &Path, version: &str) -> anyhow::Result<Registry> {
+        let dir = root.join(version);
+        let manifest: Manifest = serde_json::from_slice(&fs::read(dir.join(MANIFEST)).map_err(
+            |e| anyhow::anyhow!("model version {version} not found in {}: {e}", root.display()),
+        )?)?;
+        let mut reg = Registry::read(root)?;
+        if let Some(prev) = reg.serving.insert(manifest.family.clone(), version.to_owned()) {
+            if prev != version {
+                reg.status.insert(prev, Status::Retired);
+            }
+        }
+        reg.status.insert(version.to_owned(), Status::Serving);
+        let tmp = root.join(".registry.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&reg)?)?;
+        fs::rename(&tmp, root.join(REGISTRY))?;
+        Ok(reg)
+    }
 }
 
 /// The versions under `root`, oldest first.

@@ -29,17 +29,25 @@ impl Derivation {
     /// `window` is the trailing window in slots (the featurizer's lags must cover `window - 1`;
     /// fewer lags shorten it).
     pub fn new(layout: &FeatureLayout, window: usize) -> Derivation {
-        let sources = std::array::from_fn(|m| {
+        Derivation::from_names(layout.names(), window).expect("every target has a _now feature")
+    }
+
+    /// From the featurizer's feature names (as recorded in a model manifest).
+    pub fn from_names(names: &[String], window: usize) -> anyhow::Result<Derivation> {
+        let index_of = |n: &str| names.iter().position(|x| x == n);
+        let mut sources: [Vec<usize>; N_TARGETS] = Default::default();
+        for (m, src) in sources.iter_mut().enumerate() {
             let t = TARGETS[m];
-            let mut v = vec![layout.index_of(&format!("{t}_now")).expect("every target has _now")];
-            v.extend((1..window).filter_map(|k| layout.index_of(&format!("{t}_lag_{k}"))));
-            v
-        });
-        Derivation {
-            sources,
-            base_len: layout.len(),
-            window,
+            let now = index_of(&format!("{t}_now"))
+                .ok_or_else(|| anyhow::anyhow!("the features have no `{t}_now`"))?;
+            src.push(now);
+            src.extend((1..window).filter_map(|k| index_of(&format!("{t}_lag_{k}"))));
         }
+        Ok(Derivation {
+            sources,
+            base_len: names.len(),
+            window,
+        })
     }
 
     /// Names of the derived features, appended after the featurizer's.

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod derived;
 pub mod device;
 pub mod metrics;
+pub mod serving;
 pub mod xgb;
 
 pub use dataset::{Dataset, DatasetOptions, Split, TARGETS};

@@ -493,6 +493,12 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         .with_context(|| format!("subscribing to {topics:?}"))?;
     tracing::info!(service = %opts.service, topics = ?topics, group = %cfg.kafka.group_id, "consuming");
 
+    let flush_ctx = FlushCtx {
+        metrics: &opts.metrics,
+        service: &opts.service,
+        dlq_topic: opts.dlq_topic.as_deref(),
+        max_output_bytes: rt.max_output_bytes,
+    };
     let mut st = LoopState::default();
     let mut epoch_started = Instant::now();
     let mut last_commit = Instant::now();
@@ -596,7 +602,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         if st.in_epoch >= rt.max_batch || (st.in_epoch > 0 && epoch_age >= rt.max_batch_wait) {
             opts.metrics.batch_size.observe(st.in_epoch as f64);
             opts.metrics.batch_seconds.observe(epoch_age.as_secs_f64());
-            st.seal(&mut processor, &sealed, &outstanding, &producer);
+            st.seal(&mut processor, &sealed, &outstanding, &producer, &flush_ctx);
         }
         if now.saturating_duration_since(last_commit) >= rt.commit_interval {
             promote_complete(&sealed, &outstanding, &durable);
@@ -612,7 +618,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         Ok(()) => {
             // Drain: seal what was processed, wait for its outputs, commit, leave the group.
             let deadline = Instant::now() + rt.drain_deadline;
-            st.seal(&mut processor, &sealed, &outstanding, &producer);
+            st.seal(&mut processor, &sealed, &outstanding, &producer, &flush_ctx);
             match producer.flush(rt.drain_deadline) {
                 Ok(()) if delivery_failure(&producer).is_none() => {
                     promote_complete(&sealed, &outstanding, &durable);
@@ -672,6 +678,14 @@ struct PartitionPos {
     /// decrease along a partition, so an older floor is a safe (lower) floor for any later
     /// position; computing it once per commit interval keeps the per-seal cost constant.
     floor: Option<Option<i64>>,
+}
+
+/// What [`LoopState::seal`] needs to let the processor flush a micro-batch.
+struct FlushCtx<'a> {
+    metrics: &'a Metrics,
+    service: &'a str,
+    dlq_topic: Option<&'a str>,
+    max_output_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -755,7 +769,18 @@ impl LoopState {
         sealed: &Mutex<VecDeque<Sealed>>,
         outstanding: &Outstanding,
         producer: &ThreadedProducer<ProducerCtx>,
+        ctx: &FlushCtx<'_>,
     ) {
+        let mut flush = crate::processor::Flush {
+            producer,
+            metrics: ctx.metrics,
+            service: ctx.service,
+            dlq_topic: ctx.dlq_topic,
+            max_output_bytes: ctx.max_output_bytes,
+            outstanding,
+            epoch_slot: self.epoch_slot(),
+        };
+        processor.flush(&mut flush);
         let mut positions = Vec::new();
         for (topic, partition, part) in self.assigned.iter_mut() {
             if part.touched {

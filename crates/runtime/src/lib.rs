@@ -37,5 +37,5 @@ pub mod trace;
 pub use config::{load_config, CommonConfig, ConfigError, KafkaConfig};
 pub use kafka::run;
 pub use metrics::Metrics;
-pub use processor::{Emitter, InputRecord, Processor};
+pub use processor::{Emitter, Flush, InputRecord, Processor};
 pub use shutdown::Shutdown;

@@ -45,6 +45,50 @@ pub trait Processor: Send + 'static {
 
     /// Called at each commit, for housekeeping such as expiring idle state and updating gauges.
     fn on_commit(&mut self, _metrics: &Metrics) {}
+
+    /// Called when the current batch (epoch) closes, before its positions are sealed: a
+    /// processor that buffers records to work on them together (micro-batches) emits their
+    /// outputs here. They count towards this batch, so its offsets are committed only once
+    /// they are acknowledged. Records buffered for a partition that is then revoked must be
+    /// dropped in [`Processor::on_revoke`] (their offsets are not committed: the next owner
+    /// processes them).
+    fn flush(&mut self, _out: &mut Flush<'_>) {}
+}
+
+/// Emits the outputs of buffered records at the end of a batch.
+pub struct Flush<'a> {
+    pub(crate) producer: &'a ThreadedProducer<ProducerCtx>,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) service: &'a str,
+    pub(crate) dlq_topic: Option<&'a str>,
+    pub(crate) max_output_bytes: usize,
+    pub(crate) outstanding: &'a crate::kafka::Outstanding,
+    pub(crate) epoch_slot: usize,
+}
+
+impl<'a> Flush<'a> {
+    /// An emitter for one buffered record (rebuilt by the processor from what it kept).
+    pub fn emitter<'r>(&'r self, record: &'r InputRecord<'r>) -> Emitter<'r>
+    where
+        'a: 'r,
+    {
+        Emitter {
+            producer: self.producer,
+            metrics: self.metrics,
+            service: self.service,
+            dlq_topic: self.dlq_topic,
+            record,
+            suppressed: false,
+            max_output_bytes: self.max_output_bytes,
+            emitted: 0,
+            outstanding: self.outstanding,
+            epoch_slot: self.epoch_slot,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.metrics
+    }
 }
 
 /// Where a processor's outputs go. In replay mode everything is suppressed.

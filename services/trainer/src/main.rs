@@ -34,6 +34,13 @@ enum Command {
     Evaluate(Common),
     /// Fit on the whole trace and write a candidate model version.
     Train(Common),
+    /// Mark a version as serving in the models directory's registry (the scorer loads it at
+    /// start-up; a running scorer switches when the promotion is announced on the models topic).
+    Promote {
+        version: String,
+        #[arg(long, default_value = "models")]
+        models_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -115,7 +122,11 @@ impl Progress for Bar {
         }
     }
     fn model_done(&mut self, name: &str, seconds: f64) {
-        self.bar.println(format!("  {name}: {seconds:.1} s"));
+        if self.bar.is_hidden() {
+            eprintln!("  {name}: {seconds:.1} s");
+        } else {
+            self.bar.println(format!("  {name}: {seconds:.1} s"));
+        }
     }
 }
 
@@ -124,6 +135,11 @@ fn main() -> anyhow::Result<()> {
     let (args, evaluate) = match cli.command {
         Command::Evaluate(a) => (a, true),
         Command::Train(a) => (a, false),
+        Command::Promote { version, models_dir } => {
+            let reg = artifact::Registry::promote(&models_dir, &version)?;
+            eprintln!("serving: {:?}", reg.serving);
+            return Ok(());
+        }
     };
     run(args, evaluate)
 }

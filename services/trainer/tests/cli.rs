@@ -59,7 +59,7 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     assert_eq!(versions.len(), 1);
     let vdir = dir.path().join("models").join(&versions[0]);
     let layout = FeatureLayout::new(&FeatureConfig::default());
-    let loaded = artifact::load(&vdir, layout.id()).unwrap();
+    let loaded = artifact::load(&vdir, Some(layout.id())).unwrap();
     assert_eq!(loaded.boosters.len(), 10);
     assert_eq!(loaded.manifest.feature_names.len(), layout.len() + 6);
     assert_eq!(loaded.manifest.reference.len(), layout.len() + 6);
@@ -71,7 +71,7 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
 
     // Another feature configuration has another schema: the version is refused, by name.
     let other = FeatureLayout::new(&FeatureConfig { lags: 12, ..FeatureConfig::default() });
-    let e = artifact::load(&vdir, other.id()).unwrap_err().to_string();
+    let e = artifact::load(&vdir, Some(other.id())).unwrap_err().to_string();
     assert!(e.contains("feature schema") && e.contains(other.id()), "{e}");
 }
 

@@ -1,0 +1,76 @@
+//! Decoding any catalogued subject through the reference `apache-avro` reader, resolved to the
+//! subject's latest schema. For records read at low rates (forecasts by tools and tests, model
+//! events); hot paths have hand-written codecs.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+
+use crate::{framing, Catalogue, DecodeError};
+
+type Readers = HashMap<String, Vec<(u32, GenericDatumReader<'static>)>>;
+
+fn readers() -> &'static Readers {
+    static READERS: OnceLock<Readers> = OnceLock::new();
+    READERS.get_or_init(|| {
+        let cat = Catalogue::builtin();
+        let mut map: Readers = HashMap::new();
+        for subject in cat.subjects() {
+            let Some(latest) = cat.latest(subject) else { continue };
+            let v = cat
+                .versions(subject)
+                .filter_map(|e| {
+                    GenericDatumReader::builder(&e.schema)
+                        .reader_schema(&latest.schema)
+                        .build()
+                        .ok()
+                        .map(|r| (e.id, r))
+                })
+                .collect();
+            map.insert(subject.to_owned(), v);
+        }
+        map
+    })
+}
+
+/// Decodes a framed payload of `subject` into its top-level fields (unions unwrapped).
+pub fn decode_fields(subject: &str, payload: &[u8]) -> Result<Vec<(String, Value)>, DecodeError> {
+    let framed = framing::unframe(payload)?;
+    let reader = readers()
+        .get(subject)
+        .and_then(|v| v.iter().find(|(id, _)| *id == framed.schema_id))
+        .map(|(_, r)| r)
+        .ok_or_else(|| match Catalogue::builtin().by_id(framed.schema_id) {
+            Some(e) => DecodeError::WrongSubject {
+                id: framed.schema_id,
+                subject: e.subject.clone(),
+            },
+            None => DecodeError::UnknownSchemaId(framed.schema_id),
+        })?;
+    let mut cur = framed.datum;
+    let value = reader.read_value(&mut cur).map_err(|e| DecodeError::Avro {
+        id: framed.schema_id,
+        detail: e.to_string(),
+    })?;
+    if !cur.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            id: framed.schema_id,
+            extra: cur.len(),
+        });
+    }
+    let Value::Record(fields) = value else {
+        return Err(DecodeError::Field {
+            field: "record",
+            detail: "not a record".into(),
+        });
+    };
+    Ok(fields
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::Union(_, inner) => (k, *inner),
+            other => (k, other),
+        })
+        .collect())
+}

@@ -1,0 +1,93 @@
+use std::path::{Path, PathBuf};
+
+use headroom_runtime::config::{HttpConfig, LogConfig, RegistryConfig, RuntimeConfig};
+use headroom_runtime::{load_config, CommonConfig, ConfigError, KafkaConfig};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULTS: &str = include_str!("../default.toml");
+pub const ENV_PREFIX: &str = "HEADROOM_SCORER__";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub models: String,
+    pub dlq: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pub dir: PathBuf,
+    pub family: String,
+    pub threads: usize,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+    pub schema_registry: RegistryConfig,
+    pub topics: Topics,
+    pub models: Models,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let c: Config = load_config(DEFAULTS, file, ENV_PREFIX)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.common().validate()?;
+        let t = &self.topics;
+        if t.input == t.output || t.output == t.dlq || t.models == t.input || t.models == t.output {
+            return Err(ConfigError::Invalid(
+                "key `topics`: input, output, models and dlq must be different topics".into(),
+            ));
+        }
+        if self.models.threads == 0 || self.models.threads > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "key `models.threads` must be between 1 and 256, got {}",
+                self.models.threads
+            )));
+        }
+        if self.models.family.is_empty() {
+            return Err(ConfigError::Invalid("key `models.family` must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    pub fn common(&self) -> CommonConfig {
+        CommonConfig {
+            kafka: self.kafka.clone(),
+            http: self.http.clone(),
+            log: self.log.clone(),
+            runtime: self.runtime.clone(),
+            schema_registry: self.schema_registry.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_bad_values_name_the_key() {
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_SCORER_TEST1__").unwrap();
+        c.validate().unwrap();
+        std::env::set_var("HEADROOM_SCORER_TEST2__MODELS__THREADS", "0");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_SCORER_TEST2__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("models.threads"));
+        std::env::set_var("HEADROOM_SCORER_TEST3__MODELS__WATCH", "sometimes");
+        let e = load_config::<Config>(DEFAULTS, None, "HEADROOM_SCORER_TEST3__").unwrap_err();
+        assert!(e.to_string().contains("models.watch"), "{e}");
+    }
+}

@@ -1,0 +1,293 @@
+//! Micro-batch scoring: records are decoded and buffered as they arrive; when the runtime
+//! closes a batch, the buffered vectors become one Arrow record batch, every model head scores
+//! it in one call, and one forecast per record is published. A batch is scored by exactly one
+//! model version: a newly promoted version is swapped in between batches, so no event is
+//! dropped or scored twice across a swap.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Int64Builder, StringBuilder};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use headroom_forecast::serving::{Scores, ServingModel};
+use headroom_forecast::TARGETS;
+use headroom_runtime::{Emitter, Flush, InputRecord, Metrics, Processor};
+use headroom_schemas::{DlqReason, FeaturesRecord, Forecast, ForecastPoint, Metric};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
+
+/// Where the model watcher leaves a newly loaded version for the next batch.
+pub type NextModel = Arc<Mutex<Option<ServingModel>>>;
+
+/// What is kept of a buffered record until its batch is scored.
+struct Pending {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+    timestamp_ms: Option<i64>,
+    record: FeaturesRecord,
+}
+
+#[derive(Clone)]
+pub struct ScorerMetrics {
+    pub swaps: IntCounter,
+    pub load_failures: IntCounter,
+    pub score_seconds: Histogram,
+    pub scored: IntCounter,
+}
+
+impl ScorerMetrics {
+    pub fn new(m: &Metrics) -> ScorerMetrics {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help)).expect("metric");
+            let _ = m.registry.register(Box::new(c.clone()));
+            c
+        };
+        let score_seconds = Histogram::with_opts(
+            HistogramOpts::new("scorer_batch_score_seconds", "Time to score one micro-batch with every head.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .expect("metric");
+        let _ = m.registry.register(Box::new(score_seconds.clone()));
+        ScorerMetrics {
+            swaps: counter("scorer_model_swaps_total", "Model versions swapped in without a restart."),
+            load_failures: counter(
+                "scorer_model_load_failures_total",
+                "Announced model versions that could not be loaded (the previous one kept serving).",
+            ),
+            score_seconds,
+            scored: counter("scorer_events_scored_total", "Feature events scored."),
+        }
+    }
+}
+
+pub struct Scorer {
+    input_topic: String,
+    output: String,
+    model: ServingModel,
+    next: NextModel,
+    threads: usize,
+    pending: Vec<Pending>,
+    scores: Scores,
+    buf: Vec<u8>,
+    metrics: ScorerMetrics,
+}
+
+/// The Arrow schema of a scoring micro-batch.
+pub fn batch_schema(width: usize) -> Schema {
+    Schema::new(vec![
+        Field::new("entity_id", DataType::Utf8, false),
+        Field::new("ts_ms", DataType::Int64, false),
+        Field::new(
+            "features",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), width as i32),
+            false,
+        ),
+    ])
+}
+
+/// Builds the record batch of `rows` (all of one feature width).
+pub fn to_record_batch<'a>(
+    rows: impl Iterator<Item = &'a FeaturesRecord>,
+    width: usize,
+) -> anyhow::Result<RecordBatch> {
+    let mut ids = StringBuilder::new();
+    let mut ts = Int64Builder::new();
+    let mut feats = FixedSizeListBuilder::new(Float32Builder::new(), width as i32)
+        .with_field(Arc::new(Field::new("item", DataType::Float32, true)));
+    for r in rows {
+        anyhow::ensure!(r.values.len() == width, "vector of {} values, expected {width}", r.values.len());
+        ids.append_value(&r.entity_id);
+        ts.append_value(r.ts_ms);
+        feats.values().append_slice(&r.values);
+        feats.append(true);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(batch_schema(width)),
+        vec![Arc::new(ids.finish()), Arc::new(ts.finish()), Arc::new(feats.finish())],
+    )?)
+}
+
+/// The features column of a batch as one contiguous row-major slice.
+pub fn feature_values(batch: &RecordBatch) -> anyhow::Result<&[f32]> {
+    let col = batch
+        .column_by_name("features")
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+        .ok_or_else(|| anyhow::anyhow!("batch has no fixed-size-list `features` column"))?;
+    let values = col
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| anyhow::anyhow!("features are not float32"))?;
+    let w = col.value_length() as usize;
+    let off = col.offset() * w;
+    Ok(&values.values()[off..off + col.len() * w])
+}
+
+impl Scorer {
+    pub fn new(
+        input_topic: String,
+        output: String,
+        mut model: ServingModel,
+        next: NextModel,
+        threads: usize,
+        metrics: ScorerMetrics,
+    ) -> anyhow::Result<Scorer> {
+        model.set_threads(threads)?;
+        Ok(Scorer {
+            input_topic,
+            output,
+            model,
+            next,
+            threads,
+            pending: Vec::new(),
+            scores: Scores::default(),
+            buf: Vec::new(),
+            metrics,
+        })
+    }
+
+    fn swap_if_announced(&mut self) {
+        let next = match self.next.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        if let Some(mut m) = next {
+            if let Err(e) = m.set_threads(self.threads) {
+                tracing::error!(error = %e, version = %m.version, "cannot configure the new model; keeping the current one");
+                self.metrics.load_failures.inc();
+                return;
+            }
+            tracing::info!(from = %self.model.version, to = %m.version, "model version swapped");
+            self.model = m;
+            self.metrics.swaps.inc();
+        }
+    }
+
+    fn emit_forecast(&mut self, p: &Pending, i: usize, emitter: &mut Emitter<'_>) {
+        let m = &self.model;
+        let tag = format!("{}/{}", m.family, m.version);
+        let points = m
+            .heads
+            .iter()
+            .zip(&self.scores.heads)
+            .map(|(h, preds)| ForecastPoint {
+                metric: Metric::from_short(TARGETS[h.target]).unwrap_or(Metric::Cpu),
+                horizon_min: h.horizon_min,
+                p50: f64::from(preds[i].0),
+                p90: f64::from(preds[i].1),
+                model: tag.clone(),
+            })
+            .collect();
+        let r = &p.record;
+        let f = Forecast {
+            event_id: r.event_id.clone(),
+            entity_id: r.entity_id.clone(),
+            ts_ms: r.ts_ms,
+            service: r.service.clone(),
+            cluster: r.cluster.clone(),
+            points,
+            scale_event_prob: self.scores.peak.get(i).map(|p| f64::from(*p)),
+            model_versions: vec![(m.family.clone(), m.version.clone())],
+        };
+        self.buf.clear();
+        f.encode_framed(&mut self.buf);
+        let out = self.output.clone();
+        emitter.emit(&out, r.entity_id.as_bytes(), &self.buf);
+    }
+}
+
+fn input<'a>(topic: &'a str, p: &'a Pending) -> InputRecord<'a> {
+    InputRecord {
+        topic,
+        partition: p.partition,
+        offset: p.offset,
+        key: p.key.as_deref(),
+        payload: Some(&p.payload),
+        timestamp_ms: p.timestamp_ms,
+        traceparent: p.traceparent.as_deref(),
+        now_ms: 0,
+    }
+}
+
+impl Processor for Scorer {
+    fn process(&mut self, rec: &InputRecord<'_>, out: &mut Emitter<'_>) {
+        if out.is_replay() {
+            return;
+        }
+        let Some(payload) = rec.payload else {
+            out.dead_letter(DlqReason::Truncated, "record without a value");
+            return;
+        };
+        match FeaturesRecord::decode(payload) {
+            Ok(record) => self.pending.push(Pending {
+                partition: rec.partition,
+                offset: rec.offset,
+                key: rec.key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+                traceparent: rec.traceparent.map(str::to_owned),
+                timestamp_ms: rec.timestamp_ms,
+                record,
+            }),
+            Err(e) => out.dead_letter(e.reason(), &e.to_string()),
+        }
+    }
+
+    fn on_revoke(&mut self, _topic: &str, partition: i32) {
+        // Not committed: the partition's next owner scores them.
+        self.pending.retain(|p| p.partition != partition);
+    }
+
+    fn flush(&mut self, out: &mut Flush<'_>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.swap_if_announced();
+        let pending = std::mem::take(&mut self.pending);
+        let schema = self.model.feature_schema.clone();
+        let width = self.model.input_len();
+        let topic = self.input_topic.clone();
+        let (ok, bad): (Vec<Pending>, Vec<Pending>) = pending
+            .into_iter()
+            .partition(|p| p.record.feature_set == schema && p.record.values.len() == width);
+        for p in &bad {
+            let rec = input(&topic, p);
+            let detail = format!(
+                "feature set {} ({} values); the serving model {} expects {schema} ({width} values)",
+                p.record.feature_set,
+                p.record.values.len(),
+                self.model.version
+            );
+            out.emitter(&rec).dead_letter(DlqReason::FeatureSchemaMismatch, &detail);
+        }
+        if ok.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let scored = to_record_batch(ok.iter().map(|p| &p.record), width).and_then(|batch| {
+            let values = feature_values(&batch)?;
+            self.model.score(values, batch.num_rows(), &mut self.scores)
+        });
+        self.metrics.score_seconds.observe(started.elapsed().as_secs_f64());
+        match scored {
+            Ok(()) => {
+                for (i, p) in ok.iter().enumerate() {
+                    let rec = input(&topic, p);
+                    let mut e = out.emitter(&rec);
+                    self.emit_forecast(p, i, &mut e);
+                }
+                self.metrics.scored.inc_by(ok.len() as u64);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, version = %self.model.version, rows = ok.len(), "scoring failed; records dead-lettered");
+                for p in &ok {
+                    let rec = input(&topic, p);
+                    out.emitter(&rec)
+                        .dead_letter(DlqReason::ScoringFailed, &err.to_string());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The scorer against the real broker: forecasts for every feature event, exactly once, with the
+//! serving version; a version promoted on the models topic is swapped in without a restart and
+//! without dropping or double-scoring an event; bad input is dead-lettered.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use headroom_features::{FeatureConfig, Outcome, PartitionState, Sample};
+use headroom_forecast::backtest::{self, FitOptions, Quiet};
+use headroom_forecast::serving::{Scores, ServingModel};
+use headroom_forecast::xgb::XgbParams;
+use headroom_forecast::{artifact, Dataset, DatasetOptions, DeviceChoice, Split};
+use headroom_runtime::Shutdown;
+use headroom_schemas::features::event_id as event_id_of;
+use headroom_schemas::{FeaturesRecord, Forecast, ModelEvent, ModelEventKind, Telemetry};
+use headroom_scorer::Config;
+use headroom_sources::{GenConfig, Generator};
+use headroom_testkit::rdkafka::Message;
+use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
+
+fn generated(entities: u32, days: i64) -> Vec<Telemetry> {
+    let mut g = Generator::new(GenConfig {
+        entities: Some(entities),
+        ..GenConfig::default()
+    });
+    let start = 1_700_000_000_000 / 300_000 * 300_000;
+    let mut out = Vec::new();
+    for r in 0..days * 288 {
+        for i in 0..g.entity_count() {
+            out.push(g.sample(i, start + r * 300_000));
+        }
+    }
+    out
+}
+
+/// Two small versions trained on generated telemetry (different rounds, so their forecasts
+/// differ), written under `dir`.
+fn train_versions(dir: &Path) -> (String, String) {
+    let ds = Dataset::build(
+        generated(4, 3),
+        &DatasetOptions {
+            split: Split::None,
+            ..DatasetOptions::default()
+        },
+    )
+    .unwrap();
+    let mut names = Vec::new();
+    for (k, rounds) in [8u32, 16].into_iter().enumerate() {
+        let opts = FitOptions {
+            xgb: XgbParams {
+                rounds,
+                max_depth: 4,
+                nthread: 2,
+                ..XgbParams::default()
+            },
+            device: DeviceChoice::Cpu,
+            ..FitOptions::default()
+        };
+        let models = backtest::fit(&ds, &opts, &mut Quiet).unwrap();
+        let (m, _) = artifact::write(dir, &ds, &models, None, 1_700_000_000_000 + k as i64 * 1000).unwrap();
+        names.push(m.version);
+    }
+    (names[0].clone(), names[1].clone())
+}
+
+/// Feature records exactly as the featurizer computes them.
+fn features(records: &[Telemetry]) -> Vec<FeaturesRecord> {
+    let mut st = PartitionState::new(FeatureConfig::default());
+    let schema = st.layout().id().to_owned();
+    let mut out = Vec::new();
+    let mut v = Vec::new();
+    for (i, t) in records.iter().enumerate() {
+        if let Outcome::Emitted { .. } = st.process(&t.entity_id, &Sample::from(t), i as u64, &mut v) {
+            out.push(FeaturesRecord {
+                event_id: event_id_of(&t.entity_id, t.ts_ms),
+                entity_id: t.entity_id.clone(),
+                ts_ms: t.ts_ms,
+                service: t.service.clone(),
+                cluster: t.cluster.clone(),
+                feature_set: schema.clone(),
+                values: v.clone(),
+                cpu_util: t.cpu_util.unwrap_or(0.0),
+                mem_util: t.mem_util.unwrap_or(0.0),
+                ..FeaturesRecord::default()
+            });
+        }
+    }
+    out
+}
+
+fn rec(f: &FeaturesRecord) -> Rec {
+    let mut payload = Vec::new();
+    f.encode_framed(&mut payload);
+    Rec {
+        key: Some(f.entity_id.clone().into_bytes()),
+        payload,
+        headers: vec![],
+    }
+}
+
+fn config(brokers: &str, prefix: &str, models: &Path) -> Config {
+    let mut c: Config =
+        headroom_runtime::load_config(include_str!("../default.toml"), None, "HEADROOM_SCORER_ITEST_UNUSED__").unwrap();
+    c.kafka.brokers = brokers.to_owned();
+    c.kafka.group_id = unique("scorer");
+    c.http.listen = "127.0.0.1:0".into();
+    c.runtime.commit_interval = Duration::from_millis(200);
+    c.topics.input = format!("{prefix}features");
+    c.topics.output = format!("{prefix}forecasts");
+    c.topics.models = format!("{prefix}models");
+    c.topics.dlq = format!("{prefix}telemetry.dlq");
+    c.models.dir = models.to_owned();
+    c
+}
+
+fn promote(brokers: &str, topic: &str, dir: &Path, version: &str, schema: &str) {
+    let e = ModelEvent {
+        event_id: unique("ev"),
+        model_name: "xgboost".into(),
+        version: version.into(),
+        ts_ms: 1,
+        kind: ModelEventKind::Promoted,
+        artifact_uri: format!("file://{}", dir.join(version).display()),
+        feature_set: schema.into(),
+        metrics: vec![],
+        reason: None,
+    };
+    let mut payload = Vec::new();
+    e.encode_framed(&mut payload);
+    produce(brokers, topic, &[Rec { key: Some(b"xgboost".to_vec()), payload, headers: vec![] }]);
+}
+
+/// Stops the service when the test ends, also when it fails (the runtime would wait for it).
+struct StopOnDrop(Shutdown);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
+fn version_of(f: &Forecast) -> String {
+    f.model_versions.iter().find(|(k, _)| k == "xgboost").map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_every_event_once_and_swaps_versions_live() {
+    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
+        format: headroom_runtime::config::LogFormat::Text,
+        level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    });
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("scorer"));
+    create_topics(&brokers, &prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = train_versions(dir.path());
+    artifact::Registry::promote(dir.path(), &v1).unwrap();
+
+    // 4 entities over 1 day: 1,152 feature events.
+    let feats = features(&generated(4, 1));
+    let schema = feats[0].feature_set.clone();
+    let (first, rest) = feats.split_at(400);
+    produce(&brokers, &format!("{prefix}features"), &first.iter().map(rec).collect::<Vec<_>>());
+    // Bad input: undecodable bytes, and a vector of another feature schema.
+    let mut other = first[0].clone();
+    other.feature_set = "fs1-0000000000000000".into();
+    other.event_id = "other-schema".into();
+    produce(
+        &brokers,
+        &format!("{prefix}features"),
+        &[Rec { key: Some(b"vm-x".to_vec()), payload: vec![0, 0, 0, 4, 81, 1, 2], headers: vec![] }, rec(&other)],
+    );
+
+    let handle = headroom_scorer::start(config(&brokers, &prefix, dir.path()), Shutdown::new()).await.unwrap();
+    let _stop = StopOnDrop(handle.shutdown.clone());
+    let out_topic = format!("{prefix}forecasts");
+    let got = consume(&brokers, &out_topic, first.len(), Duration::from_secs(60), Duration::from_millis(300));
+    assert_eq!(got.len(), first.len(), "forecasts for the first batch");
+
+    // Promote v2 on the models topic; keep publishing until forecasts of v2 appear.
+    promote(&brokers, &format!("{prefix}models"), dir.path(), &v2, &schema);
+    let mut sent = first.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_v2 = false;
+    for chunk in rest.chunks(100) {
+        produce(&brokers, &format!("{prefix}features"), &chunk.iter().map(rec).collect::<Vec<_>>());
+        sent += chunk.len();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let now = consume(&brokers, &out_topic, sent, Duration::from_secs(20), Duration::from_millis(100));
+        seen_v2 = now.iter().any(|m| version_of(&Forecast::decode(m.payload().unwrap()).unwrap()) == v2);
+        if seen_v2 && sent >= first.len() + 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2 never served");
+    }
+    assert!(seen_v2, "the promoted version never served");
+    let all = consume(&brokers, &out_topic, sent, Duration::from_secs(60), Duration::from_secs(1));
+    handle.stop().await.unwrap();
+
+    // Exactly once: one forecast per sent event, no extras.
+    let forecasts: Vec<(i32, Forecast)> =
+        all.iter().map(|m| (m.partition(), Forecast::decode(m.payload().unwrap()).unwrap())).collect();
+    let ids: HashSet<&str> = forecasts.iter().map(|(_, f)| f.event_id.as_str()).collect();
+    assert_eq!(forecasts.len(), sent, "one forecast per event");
+    assert_eq!(ids.len(), sent, "no event scored twice");
+    let sent_ids: HashSet<&str> = feats[..sent].iter().map(|f| f.event_id.as_str()).collect();
+    assert_eq!(ids, sent_ids);
+
+    // Per partition, versions go v1… then v2…, never back; the first batch was all v1.
+    let mut last: HashMap<i32, String> = HashMap::new();
+    for (p, f) in &forecasts {
+        let v = version_of(f);
+        assert!(v == v1 || v == v2, "unknown version {v}");
+        if let Some(prev) = last.get(p) {
+            assert!(!(prev == &v2 && v == v1), "partition {p} went back from v2 to v1");
+        }
+        last.insert(*p, v);
+    }
+    let first_ids: HashSet<&str> = first.iter().map(|f| f.event_id.as_str()).collect();
+    assert!(forecasts.iter().filter(|(_, f)| first_ids.contains(f.event_id.as_str())).all(|(_, f)| version_of(f) == v1));
+
+    // Each forecast: 3 metrics × 3 horizons, ordered quantiles, a probability; and the values
+    // are what the serving code computes for that vector with that version.
+    let loaded: HashMap<String, ServingModel> = [&v1, &v2]
+        .iter()
+        .map(|v| ((*v).clone(), ServingModel::load(&dir.path().join(v), None).unwrap()))
+        .collect();
+    let by_id: HashMap<&str, &FeaturesRecord> = feats.iter().map(|f| (f.event_id.as_str(), f)).collect();
+    for (_, f) in forecasts.iter().step_by(97) {
+        assert_eq!(f.points.len(), 9);
+        for p in &f.points {
+            assert!(p.p50 >= 0.0 && p.p90 >= p.p50, "{p:?}");
+        }
+        let prob = f.scale_event_prob.unwrap();
+        assert!((0.0..=1.0).contains(&prob));
+        let src = by_id[f.event_id.as_str()];
+        let m = &loaded[&version_of(f)];
+        let mut s = Scores::default();
+        m.score(&src.values, 1, &mut s).unwrap();
+        assert_eq!(f.points[0].p50, f64::from(s.heads[0][0].0));
+        assert_eq!(prob, f64::from(s.peak[0]));
+    }
+
+    // Both bad records were dead-lettered, with their reasons.
+    let dlq = consume(&brokers, &format!("{prefix}telemetry.dlq"), 2, Duration::from_secs(20), Duration::from_millis(500));
+    let mut reasons: Vec<&str> = dlq.iter().filter_map(|m| header(m, "dlq.reason")).collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.contains(&"feature_schema_mismatch"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_serving_model_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config("127.0.0.1:1", "none.", dir.path());
+    let e = headroom_scorer::start(c, Shutdown::new()).await.unwrap_err().to_string();
+    assert!(e.contains("no serving `xgboost` model") && e.contains("headroom-train promote"), "{e}");
+}
