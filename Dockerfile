@@ -1,15 +1,27 @@
 # Multi-stage build of every headroom binary. Runtime: a small Debian image, non-root.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libcurl4-openssl-dev \
-      libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev && rm -rf /var/lib/apt/lists/*
+      libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev python3-pip && rm -rf /var/lib/apt/lists/*
+# XGBoost's own library from the PyPI wheel, kept in the wheel's layout (it finds its bundled
+# OpenMP through its rpath) at the same path in the runtime image. For GPUs use the `xgboost`
+# wheel (CUDA build) instead of `xgboost-cpu`.
+ARG XGBOOST_WHEEL=xgboost-cpu==3.4.1
+RUN pip3 download --break-system-packages --no-deps --only-binary=:all: --python-version 3.12 \
+      --platform manylinux_2_28_x86_64 "$XGBOOST_WHEEL" -d /tmp/whl \
+ && python3 -m zipfile -e /tmp/whl/*.whl /opt/xgboost \
+ && ln -s libxgboost.so /opt/xgboost/xgboost/lib/libxgboost.so.3
+ENV XGBOOST_LIB_DIR=/opt/xgboost/xgboost/lib
 WORKDIR /src
 COPY . .
 RUN cargo build --release -p headroom-featurizer -p headroom-relay -p headroom-cli -p headroom-loadgen \
- && mkdir /out && cp target/release/headroom target/release/headroom-featurizer target/release/headroom-relay target/release/loadgen /out/
+      -p headroom-scorer -p headroom-trainer \
+ && mkdir /out && cp target/release/headroom target/release/headroom-featurizer target/release/headroom-relay \
+      target/release/loadgen target/release/headroom-scorer target/release/headroom-train /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 zlib1g libzstd1 \
  && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --no-create-home headroom
 COPY --from=build /out/ /usr/local/bin/
+COPY --from=build /opt/xgboost/ /opt/xgboost/
 USER 10001
 ENTRYPOINT ["/usr/local/bin/headroom-featurizer"]

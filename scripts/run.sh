@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: installs and starts what is missing (system packages, the broker,
-# PostgreSQL), creates the topics from topologies/, starts the featurizer, and feeds it
+# PostgreSQL), creates the topics from topologies/, starts the featurizer and the scorer (after
+# training and promoting a first model version when models/ has none), and feeds them
 # generated telemetry (or a real trace with --trace PATH) until Ctrl-C.
 #
 #   scripts/run.sh                         synthetic fleet, 20 services x 5 clusters, 500 rec/s
@@ -29,10 +30,20 @@ done
 "$REPO_ROOT/scripts/setup.sh"
 "$REPO_ROOT/scripts/stack.sh" up
 log "building release binaries"
-cargo build --release --quiet -p headroom-featurizer -p headroom-cli -p headroom-loadgen
+cargo build --release --quiet -p headroom-featurizer -p headroom-cli -p headroom-loadgen \
+    -p headroom-scorer -p headroom-trainer
 BIN="$CARGO_TARGET_DIR/release"
 export HEADROOM_BROKERS="$KAFKA_BROKERS"
 "$BIN/headroom" topology apply --brokers "$KAFKA_BROKERS"
+
+MODELS="${HEADROOM_MODELS_DIR:-$REPO_ROOT/models}"
+if ! grep -q '"xgboost"' "$MODELS/registry.json" 2>/dev/null; then
+    log "no serving model in $MODELS: training a first version on generated telemetry (about a minute)"
+    "$BIN/headroom-train" train --generate-entities 50 --generate-days 7 --rounds 60 \
+        --models-dir "$MODELS" --out "$MODELS/reports/first" 2>&1 | tail -n 3 >&2
+    version="$(ls -1 "$MODELS" | grep '^v' | sort | tail -n 1)"
+    "$BIN/headroom-train" promote "$version" --models-dir "$MODELS"
+fi
 
 mkdir -p "$STACK_DIR"
 pids=()
@@ -48,6 +59,10 @@ trap cleanup INT TERM EXIT
 HEADROOM_FEATURIZER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_FEATURIZER__HTTP__LISTEN="127.0.0.1:9464" \
     "$BIN/headroom-featurizer" >"$STACK_DIR/featurizer.log" 2>&1 &
 pids+=($!)
+HEADROOM_SCORER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SCORER__HTTP__LISTEN="127.0.0.1:9465" \
+    HEADROOM_SCORER__MODELS__DIR="$MODELS" \
+    "$BIN/headroom-scorer" >"$STACK_DIR/scorer.log" 2>&1 &
+pids+=($!)
 
 if [ -n "$TRACE" ]; then
     args=(replay --topic telemetry.raw --trace "$TRACE" --rate "$RATE")
@@ -62,14 +77,16 @@ pids+=($!)
 cat >&2 <<TXT
 
   headroom is running
-    broker           $KAFKA_BROKERS   (topics: telemetry.raw -> features, bad input -> telemetry.dlq)
+    broker           $KAFKA_BROKERS   (topics: telemetry.raw -> features -> forecasts, bad input -> telemetry.dlq)
     featurizer       http://127.0.0.1:9464/metrics   http://127.0.0.1:9464/health/ready
-    featurizer log   $STACK_DIR/featurizer.log
+    scorer           http://127.0.0.1:9465/metrics   (models: $MODELS)
+    logs             $STACK_DIR/featurizer.log  $STACK_DIR/scorer.log
     PostgreSQL       $PG_URL
     read features    $BIN/loadgen tail --topic features   (or any Kafka client; README.md)
-  Ctrl-C stops the featurizer and the generator.
+    read forecasts   $BIN/loadgen tail --topic forecasts
+  Ctrl-C stops the services and the generator.
 
 TXT
-wait "${pids[1]}" || true
-log "generator finished; the featurizer keeps running until Ctrl-C"
+wait "${pids[2]}" || true
+log "generator finished; the services keep running until Ctrl-C"
 wait "${pids[0]}" || true

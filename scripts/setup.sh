@@ -8,12 +8,14 @@ BUILD_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev zl
 PG_PACKAGES=(postgresql-$PG_VERSION postgresql-client-$PG_VERSION)
 # Validates docker-compose.yml in the test suite (no Docker engine is needed for that).
 CHECK_PACKAGES=(docker-compose)
+# The font of the forecast report's plots.
+REPORT_PACKAGES=(fonts-dejavu-core)
 # python3 -m venv needs ensurepip on Debian systems whose python3 comes from apt.
 PY_PACKAGES=()
 command -v python3 >/dev/null || PY_PACKAGES=(python3 python3-venv)
 
 missing=()
-for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}" "${PY_PACKAGES[@]}" "${CHECK_PACKAGES[@]}"; do
+for p in "${BUILD_PACKAGES[@]}" "${PG_PACKAGES[@]}" "${PY_PACKAGES[@]}" "${CHECK_PACKAGES[@]}" "${REPORT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -44,9 +46,14 @@ if [ ! -e "$XGBOOST_ROOT/xgboost/lib/libxgboost.so.3" ]; then
 fi
 # A Python venv with confluent-kafka, the "any Kafka client" of the interoperability test.
 VENV="$HEADROOM_CACHE/venv"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka" 2>/dev/null; then
-    log "creating the Python venv with confluent-kafka $CONFLUENT_KAFKA_VERSION"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+# Also the reference side of the XGBoost prediction benchmark (the same library version).
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka, xgboost, numpy" 2>/dev/null; then
+    log "creating the Python venv with confluent-kafka $CONFLUENT_KAFKA_VERSION and xgboost-cpu $XGBOOST_VERSION"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION" numpy scipy
+    # xgboost 3.4's metadata asks for Python 3.12; its wheel is pure Python around the C
+    # library and runs on the machine's 3.11, so the version check is skipped for it alone.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --ignore-requires-python \
+        "xgboost-cpu==$XGBOOST_VERSION"
 fi
 log "setup complete (tansu at $TANSU_BIN, libxgboost in $XGBOOST_LIB_DIR, python at $VENV/bin/python)"

@@ -26,6 +26,8 @@ fn docker_compose_file_is_valid_with_every_profile() {
         "postgres:",
         "topology:",
         "featurizer:",
+        "models-init:",
+        "scorer:",
         "loadgen:",
     ] {
         assert!(

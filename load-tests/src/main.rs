@@ -229,6 +229,20 @@ fn tail(brokers: &str, topic: &str, count: usize, timeout: Duration) -> anyhow::
                 f.feature_set,
                 f.values.len()
             );
+        } else if let Ok(f) = headroom_schemas::Forecast::decode(payload) {
+            let pts: Vec<String> = f
+                .points
+                .iter()
+                .map(|p| format!("{}@{}m p50={:.3} p90={:.3}", p.metric.symbol(), p.horizon_min, p.p50, p.p90))
+                .collect();
+            println!(
+                "{} ts={} {} scale_event_prob={:.3} models={:?}",
+                f.entity_id,
+                f.ts_ms,
+                pts.join(" "),
+                f.scale_event_prob.unwrap_or(f64::NAN),
+                f.model_versions
+            );
         } else {
             let reason = m.headers().and_then(|h| {
                 h.iter()

@@ -263,6 +263,9 @@ pub struct Backtest {
     pub classifier: Option<ClassScores>,
     /// MASE denominators (pooled in-sample one-step naive MAE) per target.
     pub naive_scale: BTreeMap<String, f64>,
+    /// Same-horizon MASE denominators per `target/h<slots>`.
+    #[serde(default)]
+    pub naive_scale_h: BTreeMap<String, f64>,
     pub test_rows: usize,
     pub traces: Vec<Trace>,
 }
@@ -309,6 +312,7 @@ pub fn backtest(
     let rows = &ds.test;
     let minutes = |h: usize| h as f64 * ds.interval_ms as f64 / 60_000.0;
     let mut naive_scale = BTreeMap::new();
+    let mut naive_scale_h = BTreeMap::new();
     let mut out = Vec::new();
     let mut traces = Vec::new();
     let mut scratch = Vec::new();
@@ -324,6 +328,8 @@ pub fn backtest(
             0.01 * s / n.max(1) as f64
         };
         for &h in &ds.horizons {
+            let scale_h = ds.naive_scale(m, h);
+            naive_scale_h.insert(format!("{}/h{h}", TARGETS[m]), scale_h);
             let actual: Vec<f32> = (0..rows.len()).map(|i| ds.target(rows, i, m, h)).collect();
             if let Some(r) = models
                 .regressors
@@ -344,7 +350,7 @@ pub fn backtest(
                     target: TARGETS[m].into(),
                     horizon_slots: h,
                     horizon_minutes: minutes(h),
-                    scores: acc.scores(scale),
+                    scores: acc.scores_with(scale, scale_h),
                 });
                 for &e in plot_entities {
                     let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows.entity[i] == e).collect();
@@ -393,7 +399,7 @@ pub fn backtest(
                     target: TARGETS[m].into(),
                     horizon_slots: h,
                     horizon_minutes: minutes(h),
-                    scores: acc.scores(scale),
+                    scores: acc.scores_with(scale, scale_h),
                 });
             }
         }
@@ -418,6 +424,7 @@ pub fn backtest(
         rows: out,
         classifier,
         naive_scale,
+        naive_scale_h,
         test_rows: rows.len(),
         traces,
     })

@@ -34,6 +34,10 @@ pub struct Scores {
     pub smape: f64,
     /// MAE over the in-sample one-step naive MAE of the training period (pooled).
     pub mase: f64,
+    /// MAE over the in-sample naive MAE at the same horizon (the naive forecast `h` steps
+    /// ahead on the training period, pooled): 1 is "as good as naive at this horizon".
+    #[serde(default)]
+    pub mase_h: f64,
     pub r2: f64,
     /// Pinball loss of the p90 forecast, when the model has one.
     pub pinball90: Option<f64>,
@@ -96,8 +100,13 @@ impl Accumulator {
         self.n90 += o.n90;
     }
 
-    /// The metrics, with `naive_scale` the MASE denominator.
+    /// The metrics, with `naive_scale` the one-step MASE denominator (and `mase_h` unset).
     pub fn scores(&self, naive_scale: f64) -> Scores {
+        self.scores_with(naive_scale, f64::NAN)
+    }
+
+    /// The metrics with both MASE denominators: one-step and same-horizon naive.
+    pub fn scores_with(&self, naive_scale: f64, naive_scale_h: f64) -> Scores {
         let n = self.n.max(1) as f64;
         let mae = self.abs / n;
         let sst = self.sum_y2 - self.sum_y * self.sum_y / n;
@@ -114,6 +123,11 @@ impl Accumulator {
             smape: 100.0 * self.sape / n,
             mase: if naive_scale > 0.0 {
                 mae / naive_scale
+            } else {
+                f64::NAN
+            },
+            mase_h: if naive_scale_h > 0.0 {
+                mae / naive_scale_h
             } else {
                 f64::NAN
             },

@@ -6,6 +6,7 @@
 //! * `train`: fit on the whole trace (the last part held out for early stopping only) and write
 //!   a candidate version with its report.
 
+mod bench;
 mod plot;
 mod report;
 mod source;
@@ -41,6 +42,8 @@ enum Command {
         #[arg(long, default_value = "models")]
         models_dir: PathBuf,
     },
+    /// Benchmark: XGBoost prediction here against Python's inplace_predict (same model, rows).
+    BenchPredict(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -140,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("serving: {:?}", reg.serving);
             return Ok(());
         }
+        Command::BenchPredict(a) => return bench::run(&a),
     };
     run(args, evaluate)
 }

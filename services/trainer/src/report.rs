@@ -50,14 +50,14 @@ pub fn table(b: &Backtest) -> String {
         let _ = writeln!(s, "\n### {t}\n");
         let _ = writeln!(
             s,
-            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | R² | p90 pinball | p90 coverage | n |"
+            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | MASE (h) | R² | p90 pinball | p90 coverage | n |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in b.rows.iter().filter(|r| r.target == t) {
             let sc = &r.scores;
             let _ = writeln!(
                 s,
-                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.horizon_minutes,
                 r.model,
                 f(sc.mae),
@@ -65,6 +65,7 @@ pub fn table(b: &Backtest) -> String {
                 f(sc.mape),
                 f(sc.smape),
                 f(sc.mase),
+                f(sc.mase_h),
                 f(sc.r2),
                 sc.pinball90.map_or("–".into(), f),
                 sc.coverage90.map_or("–".into(), f),
@@ -77,7 +78,7 @@ pub fn table(b: &Backtest) -> String {
 
 /// A few lines for the terminal: best model per target and horizon by MASE.
 pub fn summary(b: &Backtest) -> String {
-    let mut s = String::from("\nbest MASE per target and horizon (test period):\n");
+    let mut s = String::from("\nMASE, one-step scale (same-horizon scale), test period:\n");
     let mut keys: Vec<(String, usize)> = b.rows.iter().map(|r| (r.target.clone(), r.horizon_slots)).collect();
     keys.dedup();
     for (t, h) in keys {
@@ -85,7 +86,7 @@ pub fn summary(b: &Backtest) -> String {
         let get = |m: &str| {
             rows.iter()
                 .find(|r| r.model == m)
-                .map_or("–".to_string(), |r| format!("{:.3}", r.scores.mase))
+                .map_or("–".to_string(), |r| format!("{:.3} ({:.3})", r.scores.mase, r.scores.mase_h))
         };
         let best = rows
             .iter()
@@ -132,7 +133,7 @@ pub fn write(
          - model version: `{}` on {} (XGBoost {})\n\
          - training window: {} to {} (epoch ms); test period from slot {}\n\
          - MASE: MAE over the pooled in-sample one-step naive MAE of the training period \
-         ({})\n",
+         ({}); MASE (h): over the in-sample naive MAE at the same horizon\n",
         ds.series.len(),
         ds.train.len(),
         ds.test.len(),
