@@ -54,6 +54,7 @@ pub struct ModelFile {
     pub file: String,
     pub rounds: u32,
     pub best_iteration: u32,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub best_validation_loss: f64,
     pub validation_metric: String,
 }

@@ -53,6 +53,7 @@ pub struct Regressor {
     #[serde(flatten)]
     pub trained: Trained,
     pub train_rows: usize,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub seconds: f64,
 }
 
@@ -61,6 +62,7 @@ pub struct Regressor {
 pub struct Classifier {
     pub horizon: usize,
     pub pos_weight: f32,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub train_base_rate: f64,
     #[serde(flatten)]
     pub trained: Trained,
@@ -238,6 +240,7 @@ pub struct Row {
     pub model: String,
     pub target: String,
     pub horizon_slots: usize,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub horizon_minutes: f64,
     #[serde(flatten)]
     pub scores: Scores,
@@ -262,11 +265,14 @@ pub struct Backtest {
     pub rows: Vec<Row>,
     pub classifier: Option<ClassScores>,
     /// MASE denominators (pooled in-sample one-step naive MAE) per target.
+    #[serde(deserialize_with = "crate::metrics::map_f64_or_nan")]
     pub naive_scale: BTreeMap<String, f64>,
     /// Same-horizon MASE denominators per `target/h<slots>`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::metrics::map_f64_or_nan")]
     pub naive_scale_h: BTreeMap<String, f64>,
     pub test_rows: usize,
+    /// Plot data; not part of manifests.
+    #[serde(skip)]
     pub traces: Vec<Trace>,
 }
 

@@ -1,6 +1,19 @@
 //! Forecast accuracy metrics, accumulated in one pass over (forecast, actual) pairs.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// JSON has no NaN: serde_json writes it as `null`. Reads `null` back as NaN.
+pub fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`f64_or_nan`] for the values of a map.
+pub fn map_f64_or_nan<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, f64>, D::Error> {
+    let m = std::collections::BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(m.into_iter().map(|(k, v)| (k, v.unwrap_or(f64::NAN))).collect())
+}
 
 /// Running sums for MAE, RMSE, MAPE, sMAPE, MASE and R² (and pinball loss of a p90).
 #[derive(Debug, Clone, Default)]
@@ -24,20 +37,27 @@ pub struct Accumulator {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Scores {
     pub n: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mae: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub rmse: f64,
     /// Mean absolute percentage error in %, over points with |actual| ≥ the floor.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mape: f64,
     /// Share of points MAPE left out (|actual| below the floor).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mape_excluded: f64,
     /// Symmetric MAPE in % (0 where forecast and actual are both 0).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub smape: f64,
     /// MAE over the in-sample one-step naive MAE of the training period (pooled).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mase: f64,
     /// MAE over the in-sample naive MAE at the same horizon (the naive forecast `h` steps
     /// ahead on the training period, pooled): 1 is "as good as naive at this horizon".
-    #[serde(default)]
+    #[serde(default, deserialize_with = "f64_or_nan")]
     pub mase_h: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub r2: f64,
     /// Pinball loss of the p90 forecast, when the model has one.
     pub pinball90: Option<f64>,
@@ -143,13 +163,19 @@ impl Accumulator {
 pub struct ClassScores {
     pub n: u64,
     pub positives: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub base_rate: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub threshold: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub precision: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub recall: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub false_positive_rate: f64,
     /// Area under the precision-recall curve (average precision); a random classifier scores
     /// the base rate.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub pr_auc: f64,
 }
 
@@ -256,6 +282,17 @@ mod tests {
         let s = a.scores(1.0);
         assert!((s.coverage90.unwrap() - 0.9).abs() < 1e-12);
         assert!(s.pinball90.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn undefined_scores_survive_a_json_round_trip() {
+        // An empty accumulator: MAPE, MASE and R² are undefined (NaN), written as null.
+        let s = Accumulator::new(0.0).scores(0.0);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("null"), "{json}");
+        let back: Scores = serde_json::from_str(&json).unwrap();
+        assert!(back.mape.is_nan() && back.mase.is_nan() && back.r2.is_nan());
+        assert_eq!(back.n, 0);
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct Trained {
     pub model: Vec<u8>,
     pub rounds: u32,
     pub best_iteration: u32,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub best_validation_loss: f64,
     pub metric: String,
 }
