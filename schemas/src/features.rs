@@ -93,8 +93,23 @@ impl FeaturesRecord {
         Ok((entity, ts))
     }
 
-    /// Decodes a framed `features` payload written with any catalogued version.
+    /// Decodes a framed `features` payload written with any catalogued version: v1 by a
+    /// hand-written reader (the scorer's hot path), others through `apache-avro`.
     pub fn decode(payload: &[u8]) -> Result<FeaturesRecord, DecodeError> {
+        let framed = framing::unframe(payload)?;
+        if let Some(e) = Catalogue::builtin().by_id(framed.schema_id) {
+            if e.subject == SUBJECT && e.version == 1 {
+                return decode_v1(framed.datum).map_err(|detail| DecodeError::Avro {
+                    id: framed.schema_id,
+                    detail,
+                });
+            }
+        }
+        FeaturesRecord::decode_reference(payload)
+    }
+
+    /// Decodes through the reference `apache-avro` reader (any catalogued version).
+    pub fn decode_reference(payload: &[u8]) -> Result<FeaturesRecord, DecodeError> {
         let framed = framing::unframe(payload)?;
         let reader = readers()
             .iter()
@@ -163,6 +178,59 @@ impl FeaturesRecord {
         }
         Ok(r)
     }
+}
+
+fn decode_v1(datum: &[u8]) -> Result<FeaturesRecord, String> {
+    let mut c = crate::telemetry::Cursor { buf: datum, pos: 0 };
+    let event_id = c.string()?;
+    let entity_id = c.string()?;
+    let ts_ms = c.long()?;
+    let service = c.opt(|c| c.string())?;
+    let cluster = c.opt(|c| c.string())?;
+    let feature_set = c.string()?;
+    let mut values = Vec::new();
+    loop {
+        let mut n = c.long()?;
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            n = -n;
+            let _bytes = c.long()?;
+        }
+        let n = usize::try_from(n).map_err(|_| "bad block count".to_string())?;
+        if n > c.remaining() / 4 {
+            return Err(format!("array block of {n} floats exceeds the datum"));
+        }
+        values.reserve(n);
+        for _ in 0..n {
+            values.push(c.float()?);
+        }
+    }
+    let r = FeaturesRecord {
+        event_id,
+        entity_id,
+        ts_ms,
+        service,
+        cluster,
+        feature_set,
+        values,
+        cpu_util: c.double()?,
+        mem_util: c.double()?,
+        net_bps: c.double()?,
+        disk_bps: c.double()?,
+        cpu_cores: c.opt(|c| c.double())?,
+        mem_bytes: c.opt(|c| c.double())?,
+        replicas: c.opt(|c| c.int())?,
+        cost_per_hour: c.opt(|c| c.double())?,
+        scale_event: c.boolean()?,
+        imputed_mask: c.int()?,
+        source_ts_ms: c.opt(|c| c.long())?,
+    };
+    if c.remaining() != 0 {
+        return Err(format!("{} trailing bytes after the datum", c.remaining()));
+    }
+    Ok(r)
 }
 
 fn read_varint(cur: &mut &[u8]) -> Option<i64> {
@@ -236,6 +304,12 @@ mod tests {
         let mut buf = Vec::new();
         r.encode_framed(&mut buf);
         assert_eq!(FeaturesRecord::decode(&buf).expect("decode"), r);
+        assert_eq!(FeaturesRecord::decode_reference(&buf).expect("decode"), r);
+        // Every truncation is an error, never a panic. (The reference reader accepts a datum
+        // cut inside the last union's value; the hand-written one does not.)
+        for cut in 5..buf.len() {
+            assert!(FeaturesRecord::decode(&buf[..cut]).is_err(), "cut at {cut}");
+        }
         assert_eq!(
             FeaturesRecord::peek(&buf).expect("peek"),
             ("vm-1".to_owned(), 42)
@@ -248,5 +322,50 @@ mod tests {
         assert_eq!(event_id("a", 1), event_id("a", 1));
         assert_ne!(event_id("a", 1), event_id("a", 2));
         assert_ne!(event_id("a", 1), event_id("b", 1));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The hand-written v1 reader and the reference reader agree on every record.
+        #[test]
+        fn fast_and_reference_readers_agree(
+            entity in "[a-z0-9./-]{1,40}",
+            ts in any::<i64>(),
+            values in proptest::collection::vec(-1e9f32..1e9, 0..300),
+            cpu in -1e12f64..1e12,
+            cores in proptest::option::of(0.0f64..512.0),
+            replicas in proptest::option::of(any::<i32>()),
+            service in proptest::option::of("[a-z]{0,12}"),
+            flag in any::<bool>(),
+            mask in any::<i32>(),
+            src in proptest::option::of(any::<i64>()),
+        ) {
+            let r = FeaturesRecord {
+                event_id: event_id(&entity, ts),
+                entity_id: entity,
+                ts_ms: ts,
+                service,
+                cluster: None,
+                feature_set: "fs1-x".into(),
+                values,
+                cpu_util: cpu,
+                mem_util: 0.5,
+                net_bps: 1.0,
+                disk_bps: 2.0,
+                cpu_cores: cores,
+                mem_bytes: None,
+                replicas,
+                cost_per_hour: cores,
+                scale_event: flag,
+                imputed_mask: mask,
+                source_ts_ms: src,
+            };
+            let mut buf = Vec::new();
+            r.encode_framed(&mut buf);
+            let fast = FeaturesRecord::decode(&buf).unwrap();
+            prop_assert_eq!(&fast, &FeaturesRecord::decode_reference(&buf).unwrap());
+            prop_assert_eq!(&fast, &r);
+        }
     }
 }

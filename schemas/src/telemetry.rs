@@ -480,17 +480,22 @@ fn decode_v1(datum: &[u8]) -> Result<(Telemetry, usize), String> {
     Ok((t, c.remaining()))
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Cursor<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Cursor<'_> {
-    fn remaining(&self) -> usize {
+    pub(crate) fn float(&mut self) -> Result<f32, String> {
+        let b = self.take(4)?;
+        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    fn long(&mut self) -> Result<i64, String> {
+    pub(crate) fn long(&mut self) -> Result<i64, String> {
         let mut z: u64 = 0;
         for i in 0..10 {
             let b = *self.buf.get(self.pos).ok_or("datum ends inside a varint")?;
@@ -503,12 +508,12 @@ impl Cursor<'_> {
         Err("varint longer than 10 bytes".into())
     }
 
-    fn int(&mut self) -> Result<i32, String> {
+    pub(crate) fn int(&mut self) -> Result<i32, String> {
         let v = self.long()?;
         i32::try_from(v).map_err(|_| format!("int {v} out of range"))
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&[u8], String> {
         if n > self.remaining() {
             return Err(format!(
                 "datum ends: need {n} bytes, {} left",
@@ -520,7 +525,7 @@ impl Cursor<'_> {
         Ok(s)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    pub(crate) fn string(&mut self) -> Result<String, String> {
         let len = self.long()?;
         let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
         let bytes = self.take(len)?;
@@ -529,14 +534,14 @@ impl Cursor<'_> {
             .map_err(|e| format!("string is not utf-8: {e}"))
     }
 
-    fn double(&mut self) -> Result<f64, String> {
+    pub(crate) fn double(&mut self) -> Result<f64, String> {
         let b = self.take(8)?;
         Ok(f64::from_le_bytes([
             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
         ]))
     }
 
-    fn boolean(&mut self) -> Result<bool, String> {
+    pub(crate) fn boolean(&mut self) -> Result<bool, String> {
         match self.take(1)?[0] {
             0 => Ok(false),
             1 => Ok(true),
@@ -544,7 +549,7 @@ impl Cursor<'_> {
         }
     }
 
-    fn opt<T>(
+    pub(crate) fn opt<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, String>,
     ) -> Result<Option<T>, String> {
