@@ -129,9 +129,21 @@ async fn throughput(
     input: &str,
     records: u64,
 ) -> anyhow::Result<f64> {
-    let group = format!("{group_prefix}{which}");
+    let group = format!("{group_prefix}{}", which.split(':').next().unwrap_or(which));
     let output;
-    let handle = if which == "relay" {
+    let handle = if let Some(models) = which.strip_prefix("scorer:") {
+        let mut c = headroom_scorer::Config::load(None)?;
+        c.kafka.brokers = brokers.into();
+        c.kafka.group_id = group;
+        c.http.listen = "127.0.0.1:0".into();
+        c.topics.input = input.into();
+        c.topics.output = format!("{prefix}forecasts");
+        c.topics.models = format!("{prefix}models");
+        c.topics.dlq = format!("{prefix}telemetry.dlq");
+        c.models.dir = models.into();
+        output = c.topics.output.clone();
+        headroom_scorer::start(c, Shutdown::new()).await?
+    } else if which == "relay" {
         let mut c = headroom_relay::Config::load(None)?;
         c.kafka.brokers = brokers.into();
         c.kafka.group_id = group;
@@ -177,8 +189,48 @@ async fn throughput(
             .as_secs_f64()
             .max(1e-6);
     handle.stop().await?;
-    eprintln!("  {which}: {rate:.0} records/s");
+    eprintln!("  {}: {rate:.0} records/s", which.split(':').next().unwrap_or(which));
     Ok(rate)
+}
+
+/// Arguments of `loadgen bench-scorer`.
+#[derive(clap::Args, Debug)]
+pub struct ScorerBenchArgs {
+    /// A models directory with a serving version (headroom-train train + promote).
+    #[arg(long)]
+    models_dir: String,
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    #[arg(long, default_value_t = 1000)]
+    entities: u32,
+}
+
+/// The scorer through the broker (every event scored by every head), with the featurizer's
+/// rate from the same run as the reference: telemetry is preloaded, the featurizer turns it into
+/// features (timed), then the scorer turns those into forecasts (timed).
+pub fn run_scorer(brokers: &str, args: &ScorerBenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let input = format!("{prefix}telemetry.raw");
+        let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
+        tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
+        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records).await?;
+        let features = format!("{prefix}features");
+        let which = format!("scorer:{}", args.models_dir);
+        let scorer = throughput(brokers, &which, &format!("{prefix}s."), &prefix, &features, args.records).await?;
+        println!(
+            "RESULT scorer-throughput records={} entities={} scorer_eps={scorer:.0} featurizer_eps={featurizer:.0} ratio={:.3}",
+            args.records,
+            args.entities,
+            scorer / featurizer
+        );
+        Ok(())
+    })
 }
 
 pub fn run(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {

@@ -107,6 +107,9 @@ enum Command {
     /// Throughput of the featurizer against the relay (same runtime, pass-through), and the
     /// end-to-end latency at 70 % of the featurizer's maximum rate.
     Bench(bench::BenchArgs),
+    /// Scorer throughput through the broker (both heads on every event) against the
+    /// featurizer's rate in the same run.
+    BenchScorer(bench::ScorerBenchArgs),
     /// Print records of the features topic (or the DLQ's reasons) from the beginning.
     Tail {
         #[arg(long, default_value = "features")]
@@ -199,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&cli.brokers, &args),
+        Command::BenchScorer(args) => bench::run_scorer(&cli.brokers, &args),
         Command::Tail {
             topic,
             count,

@@ -339,7 +339,13 @@ impl Registry {
     /// Marks `version` serving for its family (the previous one retired), atomically.
     pub fn promote(root: &Path, version: &str) -> anyhow::Result<Registry> {
         let dir = root.join(version);
-        let manifest: Manifest = serde_json::from_slice(&fs::read(dir.join(MANIFEST)).map_err(
+        // Only what promotion needs: a version whose metrics this build cannot read can still
+        // be promoted (the scorer checks it fully when it loads it).
+        #[derive(Deserialize)]
+        struct Head {
+            family: String,
+        }
+        let manifest: Head = serde_json::from_slice(&fs::read(dir.join(MANIFEST)).map_err(
             |e| anyhow::anyhow!("model version {version} not found in {}: {e}", root.display()),
         )?)?;
         let mut reg = Registry::read(root)?;
