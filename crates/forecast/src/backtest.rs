@@ -322,8 +322,18 @@ pub fn backtest(
     let mut out = Vec::new();
     let mut traces = Vec::new();
     let mut scratch = Vec::new();
+    let max_h = *ds.horizons.iter().max().unwrap_or(&1);
+    // ETS origins: every `ets_every_slots`-th test slot of each entity.
+    let ets_origins: Vec<usize> = if baseline_opts.ets_every_slots > 0 {
+        (0..rows.len())
+            .filter(|&i| (rows.slot[i] - ds.split_slot).rem_euclid(baseline_opts.ets_every_slots as i64) == 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for m in 0..N_TARGETS {
         let scale = ds.naive_scale(m, 1);
+        let mut xgb_at: BTreeMap<usize, Vec<(f32, f32)>> = BTreeMap::new();
         naive_scale.insert(TARGETS[m].to_owned(), scale);
         // MAPE's floor: 1 % of the mean |actual| of the test period.
         let floor = {
@@ -344,6 +354,9 @@ pub fn backtest(
             {
                 let booster = InplaceBooster::from_bytes(&r.trained.model)?;
                 let pred = predict_levels(ds, rows, m, &booster, r.quantiles.len())?;
+                if !ets_origins.is_empty() {
+                    xgb_at.insert(h, ets_origins.iter().map(|&i| pred[i]).collect());
+                }
                 let mut acc = Accumulator::new(floor);
                 for (i, (p50, p90)) in pred.iter().enumerate() {
                     if actual[i].is_finite() {
@@ -407,6 +420,54 @@ pub fn backtest(
                     horizon_minutes: minutes(h),
                     scores: acc.scores_with(scale, scale_h),
                 });
+            }
+        }
+        if !ets_origins.is_empty() {
+            // ETS and, on the same origins, XGBoost and the naive forecast.
+            let n = ds.horizons.len();
+            let mut acc_ets = vec![Accumulator::new(floor); n];
+            let mut acc_xgb = vec![Accumulator::new(floor); n];
+            let mut acc_naive = vec![Accumulator::new(floor); n];
+            let w = baseline_opts.ets_window_slots.max(24) as i64;
+            for (k, &i) in ets_origins.iter().enumerate() {
+                let s = &ds.series[rows.entity[i] as usize];
+                let t = rows.slot[i];
+                let hist: Vec<f32> = (t + 1 - w..=t).map(|x| s.at(m, x)).collect();
+                let fc = baselines::ets(&hist, max_h);
+                for (j, &h) in ds.horizons.iter().enumerate() {
+                    let a = ds.target(rows, i, m, h);
+                    if !a.is_finite() {
+                        continue;
+                    }
+                    match &fc {
+                        Some((p, up)) => {
+                            acc_ets[j].add((p[h - 1] as f32).max(0.0), a);
+                            acc_ets[j].add_p90(up[h - 1] as f32, a);
+                        }
+                        // A failed fit counts as the naive forecast (never dropped).
+                        None => acc_ets[j].add(ds.now(rows, i, m), a),
+                    }
+                    if let Some(x) = xgb_at.get(&h) {
+                        acc_xgb[j].add(x[k].0, a);
+                        acc_xgb[j].add_p90(x[k].1, a);
+                    }
+                    acc_naive[j].add(ds.now(rows, i, m), a);
+                }
+            }
+            for (j, &h) in ds.horizons.iter().enumerate() {
+                let scale_h = ds.naive_scale(m, h);
+                for (name, acc) in [("ets@origins", &acc_ets[j]), ("xgboost@origins", &acc_xgb[j]), ("naive@origins", &acc_naive[j])] {
+                    if name == "xgboost@origins" && !xgb_at.contains_key(&h) {
+                        continue;
+                    }
+                    out.push(Row {
+                        model: name.into(),
+                        target: TARGETS[m].into(),
+                        horizon_slots: h,
+                        horizon_minutes: minutes(h),
+                        scores: acc.scores_with(scale, scale_h),
+                    });
+                }
             }
         }
     }

@@ -35,6 +35,10 @@ impl Baseline {
 pub struct BaselineOptions {
     pub season_slots: usize,
     pub window_slots: usize,
+    /// ETS is refitted at every `ets_every_slots`-th test slot (0: no ETS baseline)…
+    pub ets_every_slots: usize,
+    /// …on this many trailing slots.
+    pub ets_window_slots: usize,
 }
 
 /// The baseline's (p50, p90) forecast of target `m` at horizon `h` for row `i`.
@@ -121,6 +125,8 @@ mod tests {
         let opts = BaselineOptions {
             season_slots: 288,
             window_slots: 12,
+            ets_every_slots: 0,
+            ets_window_slots: 0,
         };
         let mut scratch = Vec::new();
         let i = 10;
@@ -131,5 +137,47 @@ mod tests {
         let (p50, p90) = forecast(Baseline::WindowPercentile, &ds, &ds.test, i, 0, 3, &opts, &mut scratch);
         assert!((p50 - (k - 5.5) / 1000.0).abs() < 0.0011, "{p50} {k}");
         assert!(p90.unwrap() <= k / 1000.0 + 1e-6);
+    }
+}
+
+/// The statistical baseline: exponential smoothing with automatic model selection
+/// (`augurs-ets` AutoETS over error/trend components, "ZZN"), refitted at each sampled origin on
+/// the trailing window of the raw series (forward-filled). Returns the point forecasts and the
+/// upper bound of the 80 % interval (the p90) for steps `1..=max_h`, or `None` when the window
+/// is too short or the fit fails.
+pub fn ets(history: &[f32], max_h: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    use augurs_core::{Fit, Predict};
+    let mut last = None;
+    let mut y = Vec::with_capacity(history.len());
+    for v in history {
+        if v.is_finite() {
+            last = Some(f64::from(*v));
+        }
+        if let Some(l) = last {
+            y.push(l);
+        }
+    }
+    if y.len() < 24 {
+        return None;
+    }
+    let model = augurs_ets::AutoETS::new(1, "ZZN").ok()?;
+    let fitted = model.fit(&y).ok()?;
+    let f = fitted.predict(max_h, 0.8).ok()?;
+    let upper = f.intervals.map(|i| i.upper).unwrap_or_else(|| f.point.clone());
+    Some((f.point, upper))
+}
+
+#[cfg(test)]
+mod ets_tests {
+    #[test]
+    fn ets_follows_a_level_and_a_trend() {
+        let flat: Vec<f32> = (0..200).map(|i| 0.5 + if i % 2 == 0 { 0.01 } else { -0.01 }).collect();
+        let (p, up) = super::ets(&flat, 6).unwrap();
+        assert!((p[5] - 0.5).abs() < 0.02, "{p:?}");
+        assert!(up[5] > p[5]);
+        let trend: Vec<f32> = (0..200).map(|i| i as f32 * 0.01).collect();
+        let (p, _) = super::ets(&trend, 3).unwrap();
+        assert!((p[2] - 2.02).abs() < 0.05, "{p:?}");
+        assert!(super::ets(&[f32::NAN; 10], 3).is_none());
     }
 }

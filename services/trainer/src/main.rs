@@ -92,6 +92,13 @@ struct Common {
     /// Skip the peak / scale-event classifier.
     #[arg(long)]
     no_classifier: bool,
+    /// Refit the ETS baseline at every test origin this far apart (0s: no ETS baseline). ETS
+    /// is scored on those origins only, next to XGBoost and naive on the same origins.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    ets_every: Duration,
+    /// Trailing window the ETS baseline is fitted on.
+    #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
+    ets_window: Duration,
     /// Trailing window of the window-percentile baseline.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     baseline_window: Duration,
@@ -242,6 +249,8 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let baseline = BaselineOptions {
         season_slots: slots(Duration::from_secs(86_400)),
         window_slots: slots(args.baseline_window),
+        ets_every_slots: if args.ets_every.is_zero() { 0 } else { slots(args.ets_every) },
+        ets_window_slots: slots(args.ets_window),
     };
     let result = if evaluate {
         let t = Instant::now();

@@ -80,6 +80,7 @@ pub fn table(b: &Backtest) -> String {
 pub fn summary(b: &Backtest) -> String {
     let mut s = String::from("\nMASE, one-step scale (same-horizon scale), test period:\n");
     let mut keys: Vec<(String, usize)> = b.rows.iter().map(|r| (r.target.clone(), r.horizon_slots)).collect();
+    keys.sort();
     keys.dedup();
     for (t, h) in keys {
         let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h).collect();
@@ -90,6 +91,7 @@ pub fn summary(b: &Backtest) -> String {
         };
         let best = rows
             .iter()
+            .filter(|r| !r.model.contains('@'))
             .min_by(|a, b| a.scores.mase.total_cmp(&b.scores.mase))
             .map(|r| r.model.as_str())
             .unwrap_or("-");
@@ -102,6 +104,21 @@ pub fn summary(b: &Backtest) -> String {
             get("seasonal_naive"),
             get("naive")
         );
+    }
+    let ets: Vec<_> = b.rows.iter().filter(|r| r.model.ends_with("@origins")).collect();
+    if !ets.is_empty() {
+        let _ = writeln!(s, "on the ETS origins (MASE): ");
+        for r in ets.iter().filter(|r| r.model == "ets@origins") {
+            let x = ets
+                .iter()
+                .find(|o| o.model == "xgboost@origins" && o.target == r.target && o.horizon_slots == r.horizon_slots)
+                .map_or(f64::NAN, |o| o.scores.mase);
+            let _ = writeln!(
+                s,
+                "  {:4} {:>4} min: ets {:.3}  xgboost {:.3}  (n={})",
+                r.target, r.horizon_minutes, r.scores.mase, x, r.scores.n
+            );
+        }
     }
     if let Some(c) = &b.classifier {
         let _ = writeln!(

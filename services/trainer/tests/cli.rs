@@ -37,8 +37,9 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     let rows = json["backtest"]["rows"].as_array().unwrap();
-    // 3 targets × 3 horizons × (xgboost + 3 baselines)
-    assert_eq!(rows.len(), 36);
+    // 3 targets × 3 horizons × (xgboost + 3 baselines + ETS, XGBoost and naive on the ETS origins)
+    assert_eq!(rows.len(), 63);
+    assert!(rows.iter().any(|r| r["model"] == "ets@origins" && r["n"].as_u64().unwrap() > 10));
     for r in rows {
         for k in ["mase", "mase_h"] {
             let mase = r[k].as_f64().unwrap();
