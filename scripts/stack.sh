@@ -85,6 +85,11 @@ case "${1:-up}" in
     status)
         if wait_port "$KAFKA_HOST" "$KAFKA_PORT" 0; then echo "broker: up at $KAFKA_BROKERS"; else echo "broker: down"; fi
         pg_lsclusters 2>/dev/null || echo "postgresql: not installed" ;;
-    env) echo "HEADROOM_BROKERS=$KAFKA_BROKERS"; echo "HEADROOM_PG_URL=$PG_URL" ;;
+    # For a shell that builds and tests by hand: eval "$(scripts/stack.sh env)"
+    env)
+        echo "export HEADROOM_BROKERS=$KAFKA_BROKERS"
+        echo "export HEADROOM_PG_URL=$PG_URL"
+        echo "export CARGO_TARGET_DIR=$CARGO_TARGET_DIR XGBOOST_LIB_DIR=$XGBOOST_LIB_DIR"
+        ;;
     *) die "usage: $0 up|down|broker-up|broker-down|pg-up|status|env" ;;
 esac

@@ -54,7 +54,8 @@ pub fn brokers() -> String {
                 .expect("stack env");
             String::from_utf8_lossy(&env.stdout)
                 .lines()
-                .find_map(|l| l.strip_prefix("HEADROOM_BROKERS=").map(str::to_owned))
+                .flat_map(|l| l.trim_start_matches("export ").split_whitespace())
+                .find_map(|t| t.strip_prefix("HEADROOM_BROKERS=").map(str::to_owned))
                 .expect("stack.sh env prints HEADROOM_BROKERS")
         })
         .clone()
