@@ -17,7 +17,7 @@ pub mod dlq;
 pub mod features;
 pub mod forecasts;
 pub mod framing;
-mod generic;
+pub mod generic;
 pub mod telemetry;
 
 pub use catalogue::{Catalogue, SchemaEntry};

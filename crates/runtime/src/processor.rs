@@ -165,46 +165,16 @@ impl Emitter<'_> {
         );
         let Some(dlq) = self.dlq_topic else { return };
         let r = self.record;
-        let envelope = DeadLetter {
+        let (buf, headers) = dead_letter_record(
             reason,
             detail,
-            service: self.service,
-            source_topic: r.topic,
-            source_partition: r.partition,
-            source_offset: r.offset,
-            failed_at_ms: now_ms(),
-            key: r.key,
-            payload: r.payload,
-        };
-        let mut buf = Vec::with_capacity(64 + r.payload.map_or(0, <[u8]>::len));
-        envelope.encode_framed(&mut buf);
-        let partition = r.partition.to_string();
-        let offset = r.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "dlq.reason",
-                value: Some(reason.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.detail",
-                value: Some(detail),
-            })
-            .insert(Header {
-                key: "dlq.service",
-                value: Some(self.service),
-            })
-            .insert(Header {
-                key: "dlq.source.topic",
-                value: Some(r.topic),
-            })
-            .insert(Header {
-                key: "dlq.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.source.offset",
-                value: Some(offset.as_str()),
-            });
+            self.service,
+            r.topic,
+            r.partition,
+            r.offset,
+            r.key,
+            r.payload,
+        );
         let opaque = crate::kafka::pack_opaque(self.epoch_slot, 0);
         let mut rec = BaseRecord::with_opaque_to(dlq, opaque)
             .payload(buf.as_slice())
@@ -222,6 +192,62 @@ impl Emitter<'_> {
             self.metrics.duplicates.inc();
         }
     }
+}
+
+/// The DLQ record of a rejected input: the framed `DeadLetter` envelope (original key and
+/// payload inside) and the `dlq.*` headers that let tools route on the reason without decoding.
+#[allow(clippy::too_many_arguments)]
+pub fn dead_letter_record(
+    reason: DlqReason,
+    detail: &str,
+    service: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> (Vec<u8>, OwnedHeaders) {
+    let envelope = DeadLetter {
+        reason,
+        detail,
+        service,
+        source_topic: topic,
+        source_partition: partition,
+        source_offset: offset,
+        failed_at_ms: now_ms(),
+        key,
+        payload,
+    };
+    let mut buf = Vec::with_capacity(64 + payload.map_or(0, <[u8]>::len));
+    envelope.encode_framed(&mut buf);
+    let partition = partition.to_string();
+    let offset = offset.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "dlq.reason",
+            value: Some(reason.as_str()),
+        })
+        .insert(Header {
+            key: "dlq.detail",
+            value: Some(detail),
+        })
+        .insert(Header {
+            key: "dlq.service",
+            value: Some(service),
+        })
+        .insert(Header {
+            key: "dlq.source.topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "dlq.source.partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "dlq.source.offset",
+            value: Some(offset.as_str()),
+        });
+    (buf, headers)
 }
 
 fn send<'a>(producer: &ThreadedProducer<ProducerCtx>, mut rec: BaseRecord<'a, [u8], [u8], usize>) {

@@ -17,6 +17,21 @@ pub struct ServiceHandle {
 }
 
 impl ServiceHandle {
+    /// A handle for a service that runs its own loop (the sink) on `join`.
+    pub fn from_parts(
+        http_addr: SocketAddr,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        join: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> ServiceHandle {
+        ServiceHandle {
+            http_addr,
+            metrics,
+            shutdown,
+            join,
+        }
+    }
+
     /// Waits until the loop ends (after [`Shutdown::trigger`], or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.join

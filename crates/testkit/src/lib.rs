@@ -208,3 +208,46 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
     f()
 }
+
+/// The URL of a running PostgreSQL with the project's role and database, started through the
+/// project's scripts when needed (`HEADROOM_TEST_PG_URL` when set). Never skips.
+pub fn pg_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(u) = std::env::var("HEADROOM_TEST_PG_URL") {
+            if !u.is_empty() {
+                return u;
+            }
+        }
+        let script = repo_root().join("scripts/stack.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("pg-up")
+            .output()
+            .expect("run scripts/stack.sh");
+        assert!(
+            out.status.success(),
+            "scripts/stack.sh pg-up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .output()
+            .expect("stack env");
+        String::from_utf8_lossy(&env.stdout)
+            .lines()
+            .flat_map(|l| l.trim_start_matches("export ").split_whitespace())
+            .find_map(|t| t.strip_prefix("HEADROOM_PG_URL=").map(str::to_owned))
+            .expect("stack.sh env prints HEADROOM_PG_URL")
+    })
+    .clone()
+}
+
+/// `url` with its sessions' `search_path` set to `schema`: a test creates its own schema and
+/// applies the migrations there, so tests never see each other's tables.
+pub fn pg_url_in_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}

@@ -1,0 +1,278 @@
+//! PostgreSQL's binary `COPY` format, written straight into a buffer.
+//!
+//! Layout (see the `COPY` reference, "Binary Format"): an 11-byte signature, a flags word and a
+//! header-extension length; then per row a 16-bit field count and per field a 32-bit length
+//! (-1 for NULL) followed by the value in the type's binary send format (big-endian); then a
+//! 16-bit -1 trailer. Values here are written for the column types the migrations declare:
+//! the caller must write the fields of a row in the table's column order.
+
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01T00:00:00Z).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+const INT4_OID: u32 = 23;
+/// `in_row` once the trailer is written.
+const FINISHED: i16 = -2;
+
+/// A binary `COPY` payload under construction.
+#[derive(Debug, Clone)]
+pub struct CopyBuf {
+    buf: Vec<u8>,
+    columns: i16,
+    rows: usize,
+    in_row: i16,
+}
+
+impl CopyBuf {
+    /// An empty payload for rows of `columns` fields.
+    pub fn new(columns: i16) -> CopyBuf {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(SIGNATURE);
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        CopyBuf {
+            buf,
+            columns,
+            rows: 0,
+            in_row: -1,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes of row data so far.
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Starts a row. Every row must get exactly `columns` fields before the next one starts.
+    pub fn row(&mut self) -> &mut Self {
+        self.check_row_complete();
+        self.buf.extend_from_slice(&self.columns.to_be_bytes());
+        self.rows += 1;
+        self.in_row = 0;
+        self
+    }
+
+    fn check_row_complete(&self) {
+        assert!(self.in_row != FINISHED, "rows added after finish()");
+        debug_assert!(
+            self.in_row == -1 || self.in_row == self.columns,
+            "row {} has {} fields, expected {}",
+            self.rows,
+            self.in_row,
+            self.columns
+        );
+    }
+
+    /// Drops the row being written (for example when a later field turns out to be invalid).
+    pub fn truncate_to(&mut self, mark: Mark) {
+        self.buf.truncate(mark.len);
+        self.rows = mark.rows;
+        self.in_row = -1;
+    }
+
+    /// A position to roll back to with [`CopyBuf::truncate_to`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            len: self.buf.len(),
+            rows: self.rows,
+        }
+    }
+
+    fn field(&mut self, len: i32) {
+        self.in_row += 1;
+        self.buf.extend_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn null(&mut self) -> &mut Self {
+        self.field(-1);
+        self
+    }
+
+    pub fn text(&mut self, v: &str) -> &mut Self {
+        self.bytea(v.as_bytes())
+    }
+
+    pub fn opt_text(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.text(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn bytea(&mut self, v: &[u8]) -> &mut Self {
+        self.field(i32::try_from(v.len()).unwrap_or(i32::MAX));
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    pub fn opt_bytea(&mut self, v: Option<&[u8]>) -> &mut Self {
+        match v {
+            Some(v) => self.bytea(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn int4(&mut self, v: i32) -> &mut Self {
+        self.field(4);
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn opt_int4(&mut self, v: Option<i32>) -> &mut Self {
+        match v {
+            Some(v) => self.int4(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn int8(&mut self, v: i64) -> &mut Self {
+        self.field(8);
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn opt_int8(&mut self, v: Option<i64>) -> &mut Self {
+        match v {
+            Some(v) => self.int8(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn float8(&mut self, v: f64) -> &mut Self {
+        self.field(8);
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn opt_float8(&mut self, v: Option<f64>) -> &mut Self {
+        match v {
+            Some(v) => self.float8(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn boolean(&mut self, v: bool) -> &mut Self {
+        self.field(1);
+        self.buf.push(u8::from(v));
+        self
+    }
+
+    pub fn opt_boolean(&mut self, v: Option<bool>) -> &mut Self {
+        match v {
+            Some(v) => self.boolean(v),
+            None => self.null(),
+        }
+    }
+
+    /// A `timestamptz` from milliseconds since the Unix epoch.
+    pub fn timestamptz_ms(&mut self, ms: i64) -> &mut Self {
+        self.field(8);
+        let us = ms.saturating_mul(1000).saturating_sub(PG_EPOCH_OFFSET_US);
+        self.buf.extend_from_slice(&us.to_be_bytes());
+        self
+    }
+
+    /// A `jsonb` value from JSON text (the binary format is a version byte, then the text).
+    pub fn jsonb(&mut self, json: &str) -> &mut Self {
+        self.field(i32::try_from(json.len() + 1).unwrap_or(i32::MAX));
+        self.buf.push(1);
+        self.buf.extend_from_slice(json.as_bytes());
+        self
+    }
+
+    /// A one-dimensional `int4[]` (NULL when `v` is `None`).
+    pub fn int4_array(&mut self, v: Option<&[i32]>) -> &mut Self {
+        let Some(v) = v else { return self.null() };
+        let len = 20 + 8 * v.len();
+        self.field(i32::try_from(len).unwrap_or(i32::MAX));
+        self.buf.extend_from_slice(&1i32.to_be_bytes()); // dimensions
+        self.buf.extend_from_slice(&0i32.to_be_bytes()); // has nulls
+        self.buf.extend_from_slice(&INT4_OID.to_be_bytes());
+        self.buf
+            .extend_from_slice(&i32::try_from(v.len()).unwrap_or(i32::MAX).to_be_bytes());
+        self.buf.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+        for x in v {
+            self.buf.extend_from_slice(&4i32.to_be_bytes());
+            self.buf.extend_from_slice(&x.to_be_bytes());
+        }
+        self
+    }
+
+    /// The finished payload, trailer included. The buffer can be reused after [`CopyBuf::clear`].
+    pub fn finish(&mut self) -> &[u8] {
+        if self.in_row != FINISHED {
+            self.check_row_complete();
+        }
+        if self.in_row != FINISHED {
+            self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+            self.in_row = FINISHED;
+        }
+        &self.buf
+    }
+
+    /// Empties the payload, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.buf.truncate(SIGNATURE.len() + 8);
+        self.rows = 0;
+        self.in_row = -1;
+    }
+}
+
+/// A position in a [`CopyBuf`].
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    len: usize,
+    rows: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_row_and_trailer() {
+        let mut c = CopyBuf::new(2);
+        c.row().int4(7).null();
+        let b = c.finish().to_vec();
+        assert_eq!(&b[..11], SIGNATURE);
+        assert_eq!(&b[11..19], &[0u8; 8]);
+        // field count 2, int4 len 4 value 7, null
+        assert_eq!(&b[19..21], &2i16.to_be_bytes());
+        assert_eq!(&b[21..25], &4i32.to_be_bytes());
+        assert_eq!(&b[25..29], &7i32.to_be_bytes());
+        assert_eq!(&b[29..33], &(-1i32).to_be_bytes());
+        assert_eq!(&b[33..], &(-1i16).to_be_bytes());
+        // finish is idempotent
+        assert_eq!(c.finish().len(), b.len());
+        c.clear();
+        assert!(c.is_empty());
+        assert_eq!(c.finish().len(), 21);
+    }
+
+    #[test]
+    fn timestamps_are_relative_to_2000() {
+        let mut c = CopyBuf::new(1);
+        c.row().timestamptz_ms(946_684_800_000 + 1);
+        let b = c.finish();
+        assert_eq!(&b[25..33], &1000i64.to_be_bytes());
+    }
+
+    #[test]
+    fn truncate_drops_a_partial_row() {
+        let mut c = CopyBuf::new(2);
+        c.row().int4(1).int4(2);
+        let m = c.mark();
+        c.row().int4(3);
+        c.truncate_to(m);
+        assert_eq!(c.rows(), 1);
+        c.row().int4(4).int4(5);
+        assert_eq!(c.rows(), 2);
+    }
+}

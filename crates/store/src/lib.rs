@@ -1,0 +1,147 @@
+//! headroom's PostgreSQL store: the migrations under `sql/migrations/` (embedded, applied by
+//! sqlx's migrator), the time-partitioned tables and their retention, the binary `COPY`
+//! encoder, and the sink's transactional offsets.
+//!
+//! No Kafka here: the sink service, the CLI and the OLAP benchmark share this crate.
+
+pub mod copy;
+pub mod offsets;
+pub mod partitions;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub use copy::CopyBuf;
+pub use partitions::{Span, TableSpec, TABLES};
+
+/// The migrations, in order. Files are never edited once released: a change is a new file.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "sink tables",
+    include_str!("../../../sql/migrations/0001_sink_tables.sql"),
+)];
+
+/// sqlx's migrator over the embedded migrations (it records them in `_sqlx_migrations`,
+/// checks the checksums of those already applied, and takes an advisory lock so that
+/// concurrent starters do not race).
+pub fn migrator() -> Migrator {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                Cow::Borrowed(*d),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// Applies the pending migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    migrator()
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))
+}
+
+/// Connection options from a URL, without sqlx's per-statement logging (the sink's statements
+/// are few and large; its own spans and metrics say what it does).
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("postgres url `{}`: {e}", redact(url)))?;
+    Ok(opts
+        .application_name("headroom")
+        .disable_statement_logging())
+}
+
+/// One connection (the sink's writer keeps its own, with its session's staging tables).
+pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgConnection> {
+    let opts = connect_options(url)?;
+    tokio::time::timeout(timeout, opts.connect())
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {}: timed out after {timeout:?}", redact(url)))?
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", redact(url)))
+}
+
+/// A small pool (for commands and the sink's offset loader).
+pub async fn pool(url: &str, max: u32, timeout: Duration) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(timeout)
+        .connect_with(connect_options(url)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// True when an error means the connection (or the server) is gone, as opposed to a problem
+/// with the statement or the data: the caller reconnects and retries the same batch.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            // Class 08 (connection exception), 57P01..57P03 (admin shutdown, crash shutdown,
+            // cannot connect now), 53300 (too many connections).
+            db.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("57P") || c == "53300"
+            })
+        }
+        sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn migrations_are_ordered_and_named() {
+        let m = migrator();
+        let versions: Vec<i64> = m.iter().map(|m| m.version).collect();
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(versions, sorted);
+        assert!(m.iter().all(|m| !m.sql.trim().is_empty()));
+    }
+}

@@ -1,0 +1,149 @@
+//! The migrations, partitions, histograms and fenced offsets against a real PostgreSQL
+//! (started through the project's scripts when not running).
+
+use std::time::Duration;
+
+use headroom_store::offsets::{self, Advance, FenceError};
+use headroom_store::partitions::{self, PartitionCache, Span};
+use headroom_store::CopyBuf;
+use sqlx::{Connection, Executor, PgConnection};
+
+/// A fresh schema with the migrations applied; returns a URL whose sessions use it.
+async fn fresh() -> String {
+    let base = headroom_testkit::pg_url();
+    let schema = headroom_testkit::unique("t").replace('-', "_");
+    let mut c = PgConnection::connect(&base).await.expect("connect");
+    c.execute(format!("CREATE SCHEMA {schema}").as_str()).await.expect("schema");
+    let url = headroom_testkit::pg_url_in_schema(&base, &schema);
+    let pool = headroom_store::pool(&url, 2, Duration::from_secs(10)).await.expect("pool");
+    headroom_store::migrate(&pool).await.expect("migrate");
+    // Applying again is a no-op (checksums match).
+    headroom_store::migrate(&pool).await.expect("migrate twice");
+    pool.close().await;
+    url
+}
+
+async fn conn(url: &str) -> PgConnection {
+    headroom_store::connect(url, Duration::from_secs(10)).await.expect("connect")
+}
+
+#[tokio::test]
+async fn partitions_are_created_on_demand_and_dropped_past_retention() {
+    let url = fresh().await;
+    let mut c = conn(&url).await;
+    let mut cache = PartitionCache::default();
+    let raw = partitions::spec("telemetry_raw").expect("spec");
+    let day = 86_400_000i64;
+    let t0 = 1_376_568_000_000; // 2013-08-15T12:00Z
+    let made = cache.ensure(&mut c, raw, [t0, t0 + 1000, t0 + day, t0 + 3 * day]).await.expect("ensure");
+    assert_eq!(made, 3);
+    assert_eq!(cache.ensure(&mut c, raw, [t0]).await.expect("again"), 0, "cached");
+    let mut fresh_cache = PartitionCache::default();
+    assert_eq!(fresh_cache.ensure(&mut c, raw, [t0]).await.expect("exists"), 0, "exists in the db");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM headroom_partitions('telemetry_raw')")
+        .fetch_one(&mut c).await.expect("count");
+    assert_eq!(n, 3);
+    // A row lands in its day's partition.
+    sqlx::query("INSERT INTO telemetry_raw (entity_id, ts, src_partition, src_offset) VALUES ('e', to_timestamp($1::float8/1000), 0, 0)")
+        .bind(t0 as f64).execute(&mut c).await.expect("insert");
+    // Retention of 1 day on a clock at t0 + 3 days drops the first two days only.
+    let dropped = cache.drop_expired(&mut c, raw, t0 + 3 * day, Duration::from_secs(86_400)).await.expect("drop");
+    assert_eq!(dropped, 2);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM headroom_partitions('telemetry_raw')")
+        .fetch_one(&mut c).await.expect("count");
+    assert_eq!(n, 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_raw").fetch_one(&mut c).await.expect("rows");
+    assert_eq!(rows, 0, "the row went with its partition");
+    // Zero retention keeps everything.
+    assert_eq!(cache.drop_expired(&mut c, raw, i64::MAX / 4, Duration::ZERO).await.expect("keep"), 0);
+    // Monthly partitions for the hourly rollup.
+    let h = partitions::spec("telemetry_1h").expect("spec");
+    assert_eq!(h.span, Span::Month);
+    assert_eq!(cache.ensure(&mut c, h, [t0, t0 + 10 * day]).await.expect("month"), 1);
+}
+
+#[tokio::test]
+async fn histograms_merge_exactly_and_give_quantiles() {
+    let url = fresh().await;
+    let mut c = conn(&url).await;
+    let a: Vec<i32> = (0..101).map(|i| i32::from(i < 50)).collect(); // 0.00..0.49
+    let b: Vec<i32> = (0..101).map(|i| i32::from(i >= 50 && i < 100)).collect(); // 0.50..0.99
+    let merged: Vec<i32> = sqlx::query_scalar("SELECT hist_merge($1, $2)")
+        .bind(&a).bind(&b).fetch_one(&mut c).await.expect("merge");
+    assert_eq!(merged.iter().sum::<i32>(), 100);
+    assert_eq!(merged[100], 0);
+    let (p50, p95): (f64, f64) = sqlx::query_as("SELECT hist_quantile($1, 0.5), hist_quantile($1, 0.95)")
+        .bind(&merged).fetch_one(&mut c).await.expect("q");
+    assert!((p50 - 0.495).abs() < 1e-9, "{p50}");
+    assert!((p95 - 0.945).abs() < 1e-9, "{p95}");
+    let agg: Vec<i32> = sqlx::query_scalar("SELECT hist_sum(h) FROM (VALUES ($1::int4[]), ($2::int4[]), (NULL)) v(h)")
+        .bind(&a).bind(&b).fetch_one(&mut c).await.expect("agg");
+    assert_eq!(agg, merged);
+    let empty: Option<f64> = sqlx::query_scalar("SELECT hist_quantile(NULL::int4[], 0.5)")
+        .fetch_one(&mut c).await.expect("null");
+    assert_eq!(empty, None);
+}
+
+#[tokio::test]
+async fn binary_copy_roundtrips_every_column_type() {
+    let url = fresh().await;
+    let mut c = conn(&url).await;
+    let raw = partitions::spec("telemetry_raw").expect("spec");
+    let ts = 1_700_000_000_123i64;
+    PartitionCache::default().ensure(&mut c, raw, [ts]).await.expect("partition");
+    let mut b = CopyBuf::new(18);
+    b.row().text("vm-1").timestamptz_ms(ts).text("svc").null()
+        .float8(0.25).float8(0.5).float8(1e6).null().null().null().float8(4.0).float8(8e9)
+        .int4(3).float8(0.42).boolean(true).jsonb(r#"{"team":"a"}"#).int4(2).int8(77);
+    let mut copy = c.copy_in_raw("COPY telemetry_raw FROM STDIN (FORMAT binary)").await.expect("copy");
+    copy.send(b.finish()).await.expect("send");
+    assert_eq!(copy.finish().await.expect("finish"), 1);
+    let row: (String, f64, Option<String>, f64, i32, bool, String, i64) = sqlx::query_as(
+        "SELECT entity_id, extract(epoch from ts)::float8 * 1000, cluster, cpu_util, replicas, scale_event, labels->>'team', src_offset FROM telemetry_raw",
+    ).fetch_one(&mut c).await.expect("row");
+    assert_eq!(row.0, "vm-1");
+    assert!((row.1 - ts as f64).abs() < 0.5, "{}", row.1);
+    assert_eq!(row.2, None);
+    assert_eq!(row.3, 0.25);
+    assert_eq!((row.4, row.5, row.6.as_str(), row.7), (3, true, "a", 77));
+    // An array column.
+    let mut h = CopyBuf::new(1);
+    h.row().int4_array(Some(&[1, 2, 3]));
+    c.execute("CREATE TEMP TABLE arr (h int4[])").await.expect("tmp");
+    let mut copy = c.copy_in_raw("COPY arr FROM STDIN (FORMAT binary)").await.expect("copy");
+    copy.send(h.finish()).await.expect("send");
+    copy.finish().await.expect("finish");
+    let got: Vec<i32> = sqlx::query_scalar("SELECT h FROM arr").fetch_one(&mut c).await.expect("arr");
+    assert_eq!(got, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn offsets_are_fenced() {
+    let url = fresh().await;
+    let mut a = conn(&url).await;
+    let mut b = conn(&url).await;
+    let adv = |expected, next| vec![Advance { topic: "t".into(), partition: 0, expected, next }];
+    // First writer creates the row.
+    let mut tx = a.begin().await.expect("tx");
+    offsets::lock_and_check(&mut tx, "g", &adv(None, 10)).await.expect("check");
+    offsets::store(&mut tx, "g", &adv(None, 10)).await.expect("store");
+    tx.commit().await.expect("commit");
+    // A second writer that still believes the partition is new is fenced.
+    let mut tx = b.begin().await.expect("tx");
+    let e = offsets::lock_and_check(&mut tx, "g", &adv(None, 5)).await.expect_err("fenced");
+    assert!(matches!(e, FenceError::Fenced { stored: Some(10), .. }), "{e}");
+    tx.rollback().await.expect("rollback");
+    // One that resumed from 10 advances; a stale one that also resumed from 10 is fenced after.
+    let mut tx = b.begin().await.expect("tx");
+    offsets::lock_and_check(&mut tx, "g", &adv(Some(10), 20)).await.expect("check");
+    offsets::store(&mut tx, "g", &adv(Some(10), 20)).await.expect("store");
+    tx.commit().await.expect("commit");
+    let mut tx = a.begin().await.expect("tx");
+    assert!(offsets::lock_and_check(&mut tx, "g", &adv(Some(10), 15)).await.is_err());
+    tx.rollback().await.expect("rollback");
+    let stored = offsets::load(&mut a, "g", &[("t".into(), 0), ("t".into(), 1)]).await.expect("load");
+    assert_eq!(stored.get(&("t".to_owned(), 0)), Some(&20));
+    assert_eq!(stored.len(), 1);
+    // Other groups are independent.
+    assert!(offsets::load(&mut a, "other", &[("t".into(), 0)]).await.expect("load").is_empty());
+}

@@ -1,0 +1,197 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use headroom_runtime::config::{HttpConfig, LogConfig, RegistryConfig};
+use headroom_runtime::{load_config, ConfigError, KafkaConfig};
+use headroom_schemas::ValidationLimits;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULTS: &str = include_str!("../default.toml");
+pub const ENV_PREFIX: &str = "HEADROOM_SINK__";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub migrate: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub max_rows: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub telemetry: String,
+    pub features: String,
+    pub forecasts: String,
+    pub recommendations: String,
+    pub drift: String,
+    pub models: String,
+    pub dlq: String,
+}
+
+impl Topics {
+    pub fn all(&self) -> [&str; 7] {
+        [
+            &self.telemetry,
+            &self.features,
+            &self.forecasts,
+            &self.recommendations,
+            &self.drift,
+            &self.models,
+            &self.dlq,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub ahead_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub schema_registry: RegistryConfig,
+    pub postgres: Postgres,
+    pub batch: Batch,
+    pub retry: Retry,
+    pub topics: Topics,
+    /// Table name -> retention (humantime).
+    pub retention: BTreeMap<String, String>,
+    pub maintenance: Maintenance,
+    pub validation: ValidationLimits,
+}
+
+impl Config {
+    /// Defaults, then `file`, then `HEADROOM_SINK__*` variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let c: Config = load_config(DEFAULTS, file, ENV_PREFIX)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("key `kafka.brokers` must not be empty".into());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return bad("key `kafka.group_id` must not be empty: the stored offsets are per group".into());
+        }
+        if self.batch.max_rows == 0 || self.batch.max_rows > 1_000_000 {
+            return bad(format!(
+                "key `batch.max_rows` must be between 1 and 1000000, got {}",
+                self.batch.max_rows
+            ));
+        }
+        if self.batch.max_wait.is_zero() {
+            return bad("key `batch.max_wait` must be positive".into());
+        }
+        if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
+            return bad("key `retry`: initial_backoff must be positive and at most max_backoff".into());
+        }
+        if self.maintenance.interval < Duration::from_secs(1) {
+            return bad("key `maintenance.interval` must be at least 1s".into());
+        }
+        let mut topics: Vec<&str> = self.topics.all().to_vec();
+        topics.sort_unstable();
+        topics.dedup();
+        if topics.len() != 7 || topics.iter().any(|t| t.is_empty()) {
+            return bad("key `topics`: the seven topics must be distinct and non-empty".into());
+        }
+        url_ok(&self.postgres.url)?;
+        self.retentions()?;
+        Ok(())
+    }
+
+    /// The retention of every partitioned table (each must be configured).
+    pub fn retentions(&self) -> Result<Vec<(headroom_store::TableSpec, Duration)>, ConfigError> {
+        for k in self.retention.keys() {
+            if headroom_store::partitions::spec(k).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "key `retention.{k}`: no such table (known: {})",
+                    headroom_store::TABLES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        headroom_store::TABLES
+            .iter()
+            .map(|t| {
+                let v = self.retention.get(t.name).ok_or_else(|| {
+                    ConfigError::Invalid(format!("key `retention.{}` is missing", t.name))
+                })?;
+                let d = humantime::parse_duration(v).map_err(|e| {
+                    ConfigError::Invalid(format!("key `retention.{}`: `{v}`: {e}", t.name))
+                })?;
+                Ok((*t, d))
+            })
+            .collect()
+    }
+}
+
+fn url_ok(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "key `postgres.url`: `{}` is not a postgres:// URL",
+            headroom_store::redact(url)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_cover_every_table() {
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_SINK_TEST1__").expect("defaults");
+        c.validate().expect("valid");
+        assert_eq!(c.retentions().expect("ret").len(), headroom_store::TABLES.len());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut c: Config = load_config(DEFAULTS, None, "HEADROOM_SINK_TEST2__").expect("defaults");
+        c.retention.insert("telemetry_raw".into(), "three days".into());
+        let e = c.validate().expect_err("bad retention").to_string();
+        assert!(e.contains("retention.telemetry_raw"), "{e}");
+        c.retention.insert("telemetry_raw".into(), "3d".into());
+        c.retention.insert("nope".into(), "1d".into());
+        assert!(c.validate().expect_err("unknown").to_string().contains("retention.nope"));
+        c.retention.remove("nope");
+        c.postgres.url = "mysql://x".into();
+        assert!(c.validate().expect_err("url").to_string().contains("postgres.url"));
+        c.postgres.url = "postgres://h/db".into();
+        c.topics.dlq = c.topics.telemetry.clone();
+        assert!(c.validate().expect_err("topics").to_string().contains("topics"));
+    }
+}

@@ -1,0 +1,759 @@
+//! The sink: lands every topic of the pipeline in PostgreSQL, exactly once.
+//!
+//! - **Batches are transactions.** Records are decoded and validated as they are polled, and
+//!   turned into binary `COPY` rows (raw telemetry, forecasts, recommendations, drift alerts,
+//!   dead letters) and in-memory partial rollups (1-minute and 1-hour telemetry, hourly
+//!   feature summaries). Every `batch.max_rows` records or `batch.max_wait`, one transaction
+//!   writes them all, merges the rollups on conflict, and stores the consumed offsets.
+//! - **Offsets live in PostgreSQL.** On assignment the sink reads `sink_offsets` and starts each
+//!   partition exactly there (a partition never written starts at the beginning of what the
+//!   topic retains). The broker's committed offsets are not used. Each commit is fenced: it
+//!   checks the stored offsets are still the ones this instance resumed from, so two instances
+//!   that briefly both own a partition cannot both write it.
+//! - **PostgreSQL outages pause, never drop.** A connection error pauses consumption, keeps
+//!   the batch, and retries with exponential backoff until it lands; the consumer keeps polling
+//!   so the instance stays in its group. `headroom_sink_postgres_up` shows the outage.
+//! - **Bad records are dead-lettered** to `telemetry.dlq` with the reason (they are acknowledged
+//!   by the broker before the batch that skips them commits). Records of the DLQ itself are
+//!   stored, never dead-lettered again.
+//! - **Partitions and retention:** the batch creates the partitions its rows need; a
+//!   maintenance pass every `maintenance.interval` creates them ahead and drops whole
+//!   partitions past each table's retention (on the table's data clock).
+
+mod config;
+pub mod rows;
+pub mod writer;
+
+pub use config::{Config, Topics};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use headroom_runtime::metrics::Metrics;
+use headroom_runtime::observe::{now_ms, serve_http, Health};
+use headroom_runtime::processor::dead_letter_record;
+use headroom_runtime::registry::RegistryClient;
+use headroom_runtime::service::ServiceHandle;
+use headroom_runtime::topology::Topology;
+use headroom_runtime::Shutdown;
+use headroom_schemas::{DecodeError, DlqReason, FeaturesRecord, Forecast, ModelEvent, TelemetryDecoder};
+use headroom_store::offsets::{Advance, TopicPartition};
+use headroom_store::TableSpec;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::rows::Batch;
+use crate::writer::{WriteError, Writer};
+
+pub const SERVICE: &str = "sink";
+
+/// The sink's own metrics, beside the standard ones.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub rows_written: IntCounterVec,
+    pub rows_expired: IntCounterVec,
+    pub batch_seconds: Histogram,
+    pub batch_records: Histogram,
+    pub postgres_up: IntGauge,
+    pub postgres_errors: IntCounterVec,
+    pub paused: IntGauge,
+    pub partitions_created: IntGauge,
+    pub partitions_dropped: IntCounterVec,
+}
+
+impl SinkMetrics {
+    fn new(m: &Metrics) -> anyhow::Result<SinkMetrics> {
+        let r = &m.registry;
+        let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> anyhow::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let hist = |name: &str, help: &str, b: Vec<f64>| -> anyhow::Result<Histogram> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(b))?;
+            r.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        Ok(SinkMetrics {
+            rows_written: counter("sink_rows_written_total", "Rows committed to PostgreSQL, by table (rollup rows merged count once per batch).", &["table"])?,
+            rows_expired: counter("sink_rows_expired_total", "Rows not written to a table because their day is past its retention.", &["table"])?,
+            batch_seconds: hist("sink_batch_seconds", "Time to write one batch (one transaction).", prometheus::exponential_buckets(0.005, 2.0, 14)?)?,
+            batch_records: hist("sink_batch_records", "Records per committed batch.", prometheus::exponential_buckets(1.0, 4.0, 10)?)?,
+            postgres_up: gauge("sink_postgres_up", "1 while the last PostgreSQL operation succeeded, 0 during an outage.")?,
+            postgres_errors: counter("sink_postgres_errors_total", "Failed batch writes, by kind (unavailable, fenced, refused).", &["kind"])?,
+            paused: gauge("sink_paused", "1 while consumption is paused for a PostgreSQL outage.")?,
+            partitions_created: gauge("sink_partitions_created", "Partitions created by this instance since it started.")?,
+            partitions_dropped: counter("sink_partitions_dropped_total", "Partitions dropped past retention.", &["table"])?,
+        })
+    }
+}
+
+/// Counts DLQ deliveries that failed (the batch is then not committed).
+struct DlqCtx {
+    failures: AtomicU64,
+    delivered: AtomicU64,
+}
+
+impl ClientContext for DlqCtx {}
+
+impl ProducerContext for DlqCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::SeqCst);
+            }
+            Err((e, _)) => {
+                tracing::error!(error = %e, "dead letter delivery failed");
+                self.failures.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// What the rebalance callback tells the loop.
+#[derive(Debug)]
+enum Assignment {
+    /// Assigned, each with the next offset stored in PostgreSQL (None: never written).
+    Assigned(Vec<(TopicPartition, Option<i64>)>),
+    Revoked,
+}
+
+/// The consumer's context: assigns partitions at the offsets stored in PostgreSQL.
+struct SinkCtx {
+    runtime: tokio::runtime::Handle,
+    url: String,
+    group: String,
+    connect_timeout: Duration,
+    retry: config::Retry,
+    shutdown: Shutdown,
+    events: Mutex<Vec<Assignment>>,
+    metrics: Metrics,
+    sink_metrics: SinkMetrics,
+}
+
+impl ClientContext for SinkCtx {}
+
+impl SinkCtx {
+    /// Reads the stored offsets, retrying through an outage (the consumer cannot start the
+    /// partitions anywhere else without breaking exactly-once).
+    fn stored_offsets(&self, parts: &[TopicPartition]) -> Option<HashMap<TopicPartition, i64>> {
+        let mut backoff = self.retry.initial_backoff;
+        loop {
+            let res = self.runtime.block_on(async {
+                let mut c = headroom_store::connect(&self.url, self.connect_timeout).await?;
+                let r = headroom_store::offsets::load(&mut c, &self.group, parts).await;
+                let _ = sqlx::Connection::close(c).await;
+                r.map_err(anyhow::Error::from)
+            });
+            match res {
+                Ok(m) => {
+                    self.sink_metrics.postgres_up.set(1);
+                    return Some(m);
+                }
+                Err(e) => {
+                    self.sink_metrics.postgres_up.set(0);
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot read stored offsets; assignment waits for PostgreSQL");
+                    if self.shutdown.is_triggered() {
+                        return None;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SinkCtx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<TopicPartition> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let Some(stored) = self.stored_offsets(&parts) else {
+                    return;
+                };
+                let mut assigned = Vec::with_capacity(parts.len());
+                for (t, p) in parts {
+                    let s = stored.get(&(t.clone(), p)).copied();
+                    let off = s.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&t, p, off) {
+                        tracing::error!(topic = %t, partition = p, error = %e, "cannot set start offset");
+                    }
+                    assigned.push(((t, p), s));
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                    return;
+                }
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                self.metrics.assigned_partitions.set(assigned.len() as i64);
+                tracing::info!(partitions = assigned.len(), "partitions assigned at the offsets stored in PostgreSQL");
+                if let Ok(mut ev) = self.events.lock() {
+                    ev.push(Assignment::Assigned(assigned));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // The batch in memory is dropped: its offsets were never stored, so the next
+                // owner reads those records again.
+                if let Ok(mut ev) = self.events.lock() {
+                    ev.push(Assignment::Revoked);
+                }
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                self.metrics.assigned_partitions.set(0);
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                if let Ok(mut ev) = self.events.lock() {
+                    ev.push(Assignment::Revoked);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the sink with `config` until `shutdown` triggers.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
+    config.validate()?;
+    let t = &config.topics;
+    let declared = ["telemetry.raw", "features", "forecasts", "recommendations", "drift.alerts", "models", "telemetry.dlq"];
+    Topology::builtin().check_service(SERVICE, &declared, &["telemetry.dlq"])?;
+    let metrics = Metrics::new(SERVICE);
+    let sink_metrics = SinkMetrics::new(&metrics)?;
+    let health = Arc::new(Health::default());
+    let http_addr = serve_http(&config.http.listen, metrics.clone(), health.clone()).await?;
+    if config.postgres.migrate {
+        let pool = headroom_store::pool(&config.postgres.url, 1, config.postgres.connect_timeout).await?;
+        headroom_store::migrate(&pool).await?;
+        pool.close().await;
+        tracing::info!("migrations applied");
+    }
+    tracing::info!(
+        service = SERVICE,
+        metrics = %format!("http://{http_addr}/metrics"),
+        topics = ?t.all(),
+        postgres = %headroom_store::redact(&config.postgres.url),
+        "sink started"
+    );
+    let runtime = tokio::runtime::Handle::current();
+    let (m, sm, sd) = (metrics.clone(), sink_metrics.clone(), shutdown.clone());
+    let join = tokio::task::spawn_blocking(move || run(config, runtime, m, sm, health, sd));
+    Ok(ServiceHandle::from_parts(http_addr, metrics, shutdown, join))
+}
+
+/// What a topic holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Telemetry,
+    Features,
+    Forecasts,
+    Recommendations,
+    Drift,
+    Models,
+    Dlq,
+}
+
+/// Per partition: the offset stored in PostgreSQL, and the next offset of the batch.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    stored: Option<i64>,
+    batch_next: Option<i64>,
+}
+
+struct Loop {
+    config: Config,
+    runtime: tokio::runtime::Handle,
+    consumer: Arc<BaseConsumer<SinkCtx>>,
+    producer: ThreadedProducer<DlqCtx>,
+    writer: Writer,
+    retention: Vec<(TableSpec, Duration)>,
+    metrics: Metrics,
+    sm: SinkMetrics,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    positions: HashMap<TopicPartition, Position>,
+    batch: Batch,
+    batch_started: Option<Instant>,
+    decoder: TelemetryDecoder,
+    registry: Option<RegistryClient>,
+    in_counters: HashMap<String, prometheus::IntCounter>,
+    raw_floor_ms: i64,
+    paused: bool,
+}
+
+fn run(
+    config: Config,
+    runtime: tokio::runtime::Handle,
+    metrics: Metrics,
+    sm: SinkMetrics,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let ctx = SinkCtx {
+        runtime: runtime.clone(),
+        url: config.postgres.url.clone(),
+        group: config.kafka.group_id.clone(),
+        connect_timeout: config.postgres.connect_timeout,
+        retry: config.retry.clone(),
+        shutdown: shutdown.clone(),
+        events: Mutex::new(Vec::new()),
+        metrics: metrics.clone(),
+        sink_metrics: sm.clone(),
+    };
+    let mut cc = headroom_runtime::kafka::client_config(&config.kafka);
+    cc.set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range");
+    if cc.get("session.timeout.ms").is_none() {
+        cc.set("session.timeout.ms", "10000");
+    }
+    let consumer: BaseConsumer<SinkCtx> = cc.create_with_context(ctx)?;
+    let topics: Vec<&str> = config.topics.all().to_vec();
+    consumer.subscribe(&topics)?;
+    let mut pc = headroom_runtime::kafka::client_config(&config.kafka);
+    pc.set("enable.idempotence", "true").set("linger.ms", "5");
+    let producer: ThreadedProducer<DlqCtx> = pc.create_with_context(DlqCtx {
+        failures: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+    })?;
+    let registry = (!config.schema_registry.url.is_empty())
+        .then(|| RegistryClient::new(&config.schema_registry.url, runtime.clone()));
+    let retention = config.retentions()?;
+    let writer = Writer::new(&config.postgres.url, config.postgres.connect_timeout, &config.kafka.group_id);
+    let mut l = Loop {
+        config,
+        runtime,
+        consumer: Arc::new(consumer),
+        producer,
+        writer,
+        retention,
+        metrics,
+        sm,
+        health,
+        shutdown,
+        positions: HashMap::new(),
+        batch: Batch::default(),
+        batch_started: None,
+        decoder: TelemetryDecoder::new(),
+        registry,
+        in_counters: HashMap::new(),
+        raw_floor_ms: i64::MIN,
+        paused: false,
+    };
+    l.sm.postgres_up.set(1);
+    l.health.set_ready(true);
+    let res = l.main();
+    l.health.set_ready(false);
+    res
+}
+
+impl Loop {
+    fn main(&mut self) -> anyhow::Result<()> {
+        let mut next_maintenance = Instant::now();
+        while !self.shutdown.is_triggered() {
+            self.health.beat();
+            if Instant::now() >= next_maintenance {
+                self.maintain();
+                next_maintenance = Instant::now() + self.config.maintenance.interval;
+            }
+            let wait = match self.batch_started {
+                Some(s) => self.config.batch.max_wait.saturating_sub(s.elapsed()).min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            self.poll_one(wait);
+            let full = self.batch.records >= self.config.batch.max_rows;
+            let due = self.batch_started.is_some_and(|s| s.elapsed() >= self.config.batch.max_wait);
+            if full || due {
+                self.flush(None)?;
+            }
+        }
+        // Drain: land what is in memory, then leave the group.
+        let deadline = Instant::now() + self.config.retry.drain_deadline;
+        if let Err(e) = self.flush(Some(deadline)) {
+            tracing::warn!(error = %format!("{e:#}"), "last batch not written; it is read again on restart");
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("sink stopped");
+        Ok(())
+    }
+
+    /// Polls once and handles what comes back (a record, or an assignment change).
+    fn poll_one(&mut self, wait: Duration) {
+        let consumer = self.consumer.clone();
+        let msg = consumer.poll(wait);
+        self.apply_assignment_events();
+        match msg {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Some(Ok(m)) => {
+                // Safety of the borrow: the message is processed before the next poll.
+                let m: BorrowedMessage<'_> = m;
+                self.take(&m);
+            }
+        }
+    }
+
+    fn apply_assignment_events(&mut self) {
+        let events: Vec<Assignment> = match self.consumer.context().events.lock() {
+            Ok(mut ev) => std::mem::take(&mut *ev),
+            Err(_) => return,
+        };
+        for e in events {
+            match e {
+                Assignment::Revoked => {
+                    if !self.batch.is_empty() {
+                        tracing::info!(records = self.batch.records, "partitions revoked: the unwritten batch is dropped (its offsets were not stored; the next owner reads it again)");
+                    }
+                    self.batch = Batch::default();
+                    self.batch_started = None;
+                    self.positions.clear();
+                    self.paused = false;
+                    self.sm.paused.set(0);
+                }
+                Assignment::Assigned(parts) => {
+                    for (tp, stored) in parts {
+                        self.positions.insert(tp, Position { stored, batch_next: None });
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_in(&mut self, topic: &str) {
+        if let Some(c) = self.in_counters.get(topic) {
+            c.inc();
+            return;
+        }
+        let c = self.metrics.records_in.with_label_values(&[topic]);
+        c.inc();
+        self.in_counters.insert(topic.to_owned(), c);
+    }
+
+    /// Adds one record to the batch (or dead-letters it).
+    fn take(&mut self, m: &BorrowedMessage<'_>) {
+        let topic = m.topic();
+        let tp = (topic.to_owned(), m.partition());
+        let Some(pos) = self.positions.get_mut(&tp) else {
+            // Not (or no longer) ours: a message fetched before a revoke.
+            return;
+        };
+        if let Some(s) = pos.stored {
+            if m.offset() < s {
+                // Already in PostgreSQL (fetched before a seek took effect).
+                self.metrics.duplicates.inc();
+                return;
+            }
+        }
+        pos.batch_next = Some(m.offset() + 1);
+        self.count_in(topic);
+        if self.batch_started.is_none() {
+            self.batch_started = Some(Instant::now());
+        }
+        let now = now_ms();
+        let (partition, offset) = (m.partition(), m.offset());
+        let payload = m.payload();
+        let kind = self.kind(topic);
+        let limits = self.config.validation.clone();
+        let limits = &limits;
+        let result: Result<(), rows::Reject> = match (kind, payload) {
+            (Some(Kind::Dlq), _) => {
+                let ts = m.timestamp().to_millis().unwrap_or(now);
+                self.batch.add_dead_letter(payload, m.key(), partition, offset, ts, now, limits);
+                Ok(())
+            }
+            // A tombstone on the compacted models topic: nothing to store.
+            (Some(Kind::Models), None) => Ok(()),
+            (_, None) => Err((DlqReason::Truncated, "record without a payload".to_owned())),
+            (None, Some(_)) => Ok(()),
+            (Some(Kind::Telemetry), Some(p)) => match self.decode_telemetry(p) {
+                Ok(tel) => match tel.validate(now, limits) {
+                    Ok(()) => self.batch.add_telemetry(&tel, partition, offset, self.raw_floor_ms),
+                    Err(r) => Err(r),
+                },
+                Err(e) => Err((e.reason(), e.to_string())),
+            },
+            (Some(Kind::Features), Some(p)) => FeaturesRecord::decode(p)
+                .map_err(|e| (e.reason(), e.to_string()))
+                .and_then(|f| self.batch.add_features(&f, now, limits)),
+            (Some(Kind::Forecasts), Some(p)) => Forecast::decode(p)
+                .map_err(|e| (e.reason(), e.to_string()))
+                .and_then(|f| self.batch.add_forecast(&f, partition, offset, now, limits)),
+            (Some(Kind::Recommendations), Some(p)) => {
+                self.batch.add_recommendation(p, partition, offset, now, limits)
+            }
+            (Some(Kind::Drift), Some(p)) => self.batch.add_drift(p, partition, offset, now, limits),
+            (Some(Kind::Models), Some(p)) => ModelEvent::decode(p)
+                .map_err(|e| (e.reason(), e.to_string()))
+                .and_then(|e| self.batch.add_model_event(e, partition, offset, now, limits)),
+        };
+        if let Err((reason, detail)) = result {
+            self.dead_letter(m, reason, &detail);
+        }
+    }
+
+    fn kind(&self, topic: &str) -> Option<Kind> {
+        let t = &self.config.topics;
+        [
+            (&t.telemetry, Kind::Telemetry),
+            (&t.features, Kind::Features),
+            (&t.forecasts, Kind::Forecasts),
+            (&t.recommendations, Kind::Recommendations),
+            (&t.drift, Kind::Drift),
+            (&t.models, Kind::Models),
+            (&t.dlq, Kind::Dlq),
+        ]
+        .into_iter()
+        .find_map(|(name, k)| (name == topic).then_some(k))
+    }
+
+    fn decode_telemetry(&mut self, payload: &[u8]) -> Result<headroom_schemas::Telemetry, DecodeError> {
+        match self.decoder.decode(payload) {
+            Err(DecodeError::UnknownSchemaId(id)) if self.registry.is_some() => {
+                let registry = self.registry.as_mut().expect("checked");
+                match registry.fetch(id) {
+                    Ok(schema) => {
+                        self.decoder.add_writer_schema(id, &schema)?;
+                        self.decoder.decode(payload)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "schema lookup failed");
+                        Err(DecodeError::UnknownSchemaId(id))
+                    }
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn dead_letter(&mut self, m: &BorrowedMessage<'_>, reason: DlqReason, detail: &str) {
+        self.metrics.dlq_records.with_label_values(&[reason.as_str()]).inc();
+        self.batch.records += 1;
+        let (buf, mut headers) = dead_letter_record(
+            reason,
+            detail,
+            SERVICE,
+            m.topic(),
+            m.partition(),
+            m.offset(),
+            m.key(),
+            m.payload(),
+        );
+        if let Some(h) = m.headers() {
+            if let Some(tp) = h.iter().find(|h| h.key == headroom_runtime::trace::TRACEPARENT) {
+                headers = headers.insert(rdkafka::message::Header { key: tp.key, value: tp.value });
+            }
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.config.topics.dlq)
+            .payload(buf.as_slice())
+            .headers(headers);
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    tracing::error!(error = %e, "dead letter not sent");
+                    self.producer.context().failures.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Writes the batch: retries through PostgreSQL outages (pausing consumption), drops it
+    /// when fenced, stops the service when PostgreSQL refuses it. With a deadline (shutdown),
+    /// gives up when it passes.
+    fn flush(&mut self, deadline: Option<Instant>) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            self.batch_started = None;
+            return Ok(());
+        }
+        // Dead letters first: a record is skipped only once its dead letter is durable.
+        let failures_before = self.producer.context().failures.load(Ordering::SeqCst);
+        self.producer.flush(Duration::from_secs(30))?;
+        let failures = self.producer.context().failures.load(Ordering::SeqCst);
+        anyhow::ensure!(
+            failures == failures_before && failures == 0,
+            "{failures} dead letters could not be delivered; stopping without storing offsets"
+        );
+        let mut backoff = self.config.retry.initial_backoff;
+        loop {
+            let advances: Vec<Advance> = self
+                .positions
+                .iter()
+                .filter_map(|((t, p), pos)| {
+                    pos.batch_next.map(|next| Advance { topic: t.clone(), partition: *p, expected: pos.stored, next })
+                })
+                .collect();
+            if advances.is_empty() {
+                // Revoked while retrying: the batch went with the partitions.
+                self.batch = Batch::default();
+                self.batch_started = None;
+                self.resume();
+                return Ok(());
+            }
+            let started = Instant::now();
+            let records = self.batch.records;
+            let res = self.runtime.block_on(self.writer.write(&mut self.batch, &advances));
+            match res {
+                Ok(written) => {
+                    self.sm.postgres_up.set(1);
+                    self.sm.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    self.sm.batch_records.observe(records as f64);
+                    for (t, n) in written {
+                        self.sm.rows_written.with_label_values(&[t]).inc_by(n);
+                    }
+                    for (t, n) in &self.batch.expired {
+                        self.sm.rows_expired.with_label_values(&[t]).inc_by(*n);
+                    }
+                    for a in advances {
+                        if let Some(p) = self.positions.get_mut(&(a.topic, a.partition)) {
+                            p.stored = Some(a.next);
+                            p.batch_next = None;
+                        }
+                    }
+                    self.batch = Batch::default();
+                    self.batch_started = None;
+                    self.update_raw_floor();
+                    self.resume();
+                    return Ok(());
+                }
+                Err(WriteError::Unavailable(e)) => {
+                    self.sm.postgres_up.set(0);
+                    self.sm.postgres_errors.with_label_values(&["unavailable"]).inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, records, "PostgreSQL unavailable; consumption paused, batch kept");
+                    self.pause();
+                    if deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                        anyhow::bail!("PostgreSQL unavailable until the drain deadline: {e}");
+                    }
+                    // Keep serving the group while waiting (a revoke empties the batch).
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
+                        self.poll_one(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+                        if self.shutdown.is_triggered() && deadline.is_none() {
+                            break;
+                        }
+                    }
+                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                }
+                Err(WriteError::Fenced(e)) => {
+                    self.sm.postgres_errors.with_label_values(&["fenced"]).inc();
+                    tracing::warn!(error = %e, records, "fenced: another instance wrote these partitions; dropping the batch and re-reading positions");
+                    self.batch = Batch::default();
+                    self.batch_started = None;
+                    self.reseek()?;
+                    self.resume();
+                    return Ok(());
+                }
+                Err(WriteError::Refused(e)) => {
+                    self.sm.postgres_errors.with_label_values(&["refused"]).inc();
+                    anyhow::bail!("PostgreSQL refused a batch (nothing of it was stored, offsets not advanced): {e}");
+                }
+            }
+        }
+    }
+
+    /// Re-reads the stored offsets of every assigned partition and seeks there.
+    fn reseek(&mut self) -> anyhow::Result<()> {
+        let parts: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let stored = match self.runtime.block_on(self.writer.load_offsets(&parts)) {
+            Ok(s) => s,
+            Err(e) => anyhow::bail!("re-reading offsets after being fenced: {e}"),
+        };
+        for tp in parts {
+            let s = stored.get(&tp).copied();
+            let off = s.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = self.consumer.seek(&tp.0, tp.1, off, Duration::from_secs(10)) {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "seek failed");
+            }
+            self.positions.insert(tp, Position { stored: s, batch_next: None });
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self) {
+        if self.paused {
+            return;
+        }
+        if let Ok(a) = self.consumer.assignment() {
+            if let Err(e) = self.consumer.pause(&a) {
+                tracing::warn!(error = %e, "pause failed");
+            }
+        }
+        self.paused = true;
+        self.sm.paused.set(1);
+    }
+
+    fn resume(&mut self) {
+        if !self.paused {
+            return;
+        }
+        if let Ok(a) = self.consumer.assignment() {
+            if let Err(e) = self.consumer.resume(&a) {
+                tracing::warn!(error = %e, "resume failed");
+            }
+        }
+        self.paused = false;
+        self.sm.paused.set(0);
+    }
+
+    /// Raw rows of days entirely past the raw table's retention are not written.
+    fn update_raw_floor(&mut self) {
+        let Some((_, keep)) = self.retention.iter().find(|(t, _)| t.name == "telemetry_raw") else { return };
+        if keep.is_zero() {
+            return;
+        }
+        if let Some(c) = self.writer.clocks.get("telemetry_raw") {
+            let clock = (*c).min(now_ms());
+            self.raw_floor_ms = clock - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
+        }
+    }
+
+    fn maintain(&mut self) {
+        let res = self.runtime.block_on(self.writer.maintain(&self.retention, self.config.maintenance.ahead_days, now_ms()));
+        match res {
+            Ok((dropped, created)) => {
+                self.sm.partitions_created.add(created as i64);
+                if dropped > 0 {
+                    self.sm.partitions_dropped.with_label_values(&["all"]).inc_by(dropped as u64);
+                }
+            }
+            Err(e) => {
+                self.writer.disconnect();
+                tracing::warn!(error = %e, "maintenance failed; retried at the next interval");
+            }
+        }
+    }
+}
+
+/// The set of topics the sink reads (for tests and tools).
+pub fn input_topics(t: &Topics) -> HashSet<String> {
+    t.all().iter().map(|s| (*s).to_owned()).collect()
+}
