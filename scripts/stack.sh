@@ -5,6 +5,10 @@
 #   stack.sh pg-up         start only PostgreSQL, create the role and database
 #   stack.sh down          stop the broker (PostgreSQL is a system service and keeps running)
 #   stack.sh status
+#   stack.sh pg-scratch start|stop|restart DIR PORT
+#                          a throw-away PostgreSQL server of its own (initdb in DIR, loopback PORT,
+#                          trust auth, user postgres): fault tests restart it without disturbing
+#                          the shared one
 # HEADROOM_BROKER_STORAGE=sqlite keeps the broker's data across restarts (default: memory).
 source "$(dirname "$0")/lib.sh"
 
@@ -76,11 +80,39 @@ pg_up() {
     log "PostgreSQL up: $PG_URL"
 }
 
+# A throw-away cluster for fault tests. The server refuses to run as root: it runs as the
+# `postgres` system user that the Debian package creates.
+pg_scratch() {
+    local action="$1" dir="$2" port="$3"
+    command -v pg_ctlcluster >/dev/null || "$REPO_ROOT/scripts/setup.sh"
+    local bin="/usr/lib/postgresql/$PG_VERSION/bin"
+    local run=()
+    if [ "$(id -u)" = 0 ]; then run=(runuser -u postgres --); fi
+    case "$action" in
+        start)
+            if [ ! -f "$dir/PG_VERSION" ]; then
+                mkdir -p "$dir"
+                [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+                "${run[@]}" "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >/dev/null
+            fi
+            "${run[@]}" "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 30 \
+                -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+            ;;
+        stop) "${run[@]}" "$bin/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1 || true ;;
+        restart)
+            "${run[@]}" "$bin/pg_ctl" -D "$dir" -m fast -w -t 30 \
+                -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" restart >/dev/null
+            ;;
+        *) die "usage: $0 pg-scratch start|stop|restart DIR PORT" ;;
+    esac
+}
+
 case "${1:-up}" in
     up) broker_up; pg_up ;;
     broker-up) broker_up ;;
     broker-down) broker_down ;;
     pg-up) pg_up ;;
+    pg-scratch) pg_scratch "${2:-}" "${3:?DIR}" "${4:-0}" ;;
     down) broker_down ;;
     status)
         if wait_port "$KAFKA_HOST" "$KAFKA_PORT" 0; then echo "broker: up at $KAFKA_BROKERS"; else echo "broker: down"; fi
@@ -91,5 +123,5 @@ case "${1:-up}" in
         echo "export HEADROOM_PG_URL=$PG_URL"
         echo "export CARGO_TARGET_DIR=$CARGO_TARGET_DIR XGBOOST_LIB_DIR=$XGBOOST_LIB_DIR"
         ;;
-    *) die "usage: $0 up|down|broker-up|broker-down|pg-up|status|env" ;;
+    *) die "usage: $0 up|down|broker-up|broker-down|pg-up|pg-scratch|status|env" ;;
 esac

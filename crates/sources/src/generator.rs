@@ -125,6 +125,20 @@ impl Generator {
         self.cfg.interval_ms
     }
 
+    /// `rounds` consecutive samples of every entity from `start_ms` (aligned down to the
+    /// sampling interval), in time order: the fleet as tests and benchmarks replay it.
+    pub fn rounds(&mut self, start_ms: i64, rounds: i64) -> Vec<Telemetry> {
+        let step = self.cfg.interval_ms;
+        let start = start_ms.div_euclid(step) * step;
+        let mut out = Vec::with_capacity(rounds.max(0) as usize * self.entity_count());
+        for r in 0..rounds {
+            for i in 0..self.entity_count() {
+                out.push(self.sample(i, start + r * step));
+            }
+        }
+        out
+    }
+
     /// The sample of entity `i` at `ts_ms`.
     pub fn sample(&mut self, i: usize, ts_ms: i64) -> Telemetry {
         let p = &mut self.profiles[i];

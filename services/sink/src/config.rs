@@ -17,6 +17,11 @@ pub struct Postgres {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     pub migrate: bool,
+    /// The key of this sink's rows in `sink_offsets`; empty: the Kafka group id. Positions
+    /// belong to the deployment: renaming the consumer group (or moving to another cluster
+    /// with the same topics) keeps them when this is set.
+    #[serde(default)]
+    pub offsets_group: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +134,15 @@ impl Config {
         url_ok(&self.postgres.url)?;
         self.retentions()?;
         Ok(())
+    }
+
+    /// The key of the stored offsets.
+    pub fn offsets_group(&self) -> &str {
+        if self.postgres.offsets_group.is_empty() {
+            &self.kafka.group_id
+        } else {
+            &self.postgres.offsets_group
+        }
     }
 
     /// The retention of every partitioned table (each must be configured).

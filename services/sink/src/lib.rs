@@ -26,6 +26,11 @@ pub mod writer;
 
 pub use config::{Config, Topics};
 
+/// The built-in defaults (`default.toml`), for tools and tests that build a config.
+pub fn config_defaults() -> &'static str {
+    config::DEFAULTS
+}
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,6 +71,7 @@ pub struct SinkMetrics {
     pub paused: IntGauge,
     pub partitions_created: IntGauge,
     pub partitions_dropped: IntCounterVec,
+    pub offset_gaps: IntCounterVec,
 }
 
 impl SinkMetrics {
@@ -96,6 +102,7 @@ impl SinkMetrics {
             paused: gauge("sink_paused", "1 while consumption is paused for a PostgreSQL outage.")?,
             partitions_created: gauge("sink_partitions_created", "Partitions created by this instance since it started.")?,
             partitions_dropped: counter("sink_partitions_dropped_total", "Partitions dropped past retention.", &["table"])?,
+            offset_gaps: counter("sink_offset_gaps_total", "Jumps over offsets that were never delivered (normal on the compacted models topic only), by topic.", &["topic"])?,
         })
     }
 }
@@ -312,7 +319,7 @@ fn run(
     let ctx = SinkCtx {
         runtime: runtime.clone(),
         url: config.postgres.url.clone(),
-        group: config.kafka.group_id.clone(),
+        group: config.offsets_group().to_owned(),
         connect_timeout: config.postgres.connect_timeout,
         retry: config.retry.clone(),
         shutdown: shutdown.clone(),
@@ -341,7 +348,7 @@ fn run(
     let registry = (!config.schema_registry.url.is_empty())
         .then(|| RegistryClient::new(&config.schema_registry.url, runtime.clone()));
     let retention = config.retentions()?;
-    let writer = Writer::new(&config.postgres.url, config.postgres.connect_timeout, &config.kafka.group_id);
+    let writer = Writer::new(&config.postgres.url, config.postgres.connect_timeout, config.offsets_group());
     let mut l = Loop {
         config,
         runtime,
@@ -459,11 +466,20 @@ impl Loop {
             // Not (or no longer) ours: a message fetched before a revoke.
             return;
         };
+        let expected = pos.batch_next.or(pos.stored);
         if let Some(s) = pos.stored {
             if m.offset() < s {
                 // Already in PostgreSQL (fetched before a seek took effect).
                 self.metrics.duplicates.inc();
                 return;
+            }
+        }
+        if let Some(x) = expected {
+            if m.offset() > x {
+                // Normal on the compacted models topic; elsewhere the records in between are
+                // gone from the broker (retention ran while the sink was behind).
+                self.sm.offset_gaps.with_label_values(&[topic]).inc();
+                tracing::warn!(topic, partition = m.partition(), expected = x, got = m.offset(), "offset gap");
             }
         }
         pos.batch_next = Some(m.offset() + 1);

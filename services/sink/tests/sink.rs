@@ -1,0 +1,482 @@
+//! The sink against the real broker and a real PostgreSQL: every topic lands, exactly once,
+//! through a SIGKILL, a PostgreSQL restart and a rebalance; bad records are dead-lettered with
+//! their reason and then stored from the DLQ.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use headroom_runtime::Shutdown;
+use headroom_schemas::{
+    Catalogue, FeaturesRecord, Forecast, ForecastPoint, Metric, ModelEvent, ModelEventKind,
+    Telemetry, ValidationLimits,
+};
+use headroom_sink::{Config, Topics};
+use headroom_sources::{GenConfig, Generator};
+use headroom_testkit::rdkafka::Message;
+use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
+use sqlx::{Connection, Executor, PgConnection};
+
+struct Env {
+    brokers: String,
+    topics: Topics,
+    pg: String,
+}
+
+/// Topics under a fresh prefix, and a fresh schema (or database `base`) with the migrations.
+async fn env(base_pg: &str, migrate_now: bool) -> Env {
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("sink"));
+    create_topics(&brokers, &prefix).await;
+    let schema = unique("t").replace('-', "_");
+    let mut c = PgConnection::connect(base_pg).await.expect("connect");
+    c.execute(format!("CREATE SCHEMA {schema}").as_str()).await.expect("schema");
+    let pg = headroom_testkit::pg_url_in_schema(base_pg, &schema);
+    if migrate_now {
+        let pool = headroom_store::pool(&pg, 1, Duration::from_secs(10)).await.expect("pool");
+        headroom_store::migrate(&pool).await.expect("migrate");
+        pool.close().await;
+    }
+    let p = |n: &str| format!("{prefix}{n}");
+    Env {
+        brokers,
+        topics: Topics {
+            telemetry: p("telemetry.raw"),
+            features: p("features"),
+            forecasts: p("forecasts"),
+            recommendations: p("recommendations"),
+            drift: p("drift.alerts"),
+            models: p("models"),
+            dlq: p("telemetry.dlq"),
+        },
+        pg,
+    }
+}
+
+fn config(e: &Env, group: &str) -> Config {
+    let mut c: Config = headroom_runtime::load_config(
+        headroom_sink::config_defaults(),
+        None,
+        "HEADROOM_SINK_TEST_UNUSED__",
+    )
+    .expect("defaults");
+    c.kafka.brokers = e.brokers.clone();
+    c.kafka.group_id = group.to_owned();
+    c.http.listen = "127.0.0.1:0".into();
+    c.postgres.url = e.pg.clone();
+    c.topics = e.topics.clone();
+    c.batch.max_wait = Duration::from_millis(200);
+    c.batch.max_rows = 3000;
+    c.retry.initial_backoff = Duration::from_millis(100);
+    c.retry.max_backoff = Duration::from_millis(800);
+    c
+}
+
+fn fleet(entities: u32, rounds: i64) -> Vec<Telemetry> {
+    let mut g = Generator::new(GenConfig {
+        entities: Some(entities),
+        ..GenConfig::default()
+    });
+    g.rounds(1_700_000_000_000, rounds)
+}
+
+fn framed(t: &Telemetry) -> Rec {
+    let mut buf = Vec::new();
+    t.encode_framed(&mut buf);
+    Rec {
+        key: Some(t.entity_id.as_bytes().to_vec()),
+        payload: buf,
+        ..Rec::default()
+    }
+}
+
+fn avro(subject: &str, fields: Vec<(&str, Value)>) -> Vec<u8> {
+    let entry = Catalogue::builtin().latest(subject).expect("subject");
+    let value = Value::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
+    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&entry.schema)
+        .build()
+        .expect("writer")
+        .write_value_to_vec(value)
+        .expect("encode");
+    let mut out = Vec::new();
+    headroom_schemas::frame(entry.id, &mut out);
+    out.extend_from_slice(&datum);
+    out
+}
+
+fn union(v: Option<Value>) -> Value {
+    match v {
+        Some(v) => Value::Union(1, Box::new(v)),
+        None => Value::Union(0, Box::new(Value::Null)),
+    }
+}
+
+fn recommendation(id: &str, ts: i64, shortfall: f64) -> Vec<u8> {
+    avro(
+        "recommendations-value",
+        vec![
+            ("recommendation_id", Value::String(id.into())),
+            ("entity_id", Value::String("vm-1".into())),
+            ("ts_ms", Value::TimestampMillis(ts)),
+            ("service", union(Some(Value::String("web".into())))),
+            ("cluster", union(None)),
+            ("action", Value::Enum(1, "SCALE_OUT".into())),
+            ("target_replicas", union(Some(Value::Int(4)))),
+            ("target_cpu_cores", union(None)),
+            ("target_mem_bytes", union(None)),
+            ("from_cluster", union(None)),
+            ("to_cluster", union(None)),
+            ("forecast_event_id", union(None)),
+            ("cost_change_per_hour", Value::Double(0.37)),
+            ("shortfall_prob", Value::Double(shortfall)),
+            ("confidence", Value::Double(0.8)),
+            ("policy_version", Value::String("p1".into())),
+            ("model_versions", Value::Map([("xgboost".to_owned(), Value::String("v1".into()))].into())),
+            ("reason", Value::String("p90 above target".into())),
+        ],
+    )
+}
+
+fn drift_alert(ts: i64) -> Vec<u8> {
+    avro(
+        "drift.alerts-value",
+        vec![
+            ("alert_id", Value::String("a1".into())),
+            ("entity_id", union(None)),
+            ("ts_ms", Value::TimestampMillis(ts)),
+            ("kind", Value::Enum(0, "FEATURE_DISTRIBUTION".into())),
+            ("subject", Value::String("cpu_mean_1h".into())),
+            ("statistic", Value::String("psi".into())),
+            ("value", Value::Double(0.31)),
+            ("threshold", Value::Double(0.2)),
+            ("severity", Value::Enum(1, "WARNING".into())),
+            ("model_version", union(Some(Value::String("v1".into())))),
+            ("window_start_ms", Value::Long(ts - 3_600_000)),
+            ("window_end_ms", Value::Long(ts)),
+            ("state", Value::Enum(0, "OPEN".into())),
+        ],
+    )
+}
+
+async fn scalar_i64(pg: &str, sql: &str) -> i64 {
+    let mut c = PgConnection::connect(pg).await.expect("connect");
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Waits until `sql` returns `want` (or the timeout passes) and returns the last value.
+async fn wait_for(pg: &str, sql: &str, want: i64, timeout: Duration) -> i64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = scalar_i64(pg, sql).await;
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The exactly-once check of the raw table: per source partition, as many rows as distinct
+/// offsets, and as many as the topic holds there; the rollups count every sample once.
+async fn assert_exact(pg: &str, expected: &[Telemetry]) {
+    let mut c = PgConnection::connect(pg).await.expect("connect");
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (src_partition, src_offset)) FROM telemetry_raw",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("counts");
+    assert_eq!(rows, expected.len() as i64, "raw rows");
+    assert_eq!(distinct, rows, "duplicates in telemetry_raw");
+    for table in ["telemetry_1m", "telemetry_1h"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT coalesce(sum(n), 0)::int8 FROM {table}"))
+            .fetch_one(&mut c)
+            .await
+            .expect("n");
+        assert_eq!(n, expected.len() as i64, "{table} counts every sample once");
+    }
+    // Checksums: the sum of CPU utilization and the count per entity match what was produced.
+    let want_cpu: f64 = expected.iter().filter_map(|t| t.cpu_util).sum();
+    let (raw_cpu, hour_cpu): (f64, f64) = sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(cpu_util), 0) FROM telemetry_raw), (SELECT coalesce(sum(cpu_sum), 0) FROM telemetry_1h)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("sums");
+    assert!((raw_cpu - want_cpu).abs() < 1e-6 * want_cpu.max(1.0), "{raw_cpu} vs {want_cpu}");
+    assert!((hour_cpu - want_cpu).abs() < 1e-6 * want_cpu.max(1.0), "{hour_cpu} vs {want_cpu}");
+    let mut want: HashMap<&str, i64> = HashMap::new();
+    for t in expected {
+        *want.entry(t.entity_id.as_str()).or_default() += 1;
+    }
+    let got: Vec<(String, i64)> = sqlx::query_as("SELECT entity_id, sum(n)::int8 FROM telemetry_1m GROUP BY 1")
+        .fetch_all(&mut c)
+        .await
+        .expect("per entity");
+    assert_eq!(got.len(), want.len());
+    for (e, n) in got {
+        assert_eq!(Some(&n), want.get(e.as_str()), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
+    let e = env(&headroom_testkit::pg_url(), false).await;
+    let now = headroom_runtime::observe::now_ms();
+    let limits = ValidationLimits::default();
+    let good = fleet(12, 48);
+    assert!(good.iter().all(|t| t.validate(now, &limits).is_ok()), "the generator makes valid samples");
+    let mut recs: Vec<Rec> = good.iter().map(framed).collect();
+    // Bad telemetry: NaN, out of range, absurd time, undecodable.
+    let mut nan = good[0].clone();
+    nan.cpu_util = Some(f64::NAN);
+    let mut big = good[1].clone();
+    big.mem_util = Some(7.0);
+    let mut old = good[2].clone();
+    old.ts_ms = 600_000_000_000; // 1989
+    recs.extend([framed(&nan), framed(&big), framed(&old)]);
+    recs.push(Rec { key: Some(b"vm-x".to_vec()), payload: b"\x07garbage".to_vec(), ..Rec::default() });
+    produce(&e.brokers, &e.topics.telemetry, &recs);
+
+    let ts = good[0].ts_ms;
+    let forecast = |i: i64, p50: f64| {
+        let f = Forecast {
+            event_id: format!("ev{i}"),
+            entity_id: format!("vm-{i}"),
+            ts_ms: ts + i * 300_000,
+            service: Some("web".into()),
+            cluster: None,
+            points: vec![
+                ForecastPoint { metric: Metric::Cpu, horizon_min: 5, p50, p90: 0.6, model: "xgboost/v1".into() },
+                ForecastPoint { metric: Metric::Memory, horizon_min: 30, p50: 0.4, p90: 0.5, model: "xgboost/v1".into() },
+            ],
+            scale_event_prob: Some(0.1),
+            model_versions: vec![("xgboost".into(), "v1".into())],
+        };
+        let mut b = Vec::new();
+        f.encode_framed(&mut b);
+        Rec { key: Some(f.entity_id.into_bytes()), payload: b, ..Rec::default() }
+    };
+    let mut frecs: Vec<Rec> = (0..10).map(|i| forecast(i, 0.5)).collect();
+    frecs.push(forecast(99, f64::NAN));
+    produce(&e.brokers, &e.topics.forecasts, &frecs);
+    produce(&e.brokers, &e.topics.recommendations, &[
+        Rec { key: Some(b"vm-1".to_vec()), payload: recommendation("r1", ts, 0.05), ..Rec::default() },
+        Rec { key: Some(b"vm-1".to_vec()), payload: recommendation("r2", ts + 1, 0.02), ..Rec::default() },
+        Rec { key: Some(b"vm-1".to_vec()), payload: recommendation("r3", ts + 2, 1.5), ..Rec::default() },
+    ]);
+    produce(&e.brokers, &e.topics.drift, &[Rec { key: None, payload: drift_alert(ts), ..Rec::default() }]);
+    let features: Vec<Rec> = (0..5)
+        .map(|i| {
+            let f = FeaturesRecord {
+                event_id: format!("f{i}"),
+                entity_id: "vm-1".into(),
+                ts_ms: ts + i * 300_000,
+                feature_set: "v1".into(),
+                values: vec![0.5; 4],
+                imputed_mask: i32::from(i == 0),
+                ..FeaturesRecord::default()
+            };
+            let mut b = Vec::new();
+            f.encode_framed(&mut b);
+            Rec { key: Some(b"vm-1".to_vec()), payload: b, ..Rec::default() }
+        })
+        .collect();
+    produce(&e.brokers, &e.topics.features, &features);
+    for (k, (version, kind)) in [("v1", ModelEventKind::Promoted), ("v2", ModelEventKind::Promoted)].into_iter().enumerate() {
+        let ev = ModelEvent {
+            event_id: format!("m{k}"),
+            model_name: "xgboost".into(),
+            version: version.into(),
+            ts_ms: ts + k as i64,
+            kind,
+            artifact_uri: format!("models/{version}"),
+            feature_set: "v1".into(),
+            metrics: vec![("mase_cpu_5m".into(), 0.87)],
+            reason: None,
+        };
+        let mut b = Vec::new();
+        ev.encode_framed(&mut b);
+        produce(&e.brokers, &e.topics.models, &[Rec { key: Some(b"xgboost".to_vec()), payload: b, ..Rec::default() }]);
+    }
+
+    let handle = headroom_sink::start(config(&e, &unique("g")), Shutdown::new()).await.expect("start");
+    let pg = &e.pg;
+    let t = Duration::from_secs(60);
+    assert_eq!(wait_for(pg, "SELECT count(*) FROM telemetry_raw", good.len() as i64, t).await, good.len() as i64);
+    assert_eq!(wait_for(pg, "SELECT count(*) FROM forecasts", 20, t).await, 20);
+    assert_eq!(wait_for(pg, "SELECT count(*) FROM recommendations", 2, t).await, 2);
+    assert_eq!(wait_for(pg, "SELECT count(*) FROM drift_alerts", 1, t).await, 1);
+    assert_eq!(wait_for(pg, "SELECT coalesce(sum(n), 0)::int8 FROM features_1h", 5, t).await, 5);
+    assert_eq!(scalar_i64(pg, "SELECT sum(imputed_n)::int8 FROM features_1h").await, 1);
+    // The registry follows the model events: v2 serves, v1 is retired.
+    assert_eq!(wait_for(pg, "SELECT count(*) FROM model_events", 2, t).await, 2);
+    assert_eq!(scalar_i64(pg, "SELECT count(*) FROM model_registry WHERE version = 'v2' AND status = 'serving'").await, 1);
+    assert_eq!(scalar_i64(pg, "SELECT count(*) FROM model_registry WHERE version = 'v1' AND status = 'retired'").await, 1);
+    // Six bad records went to the DLQ with their reasons, and from there into dead_letters.
+    let dlq = consume(&e.brokers, &e.topics.dlq, 6, Duration::from_secs(30), Duration::from_millis(500));
+    let mut reasons: Vec<&str> = dlq.iter().filter_map(|m| header(m, "dlq.reason")).collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        ["bad_magic", "not_finite", "not_finite", "out_of_range", "out_of_range", "timestamp_past"],
+        "{:?}",
+        dlq.iter().map(|m| header(m, "dlq.detail")).collect::<Vec<_>>()
+    );
+    assert!(dlq.iter().all(|m| header(m, "dlq.service") == Some("sink") && m.key().is_some()));
+    assert_eq!(wait_for(pg, "SELECT count(*) FROM dead_letters", 6, t).await, 6);
+    assert_eq!(
+        scalar_i64(pg, "SELECT count(*) FROM dead_letters WHERE service = 'sink' AND payload IS NOT NULL AND source_topic IS NOT NULL").await,
+        6
+    );
+    assert_exact(pg, &good).await;
+    // The rollups hold the utilization histograms, and p95 comes from them.
+    let p95_ok = scalar_i64(
+        pg,
+        "SELECT count(*) FROM telemetry_1h WHERE cpu_p95 IS NULL OR cpu_p95 < cpu_min - 0.01 OR cpu_p95 > cpu_max + 0.01",
+    )
+    .await;
+    assert_eq!(p95_ok, 0, "p95 lies within [min, max] of every bucket");
+    // The stored offsets are the topics' ends: everything consumed was stored.
+    let stored = scalar_i64(pg, &format!("SELECT sum(next_offset)::int8 FROM sink_offsets WHERE topic = '{}'", e.topics.telemetry)).await;
+    assert_eq!(stored, recs.len() as i64);
+    let metrics = handle.metrics.render();
+    assert!(metrics.contains("headroom_sink_postgres_up{service=\"sink\"} 1"), "{metrics}");
+    handle.stop().await.expect("stop");
+}
+
+/// Runs the binary in consumer group `group`, storing its positions under `offsets`.
+fn spawn_sink(e: &Env, group: &str, offsets: &str) -> Child {
+    let t = &e.topics;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headroom-sink"));
+    if let Ok(extra) = std::env::var("SINK_TEST_PROP") {
+        let (k, v) = extra.split_once('=').expect("k=v");
+        let file = std::env::temp_dir().join(format!("{}.toml", unique("sink-config")));
+        std::fs::write(&file, format!("[kafka.properties]\n\"{k}\" = \"{v}\"\n")).expect("config file");
+        cmd.arg("--config").arg(file);
+    }
+    cmd
+        .env("HEADROOM_SINK__KAFKA__BROKERS", &e.brokers)
+        .env("HEADROOM_SINK__KAFKA__GROUP_ID", group)
+        .env("HEADROOM_SINK__HTTP__LISTEN", "127.0.0.1:0")
+        .env("HEADROOM_SINK__POSTGRES__URL", &e.pg)
+        .env("HEADROOM_SINK__POSTGRES__OFFSETS_GROUP", offsets)
+        .env("HEADROOM_SINK__BATCH__MAX_ROWS", "2000")
+        .env("HEADROOM_SINK__BATCH__MAX_WAIT", "100ms")
+        .env("HEADROOM_SINK__TOPICS__TELEMETRY", &t.telemetry)
+        .env("HEADROOM_SINK__TOPICS__FEATURES", &t.features)
+        .env("HEADROOM_SINK__TOPICS__FORECASTS", &t.forecasts)
+        .env("HEADROOM_SINK__TOPICS__RECOMMENDATIONS", &t.recommendations)
+        .env("HEADROOM_SINK__TOPICS__DRIFT", &t.drift)
+        .env("HEADROOM_SINK__TOPICS__MODELS", &t.models)
+        .env("HEADROOM_SINK__TOPICS__DLQ", &t.dlq)
+        .env("HEADROOM_SINK__LOG__LEVEL", std::env::var("SINK_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn headroom-sink")
+}
+
+/// Produces `records` in `chunks` with a pause between them, from a thread, one record per
+/// batch (see `produce_unbatched` for the broker bug this avoids).
+fn produce_slowly(brokers: String, topic: String, records: Vec<Rec>, chunks: usize, pause: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let size = records.len().div_ceil(chunks);
+        for c in records.chunks(size) {
+            headroom_testkit::produce_unbatched(&brokers, &topic, c);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
+    let e = env(&headroom_testkit::pg_url(), true).await;
+    let good = fleet(100, 400); // 40,000 samples
+    let recs: Vec<Rec> = good.iter().map(framed).collect();
+    let producer = produce_slowly(e.brokers.clone(), e.topics.telemetry.clone(), recs, 8, Duration::from_millis(300));
+    // The restart joins a new consumer group, resuming from the same stored positions: tansu 0.6
+    // never expires the session of a killed member, so a restart in the same group would wait
+    // for it forever (Kafka and Redpanda evict it after session.timeout.ms). The positions are
+    // PostgreSQL's, keyed by `postgres.offsets_group`, so the resume path is the same.
+    let offsets = unique("sink");
+    let mut sink = spawn_sink(&e, &unique("g"), &offsets);
+    // Kill it once part of the stream has landed, while it is consuming.
+    let landed = wait_for(&e.pg, "SELECT least(count(*), 8000) FROM telemetry_raw", 8000, Duration::from_secs(90)).await;
+    assert_eq!(landed, 8000, "the sink made progress before the kill");
+    sink.kill().expect("SIGKILL");
+    sink.wait().expect("reaped");
+    let at_kill = scalar_i64(&e.pg, "SELECT count(*) FROM telemetry_raw").await;
+    {
+        let mut c = PgConnection::connect(&e.pg).await.expect("connect");
+        let o: Vec<(String, i32, i64)> = sqlx::query_as("SELECT topic, partition, next_offset FROM sink_offsets ORDER BY 1, 2")
+            .fetch_all(&mut c).await.expect("offsets");
+        let r: Vec<(i32, i64, i64)> = sqlx::query_as("SELECT src_partition, count(*), max(src_offset) FROM telemetry_raw GROUP BY 1 ORDER BY 1")
+            .fetch_all(&mut c).await.expect("rows");
+        eprintln!("at kill: {at_kill} rows; offsets {o:?}; rows {r:?}");
+    }
+    producer.join().expect("producer");
+    let mut sink = spawn_sink(&e, &unique("g"), &offsets);
+    let n = wait_for(&e.pg, "SELECT count(*) FROM telemetry_raw", good.len() as i64, Duration::from_secs(120)).await;
+    sink.kill().expect("stop");
+    sink.wait().expect("reaped");
+    assert!(at_kill < good.len() as i64, "killed mid-stream ({at_kill} of {})", good.len());
+    assert_eq!(n, good.len() as i64);
+    assert_exact(&e.pg, &good).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_run_pauses_then_resumes_without_loss() {
+    let server = headroom_testkit::ScratchPg::start();
+    let e = env(&server.url(), true).await;
+    let good = fleet(50, 400); // 20,000 samples
+    let recs: Vec<Rec> = good.iter().map(framed).collect();
+    let producer = produce_slowly(e.brokers.clone(), e.topics.telemetry.clone(), recs, 10, Duration::from_millis(300));
+    let handle = headroom_sink::start(config(&e, &unique("g")), Shutdown::new()).await.expect("start");
+    assert_eq!(
+        wait_for(&e.pg, "SELECT least(count(*), 3000) FROM telemetry_raw", 3000, Duration::from_secs(60)).await,
+        3000
+    );
+    // Down for a few seconds (the sink must see it), then back.
+    server.stop();
+    let saw_outage = headroom_testkit::eventually(Duration::from_secs(20), || {
+        handle.metrics.render().contains("headroom_sink_postgres_up{service=\"sink\"} 0")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.start_again();
+    producer.join().expect("producer");
+    let n = wait_for(&e.pg, "SELECT count(*) FROM telemetry_raw", good.len() as i64, Duration::from_secs(90)).await;
+    let metrics = handle.metrics.render();
+    handle.stop().await.expect("stop");
+    assert!(saw_outage, "postgres_up went to 0 during the outage");
+    assert!(metrics.contains("headroom_sink_postgres_errors_total{kind=\"unavailable\",service=\"sink\"}"), "{metrics}");
+    assert!(metrics.contains("headroom_sink_postgres_up{service=\"sink\"} 1"));
+    assert_eq!(n, good.len() as i64);
+    assert_exact(&e.pg, &good).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_joining_and_leaving_changes_nothing() {
+    let e = env(&headroom_testkit::pg_url(), true).await;
+    let good = fleet(60, 400); // 24,000 samples
+    let recs: Vec<Rec> = good.iter().map(framed).collect();
+    let producer = produce_slowly(e.brokers.clone(), e.topics.telemetry.clone(), recs, 12, Duration::from_millis(400));
+    let group = unique("g");
+    let a = headroom_sink::start(config(&e, &group), Shutdown::new()).await.expect("a");
+    wait_for(&e.pg, "SELECT least(count(*), 2000) FROM telemetry_raw", 2000, Duration::from_secs(60)).await;
+    let b = headroom_sink::start(config(&e, &group), Shutdown::new()).await.expect("b");
+    let both = headroom_testkit::eventually(Duration::from_secs(30), || {
+        let assigned = |h: &headroom_runtime::service::ServiceHandle| h.metrics.assigned_partitions.get();
+        assigned(&a) > 0 && assigned(&b) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.stop().await.expect("b leaves");
+    producer.join().expect("producer");
+    let n = wait_for(&e.pg, "SELECT count(*) FROM telemetry_raw", good.len() as i64, Duration::from_secs(90)).await;
+    a.stop().await.expect("a");
+    assert!(both, "the group split the partitions between the two instances");
+    assert_eq!(n, good.len() as i64);
+    assert_exact(&e.pg, &good).await;
+}
