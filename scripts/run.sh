@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs and starts what is missing (system packages, the broker,
-# PostgreSQL), creates the topics from topologies/, starts the featurizer and the scorer (after
-# training and promoting a first model version when models/ has none), and feeds them
+# PostgreSQL), creates the topics from topologies/, starts the featurizer, the scorer (after
+# training and promoting a first model version when models/ has none) and the sink into
+# PostgreSQL (which applies the migrations), and feeds them
 # generated telemetry (or a real trace with --trace PATH) until Ctrl-C.
 #
 #   scripts/run.sh                         synthetic fleet, 20 services x 5 clusters, 500 rec/s
@@ -31,7 +32,7 @@ done
 "$REPO_ROOT/scripts/stack.sh" up
 log "building release binaries"
 cargo build --release --quiet -p headroom-featurizer -p headroom-cli -p headroom-loadgen \
-    -p headroom-scorer -p headroom-trainer
+    -p headroom-scorer -p headroom-trainer -p headroom-sink
 BIN="$CARGO_TARGET_DIR/release"
 export HEADROOM_BROKERS="$KAFKA_BROKERS"
 "$BIN/headroom" topology apply --brokers "$KAFKA_BROKERS"
@@ -63,6 +64,10 @@ HEADROOM_SCORER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SCORER__HTTP__LISTEN="
     HEADROOM_SCORER__MODELS__DIR="$MODELS" \
     "$BIN/headroom-scorer" >"$STACK_DIR/scorer.log" 2>&1 &
 pids+=($!)
+HEADROOM_SINK__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SINK__HTTP__LISTEN="127.0.0.1:9466" \
+    HEADROOM_SINK__POSTGRES__URL="$PG_URL" \
+    "$BIN/headroom-sink" >"$STACK_DIR/sink.log" 2>&1 &
+pids+=($!)
 
 if [ -n "$TRACE" ]; then
     args=(replay --topic telemetry.raw --trace "$TRACE" --rate "$RATE")
@@ -80,13 +85,14 @@ cat >&2 <<TXT
     broker           $KAFKA_BROKERS   (topics: telemetry.raw -> features -> forecasts, bad input -> telemetry.dlq)
     featurizer       http://127.0.0.1:9464/metrics   http://127.0.0.1:9464/health/ready
     scorer           http://127.0.0.1:9465/metrics   (models: $MODELS)
-    logs             $STACK_DIR/featurizer.log  $STACK_DIR/scorer.log
-    PostgreSQL       $PG_URL
+    sink             http://127.0.0.1:9466/metrics   (every topic -> PostgreSQL, exactly once)
+    logs             $STACK_DIR/featurizer.log  $STACK_DIR/scorer.log  $STACK_DIR/sink.log
+    PostgreSQL       psql $PG_URL   (telemetry_raw, telemetry_1m, telemetry_1h, forecasts, dead_letters, ...)
     read features    $BIN/loadgen tail --topic features   (or any Kafka client; README.md)
     read forecasts   $BIN/loadgen tail --topic forecasts
   Ctrl-C stops the services and the generator.
 
 TXT
-wait "${pids[2]}" || true
+wait "${pids[3]}" || true
 log "generator finished; the services keep running until Ctrl-C"
 wait "${pids[0]}" || true

@@ -30,6 +30,47 @@ enum Command {
     },
     /// The schema catalogue: subjects, versions and pinned ids.
     Schemas,
+    /// PostgreSQL: apply the migrations of sql/migrations/.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Run an analytical query of sql/queries/ over a time range; one JSON object per row.
+    /// Without a name, lists the queries.
+    Query(QueryArgs),
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Apply pending migrations (idempotent; safe while sinks run).
+    Migrate(PgArgs),
+}
+
+#[derive(clap::Args)]
+struct PgArgs {
+    #[arg(long, env = "HEADROOM_PG_URL", default_value = "postgres://headroom@127.0.0.1:5432/headroom")]
+    pg_url: String,
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// hourly_by_service, percentiles_daily, anomalies, cost_daily, savings.
+    name: Option<String>,
+    /// Start of the range: anything PostgreSQL reads as a timestamptz (`2013-08-01`,
+    /// `2026-11-24 10:00+00`). Default: `--last` before `--to`.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the range (exclusive). Default: now.
+    #[arg(long)]
+    to: Option<String>,
+    /// Length of the range when --from is not given.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    last: Duration,
+    /// Ask the raw table instead of the rollups (slower; for comparison).
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    pg: PgArgs,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +169,59 @@ fn main() -> anyhow::Result<()> {
             println!("feature_set {} ({} features)", layout.id(), layout.len());
             for (i, n) in layout.names().iter().enumerate() {
                 println!("{i:4} {n}");
+            }
+        }
+        Command::Db {
+            action: DbAction::Migrate(pg),
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let pool = headroom_store::pool(&pg.pg_url, 1, Duration::from_secs(10)).await?;
+                headroom_store::migrate(&pool).await?;
+                pool.close().await;
+                anyhow::Ok(())
+            })?;
+            println!("migrations applied to {}", headroom_store::redact(&pg.pg_url));
+        }
+        Command::Query(args) => {
+            let Some(name) = args.name.as_deref() else {
+                for q in headroom_store::queries::QUERIES {
+                    println!("{:20} {}", q.name, q.about);
+                }
+                return Ok(());
+            };
+            let q = headroom_store::queries::find(name).ok_or_else(|| {
+                anyhow::anyhow!("no query `{name}`; `headroom query` lists them")
+            })?;
+            let sql = if args.raw {
+                q.raw_sql.ok_or_else(|| anyhow::anyhow!("`{name}` has no raw-table form"))?
+            } else {
+                q.sql
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = rt.block_on(async {
+                let mut c = headroom_store::connect(&args.pg.pg_url, Duration::from_secs(10)).await?;
+                let to = args.to.clone().unwrap_or_else(|| "now".into());
+                let from = match &args.from {
+                    Some(f) => f.clone(),
+                    None => {
+                        let secs = args.last.as_secs_f64();
+                        sqlx::query_scalar::<_, String>(
+                            "SELECT ($1::timestamptz - make_interval(secs => $2))::text",
+                        )
+                        .bind(&to)
+                        .bind(secs)
+                        .fetch_one(&mut c)
+                        .await?
+                    }
+                };
+                let started = std::time::Instant::now();
+                let rows = headroom_store::queries::rows_as_json_between(&mut c, sql, &from, &to).await?;
+                eprintln!("{} rows in {:.1} ms ({from} .. {to})", rows.len(), started.elapsed().as_secs_f64() * 1000.0);
+                anyhow::Ok(rows)
+            })?;
+            for r in rows {
+                println!("{r}");
             }
         }
         Command::Schemas => {

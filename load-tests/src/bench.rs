@@ -33,7 +33,7 @@ pub struct BenchArgs {
     rounds: u32,
 }
 
-fn kafka_cfg(brokers: &str) -> KafkaConfig {
+pub(crate) fn kafka_cfg(brokers: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: brokers.into(),
         group_id: "loadgen".into(),

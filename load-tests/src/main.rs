@@ -2,6 +2,8 @@
 
 mod bench;
 mod kafka;
+mod olap_bench;
+mod sink_bench;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -110,6 +112,12 @@ enum Command {
     /// Scorer throughput through the broker (both heads on every event) against the
     /// featurizer's rate in the same run.
     BenchScorer(bench::ScorerBenchArgs),
+    /// The sink's ingest rate into PostgreSQL through the broker against `psql \copy` of the
+    /// same rows into an identical table in the same run.
+    BenchSink(sink_bench::SinkBenchArgs),
+    /// Fills PostgreSQL with N rows through the sink's writer and times every dashboard query
+    /// on the rollups against the same question on the raw table.
+    BenchOlap(olap_bench::OlapBenchArgs),
     /// Print records of the features topic (or the DLQ's reasons) from the beginning.
     Tail {
         #[arg(long, default_value = "features")]
@@ -203,6 +211,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(&cli.brokers, &args),
         Command::BenchScorer(args) => bench::run_scorer(&cli.brokers, &args),
+        Command::BenchSink(args) => sink_bench::run(&cli.brokers, &args),
+        Command::BenchOlap(args) => olap_bench::run(&args),
         Command::Tail {
             topic,
             count,

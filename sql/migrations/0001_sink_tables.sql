@@ -17,34 +17,38 @@
 --     incremental merge and serves per-entity lookups; BRIN on bucket serves the per-service
 --     and per-cluster aggregations, which read every entity of a time range anyway.
 --
--- Utilization percentiles are kept as fixed histograms (int4[101]; bin i counts values in
--- [i/100, (i+1)/100), the last bin everything >= 1.0), which merge exactly by adding counts:
--- a rollup row can be merged with late data, and a day's p95 per service is computed from the
--- hourly histograms with hist_sum + hist_quantile, to within half a percentage point.
+-- Utilization percentiles are kept as sparse histograms of 1 % bins (int8[]: one element per
+-- non-empty bin, `bin << 32 | count`; bin i counts values in [i/100, (i+1)/100), bin 100
+-- everything >= 1.0). They merge exactly by adding counts, so a rollup row can take late data,
+-- and a day's p95 per service is computed from hourly histograms (hist_sum + hist_quantile) to
+-- within half a percentage point. A minute with one sample stores one element.
 
 -- Histograms -------------------------------------------------------------------------------
 
-CREATE FUNCTION hist_merge(a int4[], b int4[]) RETURNS int4[]
+CREATE FUNCTION hist_merge(a int8[], b int8[]) RETURNS int8[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN a IS NULL THEN b
         WHEN b IS NULL THEN a
-        ELSE (SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i)
-              FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i))
+        ELSE (SELECT array_agg((bin << 32) | c ORDER BY bin)
+              FROM (SELECT x >> 32 AS bin, sum(x & 4294967295)::int8 AS c
+                    FROM unnest(a || b) AS x GROUP BY 1) s)
     END
 $$;
 
-CREATE AGGREGATE hist_sum(int4[]) (SFUNC = hist_merge, STYPE = int4[], PARALLEL = SAFE);
+CREATE AGGREGATE hist_sum(int8[]) (SFUNC = hist_merge, STYPE = int8[], PARALLEL = SAFE);
 
 -- The q-quantile of a histogram, as the middle of the bin where the cumulative count reaches
 -- q of the total; NULL for an empty or missing histogram.
-CREATE FUNCTION hist_quantile(h int4[], q float8) RETURNS float8
+CREATE FUNCTION hist_quantile(h int8[], q float8) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (i - 0.5) / 100.0
-    FROM (SELECT i, sum(c) OVER (ORDER BY i) AS cum, sum(c) OVER () AS total
-          FROM unnest(h) WITH ORDINALITY AS t(c, i)) s
+    SELECT (bin + 0.5) / 100.0
+    FROM (SELECT x >> 32 AS bin,
+                 sum(x & 4294967295) OVER (ORDER BY x >> 32) AS cum,
+                 sum(x & 4294967295) OVER () AS total
+          FROM unnest(h) AS x) s
     WHERE total > 0 AND cum >= q * total
-    ORDER BY i
+    ORDER BY bin
     LIMIT 1
 $$;
 
@@ -135,12 +139,14 @@ CREATE TABLE telemetry_1m (
     disk_read_n int4 NOT NULL, disk_read_sum float8, disk_read_min float8, disk_read_max float8,
     disk_write_n int4 NOT NULL, disk_write_sum float8, disk_write_min float8, disk_write_max float8,
     cost_n int4 NOT NULL, cost_sum float8, cost_min float8, cost_max float8,
+    -- Dollars: each sample's hourly price times the sampling interval it stands for.
+    cost_usd      float8      NOT NULL,
     cpu_cores_max float8,
     mem_bytes_max float8,
     replicas_max  int4,
     scale_events  int4        NOT NULL,
-    cpu_hist      int4[],
-    mem_hist      int4[],
+    cpu_hist      int8[],
+    mem_hist      int8[],
     cpu_p95       float8 GENERATED ALWAYS AS (hist_quantile(cpu_hist, 0.95)) STORED,
     mem_p95       float8 GENERATED ALWAYS AS (hist_quantile(mem_hist, 0.95)) STORED,
     PRIMARY KEY (entity_id, bucket)
@@ -151,8 +157,33 @@ CREATE TABLE telemetry_1h (LIKE telemetry_1m INCLUDING GENERATED INCLUDING CONST
                            PRIMARY KEY (entity_id, bucket))
     PARTITION BY RANGE (bucket);
 CREATE INDEX telemetry_1h_bucket_brin ON telemetry_1h USING brin (bucket);
--- Per service and cluster per day: the dashboard's group-bys read these columns only.
-CREATE INDEX telemetry_1h_service_bucket ON telemetry_1h (service, bucket);
+
+-- Per service and cluster and hour: the grain of the dashboard's group-bys, so that they read
+-- (services x clusters x hours) rows whatever the fleet's size. Entities without a service or
+-- cluster are grouped under ''. Same statistics as the entity rollups (distinct entity counts do
+-- not merge: count them in telemetry_1h).
+CREATE TABLE telemetry_service_1h (
+    service       text        NOT NULL,
+    cluster       text        NOT NULL,
+    bucket        timestamptz NOT NULL,
+    n             int4        NOT NULL,
+    cpu_n int4 NOT NULL, cpu_sum float8, cpu_min float8, cpu_max float8,
+    mem_n int4 NOT NULL, mem_sum float8, mem_min float8, mem_max float8,
+    net_in_n int4 NOT NULL, net_in_sum float8, net_in_min float8, net_in_max float8,
+    net_out_n int4 NOT NULL, net_out_sum float8, net_out_min float8, net_out_max float8,
+    disk_read_n int4 NOT NULL, disk_read_sum float8, disk_read_min float8, disk_read_max float8,
+    disk_write_n int4 NOT NULL, disk_write_sum float8, disk_write_min float8, disk_write_max float8,
+    cost_n int4 NOT NULL, cost_sum float8, cost_min float8, cost_max float8,
+    cost_usd      float8      NOT NULL,
+    cpu_cores_max float8,
+    mem_bytes_max float8,
+    replicas_max  int4,
+    scale_events  int4        NOT NULL,
+    cpu_hist      int8[],
+    mem_hist      int8[],
+    PRIMARY KEY (service, cluster, bucket)
+) PARTITION BY RANGE (bucket);
+CREATE INDEX telemetry_service_1h_bucket_brin ON telemetry_service_1h USING brin (bucket);
 
 -- Feature stream summary (per entity and hour): volume and data quality ----------------------
 

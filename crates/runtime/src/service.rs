@@ -13,7 +13,17 @@ pub struct ServiceHandle {
     pub http_addr: SocketAddr,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
-    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Dropping a handle without [`ServiceHandle::stop`] (a test that panicked) still stops the
+/// loop, so the runtime that runs it can shut down.
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        if self.join.is_some() {
+            self.shutdown.trigger();
+        }
+    }
 }
 
 impl ServiceHandle {
@@ -28,14 +38,16 @@ impl ServiceHandle {
             http_addr,
             metrics,
             shutdown,
-            join,
+            join: Some(join),
         }
     }
 
     /// Waits until the loop ends (after [`Shutdown::trigger`], or on a fatal error).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.join
-            .await
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let Some(join) = self.join.take() else {
+            return Ok(());
+        };
+        join.await
             .map_err(|e| anyhow::anyhow!("processing thread panicked: {e}"))?
     }
 
@@ -71,12 +83,7 @@ pub async fn start<P: Processor>(
     };
     let join = tokio::task::spawn_blocking(move || crate::kafka::run(opts, processor));
     tracing::info!(service, metrics = %format!("http://{http_addr}/metrics"), "service started");
-    Ok(ServiceHandle {
-        http_addr,
-        metrics,
-        shutdown,
-        join,
-    })
+    Ok(ServiceHandle::from_parts(http_addr, metrics, shutdown, join))
 }
 
 /// The body of every service binary's `main`: logs, a small tokio runtime (the processing

@@ -10,6 +10,7 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01T00:00:00Z).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 const INT4_OID: u32 = 23;
+const INT8_OID: u32 = 20;
 /// `in_row` once the trailer is written.
 const FINISHED: i16 = -2;
 
@@ -200,6 +201,24 @@ impl CopyBuf {
         self.buf.extend_from_slice(&1i32.to_be_bytes()); // lower bound
         for x in v {
             self.buf.extend_from_slice(&4i32.to_be_bytes());
+            self.buf.extend_from_slice(&x.to_be_bytes());
+        }
+        self
+    }
+
+    /// A one-dimensional `int8[]` (NULL when `v` is `None`).
+    pub fn int8_array(&mut self, v: Option<&[i64]>) -> &mut Self {
+        let Some(v) = v else { return self.null() };
+        let len = 20 + 12 * v.len();
+        self.field(i32::try_from(len).unwrap_or(i32::MAX));
+        self.buf.extend_from_slice(&1i32.to_be_bytes());
+        self.buf.extend_from_slice(&0i32.to_be_bytes());
+        self.buf.extend_from_slice(&INT8_OID.to_be_bytes());
+        self.buf
+            .extend_from_slice(&i32::try_from(v.len()).unwrap_or(i32::MAX).to_be_bytes());
+        self.buf.extend_from_slice(&1i32.to_be_bytes());
+        for x in v {
+            self.buf.extend_from_slice(&8i32.to_be_bytes());
             self.buf.extend_from_slice(&x.to_be_bytes());
         }
         self

@@ -7,6 +7,7 @@
 pub mod copy;
 pub mod offsets;
 pub mod partitions;
+pub mod queries;
 
 use std::borrow::Cow;
 use std::time::Duration;

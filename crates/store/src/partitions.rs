@@ -49,6 +49,7 @@ pub const TABLES: &[TableSpec] = &[
     TableSpec { name: "telemetry_raw", span: Span::Day },
     TableSpec { name: "telemetry_1m", span: Span::Day },
     TableSpec { name: "telemetry_1h", span: Span::Month },
+    TableSpec { name: "telemetry_service_1h", span: Span::Month },
     TableSpec { name: "features_1h", span: Span::Month },
     TableSpec { name: "forecasts", span: Span::Day },
     TableSpec { name: "recommendations", span: Span::Day },
@@ -134,6 +135,14 @@ impl PartitionCache {
     }
 }
 
+/// `ms` since the epoch as `YYYY-MM-DD HH:MM:SS.mmm+00` (PostgreSQL's timestamptz input).
+pub fn format_utc_ms(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(DAY_MS), ms.rem_euclid(DAY_MS));
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{milli:03}+00")
+}
+
 // Gregorian calendar <-> days since 1970-01-01 (H. Hinnant's civil algorithms).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -177,6 +186,12 @@ mod tests {
         assert_eq!((lo, hi), (1_701_388_800_000, 1_704_067_200_000));
         let (lo, hi) = Span::Month.bounds(1_709_164_800_000); // 2024-02-29
         assert_eq!(hi - lo, 29 * DAY_MS);
+    }
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(format_utc_ms(1_376_568_000_123), "2013-08-15 12:00:00.123+00");
+        assert_eq!(format_utc_ms(0), "1970-01-01 00:00:00.000+00");
     }
 
     #[test]

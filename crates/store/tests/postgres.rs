@@ -66,20 +66,17 @@ async fn partitions_are_created_on_demand_and_dropped_past_retention() {
 async fn histograms_merge_exactly_and_give_quantiles() {
     let url = fresh().await;
     let mut c = conn(&url).await;
-    let a: Vec<i32> = (0..101).map(|i| i32::from(i < 50)).collect(); // 0.00..0.49
-    let b: Vec<i32> = (0..101).map(|i| i32::from(i >= 50 && i < 100)).collect(); // 0.50..0.99
-    let merged: Vec<i32> = sqlx::query_scalar("SELECT hist_merge($1, $2)")
+    let a: Vec<i64> = (0..50).map(|b| (b << 32) | 1).collect(); // 0.00..0.49, one each
+    let b: Vec<i64> = (50..100).map(|b| (b << 32) | 1).collect(); // 0.50..0.99
+    let merged: Vec<i64> = sqlx::query_scalar("SELECT hist_merge($1, $2)")
         .bind(&a).bind(&b).fetch_one(&mut c).await.expect("merge");
-    assert_eq!(merged.iter().sum::<i32>(), 100);
-    assert_eq!(merged[100], 0);
+    assert_eq!(merged.len(), 100);
+    assert_eq!(merged.iter().map(|x| x & 0xffff_ffff).sum::<i64>(), 100);
     let (p50, p95): (f64, f64) = sqlx::query_as("SELECT hist_quantile($1, 0.5), hist_quantile($1, 0.95)")
         .bind(&merged).fetch_one(&mut c).await.expect("q");
     assert!((p50 - 0.495).abs() < 1e-9, "{p50}");
     assert!((p95 - 0.945).abs() < 1e-9, "{p95}");
-    let agg: Vec<i32> = sqlx::query_scalar("SELECT hist_sum(h) FROM (VALUES ($1::int4[]), ($2::int4[]), (NULL)) v(h)")
-        .bind(&a).bind(&b).fetch_one(&mut c).await.expect("agg");
-    assert_eq!(agg, merged);
-    let empty: Option<f64> = sqlx::query_scalar("SELECT hist_quantile(NULL::int4[], 0.5)")
+    let empty: Option<f64> = sqlx::query_scalar("SELECT hist_quantile(NULL::int8[], 0.5)")
         .fetch_one(&mut c).await.expect("null");
     assert_eq!(empty, None);
 }
@@ -106,15 +103,15 @@ async fn binary_copy_roundtrips_every_column_type() {
     assert_eq!(row.2, None);
     assert_eq!(row.3, 0.25);
     assert_eq!((row.4, row.5, row.6.as_str(), row.7), (3, true, "a", 77));
-    // An array column.
-    let mut h = CopyBuf::new(1);
-    h.row().int4_array(Some(&[1, 2, 3]));
-    c.execute("CREATE TEMP TABLE arr (h int4[])").await.expect("tmp");
+    // Array columns.
+    let mut h = CopyBuf::new(2);
+    h.row().int4_array(Some(&[1, 2, 3])).int8_array(Some(&[1 << 40, -5]));
+    c.execute("CREATE TEMP TABLE arr (a int4[], b int8[])").await.expect("tmp");
     let mut copy = c.copy_in_raw("COPY arr FROM STDIN (FORMAT binary)").await.expect("copy");
     copy.send(h.finish()).await.expect("send");
     copy.finish().await.expect("finish");
-    let got: Vec<i32> = sqlx::query_scalar("SELECT h FROM arr").fetch_one(&mut c).await.expect("arr");
-    assert_eq!(got, vec![1, 2, 3]);
+    let got: (Vec<i32>, Vec<i64>) = sqlx::query_as("SELECT a, b FROM arr").fetch_one(&mut c).await.expect("arr");
+    assert_eq!(got, (vec![1, 2, 3], vec![1 << 40, -5]));
 }
 
 #[tokio::test]
@@ -146,4 +143,34 @@ async fn offsets_are_fenced() {
     assert_eq!(stored.len(), 1);
     // Other groups are independent.
     assert!(offsets::load(&mut a, "other", &[("t".into(), 0)]).await.expect("load").is_empty());
+}
+
+#[tokio::test]
+async fn every_query_parses_and_runs_on_empty_tables() {
+    use headroom_store::queries::{rows_as_json, run_count, QUERIES};
+    let url = fresh().await;
+    let mut c = conn(&url).await;
+    let (from, to) = (1_700_000_000_000, 1_700_000_000_000 + 7 * 86_400_000);
+    for q in QUERIES {
+        let rows = rows_as_json(&mut c, q.sql, from, to).await.unwrap_or_else(|e| panic!("{}: {e}", q.name));
+        assert!(rows.is_empty(), "{}", q.name);
+        if let Some(raw) = q.raw_sql {
+            let n = run_count(&mut c, raw, from, to).await.unwrap_or_else(|e| panic!("{} raw: {e}", q.name));
+            assert_eq!(n, 0, "{} raw", q.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sparse_histograms_sum_across_rows() {
+    let url = fresh().await;
+    let mut c = conn(&url).await;
+    let enc = |bins: &[(i64, i64)]| bins.iter().map(|(b, n)| (b << 32) | n).collect::<Vec<i64>>();
+    let a = enc(&[(10, 3), (90, 1)]);
+    let b = enc(&[(10, 2), (50, 4)]);
+    let merged: Vec<i64> = sqlx::query_scalar("SELECT hist_merge($1, $2)").bind(&a).bind(&b).fetch_one(&mut c).await.expect("merge");
+    assert_eq!(merged, enc(&[(10, 5), (50, 4), (90, 1)]));
+    let q: (f64, f64, f64) = sqlx::query_as("SELECT hist_quantile(h, 0.5), hist_quantile(h, 0.9), hist_quantile(h, 1.0) FROM (SELECT hist_sum(x) h FROM (VALUES ($1::int8[]), ($2::int8[]), (NULL)) v(x)) s")
+        .bind(&a).bind(&b).fetch_one(&mut c).await.expect("q");
+    assert_eq!(q, (0.105, 0.505, 0.905));
 }

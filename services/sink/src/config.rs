@@ -22,6 +22,9 @@ pub struct Postgres {
     /// with the same topics) keeps them when this is set.
     #[serde(default)]
     pub offsets_group: String,
+    /// A file holding the password (a mounted secret); it is put into the URL at start-up.
+    #[serde(default)]
+    pub password_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +82,13 @@ pub struct Maintenance {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Rollups {
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
@@ -90,6 +100,7 @@ pub struct Config {
     pub topics: Topics,
     /// Table name -> retention (humantime).
     pub retention: BTreeMap<String, String>,
+    pub rollups: Rollups,
     pub maintenance: Maintenance,
     pub validation: ValidationLimits,
 }
@@ -122,6 +133,9 @@ impl Config {
         if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
             return bad("key `retry`: initial_backoff must be positive and at most max_backoff".into());
         }
+        if self.rollups.sample_interval.is_zero() || self.rollups.sample_interval > Duration::from_secs(86_400) {
+            return bad("key `rollups.sample_interval` must be between 1s and 1d".into());
+        }
         if self.maintenance.interval < Duration::from_secs(1) {
             return bad("key `maintenance.interval` must be at least 1s".into());
         }
@@ -133,6 +147,21 @@ impl Config {
         }
         url_ok(&self.postgres.url)?;
         self.retentions()?;
+        Ok(())
+    }
+
+    /// Reads `postgres.password_file` (when set) into the URL.
+    pub fn resolve_password(&mut self) -> Result<(), ConfigError> {
+        if self.postgres.password_file.is_empty() {
+            return Ok(());
+        }
+        let pw = std::fs::read_to_string(&self.postgres.password_file).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "key `postgres.password_file`: {}: {e}",
+                self.postgres.password_file
+            ))
+        })?;
+        self.postgres.url = with_password(&self.postgres.url, pw.trim_end_matches(['\n', '\r']))?;
         Ok(())
     }
 
@@ -170,6 +199,23 @@ impl Config {
     }
 }
 
+/// `url` with `password` (percent-encoded) in its user info.
+pub fn with_password(url: &str, password: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::Invalid("key `postgres.url` needs a user (postgres://USER@HOST/DB) to take a password".into());
+    let scheme_end = url.find("://").ok_or_else(bad)? + 3;
+    let at = url[scheme_end..].find('@').ok_or_else(bad)? + scheme_end;
+    let user = url[scheme_end..at].split(':').next().unwrap_or_default();
+    let mut enc = String::new();
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
+}
+
 fn url_ok(url: &str) -> Result<(), ConfigError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(())
@@ -190,6 +236,15 @@ mod tests {
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_SINK_TEST1__").expect("defaults");
         c.validate().expect("valid");
         assert_eq!(c.retentions().expect("ret").len(), headroom_store::TABLES.len());
+    }
+
+    #[test]
+    fn password_goes_into_the_url_encoded() {
+        let u = with_password("postgres://headroom@db:5432/headroom", "p@ss:w/rd").expect("url");
+        assert_eq!(u, "postgres://headroom:p%40ss%3Aw%2Frd@db:5432/headroom");
+        let u = with_password("postgres://headroom:old@db/h", "new").expect("url");
+        assert_eq!(u, "postgres://headroom:new@db/h");
+        assert!(with_password("postgres://db/h", "x").is_err());
     }
 
     #[test]

@@ -349,6 +349,7 @@ fn run(
         .then(|| RegistryClient::new(&config.schema_registry.url, runtime.clone()));
     let retention = config.retentions()?;
     let writer = Writer::new(&config.postgres.url, config.postgres.connect_timeout, config.offsets_group());
+    let sample_interval = config.rollups.sample_interval;
     let mut l = Loop {
         config,
         runtime,
@@ -361,7 +362,7 @@ fn run(
         health,
         shutdown,
         positions: HashMap::new(),
-        batch: Batch::default(),
+        batch: Batch::new(sample_interval),
         batch_started: None,
         decoder: TelemetryDecoder::new(),
         registry,
@@ -433,7 +434,7 @@ impl Loop {
                     if !self.batch.is_empty() {
                         tracing::info!(records = self.batch.records, "partitions revoked: the unwritten batch is dropped (its offsets were not stored; the next owner reads it again)");
                     }
-                    self.batch = Batch::default();
+                    self.batch = Batch::new(self.config.rollups.sample_interval);
                     self.batch_started = None;
                     self.positions.clear();
                     self.paused = false;
@@ -630,7 +631,7 @@ impl Loop {
                 .collect();
             if advances.is_empty() {
                 // Revoked while retrying: the batch went with the partitions.
-                self.batch = Batch::default();
+                self.batch = Batch::new(self.config.rollups.sample_interval);
                 self.batch_started = None;
                 self.resume();
                 return Ok(());
@@ -655,7 +656,7 @@ impl Loop {
                             p.batch_next = None;
                         }
                     }
-                    self.batch = Batch::default();
+                    self.batch = Batch::new(self.config.rollups.sample_interval);
                     self.batch_started = None;
                     self.update_raw_floor();
                     self.resume();
@@ -682,7 +683,7 @@ impl Loop {
                 Err(WriteError::Fenced(e)) => {
                     self.sm.postgres_errors.with_label_values(&["fenced"]).inc();
                     tracing::warn!(error = %e, records, "fenced: another instance wrote these partitions; dropping the batch and re-reading positions");
-                    self.batch = Batch::default();
+                    self.batch = Batch::new(self.config.rollups.sample_interval);
                     self.batch_started = None;
                     self.reseek()?;
                     self.resume();

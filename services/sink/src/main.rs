@@ -13,7 +13,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = headroom_sink::Config::load(args.config.as_deref())?;
+    let mut config = headroom_sink::Config::load(args.config.as_deref())?;
+    config.resolve_password()?;
     let log = config.log.clone();
     headroom_runtime::service::run_until_signal(&log, config, headroom_sink::start)
 }

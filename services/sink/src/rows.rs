@@ -51,13 +51,15 @@ pub const ROLLUP_METRICS: [&str; 7] = [
     "cpu", "mem", "net_in", "net_out", "disk_read", "disk_write", "cost",
 ];
 
-/// One rollup row in the making: (entity, bucket).
+/// One rollup row in the making: (entity, bucket) or (service, cluster, bucket).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rollup {
     pub service: Option<String>,
     pub cluster: Option<String>,
     pub n: i32,
     pub metrics: [Agg; 7],
+    /// Dollars: each sample's hourly price times the hours one sample stands for.
+    pub cost_usd: f64,
     pub cpu_cores_max: Option<f64>,
     pub mem_bytes_max: Option<f64>,
     pub replicas_max: Option<i32>,
@@ -84,8 +86,17 @@ fn max_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
+/// A histogram in its stored form: one `bin << 32 | count` per non-empty bin.
+pub fn sparse_hist(h: &[i32; HIST_BINS]) -> Vec<i64> {
+    h.iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(b, c)| ((b as i64) << 32) | i64::from(*c))
+        .collect()
+}
+
 impl Rollup {
-    fn add(&mut self, t: &Telemetry) {
+    fn add(&mut self, t: &Telemetry, sample_hours: f64) {
         if t.service.is_some() {
             self.service.clone_from(&t.service);
         }
@@ -109,21 +120,35 @@ impl Rollup {
         self.mem_bytes_max = max_opt(self.mem_bytes_max, t.mem_bytes);
         self.replicas_max = max_opt(self.replicas_max, t.replicas);
         self.scale_events += i32::from(t.scale_event == Some(true));
+        self.cost_usd += t.cost_per_hour.unwrap_or(0.0) * sample_hours;
         hist_add(&mut self.cpu_hist, t.cpu_util);
         hist_add(&mut self.mem_hist, t.mem_util);
     }
 
-    /// Columns of a stage row: entity, bucket, service, cluster, n, 4 x 7 metric columns,
-    /// cores, mem bytes, replicas, scale events, two histograms.
-    pub const COLUMNS: i16 = 5 + 28 + 4 + 2;
+    /// Columns of an entity stage row: entity, bucket, service, cluster, then [`Self::TAIL`].
+    pub const COLUMNS: i16 = 4 + Self::TAIL;
+    /// Columns of a service stage row: service, cluster, bucket, then [`Self::TAIL`].
+    pub const SERVICE_COLUMNS: i16 = 3 + Self::TAIL;
+    /// n, 4 x 7 metric columns, cost in dollars, cores, mem bytes, replicas, scale events, two
+    /// histograms.
+    const TAIL: i16 = 1 + 28 + 1 + 4 + 2;
 
     fn encode(&self, entity: &str, bucket_ms: i64, c: &mut CopyBuf) {
         c.row()
             .text(entity)
             .timestamptz_ms(bucket_ms)
             .opt_text(self.service.as_deref())
-            .opt_text(self.cluster.as_deref())
-            .int4(self.n);
+            .opt_text(self.cluster.as_deref());
+        self.encode_tail(c);
+    }
+
+    fn encode_service(&self, service: &str, cluster: &str, bucket_ms: i64, c: &mut CopyBuf) {
+        c.row().text(service).text(cluster).timestamptz_ms(bucket_ms);
+        self.encode_tail(c);
+    }
+
+    fn encode_tail(&self, c: &mut CopyBuf) {
+        c.int4(self.n);
         for a in &self.metrics {
             c.int4(a.n);
             if a.n > 0 {
@@ -132,12 +157,15 @@ impl Rollup {
                 c.null().null().null();
             }
         }
-        c.opt_float8(self.cpu_cores_max)
+        let cpu = self.cpu_hist.as_deref().map(sparse_hist);
+        let mem = self.mem_hist.as_deref().map(sparse_hist);
+        c.float8(self.cost_usd)
+            .opt_float8(self.cpu_cores_max)
             .opt_float8(self.mem_bytes_max)
             .opt_int4(self.replicas_max)
             .int4(self.scale_events)
-            .int4_array(self.cpu_hist.as_deref().map(|h| &h[..]))
-            .int4_array(self.mem_hist.as_deref().map(|h| &h[..]));
+            .int8_array(cpu.as_deref())
+            .int8_array(mem.as_deref());
     }
 }
 
@@ -177,6 +205,10 @@ pub struct Batch {
     pub raw: CopyBuf,
     pub rollup_1m: HashMap<(String, i64), Rollup>,
     pub rollup_1h: HashMap<(String, i64), Rollup>,
+    /// (service, cluster, hour); '' where the sample has none.
+    pub rollup_service: HashMap<(String, String, i64), Rollup>,
+    /// Hours of running one sample stands for (the sampling interval), for cost in dollars.
+    pub sample_hours: f64,
     pub features: HashMap<(String, i64), FeatureSummary>,
     pub forecasts: CopyBuf,
     pub recommendations: CopyBuf,
@@ -195,10 +227,19 @@ pub struct Batch {
 
 impl Default for Batch {
     fn default() -> Self {
+        Batch::new(std::time::Duration::from_secs(300))
+    }
+}
+
+impl Batch {
+    /// An empty batch for telemetry sampled every `sample_interval`.
+    pub fn new(sample_interval: std::time::Duration) -> Batch {
         Batch {
             raw: CopyBuf::new(RAW_COLUMNS),
             rollup_1m: HashMap::new(),
             rollup_1h: HashMap::new(),
+            rollup_service: HashMap::new(),
+            sample_hours: sample_interval.as_secs_f64() / 3600.0,
             features: HashMap::new(),
             forecasts: CopyBuf::new(FORECAST_COLUMNS),
             recommendations: CopyBuf::new(RECOMMENDATION_COLUMNS),
@@ -330,14 +371,22 @@ impl Batch {
         let h = t.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
         self.touch("telemetry_1m", m);
         self.touch("telemetry_1h", h);
+        self.touch("telemetry_service_1h", h);
+        let hours = self.sample_hours;
         self.rollup_1m
             .entry((t.entity_id.clone(), m))
             .or_default()
-            .add(t);
+            .add(t, hours);
         self.rollup_1h
             .entry((t.entity_id.clone(), h))
             .or_default()
-            .add(t);
+            .add(t, hours);
+        let key = (
+            t.service.clone().unwrap_or_default(),
+            t.cluster.clone().unwrap_or_default(),
+            h,
+        );
+        self.rollup_service.entry(key).or_default().add(t, hours);
         Ok(())
     }
 
@@ -589,8 +638,9 @@ impl Batch {
         Ok(())
     }
 
-    /// Encodes the rollups into stage payloads (1-minute, 1-hour) and the feature summaries.
-    pub fn encode_rollups(&self) -> (CopyBuf, CopyBuf, CopyBuf) {
+    /// Encodes the rollups into stage payloads (1-minute, 1-hour, service-hour) and the
+    /// feature summaries.
+    pub fn encode_rollups(&self) -> (CopyBuf, CopyBuf, CopyBuf, CopyBuf) {
         let mut m = CopyBuf::new(Rollup::COLUMNS);
         for ((e, b), r) in &self.rollup_1m {
             r.encode(e, *b, &mut m);
@@ -598,6 +648,10 @@ impl Batch {
         let mut h = CopyBuf::new(Rollup::COLUMNS);
         for ((e, b), r) in &self.rollup_1h {
             r.encode(e, *b, &mut h);
+        }
+        let mut sv = CopyBuf::new(Rollup::SERVICE_COLUMNS);
+        for ((svc, cl, b), r) in &self.rollup_service {
+            r.encode_service(svc, cl, *b, &mut sv);
         }
         let mut f = CopyBuf::new(FeatureSummary::COLUMNS);
         for ((e, b), s) in &self.features {
@@ -611,7 +665,7 @@ impl Batch {
                 .timestamptz_ms(s.first_ts)
                 .timestamptz_ms(s.last_ts);
         }
-        (m, h, f)
+        (m, h, sv, f)
     }
 }
 

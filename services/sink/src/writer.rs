@@ -57,27 +57,44 @@ impl From<FenceError> for WriteError {
 pub type Written = Vec<(&'static str, u64)>;
 
 const STAGE_ROLLUP_COLUMNS: &str = "entity_id text, bucket timestamptz, service text, cluster text, n int4, \
+    STATS";
+const STAGE_SERVICE_COLUMNS: &str = "service text, cluster text, bucket timestamptz, n int4, \
+    STATS";
+const STAGE_STATS: &str = "\
     cpu_n int4, cpu_sum float8, cpu_min float8, cpu_max float8, \
     mem_n int4, mem_sum float8, mem_min float8, mem_max float8, \
     net_in_n int4, net_in_sum float8, net_in_min float8, net_in_max float8, \
     net_out_n int4, net_out_sum float8, net_out_min float8, net_out_max float8, \
     disk_read_n int4, disk_read_sum float8, disk_read_min float8, disk_read_max float8, \
     disk_write_n int4, disk_write_sum float8, disk_write_min float8, disk_write_max float8, \
-    cost_n int4, cost_sum float8, cost_min float8, cost_max float8, \
+    cost_n int4, cost_sum float8, cost_min float8, cost_max float8, cost_usd float8, \
     cpu_cores_max float8, mem_bytes_max float8, replicas_max int4, scale_events int4, \
-    cpu_hist int4[], mem_hist int4[]";
+    cpu_hist int8[], mem_hist int8[]";
 
-/// The merge of a stage table into a rollup table.
-fn rollup_merge_sql(table: &str, stage: &str) -> String {
-    let mut cols = vec!["entity_id", "bucket", "service", "cluster", "n"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    let mut sets = vec![
-        "service = coalesce(excluded.service, t.service)".to_owned(),
-        "cluster = coalesce(excluded.cluster, t.cluster)".to_owned(),
-        "n = t.n + excluded.n".to_owned(),
-    ];
+fn stage_columns(head: &str) -> String {
+    head.replace("STATS", STAGE_STATS.trim_start_matches('\\'))
+}
+
+/// The merge of a stage table into a rollup table: per entity (`key` = entity_id, bucket) or
+/// per service (`key` = service, cluster, bucket).
+fn rollup_merge_sql(table: &str, stage: &str, per_service: bool) -> String {
+    let (mut cols, mut sets, key) = if per_service {
+        (
+            vec!["service".to_owned(), "cluster".to_owned(), "bucket".to_owned(), "n".to_owned()],
+            vec!["n = t.n + excluded.n".to_owned()],
+            "service, cluster, bucket",
+        )
+    } else {
+        (
+            ["entity_id", "bucket", "service", "cluster", "n"].map(str::to_owned).to_vec(),
+            vec![
+                "service = coalesce(excluded.service, t.service)".to_owned(),
+                "cluster = coalesce(excluded.cluster, t.cluster)".to_owned(),
+                "n = t.n + excluded.n".to_owned(),
+            ],
+            "entity_id, bucket",
+        )
+    };
     for m in ROLLUP_METRICS {
         cols.extend([format!("{m}_n"), format!("{m}_sum"), format!("{m}_min"), format!("{m}_max")]);
         sets.push(format!("{m}_n = t.{m}_n + excluded.{m}_n"));
@@ -89,6 +106,7 @@ fn rollup_merge_sql(table: &str, stage: &str) -> String {
         sets.push(format!("{m}_max = greatest(t.{m}_max, excluded.{m}_max)"));
     }
     for (c, set) in [
+        ("cost_usd", "t.cost_usd + excluded.cost_usd"),
         ("cpu_cores_max", "greatest(t.cpu_cores_max, excluded.cpu_cores_max)"),
         ("mem_bytes_max", "greatest(t.mem_bytes_max, excluded.mem_bytes_max)"),
         ("replicas_max", "greatest(t.replicas_max, excluded.replicas_max)"),
@@ -102,7 +120,7 @@ fn rollup_merge_sql(table: &str, stage: &str) -> String {
     let list = cols.join(", ");
     format!(
         "INSERT INTO {table} AS t ({list}) SELECT {list} FROM {stage} \
-         ON CONFLICT (entity_id, bucket) DO UPDATE SET {}",
+         ON CONFLICT ({key}) DO UPDATE SET {}",
         sets.join(", ")
     )
 }
@@ -124,6 +142,7 @@ pub struct Writer {
     partitions: PartitionCache,
     merge_1m: String,
     merge_1h: String,
+    merge_service: String,
     /// Per table, the newest event time written (the data clock for retention).
     pub clocks: HashMap<&'static str, i64>,
 }
@@ -145,8 +164,9 @@ impl Writer {
             group: group.to_owned(),
             conn: None,
             partitions: PartitionCache::default(),
-            merge_1m: rollup_merge_sql("telemetry_1m", "stage_1m"),
-            merge_1h: rollup_merge_sql("telemetry_1h", "stage_1h"),
+            merge_1m: rollup_merge_sql("telemetry_1m", "stage_1m", false),
+            merge_1h: rollup_merge_sql("telemetry_1h", "stage_1h", false),
+            merge_service: rollup_merge_sql("telemetry_service_1h", "stage_service", true),
             clocks: HashMap::new(),
         }
     }
@@ -167,9 +187,14 @@ impl Writer {
             let mut c = headroom_store::connect(&self.url, self.connect_timeout)
                 .await
                 .map_err(|e| WriteError::Unavailable(format!("{e:#}")))?;
-            for stage in ["stage_1m", "stage_1h"] {
+            for (stage, cols) in [
+                ("stage_1m", STAGE_ROLLUP_COLUMNS),
+                ("stage_1h", STAGE_ROLLUP_COLUMNS),
+                ("stage_service", STAGE_SERVICE_COLUMNS),
+            ] {
                 sqlx::query(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {stage} ({STAGE_ROLLUP_COLUMNS}) ON COMMIT DELETE ROWS"
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DELETE ROWS",
+                    stage_columns(cols)
                 ))
                 .execute(&mut c)
                 .await?;
@@ -222,7 +247,7 @@ impl Writer {
             let spec = partitions::spec(table).expect("batch tables are partitioned tables");
             self.partitions.ensure(conn, spec, days).await?;
         }
-        let (stage_1m, stage_1h, stage_features) = batch.encode_rollups();
+        let (stage_1m, stage_1h, stage_service, stage_features) = batch.encode_rollups();
         let mut tx = conn.begin().await?;
         offsets::lock_and_check(&mut tx, &group, advances).await?;
         let mut written: Written = Vec::new();
@@ -242,6 +267,7 @@ impl Writer {
         for (stage, mut buf, merge, table) in [
             ("stage_1m", stage_1m, &self.merge_1m, "telemetry_1m"),
             ("stage_1h", stage_1h, &self.merge_1h, "telemetry_1h"),
+            ("stage_service", stage_service, &self.merge_service, "telemetry_service_1h"),
             ("stage_features", stage_features, &FEATURES_MERGE.to_owned(), "features_1h"),
         ] {
             if buf.is_empty() {
@@ -393,6 +419,7 @@ mod tests {
         assert_eq!(n(RECOMMENDATION_LIST), RECOMMENDATION_COLUMNS);
         assert_eq!(n(DRIFT_LIST), DRIFT_COLUMNS);
         assert_eq!(n(DLQ_LIST), DLQ_COLUMNS);
-        assert_eq!(n(STAGE_ROLLUP_COLUMNS), Rollup::COLUMNS);
+        assert_eq!(n(&stage_columns(STAGE_ROLLUP_COLUMNS)), Rollup::COLUMNS);
+        assert_eq!(n(&stage_columns(STAGE_SERVICE_COLUMNS)), Rollup::SERVICE_COLUMNS);
     }
 }

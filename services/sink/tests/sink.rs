@@ -337,6 +337,30 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
     )
     .await;
     assert_eq!(p95_ok, 0, "p95 lies within [min, max] of every bucket");
+    // The rollups answer the dashboard's questions like the raw table does.
+    let mut c = PgConnection::connect(pg).await.expect("connect");
+    // Hour-aligned: the rollups answer for whole buckets.
+    let from = good.iter().map(|t| t.ts_ms).min().unwrap_or(0) / 3_600_000 * 3_600_000;
+    let to = (good.iter().map(|t| t.ts_ms).max().unwrap_or(0) / 3_600_000 + 1) * 3_600_000;
+    for q in headroom_store::queries::QUERIES {
+        let Some(raw_sql) = q.raw_sql else { continue };
+        let fast = headroom_store::queries::rows_as_json(&mut c, q.sql, from, to).await.expect("rollup query");
+        let slow = headroom_store::queries::rows_as_json(&mut c, raw_sql, from, to).await.expect("raw query");
+        assert_eq!(fast.len(), slow.len(), "{}: {fast:?} vs {slow:?}", q.name);
+        for (f, r) in fast.iter().zip(&slow) {
+            let f: serde_json::Value = serde_json::from_str(f).expect("json");
+            let r: serde_json::Value = serde_json::from_str(r).expect("json");
+            for (k, v) in f.as_object().expect("object") {
+                let (a, b) = (v.as_f64(), r[k].as_f64());
+                // Percentiles: the histogram's bin middle against the raw percentile_disc.
+                let tol = if k.contains("_p") { 0.0051 } else { 1e-6 };
+                match (a, b) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() <= tol * b.abs().max(1.0), "{} {k}: rollup {a} raw {b}", q.name),
+                    _ => assert_eq!(v, &r[k], "{} {k}", q.name),
+                }
+            }
+        }
+    }
     // The stored offsets are the topics' ends: everything consumed was stored.
     let stored = scalar_i64(pg, &format!("SELECT sum(next_offset)::int8 FROM sink_offsets WHERE topic = '{}'", e.topics.telemetry)).await;
     assert_eq!(stored, recs.len() as i64);
