@@ -14,10 +14,10 @@ ENV XGBOOST_LIB_DIR=/opt/xgboost/xgboost/lib
 WORKDIR /src
 COPY . .
 RUN cargo build --release -p headroom-featurizer -p headroom-relay -p headroom-cli -p headroom-loadgen \
-      -p headroom-scorer -p headroom-trainer -p headroom-sink \
+      -p headroom-scorer -p headroom-trainer -p headroom-sink -p headroom-recommender \
  && mkdir /out && cp target/release/headroom target/release/headroom-featurizer target/release/headroom-relay \
       target/release/loadgen target/release/headroom-scorer target/release/headroom-train \
-      target/release/headroom-sink /out/
+      target/release/headroom-sink target/release/headroom-recommender /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 zlib1g libzstd1 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: installs and starts what is missing (system packages, the broker,
 # PostgreSQL), creates the topics from topologies/, starts the featurizer, the scorer (after
-# training and promoting a first model version when models/ has none) and the sink into
+# training and promoting a first model version when models/ has none), the recommender, and the sink into
 # PostgreSQL (which applies the migrations), and feeds them
 # generated telemetry (or a real trace with --trace PATH) until Ctrl-C.
 #
@@ -32,7 +32,7 @@ done
 "$REPO_ROOT/scripts/stack.sh" up
 log "building release binaries"
 cargo build --release --quiet -p headroom-featurizer -p headroom-cli -p headroom-loadgen \
-    -p headroom-scorer -p headroom-trainer -p headroom-sink
+    -p headroom-scorer -p headroom-trainer -p headroom-sink -p headroom-recommender
 BIN="$CARGO_TARGET_DIR/release"
 export HEADROOM_BROKERS="$KAFKA_BROKERS"
 "$BIN/headroom" topology apply --brokers "$KAFKA_BROKERS"
@@ -64,6 +64,9 @@ HEADROOM_SCORER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SCORER__HTTP__LISTEN="
     HEADROOM_SCORER__MODELS__DIR="$MODELS" \
     "$BIN/headroom-scorer" >"$STACK_DIR/scorer.log" 2>&1 &
 pids+=($!)
+HEADROOM_RECOMMENDER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_RECOMMENDER__HTTP__LISTEN="127.0.0.1:9467" \
+    "$BIN/headroom-recommender" >"$STACK_DIR/recommender.log" 2>&1 &
+pids+=($!)
 HEADROOM_SINK__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SINK__HTTP__LISTEN="127.0.0.1:9466" \
     HEADROOM_SINK__POSTGRES__URL="$PG_URL" \
     "$BIN/headroom-sink" >"$STACK_DIR/sink.log" 2>&1 &
@@ -82,17 +85,19 @@ pids+=($!)
 cat >&2 <<TXT
 
   headroom is running
-    broker           $KAFKA_BROKERS   (topics: telemetry.raw -> features -> forecasts, bad input -> telemetry.dlq)
+    broker           $KAFKA_BROKERS   (topics: telemetry.raw -> features -> forecasts -> recommendations, bad input -> telemetry.dlq)
     featurizer       http://127.0.0.1:9464/metrics   http://127.0.0.1:9464/health/ready
     scorer           http://127.0.0.1:9465/metrics   (models: $MODELS)
+    recommender      http://127.0.0.1:9467/metrics   (recommend-only; policy: crates/policy/default.toml)
     sink             http://127.0.0.1:9466/metrics   (every topic -> PostgreSQL, exactly once)
-    logs             $STACK_DIR/featurizer.log  $STACK_DIR/scorer.log  $STACK_DIR/sink.log
+    logs             $STACK_DIR/featurizer.log  $STACK_DIR/scorer.log  $STACK_DIR/recommender.log  $STACK_DIR/sink.log
     PostgreSQL       psql $PG_URL   (telemetry_raw, telemetry_1m, telemetry_1h, forecasts, dead_letters, ...)
     read features    $BIN/loadgen tail --topic features   (or any Kafka client; README.md)
     read forecasts   $BIN/loadgen tail --topic forecasts
+    recommendations  $BIN/loadgen tail --topic recommendations
   Ctrl-C stops the services and the generator.
 
 TXT
-wait "${pids[3]}" || true
+wait "${pids[4]}" || true
 log "generator finished; the services keep running until Ctrl-C"
 wait "${pids[0]}" || true

@@ -28,6 +28,7 @@ fn docker_compose_file_is_valid_with_every_profile() {
         "featurizer:",
         "models-init:",
         "scorer:",
+        "recommender:",
         "sink:",
         "loadgen:",
     ] {

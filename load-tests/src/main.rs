@@ -257,6 +257,20 @@ fn tail(brokers: &str, topic: &str, count: usize, timeout: Duration) -> anyhow::
                 f.scale_event_prob.unwrap_or(f64::NAN),
                 f.model_versions
             );
+        } else if let Ok(r) = headroom_schemas::Recommendation::decode(payload) {
+            println!(
+                "{} ts={} {} replicas={:?} cpu={:?} cost_change={:+.4}/h shortfall={:.3} confidence={:.2} id={} | {}",
+                r.entity_id,
+                r.ts_ms,
+                r.action_symbol(),
+                r.target_replicas,
+                r.target_cpu_cores,
+                r.cost_change_per_hour,
+                r.shortfall_prob,
+                r.confidence,
+                r.recommendation_id,
+                r.reason
+            );
         } else {
             let reason = m.headers().and_then(|h| {
                 h.iter()

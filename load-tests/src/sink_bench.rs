@@ -168,17 +168,12 @@ pub fn run(brokers: &str, args: &SinkBenchArgs) -> anyhow::Result<()> {
         }
         let handle = headroom_sink::start(cfg, Shutdown::new()).await?;
         let mut c = headroom_store::connect(&sink_url, Duration::from_secs(10)).await?;
-        let count = |c: &mut PgConnection| {
-            Box::pin(async move {
-                sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(next_offset), 0)::int8 FROM sink_offsets")
-                    .fetch_one(c)
-                    .await
-            })
-        };
         let deadline = Instant::now() + Duration::from_secs(900);
         let mut first: Option<(Instant, i64)> = None;
         let last = loop {
-            let v = count(&mut c).await?;
+            let v: i64 = sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::int8 FROM sink_offsets")
+                .fetch_one(&mut c)
+                .await?;
             let now = Instant::now();
             if first.is_none() && v > 0 {
                 first = Some((now, v));

@@ -24,6 +24,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../avro/forecasts/v1.avsc"),
     ),
     (
+        "avro/forecasts/v2.avsc",
+        include_str!("../avro/forecasts/v2.avsc"),
+    ),
+    (
         "avro/recommendations/v1.avsc",
         include_str!("../avro/recommendations/v1.avsc"),
     ),

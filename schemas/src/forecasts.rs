@@ -52,6 +52,20 @@ pub struct ForecastPoint {
     pub model: String,
 }
 
+/// What was observed at the forecast's event time (schema v2; absent in v1 records).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Observed {
+    pub cpu_util: Option<f64>,
+    pub mem_util: Option<f64>,
+    pub net_bps: Option<f64>,
+    /// Provisioned vCPUs across replicas.
+    pub cpu_cores: Option<f64>,
+    /// Provisioned memory in bytes across replicas.
+    pub mem_bytes: Option<f64>,
+    pub replicas: Option<i32>,
+    pub cost_per_hour: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Forecast {
     pub event_id: String,
@@ -63,6 +77,7 @@ pub struct Forecast {
     pub scale_event_prob: Option<f64>,
     /// Model family -> version used for this forecast.
     pub model_versions: Vec<(String, String)>,
+    pub observed: Observed,
 }
 
 impl Forecast {
@@ -86,6 +101,17 @@ impl Forecast {
             write_str(o, k);
             write_str(o, v);
         });
+        let o = &self.observed;
+        for v in [o.cpu_util, o.mem_util, o.net_bps, o.cpu_cores, o.mem_bytes] {
+            write_opt(out, v, write_f64);
+        }
+        write_opt(out, o.replicas, write_int);
+        write_opt(out, o.cost_per_hour, write_f64);
+    }
+
+    /// The point of `metric` at `horizon_min`, when the forecast has one.
+    pub fn point(&self, metric: Metric, horizon_min: i32) -> Option<&ForecastPoint> {
+        self.points.iter().find(|p| p.metric == metric && p.horizon_min == horizon_min)
     }
 
     pub fn decode(payload: &[u8]) -> Result<Forecast, DecodeError> {
@@ -98,6 +124,13 @@ impl Forecast {
                 ("service", Value::String(s)) => f.service = Some(s),
                 ("cluster", Value::String(s)) => f.cluster = Some(s),
                 ("scale_event_prob", Value::Double(x)) => f.scale_event_prob = Some(x),
+                ("cpu_util", Value::Double(x)) => f.observed.cpu_util = Some(x),
+                ("mem_util", Value::Double(x)) => f.observed.mem_util = Some(x),
+                ("net_bps", Value::Double(x)) => f.observed.net_bps = Some(x),
+                ("cpu_cores", Value::Double(x)) => f.observed.cpu_cores = Some(x),
+                ("mem_bytes", Value::Double(x)) => f.observed.mem_bytes = Some(x),
+                ("replicas", Value::Int(x)) => f.observed.replicas = Some(x),
+                ("cost_per_hour", Value::Double(x)) => f.observed.cost_per_hour = Some(x),
                 ("model_versions", Value::Map(m)) => {
                     let mut v: Vec<(String, String)> = m
                         .into_iter()
@@ -258,13 +291,51 @@ mod tests {
             ],
             scale_event_prob: Some(0.03),
             model_versions: vec![("xgboost".into(), "v1".into())],
+            observed: Observed {
+                cpu_util: Some(0.35),
+                mem_util: None,
+                net_bps: Some(1.5e6),
+                cpu_cores: Some(8.0),
+                mem_bytes: Some(3.2e10),
+                replicas: Some(4),
+                cost_per_hour: Some(1.25),
+            },
         };
         let mut buf = Vec::new();
         f.encode_framed(&mut buf);
+        assert_eq!(u32::from_be_bytes(buf[1..5].try_into().unwrap()), 1202, "written as v2");
         assert_eq!(Forecast::decode(&buf).unwrap(), f);
+        assert_eq!(f.point(Metric::Cpu, 15).map(|p| p.p90), Some(0.6));
+        assert!(f.point(Metric::Cpu, 30).is_none());
         // Not a forecast: a clear error.
         assert!(Forecast::decode(&buf[..buf.len() - 3]).is_err());
         assert!(ModelEvent::decode(&buf).is_err());
+    }
+
+    #[test]
+    fn a_v1_forecast_still_decodes_with_nothing_observed() {
+        let v1 = &Catalogue::builtin().versions(SUBJECT).next().unwrap().schema;
+        let rec = apache_avro::types::Value::Record(vec![
+            ("event_id".into(), Value::String("e".into())),
+            ("entity_id".into(), Value::String("vm".into())),
+            ("ts_ms".into(), Value::TimestampMillis(7)),
+            ("service".into(), Value::Union(0, Box::new(Value::Null))),
+            ("cluster".into(), Value::Union(0, Box::new(Value::Null))),
+            ("points".into(), Value::Array(vec![])),
+            ("scale_event_prob".into(), Value::Union(0, Box::new(Value::Null))),
+            ("model_versions".into(), Value::Map(Default::default())),
+        ]);
+        let mut buf = Vec::new();
+        framing::frame(1201, &mut buf);
+        let datum = apache_avro::writer::datum::GenericDatumWriter::builder(v1)
+            .build()
+            .unwrap()
+            .write_value_to_vec(rec)
+            .unwrap();
+        buf.extend(datum);
+        let f = Forecast::decode(&buf).unwrap();
+        assert_eq!(f.entity_id, "vm");
+        assert_eq!(f.observed, Observed::default());
     }
 
     #[test]

@@ -18,13 +18,15 @@ pub mod features;
 pub mod forecasts;
 pub mod framing;
 pub mod generic;
+pub mod recommendations;
 pub mod telemetry;
 
 pub use catalogue::{Catalogue, SchemaEntry};
 pub use dlq::{DeadLetter, DlqReason};
 pub use features::FeaturesRecord;
-pub use forecasts::{Forecast, ForecastPoint, Metric, ModelEvent, ModelEventKind};
+pub use forecasts::{Forecast, ForecastPoint, Metric, ModelEvent, ModelEventKind, Observed};
 pub use framing::{frame, unframe, Framed, MAGIC_BYTE};
+pub use recommendations::Recommendation;
 pub use telemetry::{Telemetry, TelemetryDecoder, ValidationLimits};
 
 /// Why a record could not be decoded. Every variant maps to a DLQ reason code.

@@ -306,6 +306,16 @@ fn predict_levels(
     Ok(out)
 }
 
+/// The regressor's (p50, p90) levels for every row of `rows`, for target `m` at horizon `h`
+/// slots; `None` when the set has no such regressor. The policy backtest reads these.
+pub fn predict(ds: &Dataset, rows: &Rows, models: &ModelSet, m: usize, h: usize) -> anyhow::Result<Option<Vec<(f32, f32)>>> {
+    let Some(r) = models.regressors.iter().find(|r| r.target == TARGETS[m] && r.horizon == h) else {
+        return Ok(None);
+    };
+    let booster = InplaceBooster::from_bytes(&r.trained.model)?;
+    predict_levels(ds, rows, m, &booster, r.quantiles.len()).map(Some)
+}
+
 /// Scores the models and the baselines on the test rows. `plot_entities` picks entities whose
 /// CPU forecasts are kept for the plots.
 pub fn backtest(

@@ -72,6 +72,10 @@ pub struct EntitySeries {
     pub events: Option<Vec<bool>>,
     /// The peak threshold (training-period quantile of CPU) used when `events` is `None`.
     pub peak_threshold: f32,
+    /// Provisioned vCPUs and memory bytes by slot (NaN where the source reports none): what
+    /// the policy backtest turns utilization into demand with.
+    pub cpu_cores: Vec<f32>,
+    pub mem_bytes: Vec<f32>,
 }
 
 impl EntitySeries {
@@ -241,6 +245,8 @@ impl Dataset {
             let mut values: [Vec<f32>; N_TARGETS] = std::array::from_fn(|_| vec![f32::NAN; n]);
             let has_events = recs.iter().any(|r| r.scale_event.is_some());
             let mut events = has_events.then(|| vec![false; n]);
+            let mut cpu_cores = vec![f32::NAN; n];
+            let mut mem_bytes = vec![f32::NAN; n];
             for (offset, r) in recs.iter().enumerate() {
                 let sample = Sample::from(r);
                 let slot = r.ts_ms.div_euclid(interval_ms);
@@ -255,6 +261,8 @@ impl Dataset {
                 for (m, v) in values.iter_mut().enumerate() {
                     v[i] = sample.metrics[m].map_or(f32::NAN, |x| x as f32);
                 }
+                cpu_cores[i] = r.cpu_cores.map_or(f32::NAN, |x| x as f32);
+                mem_bytes[i] = r.mem_bytes.map_or(f32::NAN, |x| x as f32);
                 if let (Some(ev), Some(true)) = (events.as_mut(), r.scale_event) {
                     ev[i] = true;
                 }
@@ -281,6 +289,8 @@ impl Dataset {
                 values,
                 events,
                 peak_threshold,
+                cpu_cores,
+                mem_bytes,
             });
         }
         Ok(Dataset {

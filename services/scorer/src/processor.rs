@@ -13,7 +13,7 @@ use arrow_schema::{DataType, Field, Schema};
 use headroom_forecast::serving::{Scores, ServingModel};
 use headroom_forecast::TARGETS;
 use headroom_runtime::{Emitter, Flush, InputRecord, Metrics, Processor};
-use headroom_schemas::{DlqReason, FeaturesRecord, Forecast, ForecastPoint, Metric};
+use headroom_schemas::{DlqReason, FeaturesRecord, Forecast, ForecastPoint, Metric, Observed};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
 
 /// Where the model watcher leaves a newly loaded version for the next batch.
@@ -191,6 +191,17 @@ impl Scorer {
             points,
             scale_event_prob: self.scores.peak.get(i).map(|p| f64::from(*p)),
             model_versions: vec![(m.family.clone(), m.version.clone())],
+            // What the forecast starts from, so that the recommender and the drift monitor
+            // read capacity and actuals from this topic alone.
+            observed: Observed {
+                cpu_util: Some(r.cpu_util).filter(|v| v.is_finite()),
+                mem_util: Some(r.mem_util).filter(|v| v.is_finite()),
+                net_bps: Some(r.net_bps).filter(|v| v.is_finite()),
+                cpu_cores: r.cpu_cores,
+                mem_bytes: r.mem_bytes,
+                replicas: r.replicas,
+                cost_per_hour: r.cost_per_hour,
+            },
         };
         self.buf.clear();
         f.encode_framed(&mut self.buf);

@@ -239,6 +239,12 @@ async fn scores_every_event_once_and_swaps_versions_live() {
         m.score(&src.values, 1, &mut s).unwrap();
         assert_eq!(f.points[0].p50, f64::from(s.heads[0][0].0));
         assert_eq!(prob, f64::from(s.peak[0]));
+        // The observation the forecast starts from travels with it (forecasts v2).
+        assert_eq!(f.observed.cpu_util, Some(src.cpu_util));
+        assert_eq!(f.observed.mem_util, Some(src.mem_util));
+        assert_eq!(f.observed.cpu_cores, src.cpu_cores);
+        assert_eq!(f.observed.replicas, src.replicas);
+        assert_eq!(f.observed.cost_per_hour, src.cost_per_hour);
     }
 
     // Both bad records were dead-lettered, with their reasons.

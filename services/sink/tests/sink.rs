@@ -252,6 +252,7 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
             ],
             scale_event_prob: Some(0.1),
             model_versions: vec![("xgboost".into(), "v1".into())],
+            observed: Default::default(),
         };
         let mut b = Vec::new();
         f.encode_framed(&mut b);

@@ -5,9 +5,12 @@
 //!   candidate version.
 //! * `train`: fit on the whole trace (the last part held out for early stopping only) and write
 //!   a candidate version with its report.
+//! * `policy-backtest`: fit on the training part, then replay the test period's last days
+//!   through the capacity policy and the simple policies it must beat.
 
 mod bench;
 mod plot;
+mod policy_backtest;
 mod report;
 mod source;
 
@@ -44,6 +47,28 @@ enum Command {
     },
     /// Benchmark: XGBoost prediction here against Python's inplace_predict (same model, rows).
     BenchPredict(bench::BenchArgs),
+    /// Replay the test period through features, models and the capacity policy, against a
+    /// reactive threshold autoscaler, a p90 + 15 % rightsizer and static peak provisioning.
+    PolicyBacktest(PolicyArgs),
+}
+
+#[derive(Args, Clone)]
+struct PolicyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Simulate the last N days of the test period.
+    #[arg(long, default_value_t = 7.0)]
+    last_days: f64,
+    /// A TOML file with `[policy]` and `[pricing]` sections, layered over the defaults
+    /// (crates/policy/default.toml, the recommender's own).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Headroom quantiles of the slack / shortfall trade-off curve.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99")]
+    quantiles: Vec<f64>,
+    /// Target CPU utilizations of the second trade-off curve (at the configured quantile).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9,1.0")]
+    target_utilizations: Vec<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -151,11 +176,48 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::BenchPredict(a) => return bench::run(&a),
+        Command::PolicyBacktest(a) => return policy(a),
     };
     run(args, evaluate)
 }
 
-fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
+fn policy(a: PolicyArgs) -> anyhow::Result<()> {
+    let overlay = match &a.policy {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("policy file {}: {e}", p.display()))?),
+        None => None,
+    };
+    let pf = headroom_policy::PolicyFile::load(overlay.as_deref())?;
+    for q in &a.quantiles {
+        anyhow::ensure!((0.5..=0.999).contains(q), "--quantiles: {q} is outside [0.5, 0.999]");
+    }
+    for u in &a.target_utilizations {
+        anyhow::ensure!(*u > 0.0 && *u <= 1.0, "--target-utilizations: {u} is outside (0, 1]");
+    }
+    let mut common = a.common.clone();
+    // The policy reads CPU and memory forecasts only.
+    common.targets = vec!["cpu".into(), "mem".into()];
+    common.no_classifier = true;
+    let (ds, models) = prepare(&common, true)?;
+    let t = Instant::now();
+    let command: Vec<String> = std::env::args().collect();
+    let r = policy_backtest::run(&ds, &models, &pf, a.last_days, &a.quantiles, &a.target_utilizations, &common.out, &command.join(" "))?;
+    eprintln!("policy backtest of {} entities over {:.1} days in {:.1} s", r.entities, r.days, t.elapsed().as_secs_f64());
+    eprintln!("report written to {}", common.out.join("policy.md").display());
+    for row in &r.rows {
+        println!(
+            "{:24} cpu slack {:6.2} %  cpu short {:6.2} %  mem slack {:6.2} %  mem short {:6.2} %  actions {:7}  cost {:10.2} USD",
+            row.policy, 100.0 * row.cpu_slack, 100.0 * row.cpu_shortfall, 100.0 * row.mem_slack, 100.0 * row.mem_shortfall, row.actions, row.cost_usd
+        );
+    }
+    for (k, v) in &r.checks {
+        println!("{}: {k}", if *v { "met" } else { "NOT MET" });
+    }
+    println!("{}", policy_backtest::result_line(&r));
+    Ok(())
+}
+
+/// Reads the source, builds the dataset with the featurizer's code and fits the models.
+fn prepare(args: &Common, evaluate: bool) -> anyhow::Result<(Dataset, backtest::ModelSet)> {
     let interval = args.sampling_interval;
     let horizons: Vec<usize> = args
         .horizons
@@ -244,7 +306,12 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let models = backtest::fit(&ds, &opts, &mut progress)?;
     progress.bar.finish_and_clear();
     eprintln!("fitted {} models on {} in {:.1} s", models.regressors.len() + usize::from(models.classifier.is_some()), models.device, t.elapsed().as_secs_f64());
+    Ok((ds, models))
+}
 
+fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
+    let (ds, models) = prepare(&args, evaluate)?;
+    let interval = args.sampling_interval;
     let slots = |d: Duration| (d.as_millis() / interval.as_millis()).max(1) as usize;
     let baseline = BaselineOptions {
         season_slots: slots(Duration::from_secs(86_400)),

@@ -115,3 +115,114 @@ fn plot(path: &Path, t: &Trace, interval_ms: i64) -> Result<(), Box<dyn std::err
     root.present()?;
     Ok(())
 }
+
+/// One entity's demand and the capacity each policy provisioned.
+pub type CapacityChart<'a> = (&'a str, &'a [f64], &'a [(&'static str, Vec<f64>)]);
+
+/// The policy backtest's charts: capacity against demand for a few entities, and the slack /
+/// shortfall trade-off of the predictive policy over its headroom quantile, with the simple
+/// policies as points.
+pub fn policy_charts(
+    out: &Path,
+    charts: &[CapacityChart<'_>],
+    interval_ms: i64,
+    rows: &[crate::policy_backtest::PolicyRow],
+    curve: &[(f64, crate::policy_backtest::PolicyRow)],
+) -> anyhow::Result<Vec<String>> {
+    if !font() {
+        eprintln!("no font found ({}): plots skipped", FONT_PATHS.join(", "));
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    for (k, (entity, demand, caps)) in charts.iter().enumerate() {
+        let name = format!("capacity-{k}.png");
+        capacity(&out.join(&name), entity, demand, caps, interval_ms).map_err(|e| anyhow::anyhow!("plot {name}: {e}"))?;
+        files.push(name);
+    }
+    let name = "tradeoff.png".to_owned();
+    tradeoff(&out.join(&name), rows, curve).map_err(|e| anyhow::anyhow!("plot {name}: {e}"))?;
+    files.push(name);
+    Ok(files)
+}
+
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+];
+
+fn capacity(path: &Path, entity: &str, demand: &[f64], caps: &[(&'static str, Vec<f64>)], interval_ms: i64) -> Result<(), Box<dyn std::error::Error>> {
+    let hours = |i: usize| i as f64 * interval_ms as f64 / 3_600_000.0;
+    let x1 = hours(demand.len()).max(1.0);
+    let ymax = demand
+        .iter()
+        .chain(caps.iter().flat_map(|(_, v)| v.iter()))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |a, b| a.max(*b))
+        .max(0.01)
+        * 1.05;
+    let root = BitMapBackend::new(path, (1400, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{entity}: CPU demand and provisioned capacity by policy"), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..x1, 0.0..ymax)?;
+    chart.configure_mesh().x_desc("hours into the window").y_desc("vCPUs").light_line_style(WHITE).draw()?;
+    let grey = RGBColor(120, 120, 120);
+    let pts = |v: &[f64]| -> Vec<(f64, f64)> { v.iter().enumerate().filter(|(_, y)| y.is_finite()).map(|(i, y)| (hours(i), *y)).collect() };
+    chart
+        .draw_series(LineSeries::new(pts(demand), grey.stroke_width(1)))?
+        .label("demand")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+    for (k, (name, v)) in caps.iter().enumerate().filter(|(_, (n, _))| !n.starts_with("as provisioned")) {
+        let c = PALETTE[k % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(pts(v), c.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn tradeoff(path: &Path, rows: &[crate::policy_backtest::PolicyRow], curve: &[(f64, crate::policy_backtest::PolicyRow)]) -> Result<(), Box<dyn std::error::Error>> {
+    let xs = rows.iter().map(|r| r.cpu_shortfall).chain(curve.iter().map(|(_, r)| r.cpu_shortfall));
+    let ys = rows.iter().map(|r| r.cpu_slack).chain(curve.iter().map(|(_, r)| r.cpu_slack));
+    let xmax = xs.fold(0.0f64, f64::max).max(0.01) * 100.0 * 1.1;
+    let ymax = ys.fold(0.0f64, f64::max).max(0.01).min(1.0) * 100.0 * 1.05;
+    let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("CPU slack against shortfall (predictive policy over its headroom quantile)", ("sans-serif", 18))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+    chart.configure_mesh().x_desc("samples short of CPU (%)").y_desc("unused provisioned CPU (%)").draw()?;
+    let blue = PALETTE[0];
+    let line: Vec<(f64, f64)> = curve.iter().map(|(_, r)| (100.0 * r.cpu_shortfall, 100.0 * r.cpu_slack)).collect();
+    chart
+        .draw_series(LineSeries::new(line.clone(), blue.stroke_width(2)))?
+        .label("predictive (quantile varied)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+    chart.draw_series(line.iter().map(|p| Circle::new(*p, 4, blue.filled())))?;
+    for (q, r) in curve {
+        chart.draw_series(std::iter::once(Text::new(format!("q={q}"), (100.0 * r.cpu_shortfall, 100.0 * r.cpu_slack), ("sans-serif", 13))))?;
+    }
+    for (k, r) in rows.iter().enumerate().skip(1) {
+        let c = PALETTE[(k + 1) % PALETTE.len()];
+        let p = (100.0 * r.cpu_shortfall, 100.0 * r.cpu_slack);
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(p, 8, c.filled())))?
+            .label(r.policy.clone())
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, c.filled()));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}

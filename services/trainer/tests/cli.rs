@@ -104,3 +104,50 @@ fn train_fits_on_everything_and_bad_arguments_are_clear_errors() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn policy_backtest_compares_the_policies_on_the_same_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[policy.default]\nheadroom_quantile = 0.95\n").unwrap();
+    let out = train(
+        dir.path(),
+        "policy-backtest",
+        &["--train-days", "4", "--last-days", "1", "--policy", policy.to_str().unwrap(), "--quantiles", "0.6,0.9,0.99"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("RESULT policy-backtest entities=6 "), "{stdout}");
+    assert!(last.contains("quantile=0.95"), "the file's quantile is used: {last}");
+
+    let report = dir.path().join("reports/latest");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("policy.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["predictive", "reactive threshold", "p90 + 15 % rightsizer", "static peak", "as provisioned (trace)"]);
+    let get = |name: &str, k: &str| rows.iter().find(|r| r["policy"] == name).unwrap()[k].as_f64().unwrap();
+    // Same demand for every policy: the same samples counted.
+    let samples: Vec<u64> = rows.iter().map(|r| r["outcome"]["samples"].as_u64().unwrap()).collect();
+    assert!(samples[0] >= 6 * 250 && samples.iter().all(|s| *s == samples[0]), "{samples:?}");
+    assert_eq!(get("static peak", "actions"), 0.0);
+    assert!(get("predictive", "actions") > 0.0);
+    for r in rows {
+        for k in ["cpu_slack", "cpu_shortfall", "mem_slack", "mem_shortfall"] {
+            let v = r[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{k} of {r}");
+        }
+        assert!(r["cost_usd"].as_f64().unwrap() > 0.0);
+    }
+    // A higher headroom quantile never provisions less: slack up, shortfall down.
+    let curve = json["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 3);
+    let (lo, hi) = (&curve[0][1], &curve[2][1]);
+    assert!(hi["cpu_slack"].as_f64().unwrap() >= lo["cpu_slack"].as_f64().unwrap(), "{curve:?}");
+    assert!(hi["cpu_shortfall"].as_f64().unwrap() <= lo["cpu_shortfall"].as_f64().unwrap(), "{curve:?}");
+    assert!(hi["cost_usd"].as_f64().unwrap() >= lo["cost_usd"].as_f64().unwrap(), "{curve:?}");
+    let md = std::fs::read_to_string(report.join("policy.md")).unwrap();
+    assert!(md.contains("| p90 + 15 % rightsizer |") && md.contains("## Checks"), "{md}");
+    let png = std::fs::read(report.join("tradeoff.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(report.join("capacity-0.png").exists());
+}
