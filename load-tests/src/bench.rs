@@ -540,3 +540,126 @@ async fn warmup(brokers: &str, input: &str, output: &str) -> anyhow::Result<()> 
     })
     .await?
 }
+
+/// Arguments of `loadgen bench-recommender`.
+#[derive(clap::Args, Debug)]
+pub struct RecommenderBenchArgs {
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    #[arg(long, default_value_t = 1000)]
+    entities: u32,
+}
+
+/// Publishes one forecast per generated sample (p50 the current utilization, p90 a little
+/// above, the sample as the observation): the recommender's input without a scorer.
+fn preload_forecasts(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::Result<()> {
+    use headroom_schemas::{Forecast, ForecastPoint, Metric, Observed};
+    let mut g = Generator::new(GenConfig {
+        entities: Some(entities),
+        ..GenConfig::default()
+    });
+    let n = g.entity_count() as u64;
+    let iv = g.interval_ms();
+    let rounds = records.div_ceil(n) as i64;
+    let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
+    let p = kafka::producer(brokers)?;
+    let mut buf = Vec::new();
+    for k in 0..records {
+        let (r, i) = ((k / n) as i64, (k % n) as usize);
+        let t = g.sample(i, start_ts + r * iv);
+        let (cpu, mem) = (t.cpu_util.unwrap_or(0.5), t.mem_util.unwrap_or(0.5));
+        let points = [5, 15, 30]
+            .iter()
+            .flat_map(|&h| {
+                [
+                    ForecastPoint { metric: Metric::Cpu, horizon_min: h, p50: cpu, p90: cpu + 0.05, model: "bench/v0".into() },
+                    ForecastPoint { metric: Metric::Memory, horizon_min: h, p50: mem, p90: mem + 0.03, model: "bench/v0".into() },
+                ]
+            })
+            .collect();
+        let f = Forecast {
+            event_id: headroom_schemas::features::event_id(&t.entity_id, t.ts_ms),
+            entity_id: t.entity_id.clone(),
+            ts_ms: t.ts_ms,
+            service: t.service.clone(),
+            cluster: t.cluster.clone(),
+            points,
+            scale_event_prob: Some(0.03),
+            model_versions: vec![("bench".into(), "v0".into())],
+            observed: Observed {
+                cpu_util: t.cpu_util,
+                mem_util: t.mem_util,
+                net_bps: t.net_in_bps,
+                cpu_cores: t.cpu_cores,
+                mem_bytes: t.mem_bytes,
+                replicas: t.replicas,
+                cost_per_hour: t.cost_per_hour,
+            },
+        };
+        buf.clear();
+        f.encode_framed(&mut buf);
+        kafka::send(&p, topic, t.entity_id.as_bytes(), &buf)?;
+    }
+    kafka::flush(&p)
+}
+
+/// The recommender through the broker (one decision per forecast, holds included), with the
+/// featurizer's rate on as many telemetry records from the same run as the reference; and the
+/// recommender's state memory per entity from its own gauges.
+pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let input = format!("{prefix}telemetry.raw");
+        let forecasts = format!("{prefix}forecasts");
+        let (b, i, f, e, r) = (brokers.to_owned(), input.clone(), forecasts.clone(), args.entities, args.records);
+        tokio::task::spawn_blocking(move || {
+            preload(&b, &i, e, r)?;
+            preload_forecasts(&b, &f, e, r)
+        })
+        .await??;
+        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records).await?;
+
+        let mut c = headroom_recommender::Config::load(None)?;
+        c.kafka.brokers = brokers.into();
+        c.kafka.group_id = format!("{prefix}recommender");
+        c.http.listen = "127.0.0.1:0".into();
+        c.runtime.commit_interval = Duration::from_millis(200);
+        c.topics.input = forecasts.clone();
+        c.topics.output = format!("{prefix}recommendations");
+        c.topics.dlq = format!("{prefix}telemetry.dlq");
+        let output = c.topics.output.clone();
+        let handle = headroom_recommender::start(c, Shutdown::new()).await?;
+        let records_in = handle.metrics.records_in.with_label_values(&[forecasts.as_str()]);
+        let first_in = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while records_in.get() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Instant::now()
+        });
+        let (b, records) = (brokers.to_owned(), args.records);
+        let drained = tokio::task::spawn_blocking(move || drain_until(&b, &output, records, Duration::from_secs(600)));
+        let started = first_in.await?;
+        let last = drained.await??;
+        let rate = records as f64 / last.saturating_duration_since(started).as_secs_f64().max(1e-6);
+        // The state gauges are refreshed at each commit.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let entities = handle.metrics.state_entities.get().max(1);
+        let bytes = handle.metrics.state_bytes.get();
+        handle.stop().await?;
+        eprintln!("  recommender: {rate:.0} forecasts/s, {entities} entities, {} bytes of state each", bytes / entities);
+        println!(
+            "RESULT recommender-throughput records={} entities={} recommender_fps={rate:.0} featurizer_eps={featurizer:.0} ratio={:.3} state_bytes_per_entity={}",
+            args.records,
+            args.entities,
+            rate / featurizer,
+            bytes / entities
+        );
+        Ok(())
+    })
+}

@@ -112,6 +112,8 @@ enum Command {
     /// Scorer throughput through the broker (both heads on every event) against the
     /// featurizer's rate in the same run.
     BenchScorer(bench::ScorerBenchArgs),
+    /// The recommender through the broker against the featurizer in the same run, and its state per entity.
+    BenchRecommender(bench::RecommenderBenchArgs),
     /// The sink's ingest rate into PostgreSQL through the broker against `psql \copy` of the
     /// same rows into an identical table in the same run.
     BenchSink(sink_bench::SinkBenchArgs),
@@ -211,6 +213,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(&cli.brokers, &args),
         Command::BenchScorer(args) => bench::run_scorer(&cli.brokers, &args),
+        Command::BenchRecommender(args) => bench::run_recommender(&cli.brokers, &args),
         Command::BenchSink(args) => sink_bench::run(&cli.brokers, &args),
         Command::BenchOlap(args) => olap_bench::run(&args),
         Command::Tail {

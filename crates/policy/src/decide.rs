@@ -148,6 +148,9 @@ pub struct Decision {
     pub confidence: f64,
     pub reason: String,
     pub hold: Option<HoldReason>,
+    /// For a rebalance: the start of its `rebalance_interval` window (event time), so that a
+    /// proposal repeated within the window (once, after a restart) can keep its id.
+    pub window_start_ms: Option<i64>,
 }
 
 impl Decision {
@@ -164,6 +167,7 @@ impl Decision {
             confidence: 0.0,
             reason: detail,
             hold: Some(reason),
+            window_start_ms: None,
         }
     }
 }
@@ -588,6 +592,8 @@ impl Recommender {
                 d.target_cpu_cores = Some(cpu.current);
                 d.target_mem_bytes = memn.map(|m| m.current);
                 d.target_replicas = obs.replicas;
+                let interval = p.rebalance_interval.as_millis() as i64;
+                d.window_start_ms = Some(obs.ts_ms.div_euclid(interval) * interval);
                 // A move does not change capacity: it starts no cooldown.
             }
             return d;
@@ -679,6 +685,7 @@ impl Recommender {
             confidence: confidence.clamp(0.0, 1.0),
             reason,
             hold: None,
+            window_start_ms: None,
         }
     }
 

@@ -101,7 +101,7 @@ impl RecommenderStage {
 pub fn to_record(f: &Forecast, d: &Decision, policy_version: &str) -> Recommendation {
     let id = match d.action {
         // One move per entity and window: a repeated proposal keeps its id.
-        Action::Rebalance => recommendation_id(&f.entity_id, f.ts_ms, "rebalance", policy_version),
+        Action::Rebalance => recommendation_id(&f.entity_id, d.window_start_ms.unwrap_or(f.ts_ms), "rebalance", policy_version),
         _ => recommendation_id(&f.entity_id, f.ts_ms, "decision", policy_version),
     };
     Recommendation {
@@ -248,5 +248,64 @@ impl Processor for RecommenderStage {
         }
         metrics.state_entities.set(entities as i64);
         metrics.state_bytes.set(bytes as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use headroom_policy::{PolicyFile, Recommender};
+
+    fn stage(holds: PublishHolds) -> RecommenderStage {
+        let pf = PolicyFile::load(None).unwrap();
+        let m = Metrics::new("recommender");
+        RecommenderStage::new(Recommender::new(pf.policy, pf.pricing).unwrap(), "out".into(), holds, 3_600_000, RecommenderMetrics::new(&m))
+    }
+
+    fn decision(hold: Option<HoldReason>) -> Decision {
+        Decision {
+            action: if hold.is_some() { Action::Hold } else { Action::ScaleOut },
+            target_replicas: None,
+            target_cpu_cores: None,
+            target_mem_bytes: None,
+            from_cluster: None,
+            to_cluster: None,
+            cost_change_per_hour: 0.0,
+            shortfall_prob: 0.0,
+            confidence: 0.0,
+            reason: String::new(),
+            hold,
+            window_start_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_publish_setting_filters_holds_only() {
+        let act = decision(None);
+        let steady = decision(Some(HoldReason::Steady));
+        let bad = decision(Some(HoldReason::InvalidForecast));
+        let all = stage(PublishHolds::All);
+        assert!(all.publishes(&act) && all.publishes(&steady) && all.publishes(&bad));
+        let some = stage(PublishHolds::BadInput);
+        assert!(some.publishes(&act) && !some.publishes(&steady) && some.publishes(&bad));
+        let none = stage(PublishHolds::None);
+        assert!(none.publishes(&act) && !none.publishes(&steady) && !none.publishes(&bad));
+    }
+
+    #[test]
+    fn rebalances_keep_one_id_per_window_and_decisions_one_per_event() {
+        let f = Forecast { entity_id: "e".into(), ts_ms: 10, event_id: "ev".into(), ..Forecast::default() };
+        let mut d = decision(None);
+        let a = to_record(&f, &d, "p1");
+        d.action = Action::Rebalance;
+        d.window_start_ms = Some(0);
+        let b = to_record(&f, &d, "p1");
+        assert_ne!(a.recommendation_id, b.recommendation_id);
+        // Another event of the same window: the same id.
+        let later = Forecast { ts_ms: 99, ..f.clone() };
+        assert_eq!(to_record(&later, &d, "p1").recommendation_id, b.recommendation_id);
+        assert_eq!(a.recommendation_id, to_record(&f, &decision(None), "p1").recommendation_id);
+        assert_eq!(a.forecast_event_id.as_deref(), Some("ev"));
+        assert_eq!(b.action, 4);
     }
 }

@@ -66,6 +66,9 @@ struct PolicyArgs {
     /// Headroom quantiles of the slack / shortfall trade-off curve.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99")]
     quantiles: Vec<f64>,
+    /// Reuse a fitted version (a directory under the models directory) instead of fitting.
+    #[arg(long)]
+    models_version: Option<PathBuf>,
     /// Target CPU utilizations of the second trade-off curve (at the configured quantile).
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9,1.0")]
     target_utilizations: Vec<f64>,
@@ -197,7 +200,21 @@ fn policy(a: PolicyArgs) -> anyhow::Result<()> {
     // The policy reads CPU and memory forecasts only.
     common.targets = vec!["cpu".into(), "mem".into()];
     common.no_classifier = true;
-    let (ds, models) = prepare(&common, true)?;
+    let (ds, models) = match &a.models_version {
+        Some(dir) => {
+            let ds = dataset(&common, true)?;
+            let set = artifact::read_model_set(dir, ds.layout.id())?;
+            eprintln!("models: {} regressors from {}", set.regressors.len(), dir.display());
+            (ds, set)
+        }
+        None => {
+            let (ds, set) = prepare(&common, true)?;
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+            let (manifest, dir) = artifact::write(&common.models_dir, &ds, &set, None, now_ms)?;
+            eprintln!("model version {} written to {} (reuse it with --models-version)", manifest.version, dir.display());
+            (ds, set)
+        }
+    };
     let t = Instant::now();
     let command: Vec<String> = std::env::args().collect();
     let r = policy_backtest::run(&ds, &models, &pf, a.last_days, &a.quantiles, &a.target_utilizations, &common.out, &command.join(" "))?;
@@ -218,6 +235,13 @@ fn policy(a: PolicyArgs) -> anyhow::Result<()> {
 
 /// Reads the source, builds the dataset with the featurizer's code and fits the models.
 fn prepare(args: &Common, evaluate: bool) -> anyhow::Result<(Dataset, backtest::ModelSet)> {
+    let ds = dataset(args, evaluate)?;
+    let models = fit(args, &ds)?;
+    Ok((ds, models))
+}
+
+/// Reads the source and builds the dataset with the featurizer's code.
+fn dataset(args: &Common, evaluate: bool) -> anyhow::Result<Dataset> {
     let interval = args.sampling_interval;
     let horizons: Vec<usize> = args
         .horizons
@@ -233,16 +257,8 @@ fn prepare(args: &Common, evaluate: bool) -> anyhow::Result<(Dataset, backtest::
             Ok(n as usize)
         })
         .collect::<anyhow::Result<_>>()?;
-    let targets: Vec<usize> = args
-        .targets
-        .iter()
-        .map(|t| {
-            TARGETS
-                .iter()
-                .position(|x| x == t)
-                .ok_or_else(|| anyhow::anyhow!("unknown target `{t}` (known: {})", TARGETS.join(", ")))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    // Checked before the (long) read, so that a typo fails at once.
+    target_indices(args)?;
     let features = FeatureConfig {
         sampling_interval: interval,
         lags: args.lags,
@@ -280,7 +296,24 @@ fn prepare(args: &Common, evaluate: bool) -> anyhow::Result<(Dataset, backtest::
         ds.layout.id(),
         t.elapsed().as_secs_f64()
     );
+    Ok(ds)
+}
 
+fn target_indices(args: &Common) -> anyhow::Result<Vec<usize>> {
+    args.targets
+        .iter()
+        .map(|t| {
+            TARGETS
+                .iter()
+                .position(|x| x == t)
+                .ok_or_else(|| anyhow::anyhow!("unknown target `{t}` (known: {})", TARGETS.join(", ")))
+        })
+        .collect()
+}
+
+/// Fits the models the arguments ask for on the dataset's training rows.
+fn fit(args: &Common, ds: &Dataset) -> anyhow::Result<backtest::ModelSet> {
+    let targets = target_indices(args)?;
     let opts = FitOptions {
         xgb: XgbParams {
             rounds: args.rounds,
@@ -303,10 +336,10 @@ fn prepare(args: &Common, evaluate: bool) -> anyhow::Result<(Dataset, backtest::
     );
     let mut progress = Bar { bar };
     let t = Instant::now();
-    let models = backtest::fit(&ds, &opts, &mut progress)?;
+    let models = backtest::fit(ds, &opts, &mut progress)?;
     progress.bar.finish_and_clear();
     eprintln!("fitted {} models on {} in {:.1} s", models.regressors.len() + usize::from(models.classifier.is_some()), models.device, t.elapsed().as_secs_f64());
-    Ok((ds, models))
+    Ok(models)
 }
 
 fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {

@@ -108,7 +108,7 @@ fn series(
         let ffill = |v: &[f32]| -> Vec<f64> {
             let mut last = f64::NAN;
             let mut outv = Vec::with_capacity(n);
-            for slot in s.first_slot..end {
+            for slot in s.first_slot.min(start)..end {
                 let x = at(v, slot);
                 if x.is_finite() && x > 0.0 {
                     last = x;
