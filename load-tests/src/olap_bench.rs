@@ -39,6 +39,24 @@ fn panel_range(name: &str) -> i64 {
     }
 }
 
+/// The bucket the panel's rollup is read in: ranges are aligned to it, so that the rollup
+/// and the raw path answer over exactly the same samples (a raw range starting mid-hour would
+/// add a partial hour the rollup path leaves out).
+fn panel_bucket(name: &str) -> i64 {
+    match name {
+        "anomalies" => 60_000,
+        "hourly_by_service" | "savings" => 3_600_000,
+        _ => 86_400_000,
+    }
+}
+
+/// `[from, to)` of a panel: whole buckets, ending with the bucket of the newest data.
+fn panel_window(name: &str, newest: i64) -> (i64, i64) {
+    let b = panel_bucket(name);
+    let to = (newest.div_euclid(b) + 1) * b;
+    (to - panel_range(name), to)
+}
+
 fn pct(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -104,7 +122,15 @@ pub fn run(args: &OlapBenchArgs) -> anyhow::Result<()> {
             pool.close().await;
             let (newest, fill_rate) = fill(&url, args.entities, rows).await?;
             let mut c = headroom_store::connect(&url, Duration::from_secs(10)).await?;
-            c.execute("ANALYZE").await?;
+            // Statistics of this schema's tables only (a database-wide ANALYZE would also visit
+            // the catalogs, which only a superuser may).
+            let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
+                .bind(&schema)
+                .fetch_all(&mut c)
+                .await?;
+            for table in tables {
+                c.execute(format!("ANALYZE {schema}.\"{table}\"").as_str()).await?;
+            }
             let size: i64 = sqlx::query_scalar(
                 "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
             )
@@ -117,7 +143,7 @@ pub fn run(args: &OlapBenchArgs) -> anyhow::Result<()> {
             let mut worst_p95 = 0f64;
             let mut min_speedup = f64::INFINITY;
             for q in QUERIES {
-                let (from, to) = (newest + 1 - panel_range(q.name), newest + 1);
+                let (from, to) = panel_window(q.name, newest);
                 // First run on a fresh connection (the page cache may still hold the data: this
                 // is "first", not a cold disk read).
                 let mut fresh = headroom_store::connect(&url, Duration::from_secs(10)).await?;

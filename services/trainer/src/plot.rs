@@ -222,7 +222,7 @@ fn tradeoff(path: &Path, rows: &[crate::policy_backtest::PolicyRow], curve: &[(f
             .label(r.policy.clone())
             .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, c.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(())
 }

@@ -417,8 +417,8 @@ fn most_variable(all: &[EntitySeries], n: usize) -> Vec<usize> {
                 .collect();
             let m = d.iter().sum::<f64>() / d.len().max(1) as f64;
             let var = d.iter().map(|v| (v - m).powi(2)).sum::<f64>() / d.len().max(1) as f64;
-            // Relative variability, so that one large VM does not take every chart.
-            (var.sqrt() / m.max(1e-9), k)
+            // Absolute variability: the entities whose capacity decisions matter most.
+            (var.sqrt(), k)
         })
         .collect();
     v.sort_by(|a, b| b.0.total_cmp(&a.0));
