@@ -164,33 +164,34 @@ async fn throughput(
         output = c.topics.output.clone();
         headroom_featurizer::start(c, Shutdown::new()).await?
     };
-    // The clock starts when the service consumed its first record (group join excluded) and
-    // stops when the last output arrived.
-    let records_in = handle.metrics.records_in.with_label_values(&[input]);
-    let first_in = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let consumed: u64 = records_in.get();
-            if consumed > 0 || Instant::now() > deadline {
-                return Instant::now();
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    });
-    let b = brokers.to_owned();
-    let drained = tokio::task::spawn_blocking(move || {
-        drain_until(&b, &output, records, Duration::from_secs(600))
-    });
-    let started = first_in.await?;
-    let last = drained.await??;
-    let rate = records as f64
-        / last
-            .saturating_duration_since(started)
-            .as_secs_f64()
-            .max(1e-6);
+    let rate = timed(brokers, &handle, input, &output, records).await?;
     handle.stop().await?;
     eprintln!("  {}: {rate:.0} records/s", which.split(':').next().unwrap_or(which));
     Ok(rate)
+}
+
+/// Records/s of a started service: the clock starts when it consumed its first record (group
+/// join excluded) and stops when the last of `records` outputs arrived on `output`.
+async fn timed(
+    brokers: &str,
+    handle: &headroom_runtime::service::ServiceHandle,
+    input: &str,
+    output: &str,
+    records: u64,
+) -> anyhow::Result<f64> {
+    let records_in = handle.metrics.records_in.with_label_values(&[input]);
+    let first_in = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while records_in.get() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Instant::now()
+    });
+    let (b, out) = (brokers.to_owned(), output.to_owned());
+    let drained = tokio::task::spawn_blocking(move || drain_until(&b, &out, records, Duration::from_secs(600)));
+    let started = first_in.await?;
+    let last = drained.await??;
+    Ok(records as f64 / last.saturating_duration_since(started).as_secs_f64().max(1e-6))
 }
 
 /// Arguments of `loadgen bench-scorer`.
@@ -634,19 +635,7 @@ pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Re
         c.topics.dlq = format!("{prefix}telemetry.dlq");
         let output = c.topics.output.clone();
         let handle = headroom_recommender::start(c, Shutdown::new()).await?;
-        let records_in = handle.metrics.records_in.with_label_values(&[forecasts.as_str()]);
-        let first_in = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while records_in.get() == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Instant::now()
-        });
-        let (b, records) = (brokers.to_owned(), args.records);
-        let drained = tokio::task::spawn_blocking(move || drain_until(&b, &output, records, Duration::from_secs(600)));
-        let started = first_in.await?;
-        let last = drained.await??;
-        let rate = records as f64 / last.saturating_duration_since(started).as_secs_f64().max(1e-6);
+        let rate = timed(brokers, &handle, &forecasts, &output, args.records).await?;
         // The state gauges are refreshed at each commit.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let entities = handle.metrics.state_entities.get().max(1);

@@ -4,7 +4,7 @@
 use apache_avro::types::Value;
 
 use crate::avro::{write_block, write_f64, write_int, write_long, write_opt, write_str};
-use crate::generic::decode_fields;
+use crate::generic::{decode_fields, string_map};
 use crate::{framing, Catalogue, DecodeError};
 
 pub const SUBJECT: &str = "forecasts-value";
@@ -131,17 +131,7 @@ impl Forecast {
                 ("mem_bytes", Value::Double(x)) => f.observed.mem_bytes = Some(x),
                 ("replicas", Value::Int(x)) => f.observed.replicas = Some(x),
                 ("cost_per_hour", Value::Double(x)) => f.observed.cost_per_hour = Some(x),
-                ("model_versions", Value::Map(m)) => {
-                    let mut v: Vec<(String, String)> = m
-                        .into_iter()
-                        .filter_map(|(k, v)| match v {
-                            Value::String(s) => Some((k, s)),
-                            _ => None,
-                        })
-                        .collect();
-                    v.sort();
-                    f.model_versions = v;
-                }
+                ("model_versions", Value::Map(m)) => f.model_versions = string_map(m),
                 ("points", Value::Array(items)) => {
                     for item in items {
                         let Value::Record(fields) = item else { continue };

@@ -74,3 +74,16 @@ pub fn decode_fields(subject: &str, payload: &[u8]) -> Result<Vec<(String, Value
         })
         .collect())
 }
+
+/// An Avro `map<string>` value as sorted `(key, value)` pairs (entries of other types dropped).
+pub fn string_map(m: std::collections::HashMap<String, Value>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = m
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k, s)),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}

@@ -4,7 +4,7 @@
 use apache_avro::types::Value;
 
 use crate::avro::{write_block, write_f64, write_int, write_long, write_opt, write_str};
-use crate::generic::decode_fields;
+use crate::generic::{decode_fields, string_map};
 use crate::{framing, Catalogue, DecodeError};
 
 pub const SUBJECT: &str = "recommendations-value";
@@ -90,17 +90,7 @@ impl Recommendation {
                 ("shortfall_prob", Value::Double(x)) => r.shortfall_prob = x,
                 ("confidence", Value::Double(x)) => r.confidence = x,
                 ("policy_version", Value::String(s)) => r.policy_version = s,
-                ("model_versions", Value::Map(m)) => {
-                    let mut v: Vec<(String, String)> = m
-                        .into_iter()
-                        .filter_map(|(k, v)| match v {
-                            Value::String(s) => Some((k, s)),
-                            _ => None,
-                        })
-                        .collect();
-                    v.sort();
-                    r.model_versions = v;
-                }
+                ("model_versions", Value::Map(m)) => r.model_versions = string_map(m),
                 ("reason", Value::String(s)) => r.reason = s,
                 _ => {}
             }

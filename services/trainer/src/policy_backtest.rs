@@ -469,48 +469,8 @@ pub fn markdown(
         );
     }
     let _ = writeln!(s, "\nSlack: unused share of the provisioned capacity (core-slots). Short: share of samples whose demand was above the capacity in effect.\n");
-    let _ = writeln!(
-        s,
-        "## Trade-off: the predictive policy at other headroom quantiles\n"
-    );
-    let _ = writeln!(
-        s,
-        "| quantile | CPU slack | CPU short | memory slack | memory short | actions | cost USD |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-    for (q, row) in &r.curve {
-        let _ = writeln!(
-            s,
-            "| {q} | {} | {} | {} | {} | {} | {:.2} |",
-            pct(row.cpu_slack),
-            pct(row.cpu_shortfall),
-            pct(row.mem_slack),
-            pct(row.mem_shortfall),
-            row.actions,
-            row.cost_usd
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\n## Trade-off: the predictive policy at other target CPU utilizations\n"
-    );
-    let _ = writeln!(
-        s,
-        "| target | CPU slack | CPU short | memory slack | memory short | actions | cost USD |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-    for (u, row) in &r.target_curve {
-        let _ = writeln!(
-            s,
-            "| {u} | {} | {} | {} | {} | {} | {:.2} |",
-            pct(row.cpu_slack),
-            pct(row.cpu_shortfall),
-            pct(row.mem_slack),
-            pct(row.mem_shortfall),
-            row.actions,
-            row.cost_usd
-        );
-    }
+    curve_table(&mut s, "headroom quantiles", "quantile", &r.curve);
+    curve_table(&mut s, "target CPU utilizations", "target", &r.target_curve);
     let _ = writeln!(
         s,
         "\n## Checks (the predictive policy at its configured quantile)\n"
@@ -522,6 +482,28 @@ pub fn markdown(
         let _ = writeln!(s, "\n![{p}]({p})");
     }
     s
+}
+
+/// One trade-off curve as a markdown table.
+fn curve_table(s: &mut String, what: &str, knob: &str, curve: &[(f64, PolicyRow)]) {
+    let _ = writeln!(s, "\n## Trade-off: the predictive policy at other {what}\n");
+    let _ = writeln!(
+        s,
+        "| {knob} | CPU slack | CPU short | memory slack | memory short | actions | cost USD |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for (x, row) in curve {
+        let _ = writeln!(
+            s,
+            "| {x} | {} | {} | {} | {} | {} | {:.2} |",
+            pct(row.cpu_slack),
+            pct(row.cpu_shortfall),
+            pct(row.mem_slack),
+            pct(row.mem_shortfall),
+            row.actions,
+            row.cost_usd
+        );
+    }
 }
 
 /// The summary line.
