@@ -427,7 +427,7 @@ async fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     let offsets = unique("sink");
     let mut sink = spawn_sink(&e, &unique("g"), &offsets);
     // Kill it once part of the stream has landed, while it is consuming.
-    let landed = wait_for(&e.pg, "SELECT least(count(*), 8000) FROM telemetry_raw", 8000, Duration::from_secs(90)).await;
+    let landed = wait_for(&e.pg, "SELECT least(count(*), 8000) FROM telemetry_raw", 8000, Duration::from_secs(240)).await;
     assert_eq!(landed, 8000, "the sink made progress before the kill");
     sink.kill().expect("SIGKILL");
     sink.wait().expect("reaped");
