@@ -345,3 +345,20 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Text logs for a test, at `RUST_LOG` (default `warn`).
+pub fn init_test_logging() {
+    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
+        format: headroom_runtime::config::LogFormat::Text,
+        level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    });
+}
+
+/// Stops a service when the test ends, also when it fails (the runtime would wait for it).
+pub struct StopOnDrop(pub headroom_runtime::Shutdown);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}

@@ -10,7 +10,7 @@ use headroom_recommender::{horizons, observation, to_record, Config};
 use headroom_runtime::Shutdown;
 use headroom_schemas::{Forecast, ForecastPoint, Metric, Observed, Recommendation};
 use headroom_testkit::rdkafka::Message;
-use headroom_testkit::{brokers, consume, create_topics, header, produce_unbatched, unique, Rec};
+use headroom_testkit::{StopOnDrop, brokers, consume, create_topics, header, produce_unbatched, unique, Rec};
 
 const STEP: i64 = 300_000;
 
@@ -99,13 +99,6 @@ fn rec(f: &Forecast) -> Rec {
     }
 }
 
-struct StopOnDrop(Shutdown);
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.trigger();
-    }
-}
-
 fn counter(h: &headroom_runtime::service::ServiceHandle, family: &str, label: &str) -> f64 {
     let prefix = format!("headroom_{family}{{");
     let label = format!("=\"{label}\"");
@@ -119,10 +112,7 @@ fn counter(h: &headroom_runtime::service::ServiceHandle, family: &str, label: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decides_every_forecast_as_the_policy_does_across_a_restart() {
-    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
-        format: headroom_runtime::config::LogFormat::Text,
-        level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-    });
+    headroom_testkit::init_test_logging();
     let brokers = brokers();
     let prefix = format!("{}.", unique("rec"));
     create_topics(&brokers, &prefix).await;

@@ -17,7 +17,7 @@ use headroom_schemas::{FeaturesRecord, Forecast, ModelEvent, ModelEventKind, Tel
 use headroom_scorer::Config;
 use headroom_sources::{GenConfig, Generator};
 use headroom_testkit::rdkafka::Message;
-use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
+use headroom_testkit::{StopOnDrop, brokers, consume, create_topics, header, produce, unique, Rec};
 
 fn generated(entities: u32, days: i64) -> Vec<Telemetry> {
     let mut g = Generator::new(GenConfig {
@@ -131,24 +131,13 @@ fn promote(brokers: &str, topic: &str, dir: &Path, version: &str, schema: &str) 
     produce(brokers, topic, &[Rec { key: Some(b"xgboost".to_vec()), payload, headers: vec![] }]);
 }
 
-/// Stops the service when the test ends, also when it fails (the runtime would wait for it).
-struct StopOnDrop(Shutdown);
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.trigger();
-    }
-}
-
 fn version_of(f: &Forecast) -> String {
     f.model_versions.iter().find(|(k, _)| k == "xgboost").map(|(_, v)| v.clone()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_every_event_once_and_swaps_versions_live() {
-    headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
-        format: headroom_runtime::config::LogFormat::Text,
-        level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-    });
+    headroom_testkit::init_test_logging();
     let brokers = brokers();
     let prefix = format!("{}.", unique("scorer"));
     create_topics(&brokers, &prefix).await;
