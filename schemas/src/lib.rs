@@ -14,6 +14,7 @@
 pub mod avro;
 pub mod catalogue;
 pub mod dlq;
+pub mod drift;
 pub mod features;
 pub mod forecasts;
 pub mod framing;
@@ -23,6 +24,7 @@ pub mod telemetry;
 
 pub use catalogue::{Catalogue, SchemaEntry};
 pub use dlq::{DeadLetter, DlqReason};
+pub use drift::{AlertState, DriftAlert, DriftKind, Severity};
 pub use features::FeaturesRecord;
 pub use forecasts::{Forecast, ForecastPoint, Metric, ModelEvent, ModelEventKind, Observed};
 pub use framing::{frame, unframe, Framed, MAGIC_BYTE};

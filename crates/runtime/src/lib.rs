@@ -26,6 +26,7 @@
 pub mod config;
 pub mod kafka;
 pub mod metrics;
+pub mod models;
 pub mod observe;
 pub mod processor;
 pub mod registry;

@@ -15,29 +15,16 @@ pub use processor::{batch_schema, feature_values, to_record_batch, NextModel, Sc
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use headroom_forecast::artifact::Registry;
 use headroom_forecast::serving::ServingModel;
 use headroom_runtime::service::{self, ServiceHandle};
 use headroom_runtime::topology::Topology;
 use headroom_runtime::Shutdown;
-use headroom_schemas::{ModelEvent, ModelEventKind};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub const SERVICE: &str = "scorer";
 
-/// Resolves an event's artifact URI (`file://…` or a path; relative paths are taken from the
-/// models directory).
-pub fn artifact_dir(models_dir: &Path, uri: &str) -> PathBuf {
-    let p = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
-    if p.is_absolute() {
-        p
-    } else {
-        models_dir.join(p)
-    }
-}
+pub use headroom_runtime::models::artifact_dir;
 
 /// Loads the version the registry names as serving for `family`.
 pub fn load_serving(models: &Models) -> anyhow::Result<ServingModel> {
@@ -99,69 +86,10 @@ fn watch(
     metrics: ScorerMetrics,
     shutdown: Shutdown,
 ) {
-    // assign() still wants a group id; this one never joins a group nor commits.
-    let group = format!(
-        "{}.model-watch.{}.{}",
-        kafka.group_id,
-        std::process::id(),
-        headroom_runtime::observe::now_ms()
-    );
-    let consumer: BaseConsumer = match headroom_runtime::kafka::client_config(kafka)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "model watcher: cannot create a consumer; versions will not be followed");
-            return;
-        }
-    };
-    let partitions = loop {
-        if shutdown.is_triggered() {
-            return;
-        }
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            Ok(md) => match md.topics().first().map(|t| t.partitions().len()) {
-                Some(n) if n > 0 => break n as i32,
-                _ => tracing::warn!(topic, "model watcher: topic has no partitions yet"),
-            },
-            Err(e) => tracing::warn!(error = %e, topic, "model watcher: metadata"),
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let _ = tpl.add_partition_offset(topic, p, Offset::Beginning);
-    }
-    if let Err(e) = consumer.assign(&tpl) {
-        tracing::error!(error = %e, "model watcher: assign");
-        return;
-    }
     tracing::info!(topic, family, "following model versions");
-    while !shutdown.is_triggered() {
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "model watcher: consumer error");
-                continue;
-            }
-        };
-        let Some(payload) = msg.payload() else { continue };
-        let ev = match ModelEvent::decode(payload) {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::warn!(error = %e, offset = msg.offset(), "model watcher: undecodable model event skipped");
-                continue;
-            }
-        };
-        if ev.model_name != family
-            || !matches!(ev.kind, ModelEventKind::Promoted | ModelEventKind::RolledBack)
-            || ev.version == current
-        {
-            continue;
+    headroom_runtime::models::follow(kafka, topic, &shutdown, |ev| {
+        if !headroom_runtime::models::is_switch(&ev, family) || ev.version == current {
+            return;
         }
         let dir = artifact_dir(models_dir, &ev.artifact_uri);
         match ServingModel::load(&dir, None) {
@@ -181,5 +109,5 @@ fn watch(
                 tracing::error!(error = %e, version = %ev.version, "announced model version cannot be loaded; the current one keeps serving");
             }
         }
-    }
+    });
 }

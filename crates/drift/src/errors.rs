@@ -1,0 +1,340 @@
+//! Model-error drift: each forecast's p50 waits (per entity) for the actual that arrives with a
+//! later forecast's observation at its target time; each joined error feeds, per entity and
+//! head (metric, horizon), a Page-Hinkley test for an increase of the error and a short EWMA of
+//! it. Errors are in units of the reference error: the version's validation MAE for that head
+//! when its manifest has one, else the entity's own mean error over its first `warmup` errors.
+//!
+//! An alert opens when Page-Hinkley fires and the live MAE is at least `ratio_warning` times the
+//! reference; it is updated at most every `update_interval` while the ratio stays above
+//! `resolve_ratio`, and resolved when it drops below, or when the entity's forecasts come from
+//! another model version (the episode belonged to the old one).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use headroom_schemas::drift::alert_id;
+use headroom_schemas::{AlertState, DriftAlert, DriftKind, Forecast, Metric, Severity};
+use rustc_hash::FxHashMap;
+
+use crate::config::ModelError;
+use crate::reference::ModelReference;
+use crate::stats::{Ewma, PageHinkley};
+
+/// One head of one entity.
+#[derive(Debug, Clone)]
+struct Head {
+    metric: Metric,
+    horizon_min: i32,
+    ph: PageHinkley,
+    live: Ewma,
+    /// Reference MAE (validation, or the warm-up mean once known).
+    reference: Option<f64>,
+    validated: bool,
+    warm_sum: f64,
+    n: u64,
+    /// Event time of the first error of the current Page-Hinkley run.
+    run_start_ms: i64,
+    open: Option<Episode>,
+}
+
+#[derive(Debug, Clone)]
+struct Episode {
+    id: String,
+    opened_ms: i64,
+    last_emit_ms: i64,
+    ph_statistic: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    target_slot: i64,
+    head: usize,
+    p50: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EntityState {
+    version: String,
+    heads: Vec<Head>,
+    pending: VecDeque<Pending>,
+    last_ts: i64,
+}
+
+/// Counters of what the join saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinStats {
+    pub joined: u64,
+    /// Predictions whose target time passed without an observation.
+    pub unmatched: u64,
+    /// Predictions dropped because an entity had too many waiting.
+    pub overflow: u64,
+    /// Forecasts without observations (v1 records) or with non-finite values.
+    pub unusable: u64,
+}
+
+#[derive(Debug)]
+pub struct ErrorMonitor {
+    cfg: ModelError,
+    interval_ms: i64,
+    references: FxHashMap<String, Arc<ModelReference>>,
+    entities: FxHashMap<String, EntityState>,
+    pub stats: JoinStats,
+}
+
+fn observed(f: &Forecast, m: Metric) -> Option<f64> {
+    match m {
+        Metric::Cpu => f.observed.cpu_util,
+        Metric::Memory => f.observed.mem_util,
+        Metric::Network => f.observed.net_bps,
+        Metric::Disk => None,
+    }
+    .filter(|v| v.is_finite())
+}
+
+fn short(m: Metric) -> &'static str {
+    match m {
+        Metric::Cpu => "cpu",
+        Metric::Memory => "mem",
+        Metric::Network => "net",
+        Metric::Disk => "disk",
+    }
+}
+
+/// The version part of a point's `family/version` model tag.
+fn version_of(tag: &str) -> &str {
+    tag.split_once('/').map_or(tag, |(_, v)| v)
+}
+
+impl ErrorMonitor {
+    /// `interval_ms` is the sampling interval the forecasts' horizons are multiples of.
+    pub fn new(cfg: ModelError, interval_ms: i64) -> ErrorMonitor {
+        ErrorMonitor {
+            cfg,
+            interval_ms: interval_ms.max(1),
+            references: FxHashMap::default(),
+            entities: FxHashMap::default(),
+            stats: JoinStats::default(),
+        }
+    }
+
+    /// Makes a version's validation errors known (its forecasts are then judged against them).
+    pub fn add_reference(&mut self, r: Arc<ModelReference>) {
+        self.references.insert(r.version.clone(), r);
+    }
+
+    pub fn entities(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn open_alerts(&self) -> usize {
+        self.entities.values().flat_map(|e| &e.heads).filter(|h| h.open.is_some()).count()
+    }
+
+    fn slot(&self, ts_ms: i64) -> i64 {
+        (ts_ms + self.interval_ms / 2).div_euclid(self.interval_ms)
+    }
+
+    /// Handles one forecast: joins the entity's waiting predictions with what it observed, then
+    /// queues its own points. Alerts go to `out`.
+    pub fn add(&mut self, f: &Forecast, out: &mut Vec<DriftAlert>) {
+        let Some(first) = f.points.first() else {
+            self.stats.unusable += 1;
+            return;
+        };
+        let version = version_of(&first.model).to_owned();
+        let slot = self.slot(f.ts_ms);
+        let cfg = self.cfg.clone();
+        let reference = self.references.get(&version).cloned();
+        let interval = self.interval_ms;
+        let e = self.entities.entry(f.entity_id.clone()).or_default();
+        if e.version != version {
+            // Another model: the old episodes end, the detectors start again.
+            for h in &mut e.heads {
+                if let Some(ep) = h.open.take() {
+                    out.push(alert(&f.entity_id, &e.version, h, &ep, AlertState::Resolved, f.ts_ms, &cfg, true));
+                }
+            }
+            *e = EntityState {
+                version: version.clone(),
+                ..EntityState::default()
+            };
+        }
+        e.last_ts = e.last_ts.max(f.ts_ms);
+
+        // 1. Join: predictions for this slot meet their actuals.
+        while let Some(p) = e.pending.front().copied() {
+            if p.target_slot > slot {
+                break;
+            }
+            e.pending.pop_front();
+            if p.target_slot < slot {
+                self.stats.unmatched += 1;
+                continue;
+            }
+            let h = &mut e.heads[p.head];
+            let Some(actual) = observed(f, h.metric) else {
+                self.stats.unusable += 1;
+                continue;
+            };
+            self.stats.joined += 1;
+            let err = (p.p50 - actual).abs();
+            update_head(&f.entity_id, &version, h, err, f.ts_ms, &cfg, out);
+        }
+
+        // 2. Queue this forecast's points (kept sorted by target slot).
+        if f.observed.cpu_util.is_none() && f.observed.mem_util.is_none() && f.observed.net_bps.is_none() {
+            self.stats.unusable += 1;
+        }
+        for p in &f.points {
+            if !p.p50.is_finite() || p.horizon_min <= 0 || observed_kind(p.metric).is_none() {
+                continue;
+            }
+            let head = match e.heads.iter().position(|h| h.metric == p.metric && h.horizon_min == p.horizon_min) {
+                Some(i) => i,
+                None => {
+                    let slots = (i64::from(p.horizon_min) * 60_000 + interval / 2) / interval;
+                    let validation = reference
+                        .as_ref()
+                        .and_then(|r| r.validation_mae.get(&(short(p.metric).to_owned(), slots as usize)).copied());
+                    e.heads.push(Head {
+                        metric: p.metric,
+                        horizon_min: p.horizon_min,
+                        ph: PageHinkley::new(cfg.ph_delta, cfg.ph_lambda),
+                        live: Ewma::new(cfg.ewma_half_life),
+                        reference: validation,
+                        validated: validation.is_some(),
+                        warm_sum: 0.0,
+                        n: 0,
+                        run_start_ms: f.ts_ms,
+                        open: None,
+                    });
+                    e.heads.len() - 1
+                }
+            };
+            let target_slot = slot + (i64::from(p.horizon_min) * 60_000 + interval / 2) / interval;
+            let at = e.pending.partition_point(|q| q.target_slot <= target_slot);
+            e.pending.insert(at, Pending { target_slot, head, p50: p.p50 });
+        }
+        while e.pending.len() > cfg.max_pending {
+            e.pending.pop_front();
+            self.stats.overflow += 1;
+        }
+    }
+
+    /// Forgets entities idle (in event time) for `idle_expiry` before `now_ts_ms`.
+    pub fn expire(&mut self, now_ts_ms: i64) -> usize {
+        let horizon = self.cfg.idle_expiry.as_millis() as i64;
+        let before = self.entities.len();
+        self.entities.retain(|_, e| e.last_ts + horizon >= now_ts_ms);
+        before - self.entities.len()
+    }
+}
+
+fn observed_kind(m: Metric) -> Option<()> {
+    (m != Metric::Disk).then_some(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_head(entity: &str, version: &str, h: &mut Head, err: f64, ts_ms: i64, cfg: &ModelError, out: &mut Vec<DriftAlert>) {
+    h.n += 1;
+    if h.reference.is_none() {
+        h.warm_sum += err;
+        if h.n >= cfg.warmup {
+            h.reference = Some((h.warm_sum / h.n as f64).max(1e-9));
+        }
+    }
+    let Some(reference) = h.reference else {
+        h.live.update(err);
+        return;
+    };
+    let reference = reference.max(1e-9);
+    h.live.update(err);
+    if h.ph.samples() == 0 {
+        h.run_start_ms = ts_ms;
+    }
+    let fired = h.ph.update(err / reference) && h.n > cfg.warmup;
+    let stat = if fired { cfg.ph_lambda.max(h.ph.statistic()) } else { h.ph.statistic() };
+    let ratio = h.live.value() / reference;
+    match h.open.as_mut() {
+        None if fired && ratio >= cfg.ratio_warning => {
+            let subject = subject(h);
+            let ep = Episode {
+                id: alert_id(DriftKind::ModelError, &subject, entity, version, h.run_start_ms),
+                opened_ms: h.run_start_ms,
+                last_emit_ms: ts_ms,
+                ph_statistic: stat,
+            };
+            out.push(alert(entity, version, h, &ep, AlertState::Open, ts_ms, cfg, false));
+            h.open = Some(ep);
+        }
+        None => {
+            if fired {
+                h.run_start_ms = ts_ms;
+            }
+        }
+        Some(ep) if ratio < cfg.resolve_ratio => {
+            let ep = ep.clone();
+            out.push(alert(entity, version, h, &ep, AlertState::Resolved, ts_ms, cfg, false));
+            h.open = None;
+        }
+        Some(ep) => {
+            if ts_ms >= ep.last_emit_ms + cfg.update_interval.as_millis() as i64 {
+                ep.last_emit_ms = ts_ms;
+                let ep = ep.clone();
+                out.push(alert(entity, version, h, &ep, AlertState::Update, ts_ms, cfg, false));
+            }
+        }
+    }
+}
+
+fn subject(h: &Head) -> String {
+    format!("{}@{}m", short(h.metric), h.horizon_min)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alert(
+    entity: &str,
+    version: &str,
+    h: &Head,
+    ep: &Episode,
+    state: AlertState,
+    ts_ms: i64,
+    cfg: &ModelError,
+    superseded: bool,
+) -> DriftAlert {
+    let reference = h.reference.unwrap_or(f64::NAN);
+    let ratio = h.live.value() / reference;
+    let mut details = vec![
+        ("live_mae".to_owned(), h.live.value()),
+        ("n".to_owned(), h.n as f64),
+        ("ratio".to_owned(), ratio),
+        ("ratio_threshold".to_owned(), cfg.ratio_warning),
+        ("reference_mae".to_owned(), reference),
+        ("reference_is_validation".to_owned(), if h.validated { 1.0 } else { 0.0 }),
+    ];
+    if superseded {
+        details.push(("superseded".to_owned(), 1.0));
+    }
+    details.sort_by(|a, b| a.0.cmp(&b.0));
+    DriftAlert {
+        alert_id: ep.id.clone(),
+        entity_id: Some(entity.to_owned()),
+        ts_ms,
+        kind: DriftKind::ModelError,
+        subject: subject(h),
+        statistic: "page_hinkley".into(),
+        value: ep.ph_statistic,
+        threshold: cfg.ph_lambda,
+        severity: match state {
+            AlertState::Resolved => Severity::Info,
+            _ if ratio >= cfg.ratio_critical => Severity::Critical,
+            _ => Severity::Warning,
+        },
+        model_version: Some(version.to_owned()),
+        window_start_ms: ep.opened_ms,
+        window_end_ms: ts_ms,
+        state,
+        scope: Some(entity.to_owned()),
+        details,
+    }
+}

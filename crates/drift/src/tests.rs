@@ -1,0 +1,308 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use headroom_schemas::{AlertState, DriftAlert, DriftKind, Forecast, ForecastPoint, Metric, Observed, Severity};
+use proptest::prelude::*;
+
+use crate::config::DriftConfig;
+use crate::errors::ErrorMonitor;
+use crate::features::FeatureMonitor;
+use crate::reference::{FeatureReference, ModelReference};
+use crate::stats::{kolmogorov_q, ks_binned, psi, PageHinkley};
+
+const MIN: i64 = 60_000;
+
+/// Deterministic noise in [-1, 1) (a small LCG: the tests must not depend on a seed crate).
+struct Noise(u64);
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+fn uniform_reference(version: &str, with_validation: bool) -> ModelReference {
+    // One feature uniform on [0, 1): deciles at 0.1 … 0.9.
+    let edges: Vec<f32> = (1..10).map(|k| k as f32 / 10.0).collect();
+    let mut validation = rustc_hash::FxHashMap::default();
+    if with_validation {
+        validation.insert(("cpu".to_owned(), 3), 0.05);
+    }
+    ModelReference {
+        version: version.into(),
+        family: "xgboost".into(),
+        feature_schema: "fs1".into(),
+        feature_names: vec!["cpu_now".into(), "other".into()],
+        interval_ms: 5 * MIN,
+        reference_rows: 100_000,
+        features: vec![FeatureReference {
+            feature: "cpu_now".into(),
+            edges,
+            shares: vec![0.1; 10],
+            missing_share: 0.0,
+        }],
+        validation_mae: validation,
+    }
+}
+
+#[test]
+fn psi_and_ks_separate_same_from_shifted() {
+    let shares = vec![0.1f32; 10];
+    let same = vec![100u64; 10];
+    assert!(psi(&shares, &same).abs() < 1e-9);
+    let (d, p) = ks_binned(&shares, &same, 100_000);
+    assert!(d < 1e-9 && p > 0.99, "d={d} p={p}");
+    // Everything in the top two bins.
+    let mut shifted = vec![0u64; 10];
+    shifted[8] = 500;
+    shifted[9] = 500;
+    assert!(psi(&shares, &shifted) > 2.0);
+    let (d, p) = ks_binned(&shares, &shifted, 100_000);
+    assert!((d - 0.8).abs() < 1e-9 && p < 1e-12, "d={d} p={p}");
+    // A small window with a mild shift is not significant.
+    let mild = vec![3u64, 2, 2, 2, 2, 2, 2, 2, 2, 1];
+    assert!(ks_binned(&shares, &mild, 100_000).1 > 0.5);
+}
+
+#[test]
+fn kolmogorov_tail_matches_the_tables() {
+    // Critical values of the asymptotic distribution: Q(1.358) = 0.05, Q(1.628) = 0.01.
+    assert!((kolmogorov_q(1.358) - 0.05).abs() < 1e-3);
+    assert!((kolmogorov_q(1.628) - 0.01).abs() < 5e-4);
+    assert_eq!(kolmogorov_q(0.0), 1.0);
+}
+
+#[test]
+fn page_hinkley_ignores_noise_and_catches_a_step() {
+    let mut ph = PageHinkley::new(0.5, 20.0);
+    let mut noise = Noise(1);
+    for _ in 0..5_000 {
+        assert!(!ph.update(1.0 + 0.8 * noise.next()), "false alarm on stationary noise");
+    }
+    let mut fired_after = None;
+    for i in 0..200 {
+        if ph.update(3.0 + 0.8 * noise.next()) {
+            fired_after = Some(i);
+            break;
+        }
+    }
+    let k = fired_after.expect("a step from 1 to 3 must be detected");
+    assert!(k < 30, "detected only after {k} samples");
+}
+
+fn feed(m: &mut FeatureMonitor, hour: i64, gen: impl Fn(usize) -> f32, out: &mut Vec<DriftAlert>) {
+    for i in 0..600 {
+        let ts = hour * 60 * MIN + (i as i64 % 60) * MIN;
+        m.add("fs1", &[gen(i), 0.0], ts, "partitions:0-5", out);
+    }
+}
+
+#[test]
+fn feature_windows_open_update_and_resolve_one_episode() {
+    let cfg = DriftConfig::default().features;
+    let mut m = FeatureMonitor::new(cfg, Arc::new(uniform_reference("v1", false)));
+    assert_eq!(m.watched(), vec!["cpu_now"]);
+    let mut out = Vec::new();
+    let uniform = |i: usize| ((i * 7919) % 600) as f32 / 600.0;
+    for h in 0..3 {
+        feed(&mut m, h, uniform, &mut out);
+    }
+    assert!(out.is_empty(), "no drift on the reference distribution: {out:?}");
+    // Shifted: everything above 0.7.
+    for h in 3..6 {
+        feed(&mut m, h, |i| 0.7 + 0.3 * uniform(i), &mut out);
+    }
+    for h in 6..8 {
+        feed(&mut m, h, uniform, &mut out);
+    }
+    feed(&mut m, 8, uniform, &mut out);
+    let states: Vec<AlertState> = out.iter().map(|a| a.state).collect();
+    assert_eq!(states, vec![AlertState::Open, AlertState::Update, AlertState::Update, AlertState::Resolved], "{out:?}");
+    assert!(out.iter().all(|a| a.alert_id == out[0].alert_id), "one episode, one id");
+    let open = &out[0];
+    assert_eq!(open.kind, DriftKind::FeatureDistribution);
+    assert_eq!(open.subject, "cpu_now");
+    assert_eq!(open.window_start_ms, 3 * 60 * MIN);
+    assert_eq!(open.window_end_ms, 4 * 60 * MIN);
+    assert_eq!(open.severity, Severity::Critical);
+    assert!(open.value > 0.5 && open.detail("ks_p").unwrap() < 1e-6);
+    assert_eq!(open.detail("live_n"), Some(600.0));
+    // Another feature set is not judged.
+    m.add("fs2", &[5.0], 9 * 60 * MIN, "p", &mut out);
+    assert_eq!(m.schema_mismatches, 1);
+}
+
+fn forecast(entity: &str, ts: i64, version: &str, p50: f64, observed_cpu: f64) -> Forecast {
+    Forecast {
+        event_id: format!("{entity}-{ts}"),
+        entity_id: entity.into(),
+        ts_ms: ts,
+        points: vec![ForecastPoint {
+            metric: Metric::Cpu,
+            horizon_min: 15,
+            p50,
+            p90: p50 * 1.2,
+            model: format!("xgboost/{version}"),
+        }],
+        observed: Observed {
+            cpu_util: Some(observed_cpu),
+            ..Observed::default()
+        },
+        ..Forecast::default()
+    }
+}
+
+/// Runs `steps` forecasts per entity; entity `shifted` sees its actual jump by `jump` from step
+/// `shift_at` while the forecasts keep predicting the old level.
+fn run_errors(m: &mut ErrorMonitor, steps: i64, shift_at: i64, jump: f64, version: &str, start: i64) -> Vec<DriftAlert> {
+    let mut noise = Noise(7);
+    let mut out = Vec::new();
+    for s in start..start + steps {
+        for e in ["stable", "shifted"] {
+            let level = 0.5;
+            let actual = level + 0.05 * noise.next() + if e == "shifted" && s >= shift_at { jump } else { 0.0 };
+            m.add(&forecast(e, s * 5 * MIN, version, level, actual), &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_shifted_entity_alerts_once_and_a_stable_one_never() {
+    let cfg = DriftConfig::default().model_error;
+    let mut m = ErrorMonitor::new(cfg.clone(), 5 * MIN);
+    m.add_reference(Arc::new(uniform_reference("v1", true)));
+    let out = run_errors(&mut m, 600, 300, 0.3, "v1", 0);
+    assert!(m.stats.joined > 1_000, "{:?}", m.stats);
+    assert!(out.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{out:?}");
+    let opens: Vec<&DriftAlert> = out.iter().filter(|a| a.state == AlertState::Open).collect();
+    assert_eq!(opens.len(), 1, "one episode: {out:?}");
+    let open = opens[0];
+    // The shift is at step 300; its first error joins 3 steps (15 min) later.
+    let delay_steps = (open.ts_ms / (5 * MIN)) - 303;
+    assert!((0..12).contains(&delay_steps), "detected {delay_steps} steps after the shift");
+    assert_eq!(open.subject, "cpu@15m");
+    assert_eq!(open.statistic, "page_hinkley");
+    assert_eq!(open.detail("reference_is_validation"), Some(1.0));
+    assert!(open.detail("ratio").unwrap() >= cfg.ratio_warning);
+    assert!(open.severity >= Severity::Warning);
+    // Error 0.3 against a validation MAE of 0.05: the live ratio climbs past the critical 3.
+    assert!(out.iter().any(|a| a.state == AlertState::Update && a.severity == Severity::Critical));
+    // Updates: at most one per update interval (15 min = 3 steps) over the ~300 remaining steps.
+    let updates = out.iter().filter(|a| a.state == AlertState::Update).count();
+    assert!((80..=100).contains(&updates), "{updates} updates");
+    assert!(out.iter().all(|a| a.alert_id == open.alert_id));
+
+    // A new model version for the entity ends the episode (superseded) and, fitting the new
+    // level, raises nothing.
+    let mut out2 = Vec::new();
+    let ts = 600 * 5 * MIN;
+    m.add(&forecast("shifted", ts, "v2", 0.8, 0.8), &mut out2);
+    assert_eq!(out2.len(), 1);
+    assert_eq!(out2[0].state, AlertState::Resolved);
+    assert_eq!(out2[0].detail("superseded"), Some(1.0));
+    assert_eq!(out2[0].model_version.as_deref(), Some("v1"));
+}
+
+#[test]
+fn without_validation_errors_the_warmup_mean_is_the_reference() {
+    let cfg = DriftConfig::default().model_error;
+    let mut m = ErrorMonitor::new(cfg, 5 * MIN);
+    let out = run_errors(&mut m, 400, 200, 0.4, "v9", 0);
+    let open = out.iter().find(|a| a.state == AlertState::Open).expect("shift detected");
+    assert_eq!(open.detail("reference_is_validation"), Some(0.0));
+    assert!(out.iter().all(|a| a.entity_id.as_deref() == Some("shifted")));
+}
+
+#[test]
+fn resolves_when_the_error_returns() {
+    let cfg = DriftConfig {
+        ..DriftConfig::default()
+    }
+    .model_error;
+    let mut m = ErrorMonitor::new(cfg, 5 * MIN);
+    m.add_reference(Arc::new(uniform_reference("v1", true)));
+    let mut out = run_errors(&mut m, 200, 100, 0.3, "v1", 0);
+    // The actual comes back to the predicted level.
+    out.extend(run_errors(&mut m, 200, i64::MAX, 0.0, "v1", 200));
+    let last = out.last().unwrap();
+    assert_eq!(last.state, AlertState::Resolved, "{out:?}");
+    assert_eq!(out.iter().filter(|a| a.state == AlertState::Open).count(), 1);
+}
+
+#[test]
+fn unusable_forecasts_are_counted_not_fatal() {
+    let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+    let mut out = Vec::new();
+    let mut f = forecast("e", 0, "v1", f64::NAN, f64::NAN);
+    f.observed = Observed::default();
+    m.add(&f, &mut out);
+    m.add(&Forecast::default(), &mut out);
+    let mut g = forecast("e", 15 * MIN, "v1", 0.5, f64::INFINITY);
+    g.points[0].horizon_min = -5;
+    m.add(&g, &mut out);
+    assert!(out.is_empty());
+    assert!(m.stats.unusable >= 2, "{:?}", m.stats);
+    assert_eq!(m.expire(1_000 * 86_400_000), 1);
+}
+
+#[test]
+fn defaults_validate_and_bad_values_name_the_key() {
+    let mut c = DriftConfig::default();
+    c.validate().unwrap();
+    c.model_error.resolve_ratio = 9.0;
+    assert!(c.validate().unwrap_err().contains("model_error.resolve_ratio"));
+    let mut c = DriftConfig::default();
+    c.features.window = Duration::from_secs(1);
+    assert!(c.validate().unwrap_err().contains("features.window"));
+    let mut c = DriftConfig::default();
+    c.features.ks_alpha = f64::NAN;
+    assert!(c.validate().unwrap_err().contains("features.ks_alpha"));
+}
+
+#[test]
+fn manifests_parse_and_bad_ones_are_named() {
+    let json = br#"{"version":"v1","family":"xgboost","feature_schema":"fs1","feature_names":["a"],
+        "interval_ms":300000,"training_rows":5000,
+        "reference":[{"feature":"a","edges":[1.0],"shares":[0.5,0.5],"missing_share":0.0}],
+        "metrics":{"rows":[{"model":"xgboost","target":"cpu","horizon_slots":3,"mae":0.04},
+                           {"model":"naive","target":"cpu","horizon_slots":3,"mae":0.09}]}}"#;
+    let r = ModelReference::from_manifest_json(json, "d").unwrap();
+    assert_eq!(r.validation_mae.get(&("cpu".to_owned(), 3)), Some(&0.04));
+    assert_eq!(r.reference_rows, 5000);
+    let bad = br#"{"version":"v1","family":"xgboost","feature_schema":"fs1","interval_ms":300000,
+        "reference":[{"feature":"a","edges":[1.0],"shares":[1.0]}]}"#;
+    assert!(ModelReference::from_manifest_json(bad, "d").unwrap_err().to_string().contains("reference of a"));
+    assert!(ModelReference::from_manifest_json(b"{", "d").is_err());
+}
+
+proptest! {
+    #[test]
+    fn statistics_are_bounded_for_any_counts(counts in proptest::collection::vec(0u64..10_000, 10), n_ref in 1u64..1_000_000) {
+        let shares = vec![0.1f32; 10];
+        let p = psi(&shares, &counts);
+        let (d, pv) = ks_binned(&shares, &counts, n_ref);
+        if counts.iter().sum::<u64>() > 0 {
+            prop_assert!(p.is_finite() && p >= -1e-12);
+            prop_assert!((0.0..=1.0 + 1e-12).contains(&d));
+            prop_assert!((0.0..=1.0).contains(&pv));
+        } else {
+            prop_assert!(p.is_nan() && d.is_nan());
+        }
+    }
+
+    #[test]
+    fn error_monitor_never_panics(values in proptest::collection::vec((any::<f64>(), any::<f64>(), -100i32..100, 0i64..1_000), 1..200)) {
+        let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+        m.add_reference(Arc::new(uniform_reference("v1", true)));
+        let mut out = Vec::new();
+        for (p50, obs, h, step) in values {
+            let mut f = forecast("e", step * 5 * MIN, "v1", p50, obs);
+            f.points[0].horizon_min = h;
+            m.add(&f, &mut out);
+        }
+        for a in &out {
+            prop_assert_eq!(a.kind, DriftKind::ModelError);
+        }
+    }
+}
