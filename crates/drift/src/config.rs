@@ -21,6 +21,10 @@ pub struct FeatureDrift {
     pub ks_alpha: f64,
     /// Features to watch; empty watches every feature of the vector.
     pub features: Vec<String>,
+    /// Wall-clock time after which a partition that delivers nothing stops holding windows
+    /// open (see [`crate::FeatureMonitor`]).
+    #[serde(with = "humantime_serde")]
+    pub idle_partition_grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +124,7 @@ impl Default for DriftConfig {
                 psi_critical: 0.5,
                 ks_alpha: 0.001,
                 features: Vec::new(),
+                idle_partition_grace: Duration::from_secs(30),
             },
             model_error: ModelError {
                 enabled: true,

@@ -90,10 +90,17 @@ fn page_hinkley_ignores_noise_and_catches_a_step() {
     assert!(k < 30, "detected only after {k} samples");
 }
 
+/// 600 vectors of hour `hour`, from two partitions; partition 1 runs 10 minutes behind
+/// partition 0, so its vectors of an hour arrive after partition 0 entered the next one.
 fn feed(m: &mut FeatureMonitor, hour: i64, gen: impl Fn(usize) -> f32, out: &mut Vec<DriftAlert>) {
     for i in 0..600 {
-        let ts = hour * 60 * MIN + (i as i64 % 60) * MIN;
-        m.add("fs1", &[gen(i), 0.0], ts, "partitions:0-5", out);
+        let minute = i as i64 / 10;
+        let (p, ts) = if i % 2 == 0 {
+            (0, hour * 60 * MIN + minute * MIN)
+        } else {
+            (1, hour * 60 * MIN + minute * MIN - 10 * MIN)
+        };
+        m.add(p, "fs1", &[gen(i), 0.0], ts, 0, "partitions:0,1", out);
     }
 }
 
@@ -116,6 +123,8 @@ fn feature_windows_open_update_and_resolve_one_episode() {
         feed(&mut m, h, uniform, &mut out);
     }
     feed(&mut m, 8, uniform, &mut out);
+    feed(&mut m, 9, uniform, &mut out);
+    assert_eq!(m.late, 0, "the watermark waits for the slower partition");
     let states: Vec<AlertState> = out.iter().map(|a| a.state).collect();
     assert_eq!(states, vec![AlertState::Open, AlertState::Update, AlertState::Update, AlertState::Resolved], "{out:?}");
     assert!(out.iter().all(|a| a.alert_id == out[0].alert_id), "one episode, one id");
@@ -128,8 +137,35 @@ fn feature_windows_open_update_and_resolve_one_episode() {
     assert!(open.value > 0.5 && open.detail("ks_p").unwrap() < 1e-6);
     assert_eq!(open.detail("live_n"), Some(600.0));
     // Another feature set is not judged.
-    m.add("fs2", &[5.0], 9 * 60 * MIN, "p", &mut out);
+    m.add(0, "fs2", &[5.0], 9 * 60 * MIN, 0, "p", &mut out);
     assert_eq!(m.schema_mismatches, 1);
+}
+
+#[test]
+fn a_backlog_read_partition_by_partition_is_windowed_exactly() {
+    let cfg = DriftConfig::default().features;
+    let mut m = FeatureMonitor::new(cfg, Arc::new(uniform_reference("v1", false)));
+    let mut out = Vec::new();
+    m.assign_partition(0, 0);
+    m.assign_partition(1, 0);
+    m.assign_partition(2, 0); // never delivers anything
+    // Partition 0's whole backlog (hours 0-5, shifted in hour 2) arrives before partition 1's.
+    for p in [0, 1] {
+        for hour in 0..6 {
+            for i in 0..300 {
+                let u = ((i * 7919) % 300) as f32 / 300.0;
+                let v = if hour == 2 { 0.8 + 0.2 * u } else { u };
+                m.add(p, "fs1", &[v, 0.0], hour * 60 * MIN + (i as i64 / 5) * MIN, 1_000 + i as i64, "s", &mut out);
+            }
+        }
+    }
+    assert_eq!(m.late, 0);
+    assert!(out.is_empty(), "nothing closes while partition 2 may still deliver: {out:?}");
+    // Past the grace, the silent partition no longer holds the windows.
+    m.add(1, "fs1", &[0.5, 0.0], 6 * 60 * MIN, 1_000 + 30_001, "s", &mut out);
+    let states: Vec<AlertState> = out.iter().map(|a| a.state).collect();
+    assert_eq!(states, vec![AlertState::Open, AlertState::Resolved], "{out:?}");
+    assert_eq!(out[0].detail("live_n"), Some(600.0), "both partitions' values in one window");
 }
 
 fn forecast(entity: &str, ts: i64, version: &str, p50: f64, observed_cpu: f64) -> Forecast {

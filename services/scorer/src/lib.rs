@@ -13,7 +13,7 @@ mod processor;
 pub use config::{Config, Models, Topics};
 pub use processor::{batch_schema, feature_values, to_record_batch, NextModel, Scorer, ScorerMetrics};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use headroom_forecast::artifact::Registry;

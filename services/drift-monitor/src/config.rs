@@ -1,0 +1,110 @@
+use std::path::{Path, PathBuf};
+
+use headroom_drift::config::{FeatureDrift, ModelError};
+use headroom_drift::DriftConfig;
+use headroom_runtime::config::{HttpConfig, LogConfig, RegistryConfig, RuntimeConfig};
+use headroom_runtime::{load_config, CommonConfig, ConfigError, KafkaConfig};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULTS: &str = include_str!("../default.toml");
+pub const ENV_PREFIX: &str = "HEADROOM_DRIFT__";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub features: String,
+    pub forecasts: String,
+    pub output: String,
+    pub models: String,
+    pub dlq: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pub dir: PathBuf,
+    pub family: String,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+    pub schema_registry: RegistryConfig,
+    pub topics: Topics,
+    pub models: Models,
+    pub features: FeatureDrift,
+    pub model_error: ModelError,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let c: Config = load_config(DEFAULTS, file, ENV_PREFIX)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn drift(&self) -> DriftConfig {
+        DriftConfig {
+            features: self.features.clone(),
+            model_error: self.model_error.clone(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.common().validate()?;
+        let t = &self.topics;
+        let all = [&t.features, &t.forecasts, &t.output, &t.models, &t.dlq];
+        for (i, a) in all.iter().enumerate() {
+            if all[i + 1..].contains(a) {
+                return Err(ConfigError::Invalid(format!(
+                    "key `topics`: `{a}` is named twice; features, forecasts, output, models and dlq must be different topics"
+                )));
+            }
+        }
+        if self.models.family.is_empty() {
+            return Err(ConfigError::Invalid("key `models.family` must not be empty".into()));
+        }
+        if !self.features.enabled && !self.model_error.enabled {
+            return Err(ConfigError::Invalid(
+                "keys `features.enabled` and `model_error.enabled`: enable at least one detector".into(),
+            ));
+        }
+        self.drift().validate().map_err(ConfigError::Invalid)
+    }
+
+    pub fn common(&self) -> CommonConfig {
+        CommonConfig {
+            kafka: self.kafka.clone(),
+            http: self.http.clone(),
+            log: self.log.clone(),
+            runtime: self.runtime.clone(),
+            schema_registry: self.schema_registry.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_bad_values_name_the_key() {
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST1__").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.drift(), DriftConfig::default(), "default.toml and the crate's defaults agree");
+        std::env::set_var("HEADROOM_DRIFT_TEST2__MODEL_ERROR__PH_LAMBDA", "-1");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST2__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("model_error.ph_lambda"));
+        std::env::set_var("HEADROOM_DRIFT_TEST3__FEATURES__WINDOW", "hourly");
+        let e = load_config::<Config>(DEFAULTS, None, "HEADROOM_DRIFT_TEST3__").unwrap_err();
+        assert!(e.to_string().contains("features.window"), "{e}");
+        std::env::set_var("HEADROOM_DRIFT_TEST4__TOPICS__OUTPUT", "features");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST4__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("topics"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The drift monitor: consumes `features` and `forecasts` and publishes debounced drift alerts
+//! to `drift.alerts`.
+//!
+//! * Feature distributions: every feature of the vector, over a tumbling event-time window of
+//!   all this instance's partitions, against the serving version's reference deciles (PSI and a
+//!   binned two-sample KS test).
+//! * Model error: each forecast's p50 is joined with the actual a later forecast of the entity
+//!   observed at its target time (forecasts v2 carry their observation), and a Page-Hinkley test
+//!   per entity and head watches the error against the version's validation MAE.
+//!
+//! References come from the serving version's manifest in the models directory; the monitor
+//! follows the models topic and switches to a promoted version's references without a restart.
+//! Detector state is in memory and is not rebuilt by replay: after a restart the detectors warm
+//! up again (see `docs/design/drift.md`).
+
+mod config;
+mod processor;
+
+pub use config::{Config, Models, Topics};
+pub use processor::{DriftMetrics, DriftStage, NextReference};
+
+use std::sync::{Arc, Mutex};
+
+use headroom_drift::ModelReference;
+use headroom_runtime::models::{artifact_dir, follow, is_switch};
+use headroom_runtime::service::{self, ServiceHandle};
+use headroom_runtime::topology::Topology;
+use headroom_runtime::Shutdown;
+
+pub const SERVICE: &str = "drift-monitor";
+
+/// The embedded `default.toml` (for tools and tests that build a config by hand).
+pub fn config_defaults() -> &'static str {
+    config::DEFAULTS
+}
+
+/// Starts the drift monitor with `config` until `shutdown` triggers.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
+    config.validate()?;
+    Topology::builtin().check_service(SERVICE, &["features", "forecasts", "models"], &["drift.alerts", "telemetry.dlq"])?;
+    let reference = Arc::new(ModelReference::load_serving(&config.models.dir, &config.models.family).map_err(|e| {
+        anyhow::anyhow!("{e} (the drift monitor compares against the serving version: train and promote one with headroom-train)")
+    })?);
+    tracing::info!(
+        version = %reference.version, features = reference.features.len(),
+        validation_heads = reference.validation_mae.len(), "drift references loaded"
+    );
+    let next: NextReference = Arc::new(Mutex::new(None));
+    let topics = config.topics.clone();
+    let models = config.models.clone();
+    let kafka = config.kafka.clone();
+    let drift = config.drift();
+    let watch_shutdown = shutdown.clone();
+    let watch_next = next.clone();
+    let current = reference.version.clone();
+    service::start(
+        SERVICE,
+        config.common(),
+        vec![topics.features.clone(), topics.forecasts.clone()],
+        Some(topics.dlq.clone()),
+        shutdown,
+        move |metrics| {
+            let m = DriftMetrics::new(metrics);
+            m.references.with_label_values(&["startup"]).inc();
+            if models.watch {
+                let (wm, topic) = (m.clone(), topics.models.clone());
+                std::thread::Builder::new().name("model-watcher".into()).spawn(move || {
+                    let mut current = current;
+                    follow(&kafka, &topic, &watch_shutdown, |ev| {
+                        if !is_switch(&ev, &models.family) || ev.version == current {
+                            return;
+                        }
+                        let dir = artifact_dir(&models.dir, &ev.artifact_uri);
+                        match ModelReference::load(&dir) {
+                            Ok(r) if r.version == ev.version => {
+                                current = r.version.clone();
+                                wm.references.with_label_values(&["promoted"]).inc();
+                                if let Ok(mut slot) = watch_next.lock() {
+                                    *slot = Some(Arc::new(r));
+                                }
+                            }
+                            Ok(r) => {
+                                wm.references.with_label_values(&["failed"]).inc();
+                                tracing::error!(announced = %ev.version, found = %r.version, "model event names another version than its manifest; ignored");
+                            }
+                            Err(e) => {
+                                wm.references.with_label_values(&["failed"]).inc();
+                                tracing::error!(error = %e, version = %ev.version, "announced version's references cannot be read; the current ones stay");
+                            }
+                        }
+                    })
+                })?;
+            }
+            Ok(DriftStage::new(
+                drift,
+                reference,
+                (topics.features, topics.forecasts, topics.output),
+                next,
+                m,
+            ))
+        },
+    )
+    .await
+}

@@ -1,0 +1,240 @@
+//! The drift stage: feature vectors go to the feature-distribution windows, forecasts to the
+//! forecast / actual join and the error detectors; alerts are published keyed by entity (model
+//! error) or by scope (feature distributions).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use headroom_drift::{DriftConfig, ErrorMonitor, FeatureMonitor, JoinStats, ModelReference};
+use headroom_runtime::{Emitter, InputRecord, Metrics, Processor};
+use headroom_schemas::{DlqReason, DriftAlert, FeaturesRecord, Forecast};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+
+/// A newly promoted version's references, handed over by the model watcher.
+pub type NextReference = Arc<Mutex<Option<Arc<ModelReference>>>>;
+
+#[derive(Clone)]
+pub struct DriftMetrics {
+    /// By kind (2) and state (3).
+    pub alerts: IntCounterVec,
+    /// Open episodes by kind.
+    pub open: IntGaugeVec,
+    /// Forecast / actual join outcomes (joined, unmatched, overflow, unusable).
+    pub join: IntCounterVec,
+    /// Records not judged, by reason (feature_schema_mismatch).
+    pub skipped: IntCounterVec,
+    /// Reference versions loaded (startup, promoted) and failed loads.
+    pub references: IntCounterVec,
+}
+
+impl DriftMetrics {
+    pub fn new(m: &Metrics) -> DriftMetrics {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            let _ = m.registry.register(Box::new(c.clone()));
+            c
+        };
+        let alerts = vec("drift_alerts_total", "Drift alert records published, by kind and state.", &["kind", "state"]);
+        let join = vec("drift_join_total", "Forecast points by what the join with later actuals made of them.", &["outcome"]);
+        let skipped = vec("drift_skipped_total", "Records not judged, by reason.", &["reason"]);
+        let references = vec("drift_reference_loads_total", "Model references loaded, by outcome.", &["outcome"]);
+        let open = IntGaugeVec::new(Opts::new("drift_open_alerts", "Open drift episodes, by kind."), &["kind"]).expect("metric");
+        let _ = m.registry.register(Box::new(open.clone()));
+        for k in ["FEATURE_DISTRIBUTION", "MODEL_ERROR"] {
+            for s in ["OPEN", "UPDATE", "RESOLVED"] {
+                let _ = alerts.with_label_values(&[k, s]);
+            }
+            let _ = open.with_label_values(&[k]);
+        }
+        for o in ["joined", "unmatched", "overflow", "unusable"] {
+            let _ = join.with_label_values(&[o]);
+        }
+        let _ = skipped.with_label_values(&["feature_schema_mismatch"]);
+        DriftMetrics { alerts, open, join, skipped, references }
+    }
+}
+
+pub struct DriftStage {
+    cfg: DriftConfig,
+    features_topic: String,
+    forecasts_topic: String,
+    output: String,
+    features: Option<FeatureMonitor>,
+    errors: Option<ErrorMonitor>,
+    next: NextReference,
+    /// Assigned partitions of the features topic: the scope of the feature windows.
+    partitions: BTreeSet<i32>,
+    scope: String,
+    newest_ts: i64,
+    reported: JoinStats,
+    reported_mismatches: u64,
+    metrics: DriftMetrics,
+    alerts: Vec<DriftAlert>,
+    buf: Vec<u8>,
+}
+
+impl DriftStage {
+    pub fn new(
+        cfg: DriftConfig,
+        reference: Arc<ModelReference>,
+        topics: (String, String, String),
+        next: NextReference,
+        metrics: DriftMetrics,
+    ) -> DriftStage {
+        let (features_topic, forecasts_topic, output) = topics;
+        let features = cfg.features.enabled.then(|| FeatureMonitor::new(cfg.features.clone(), reference.clone()));
+        let errors = cfg.model_error.enabled.then(|| {
+            let mut e = ErrorMonitor::new(cfg.model_error.clone(), reference.interval_ms);
+            e.add_reference(reference.clone());
+            e
+        });
+        DriftStage {
+            cfg,
+            features_topic,
+            forecasts_topic,
+            output,
+            features,
+            errors,
+            next,
+            partitions: BTreeSet::new(),
+            scope: String::new(),
+            newest_ts: i64::MIN,
+            reported: JoinStats::default(),
+            reported_mismatches: 0,
+            metrics,
+            alerts: Vec::new(),
+            buf: Vec::with_capacity(512),
+        }
+    }
+
+    /// What the feature windows cover: `features:partitions:0,1,2`.
+    fn rescope(&mut self) {
+        let list: Vec<String> = self.partitions.iter().map(i32::to_string).collect();
+        self.scope = format!("{}:partitions:{}", self.features_topic, list.join(","));
+    }
+
+    fn swap_reference(&mut self) {
+        let Some(r) = self.next.lock().ok().and_then(|mut n| n.take()) else { return };
+        tracing::info!(version = %r.version, "drift references switched to the promoted version");
+        if let Some(f) = &mut self.features {
+            *f = FeatureMonitor::new(self.cfg.features.clone(), r.clone());
+            let now = headroom_runtime::observe::now_ms();
+            for p in &self.partitions {
+                f.assign_partition(*p, now);
+            }
+        }
+        if let Some(e) = &mut self.errors {
+            e.add_reference(r);
+        }
+    }
+
+    fn publish(&mut self, out: &mut Emitter<'_>) {
+        for a in self.alerts.drain(..) {
+            self.buf.clear();
+            a.encode_framed(&mut self.buf);
+            let key = a.entity_id.as_deref().or(a.scope.as_deref()).unwrap_or("");
+            out.emit(&self.output, key.as_bytes(), &self.buf);
+            self.metrics.alerts.with_label_values(&[a.kind.as_str(), a.state.as_str()]).inc();
+            tracing::info!(
+                alert = %a.alert_id, kind = a.kind.as_str(), state = a.state.as_str(), subject = %a.subject,
+                entity = a.entity_id.as_deref().unwrap_or("-"), value = a.value, severity = a.severity.as_str(),
+                "drift alert"
+            );
+        }
+    }
+}
+
+impl Processor for DriftStage {
+    fn process(&mut self, rec: &InputRecord<'_>, out: &mut Emitter<'_>) {
+        self.swap_reference();
+        let Some(payload) = rec.payload else {
+            out.dead_letter(DlqReason::Truncated, "record has no value");
+            return;
+        };
+        if rec.topic == self.features_topic {
+            let Some(fm) = self.features.as_mut() else { return };
+            let f = match FeaturesRecord::decode(payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    out.dead_letter(e.reason(), &e.to_string());
+                    return;
+                }
+            };
+            self.newest_ts = self.newest_ts.max(f.ts_ms);
+            fm.add(rec.partition, &f.feature_set, &f.values, f.ts_ms, rec.now_ms, &self.scope, &mut self.alerts);
+        } else if rec.topic == self.forecasts_topic {
+            let Some(em) = self.errors.as_mut() else { return };
+            let f = match Forecast::decode(payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    out.dead_letter(e.reason(), &e.to_string());
+                    return;
+                }
+            };
+            if f.entity_id.is_empty() {
+                out.dead_letter(DlqReason::EmptyEntity, "forecast without an entity id");
+                return;
+            }
+            if rec.key.is_some_and(|k| k != f.entity_id.as_bytes()) {
+                out.dead_letter(DlqReason::KeyMismatch, "record key differs from entity_id");
+                return;
+            }
+            self.newest_ts = self.newest_ts.max(f.ts_ms);
+            em.add(&f, &mut self.alerts);
+        }
+        if !self.alerts.is_empty() {
+            self.publish(out);
+        }
+    }
+
+    fn on_assign(&mut self, topic: &str, partition: i32) {
+        if topic == self.features_topic {
+            self.partitions.insert(partition);
+            self.rescope();
+            if let Some(f) = &mut self.features {
+                f.assign_partition(partition, headroom_runtime::observe::now_ms());
+            }
+        }
+    }
+
+    fn on_revoke(&mut self, topic: &str, partition: i32) {
+        if topic == self.features_topic {
+            self.partitions.remove(&partition);
+            self.rescope();
+            if let Some(f) = &mut self.features {
+                f.forget_partition(partition);
+            }
+        }
+    }
+
+    fn on_commit(&mut self, metrics: &Metrics) {
+        let mut entities = 0;
+        if let Some(e) = &mut self.errors {
+            if self.newest_ts > i64::MIN {
+                e.expire(self.newest_ts);
+            }
+            entities = e.entities();
+            let s = e.stats;
+            let r = self.reported;
+            for (name, now, before) in [
+                ("joined", s.joined, r.joined),
+                ("unmatched", s.unmatched, r.unmatched),
+                ("overflow", s.overflow, r.overflow),
+                ("unusable", s.unusable, r.unusable),
+            ] {
+                self.metrics.join.with_label_values(&[name]).inc_by(now - before);
+            }
+            self.reported = s;
+            self.metrics.open.with_label_values(&["MODEL_ERROR"]).set(e.open_alerts() as i64);
+        }
+        if let Some(f) = &self.features {
+            self.metrics
+                .skipped
+                .with_label_values(&["feature_schema_mismatch"])
+                .inc_by(f.schema_mismatches.saturating_sub(self.reported_mismatches));
+            self.reported_mismatches = f.schema_mismatches;
+            self.metrics.open.with_label_values(&["FEATURE_DISTRIBUTION"]).set(f.open_alerts() as i64);
+        }
+        metrics.state_entities.set(entities as i64);
+    }
+}

@@ -1,0 +1,215 @@
+//! The drift monitor against the real broker: a feature whose distribution shifts raises one
+//! debounced episode (OPEN, UPDATE, RESOLVED); an entity whose actuals leave its forecasts
+//! raises a model-error alert and a stable one none; a promoted version announced on the
+//! models topic is picked up without a restart; bad records are dead-lettered.
+
+use std::path::Path;
+use std::time::Duration;
+
+use headroom_drift_monitor::Config;
+use headroom_runtime::Shutdown;
+use headroom_schemas::{AlertState, DriftAlert, DriftKind, FeaturesRecord, Forecast, ForecastPoint, Metric, ModelEvent, ModelEventKind, Observed};
+use headroom_testkit::rdkafka::Message;
+use headroom_testkit::{brokers, consume, create_topics, eventually, header, produce, unique, Rec, StopOnDrop};
+
+const MIN: i64 = 60_000;
+const STEP: i64 = 5 * MIN;
+
+fn write_version(root: &Path, version: &str, cpu_mae: f64) {
+    let dir = root.join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    let edges: Vec<f32> = (1..10).map(|k| k as f32 / 10.0).collect();
+    let manifest = serde_json::json!({
+        "version": version, "family": "xgboost", "feature_schema": "fs-test",
+        "feature_names": ["cpu_now", "mem_now"], "interval_ms": STEP, "training_rows": 50_000,
+        "reference": [
+            {"feature": "cpu_now", "edges": edges, "shares": vec![0.1; 10], "missing_share": 0.0},
+            {"feature": "mem_now", "edges": edges, "shares": vec![0.1; 10], "missing_share": 0.0}
+        ],
+        "metrics": {"rows": [{"model": "xgboost", "target": "cpu", "horizon_slots": 3, "mae": cpu_mae}]}
+    });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+fn config(brokers: &str, prefix: &str, models: &Path) -> Config {
+    let mut c: Config = headroom_runtime::load_config(headroom_drift_monitor::config_defaults(), None, "HEADROOM_DRIFT_ITEST_UNUSED__").unwrap();
+    c.kafka.brokers = brokers.to_owned();
+    c.kafka.group_id = unique("drift");
+    c.http.listen = "127.0.0.1:0".into();
+    c.runtime.commit_interval = Duration::from_millis(200);
+    c.topics.features = format!("{prefix}features");
+    c.topics.forecasts = format!("{prefix}forecasts");
+    c.topics.output = format!("{prefix}drift.alerts");
+    c.topics.models = format!("{prefix}models");
+    c.topics.dlq = format!("{prefix}telemetry.dlq");
+    c.models.dir = models.to_owned();
+    c.features.min_samples = 50;
+    c.features.idle_partition_grace = Duration::from_secs(2);
+    c
+}
+
+fn features(entity: usize, slot: i64, t0: i64, cpu: f32, mem: f32) -> Rec {
+    let f = FeaturesRecord {
+        event_id: format!("f-{entity}-{slot}"),
+        entity_id: format!("vm-{entity}"),
+        ts_ms: t0 + slot * STEP,
+        feature_set: "fs-test".into(),
+        values: vec![cpu, mem],
+        ..FeaturesRecord::default()
+    };
+    let mut payload = Vec::new();
+    f.encode_framed(&mut payload);
+    Rec { key: Some(f.entity_id.into_bytes()), payload, headers: vec![] }
+}
+
+fn forecast(entity: &str, step: i64, t0: i64, version: &str, p50: f64, actual: f64) -> Forecast {
+    Forecast {
+        event_id: format!("{entity}-{step}"),
+        entity_id: entity.into(),
+        ts_ms: t0 + step * STEP,
+        points: vec![ForecastPoint { metric: Metric::Cpu, horizon_min: 15, p50, p90: p50 + 0.1, model: format!("xgboost/{version}") }],
+        model_versions: vec![("xgboost".into(), version.into())],
+        observed: Observed { cpu_util: Some(actual), ..Observed::default() },
+        ..Forecast::default()
+    }
+}
+
+fn rec(f: &Forecast) -> Rec {
+    let mut payload = Vec::new();
+    f.encode_framed(&mut payload);
+    Rec { key: Some(f.entity_id.clone().into_bytes()), payload, headers: vec![] }
+}
+
+fn counter(h: &headroom_runtime::service::ServiceHandle, family: &str, label: &str) -> f64 {
+    let prefix = format!("headroom_{family}{{");
+    h.metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_letters() {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("drift"));
+    create_topics(&brokers, &prefix).await;
+    let models = std::env::temp_dir().join(unique("drift-models"));
+    write_version(&models, "v1", 0.05);
+    write_version(&models, "v2", 0.05);
+    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
+    let cfg = config(&brokers, &prefix, &models);
+    let t0 = 1_700_000_000_000 / (60 * MIN) * (60 * MIN);
+
+    // Features: 8 entities x 12 vectors an hour. Hours 0-2 on the reference distribution
+    // (uniform), 3-4 all above 0.7, 5-7 uniform again.
+    let mut feats = Vec::new();
+    for slot in 0..8 * 12 {
+        let hour = slot / 12;
+        for e in 0..8 {
+            let u = (((slot * 8 + e as i64) * 7919) % 96) as f32 / 96.0;
+            let cpu = if (3..5).contains(&hour) { 0.7 + 0.3 * u } else { u };
+            feats.push(features(e, slot, t0, cpu, u));
+        }
+    }
+    // Forecasts: "stable" keeps meeting its forecasts, "shifted" jumps 0.3 above them at step 60.
+    let mut noise = 1u64;
+    let mut next = move || {
+        noise = noise.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((noise >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    };
+    let mut fcs = Vec::new();
+    for step in 0..120 {
+        for e in ["stable", "shifted"] {
+            let actual = 0.5 + 0.05 * next() + if e == "shifted" && step >= 60 { 0.3 } else { 0.0 };
+            fcs.push(rec(&forecast(e, step, t0, "v1", 0.5, actual)));
+        }
+    }
+    let mut bad = rec(&forecast("stable", 200, t0, "v1", 0.5, 0.5));
+    bad.key = Some(b"someone-else".to_vec());
+    fcs.push(bad);
+    fcs.push(Rec { key: Some(b"stable".to_vec()), payload: vec![0xde, 0xad, 0xbe, 0xef, 9], headers: vec![] });
+    produce(&brokers, &cfg.topics.features, &feats);
+    produce(&brokers, &cfg.topics.forecasts, &fcs);
+
+    let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let _guard = StopOnDrop(h.shutdown.clone());
+    let wanted = |alerts: &[DriftAlert]| {
+        alerts.iter().any(|a| a.kind == DriftKind::ModelError && a.state == AlertState::Open)
+            && alerts.iter().any(|a| a.kind == DriftKind::FeatureDistribution && a.state == AlertState::Resolved && a.subject == "cpu_now")
+    };
+    // Partitions without entities hold the windows for the grace; a later record closes them.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    produce(&brokers, &cfg.topics.features, &[features(0, 8 * 12, t0, 0.5, 0.5)]);
+    let mut alerts = Vec::new();
+    let ok = eventually(Duration::from_secs(90), || {
+        alerts = consume(&brokers, &cfg.topics.output, 1, Duration::from_secs(5), Duration::from_millis(300))
+            .iter()
+            .map(|m| {
+                let a = DriftAlert::decode(m.payload().unwrap()).unwrap();
+                let key = a.entity_id.clone().or(a.scope.clone()).unwrap();
+                assert_eq!(m.key(), Some(key.as_bytes()), "keyed by entity or scope");
+                a
+            })
+            .collect();
+        wanted(&alerts)
+    })
+    .await;
+    assert!(ok, "alerts so far: {alerts:#?}");
+
+    // Feature distribution: one episode on cpu_now, none on the unchanged mem_now.
+    let cpu: Vec<&DriftAlert> = alerts.iter().filter(|a| a.kind == DriftKind::FeatureDistribution).collect();
+    assert!(cpu.iter().all(|a| a.subject == "cpu_now"), "{cpu:#?}");
+    let states: Vec<AlertState> = cpu.iter().map(|a| a.state).collect();
+    assert_eq!(states, vec![AlertState::Open, AlertState::Update, AlertState::Resolved]);
+    assert!(cpu.iter().all(|a| a.alert_id == cpu[0].alert_id));
+    assert_eq!(cpu[0].window_start_ms, t0 + 3 * 60 * MIN);
+    assert!(cpu[0].value >= 0.25 && cpu[0].detail("ks_p").unwrap() < 0.001, "{:?}", cpu[0]);
+    assert_eq!(cpu[0].model_version.as_deref(), Some("v1"));
+
+    // Model error: the shifted entity only, one episode, soon after the shift.
+    let errs: Vec<&DriftAlert> = alerts.iter().filter(|a| a.kind == DriftKind::ModelError).collect();
+    assert!(errs.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{errs:#?}");
+    let open: Vec<&&DriftAlert> = errs.iter().filter(|a| a.state == AlertState::Open).collect();
+    assert_eq!(open.len(), 1);
+    let delay = (open[0].ts_ms - (t0 + 63 * STEP)) / STEP;
+    assert!((0..12).contains(&delay), "detected {delay} steps after the first shifted error");
+    assert_eq!(open[0].subject, "cpu@15m");
+    assert_eq!(open[0].detail("reference_mae"), Some(0.05));
+
+    // Bad input went to the DLQ with its reason.
+    let dlq = consume(&brokers, &cfg.topics.dlq, 2, Duration::from_secs(30), Duration::from_millis(300));
+    let reasons: Vec<&str> = dlq.iter().filter_map(|m| header(m, "dlq.reason")).collect();
+    assert!(reasons.contains(&"key_mismatch") && reasons.contains(&"bad_magic"), "{reasons:?}");
+
+    // A promotion announced on the models topic: the monitor loads v2's references, and the
+    // shifted entity's first v2 forecast ends the v1 episode as superseded.
+    let ev = ModelEvent {
+        event_id: "e1".into(),
+        model_name: "xgboost".into(),
+        version: "v2".into(),
+        ts_ms: t0,
+        kind: ModelEventKind::Promoted,
+        artifact_uri: "v2".into(),
+        feature_set: "fs-test".into(),
+        metrics: vec![],
+        reason: None,
+    };
+    let mut payload = Vec::new();
+    ev.encode_framed(&mut payload);
+    produce(&brokers, &cfg.topics.models, &[Rec { key: Some(b"xgboost".to_vec()), payload, headers: vec![] }]);
+    assert!(eventually(Duration::from_secs(30), || counter(&h, "drift_reference_loads_total", "promoted") >= 1.0).await);
+    produce(&brokers, &cfg.topics.forecasts, &[rec(&forecast("shifted", 130, t0, "v2", 0.8, 0.8))]);
+    let ok = eventually(Duration::from_secs(30), || {
+        consume(&brokers, &cfg.topics.output, 1, Duration::from_secs(3), Duration::from_millis(200))
+            .iter()
+            .map(|m| DriftAlert::decode(m.payload().unwrap()).unwrap())
+            .any(|a| a.state == AlertState::Resolved && a.detail("superseded") == Some(1.0) && a.alert_id == open[0].alert_id)
+    })
+    .await;
+    assert!(ok, "the v1 episode is resolved as superseded");
+    h.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&models);
+}
