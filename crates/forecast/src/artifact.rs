@@ -324,6 +324,10 @@ pub struct Registry {
     /// version -> status (versions absent here are candidates)
     #[serde(default)]
     pub status: std::collections::BTreeMap<String, Status>,
+    /// family -> the versions that served before the current one, oldest first (what a
+    /// rollback returns to).
+    #[serde(default)]
+    pub history: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Registry {
@@ -351,14 +355,49 @@ impl Registry {
         let mut reg = Registry::read(root)?;
         if let Some(prev) = reg.serving.insert(manifest.family.clone(), version.to_owned()) {
             if prev != version {
-                reg.status.insert(prev, Status::Retired);
+                reg.status.insert(prev.clone(), Status::Retired);
+                reg.history.entry(manifest.family.clone()).or_default().push(prev);
             }
         }
         reg.status.insert(version.to_owned(), Status::Serving);
-        let tmp = root.join(".registry.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(&reg)?)?;
-        fs::rename(&tmp, root.join(REGISTRY))?;
+        reg.write(root)?;
         Ok(reg)
+    }
+
+    /// Writes the registry atomically (temporary file, then rename).
+    pub fn write(&self, root: &Path) -> anyhow::Result<()> {
+        let tmp = root.join(".registry.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        fs::rename(&tmp, root.join(REGISTRY))?;
+        Ok(())
+    }
+
+    /// Makes `to` (by default the version that served before the current one) serving for
+    /// `family` again; the current one is retired. Returns (from, to).
+    pub fn rollback(root: &Path, family: &str, to: Option<&str>) -> anyhow::Result<(String, String)> {
+        let mut reg = Registry::read(root)?;
+        let current = reg
+            .serving
+            .get(family)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no serving `{family}` version in {}: nothing to roll back", root.display()))?;
+        let history = reg.history.entry(family.to_owned()).or_default();
+        let target = match to {
+            Some(v) => {
+                anyhow::ensure!(v != current, "{v} is already serving");
+                anyhow::ensure!(root.join(v).join(MANIFEST).exists(), "model version {v} not found in {}", root.display());
+                history.retain(|h| h != v);
+                v.to_owned()
+            }
+            None => history
+                .pop()
+                .ok_or_else(|| anyhow::anyhow!("`{family}` has no earlier serving version to roll back to"))?,
+        };
+        reg.status.insert(current.clone(), Status::Retired);
+        reg.status.insert(target.clone(), Status::Serving);
+        reg.serving.insert(family.to_owned(), target.clone());
+        reg.write(root)?;
+        Ok((current, target))
     }
 }
 
@@ -390,6 +429,28 @@ mod tests {
         assert!(a < b);
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn promotions_keep_history_and_rollback_returns_to_it() {
+        let root = std::env::temp_dir().join(format!("headroom-reg-{}", rand::random::<u32>()));
+        for v in ["v1", "v2", "v3"] {
+            fs::create_dir_all(root.join(v)).unwrap();
+            fs::write(root.join(v).join(MANIFEST), br#"{"family":"xgboost"}"#).unwrap();
+        }
+        for v in ["v1", "v2", "v3"] {
+            Registry::promote(&root, v).unwrap();
+        }
+        assert_eq!(Registry::rollback(&root, "xgboost", None).unwrap(), ("v3".into(), "v2".into()));
+        let reg = Registry::read(&root).unwrap();
+        assert_eq!(reg.serving["xgboost"], "v2");
+        assert_eq!(reg.status["v3"], Status::Retired);
+        assert_eq!(Registry::rollback(&root, "xgboost", Some("v3")).unwrap(), ("v2".into(), "v3".into()));
+        assert!(Registry::rollback(&root, "xgboost", Some("v3")).is_err(), "already serving");
+        assert!(Registry::rollback(&root, "xgboost", Some("nope")).is_err());
+        assert_eq!(Registry::rollback(&root, "xgboost", None).unwrap().1, "v1");
+        assert!(Registry::rollback(&root, "other", None).is_err());
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

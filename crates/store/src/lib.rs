@@ -20,11 +20,18 @@ pub use copy::CopyBuf;
 pub use partitions::{Span, TableSpec, TABLES};
 
 /// The migrations, in order. Files are never edited once released: a change is a new file.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "sink tables",
-    include_str!("../../../sql/migrations/0001_sink_tables.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "sink tables",
+        include_str!("../../../sql/migrations/0001_sink_tables.sql"),
+    ),
+    (
+        2,
+        "retrain runs",
+        include_str!("../../../sql/migrations/0002_retrain_runs.sql"),
+    ),
+];
 
 /// sqlx's migrator over the embedded migrations (it records them in `_sqlx_migrations`,
 /// checks the checksums of those already applied, and takes an advisory lock so that

@@ -1,0 +1,478 @@
+//! One retrain run: read the window, build the dataset with the featurizer's code, fit the
+//! candidate with the training command's code, score candidate and serving version on the same
+//! temporal holdout, then promote, reject, or fail, and record the run.
+//!
+//! Invariants:
+//! - The serving version changes only by [`Registry::promote`] (an atomic rename) after the
+//!   candidate's directory is complete (written under a temporary name and renamed), and the
+//!   promotion is announced on the models topic before the run is recorded as `promoted`; an
+//!   announcement that fails restores the previous registry.
+//! - A run killed midway leaves its row `running` (marked `interrupted` at the next start-up),
+//!   possibly an unregistered candidate directory, and the serving version untouched.
+//! - Runs are serialised across processes by a PostgreSQL advisory lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use headroom_forecast::artifact::{self, Registry};
+use headroom_forecast::backtest::{self, Backtest, FitOptions, ModelSet, Quiet};
+use headroom_forecast::baselines::BaselineOptions;
+use headroom_forecast::xgb::XgbParams;
+use headroom_forecast::{Dataset, DatasetOptions, Split};
+use headroom_schemas::{ModelEvent, ModelEventKind};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::data;
+
+/// The advisory lock key of retrain runs (one run at a time per database).
+const LOCK_KEY: i64 = 0x6865_6164_7274_726e; // "headrtrn"
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    Drift,
+    Schedule,
+    Manual,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Drift => "drift",
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Manual => "manual",
+        }
+    }
+}
+
+/// Why a run happens.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub kind: TriggerKind,
+    pub reason: String,
+    pub alert_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Promoted { version: String, improvement: f64 },
+    Rejected { version: String, improvement: f64, reason: String },
+    Failed { reason: String },
+    /// Another run holds the lock.
+    Busy,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Promoted { .. } => "promoted",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Busy => "busy",
+        }
+    }
+}
+
+/// Scores of one head (target, horizon) for both versions on the holdout.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadScores {
+    pub target: String,
+    pub horizon_slots: usize,
+    pub candidate_mase: f64,
+    pub serving_mase: f64,
+    pub candidate_mae: f64,
+    pub serving_mae: f64,
+}
+
+/// What a finished comparison found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub heads: Vec<HeadScores>,
+    /// 1 - mean(candidate MASE / serving MASE) over the heads.
+    pub improvement: f64,
+}
+
+/// Compares two backtests on the same holdout.
+pub fn compare(candidate: &Backtest, serving: &Backtest, family: &str) -> anyhow::Result<Comparison> {
+    let mut heads = Vec::new();
+    for c in candidate.rows.iter().filter(|r| r.model == family) {
+        let Some(s) = serving
+            .rows
+            .iter()
+            .find(|r| r.model == family && r.target == c.target && r.horizon_slots == c.horizon_slots)
+        else {
+            continue;
+        };
+        heads.push(HeadScores {
+            target: c.target.clone(),
+            horizon_slots: c.horizon_slots,
+            candidate_mase: c.scores.mase,
+            serving_mase: s.scores.mase,
+            candidate_mae: c.scores.mae,
+            serving_mae: s.scores.mae,
+        });
+    }
+    anyhow::ensure!(!heads.is_empty(), "the candidate and the serving version share no head to compare");
+    for h in &heads {
+        anyhow::ensure!(
+            h.candidate_mase.is_finite() && h.serving_mase.is_finite() && h.serving_mase > 0.0,
+            "non-finite metrics on the holdout ({} h{}: candidate MASE {}, serving MASE {})",
+            h.target,
+            h.horizon_slots,
+            h.candidate_mase,
+            h.serving_mase
+        );
+    }
+    let ratio = heads.iter().map(|h| h.candidate_mase / h.serving_mase).sum::<f64>() / heads.len() as f64;
+    Ok(Comparison { heads, improvement: 1.0 - ratio })
+}
+
+/// The run's parameters, as recorded.
+#[derive(Debug, Serialize)]
+struct Params<'a> {
+    window: String,
+    holdout: f64,
+    horizons: &'a [String],
+    targets: &'a [String],
+    rounds: u32,
+    max_depth: u32,
+    eta: f64,
+    min_child_weight: f64,
+    early_stopping_rounds: u32,
+    train_stride: usize,
+    margin: f64,
+    feature_schema: Option<String>,
+}
+
+/// Everything a run needs: configuration, database, producer for the models topic.
+pub struct Retrainer {
+    pub cfg: Config,
+    pub pool: PgPool,
+    pub rt: tokio::runtime::Handle,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl std::fmt::Debug for Retrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retrainer").field("family", &self.cfg.models.family).finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    headroom_runtime::observe::now_ms()
+}
+
+impl Retrainer {
+    /// Connects, applies the migrations, marks runs a crash left `running` as `interrupted`,
+    /// and re-announces the serving version (a crash between promotion and announcement is
+    /// thereby completed). Call from outside the runtime's worker threads.
+    pub fn connect(cfg: Config, rt: tokio::runtime::Handle) -> anyhow::Result<Retrainer> {
+        let pool = rt.block_on(headroom_store::pool(&cfg.postgres.url, 2, cfg.postgres.connect_timeout))?;
+        rt.block_on(headroom_store::migrate(&pool))?;
+        let producer: ThreadedProducer<DefaultProducerContext> = headroom_runtime::kafka::client_config(&cfg.kafka)
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        let r = Retrainer { cfg, pool, rt, producer };
+        let stale = r.rt.block_on(
+            sqlx::query(
+                "UPDATE retrain_runs SET status = 'interrupted', finished_at = now(),
+                 detail = 'the retrainer stopped during this run; the serving version was not changed by it'
+                 WHERE status = 'running' AND model_name = $1",
+            )
+            .bind(&r.cfg.models.family)
+            .execute(&r.pool),
+        )?;
+        if stale.rows_affected() > 0 {
+            tracing::warn!(runs = stale.rows_affected(), "runs interrupted by an earlier stop marked as such");
+        }
+        Ok(r)
+    }
+
+    /// The version serving now, per the registry.
+    pub fn serving(&self) -> anyhow::Result<Option<String>> {
+        Ok(Registry::read(&self.cfg.models.dir)?.serving.get(&self.cfg.models.family).cloned())
+    }
+
+    /// Announces `version` on the models topic and waits for the broker's acknowledgement.
+    pub fn announce(&self, version: &str, kind: ModelEventKind, feature_set: &str, metrics: Vec<(String, f64)>, reason: Option<String>) -> anyhow::Result<()> {
+        let ev = ModelEvent {
+            event_id: format!("{}-{}-{}", self.cfg.models.family, version, kind_str(kind)),
+            model_name: self.cfg.models.family.clone(),
+            version: version.to_owned(),
+            ts_ms: now_ms(),
+            kind,
+            artifact_uri: version.to_owned(),
+            feature_set: feature_set.to_owned(),
+            metrics,
+            reason,
+        };
+        let mut payload = Vec::new();
+        ev.encode_framed(&mut payload);
+        self.producer
+            .send(BaseRecord::to(&self.cfg.topics.models).key(self.cfg.models.family.as_bytes()).payload(&payload))
+            .map_err(|(e, _)| anyhow::anyhow!("models topic: {e}"))?;
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("models topic: the announcement was not acknowledged: {e}"))?;
+        Ok(())
+    }
+
+    /// Re-announces the serving version (idempotent for the scorers: they ignore the version
+    /// they already serve).
+    pub fn reannounce(&self) -> anyhow::Result<()> {
+        if let Some(v) = self.serving()? {
+            let schema = manifest_schema(&self.cfg.models.dir.join(&v)).unwrap_or_default();
+            self.announce(&v, ModelEventKind::Promoted, &schema, Vec::new(), Some("re-announced at retrainer start-up".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back to `to` (by default the previous serving version) and announces it.
+    pub fn rollback(&self, to: Option<&str>) -> anyhow::Result<(String, String)> {
+        let root = &self.cfg.models.dir;
+        let before = Registry::read(root)?;
+        let (from, to) = Registry::rollback(root, &self.cfg.models.family, to)?;
+        let schema = manifest_schema(&root.join(&to)).unwrap_or_default();
+        if let Err(e) = self.announce(&to, ModelEventKind::RolledBack, &schema, Vec::new(), Some(format!("rolled back from {from}"))) {
+            before.write(root)?;
+            return Err(e.context("the rollback was undone"));
+        }
+        Ok((from, to))
+    }
+
+    /// Runs one retrain (blocking; call from a thread that is not a runtime worker).
+    pub fn run(&self, trigger: &Trigger) -> Outcome {
+        let started = Instant::now();
+        let mut lock = match self.rt.block_on(self.pool.acquire()) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed { reason: format!("postgres: {e}") },
+        };
+        let got: Result<bool, _> = self.rt.block_on(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *lock));
+        match got {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Busy,
+            Err(e) => return Outcome::Failed { reason: format!("postgres: {e}") },
+        }
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let serving = self.serving().ok().flatten();
+        let params = self.params(None);
+        let inserted = self.rt.block_on(
+            sqlx::query(
+                "INSERT INTO retrain_runs (run_id, model_name, trigger, reason, alert_ids, status, serving_version, params, started_at)
+                 VALUES ($1, $2, $3, $4, $5::jsonb, 'running', $6, $7::jsonb, now())",
+            )
+            .bind(&run_id)
+            .bind(&self.cfg.models.family)
+            .bind(trigger.kind.as_str())
+            .bind(&trigger.reason)
+            .bind(serde_json::to_string(&trigger.alert_ids).unwrap_or_else(|_| "[]".into()))
+            .bind(&serving)
+            .bind(serde_json::to_string(&params).unwrap_or_else(|_| "{}".into()))
+            .execute(&self.pool),
+        );
+        let outcome = match inserted {
+            Err(e) => Outcome::Failed { reason: format!("registry: the run could not be recorded: {e}") },
+            Ok(_) => {
+                let mut rec = RunRecord::default();
+                let outcome = match self.run_inner(serving.as_deref(), &mut rec) {
+                    Ok(o) => o,
+                    Err(e) => Outcome::Failed { reason: format!("{e:#}") },
+                };
+                let (status, detail, improvement, candidate) = match &outcome {
+                    Outcome::Promoted { version, improvement } => ("promoted", None, Some(*improvement), Some(version.clone())),
+                    Outcome::Rejected { version, improvement, reason } => ("rejected", Some(reason.clone()), Some(*improvement), Some(version.clone())),
+                    Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, rec.candidate.clone()),
+                    Outcome::Busy => ("failed", Some("busy".into()), None, None),
+                };
+                let finished = self.rt.block_on(
+                    sqlx::query(
+                        "UPDATE retrain_runs SET status = $2, detail = $3, improvement = $4, candidate_version = $5,
+                            metrics = $6::jsonb, data_source = $7, data_from = to_timestamp($8::float8 / 1000),
+                            data_to = to_timestamp($9::float8 / 1000), train_rows = $10, holdout_rows = $11, entities = $12,
+                            params = $13::jsonb, finished_at = now(), duration_s = $14
+                         WHERE run_id = $1",
+                    )
+                    .bind(&run_id)
+                    .bind(status)
+                    .bind(detail)
+                    .bind(improvement)
+                    .bind(candidate)
+                    .bind(rec.metrics.clone())
+                    .bind(rec.source)
+                    .bind(rec.from_ms.map(|v| v as f64))
+                    .bind(rec.to_ms.map(|v| v as f64))
+                    .bind(rec.train_rows)
+                    .bind(rec.holdout_rows)
+                    .bind(rec.entities)
+                    .bind(serde_json::to_string(&self.params(rec.schema.clone())).unwrap_or_else(|_| "{}".into()))
+                    .bind(started.elapsed().as_secs_f64())
+                    .execute(&self.pool),
+                );
+                if let Err(e) = finished {
+                    tracing::error!(error = %e, run = %run_id, "the run's outcome could not be recorded");
+                }
+                outcome
+            }
+        };
+        let _ = self.rt.block_on(sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock));
+        tracing::info!(run = %run_id, trigger = trigger.kind.as_str(), outcome = ?outcome, seconds = started.elapsed().as_secs_f64(), "retrain run finished");
+        outcome
+    }
+
+    fn params(&self, schema: Option<String>) -> Params<'_> {
+        let c = &self.cfg;
+        Params {
+            window: humantime::format_duration(c.data.window).to_string(),
+            holdout: c.data.holdout,
+            horizons: &c.training.horizons,
+            targets: &c.training.targets,
+            rounds: c.training.rounds,
+            max_depth: c.training.max_depth,
+            eta: c.training.eta,
+            min_child_weight: c.training.min_child_weight,
+            early_stopping_rounds: c.training.early_stopping_rounds,
+            train_stride: c.training.train_stride,
+            margin: c.promotion.margin,
+            feature_schema: schema,
+        }
+    }
+
+    fn run_inner(&self, serving: Option<&str>, rec: &mut RunRecord) -> anyhow::Result<Outcome> {
+        let c = &self.cfg;
+        let t = Instant::now();
+        let data = self.rt.block_on(data::load(&self.pool, c.data.window))?;
+        rec.source = Some(data.source);
+        rec.from_ms = Some(data.from_ms);
+        rec.to_ms = Some(data.to_ms);
+        anyhow::ensure!(!data.records.is_empty(), "the training set is empty: no telemetry in the window");
+        let n_records = data.records.len();
+        let ds = Dataset::build(
+            data.records,
+            &DatasetOptions {
+                features: c.features.clone(),
+                horizons: c.horizon_slots()?,
+                split: Split::Fraction(1.0 - c.data.holdout),
+                train_stride: c.training.train_stride,
+                ..DatasetOptions::default()
+            },
+        )?;
+        rec.train_rows = Some(ds.train.len() as i64);
+        rec.holdout_rows = Some(ds.test.len() as i64);
+        rec.entities = Some(ds.series.len() as i32);
+        rec.schema = Some(ds.layout.id().to_owned());
+        tracing::info!(source = data.source, records = n_records, train = ds.train.len(), holdout = ds.test.len(), entities = ds.series.len(), seconds = t.elapsed().as_secs_f64(), "training set built");
+        anyhow::ensure!(
+            ds.train.len() >= c.data.min_train_rows && ds.test.len() >= c.data.min_holdout_rows,
+            "the training set is too small: {} training and {} holdout rows (need {} and {}: data.min_train_rows, data.min_holdout_rows)",
+            ds.train.len(),
+            ds.test.len(),
+            c.data.min_train_rows,
+            c.data.min_holdout_rows
+        );
+        let opts = FitOptions {
+            xgb: XgbParams {
+                rounds: c.training.rounds,
+                max_depth: c.training.max_depth,
+                eta: c.training.eta,
+                min_child_weight: c.training.min_child_weight,
+                early_stopping_rounds: c.training.early_stopping_rounds,
+                nthread: c.training.threads,
+                ..XgbParams::default()
+            },
+            device: c.training.device,
+            targets: c.target_indices()?,
+            classifier: c.training.classifier,
+            ..FitOptions::default()
+        };
+        let t = Instant::now();
+        let candidate = backtest::fit(&ds, &opts, &mut Quiet)?;
+        tracing::info!(models = candidate.regressors.len(), seconds = t.elapsed().as_secs_f64(), "candidate fitted");
+        let slots = |d: Duration| (d.as_millis() / c.features.sampling_interval.as_millis().max(1)).max(1) as usize;
+        let baselines = BaselineOptions {
+            season_slots: slots(Duration::from_secs(86_400)),
+            window_slots: slots(Duration::from_secs(3600)),
+            ets_every_slots: 0,
+            ets_window_slots: 0,
+        };
+        let cand_bt = backtest::backtest(&ds, &candidate, &baselines, &[])?;
+        let (_, dir) = artifact::write(&c.models.dir, &ds, &candidate, Some(&cand_bt), now_ms())?;
+        let version = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        rec.candidate = Some(version.clone());
+
+        // The serving version on the same holdout. None serving: the candidate is the first.
+        let comparison = match serving {
+            None => None,
+            Some(s) => {
+                let set: ModelSet = artifact::read_model_set(&c.models.dir.join(s), ds.layout.id())
+                    .map_err(|e| anyhow::anyhow!("the serving version cannot be scored on this data: {e}"))?;
+                let serv_bt = backtest::backtest(&ds, &set, &baselines, &[])?;
+                Some(compare(&cand_bt, &serv_bt, &c.models.family)?)
+            }
+        };
+        let improvement = comparison.as_ref().map_or(1.0, |x| x.improvement);
+        rec.metrics = Some(serde_json::to_string(&serde_json::json!({
+            "comparison": comparison,
+            "candidate": cand_bt.rows.iter().filter(|r| r.model == c.models.family)
+                .map(|r| (format!("{}/h{}", r.target, r.horizon_slots), r.scores.mase)).collect::<BTreeMap<_, _>>(),
+        }))?);
+        let metrics: Vec<(String, f64)> = comparison
+            .iter()
+            .flat_map(|x| x.heads.iter())
+            .map(|h| (format!("{}_h{}_mase", h.target, h.horizon_slots), h.candidate_mase))
+            .chain(std::iter::once(("improvement".to_owned(), improvement)))
+            .collect();
+        let schema = ds.layout.id().to_owned();
+        if serving.is_some() && improvement < c.promotion.margin {
+            let reason = format!(
+                "candidate improves mean MASE by {:.2} % on the holdout, below the {:.2} % margin",
+                improvement * 100.0,
+                c.promotion.margin * 100.0
+            );
+            if let Err(e) = self.announce(&version, ModelEventKind::Rejected, &schema, metrics, Some(reason.clone())) {
+                tracing::warn!(error = %e, "rejection not announced");
+            }
+            return Ok(Outcome::Rejected { version, improvement, reason });
+        }
+        let before = Registry::read(&c.models.dir)?;
+        Registry::promote(&c.models.dir, &version)?;
+        if let Err(e) = self.announce(&version, ModelEventKind::Promoted, &schema, metrics, Some(format!("retrained: mean MASE {:.2} % better", improvement * 100.0))) {
+            before.write(&c.models.dir)?;
+            anyhow::bail!("{e:#}; the promotion was undone");
+        }
+        Ok(Outcome::Promoted { version, improvement })
+    }
+}
+
+fn kind_str(k: ModelEventKind) -> &'static str {
+    match k {
+        ModelEventKind::Registered => "registered",
+        ModelEventKind::Promoted => "promoted",
+        ModelEventKind::Rejected => "rejected",
+        ModelEventKind::RolledBack => "rolled-back",
+        ModelEventKind::Retired => "retired",
+    }
+}
+
+fn manifest_schema(dir: &Path) -> Option<String> {
+    let raw = std::fs::read(dir.join(artifact::MANIFEST)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v.get("feature_schema")?.as_str().map(str::to_owned)
+}
+
+#[derive(Debug, Default)]
+struct RunRecord {
+    source: Option<&'static str>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    train_rows: Option<i64>,
+    holdout_rows: Option<i64>,
+    entities: Option<i32>,
+    schema: Option<String>,
+    candidate: Option<String>,
+    metrics: Option<String>,
+}

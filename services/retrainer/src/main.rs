@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use headroom_retrainer::{Config, Outcome, Retrainer, Trigger, TriggerKind};
+
+/// headroom retrainer: drift.alerts -> retrain, validate, promote -> models
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// A TOML file layered over the built-in defaults.
+    #[arg(long, env = "HEADROOM_RETRAIN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default): consume drift alerts, retrain on triggers and on schedule.
+    Serve,
+    /// Retrain now (a manual trigger), wait for the outcome, print it.
+    Run {
+        #[arg(long, default_value = "manual trigger")]
+        reason: String,
+    },
+    /// Make the previous serving version (or --to VERSION) serve again, and announce it.
+    Rollback {
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// The most recent runs from the registry.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref())?;
+    let log = config.log.clone();
+    match args.command.unwrap_or(Command::Serve) {
+        Command::Serve => headroom_runtime::service::run_until_signal(&log, config, headroom_retrainer::start),
+        cmd => {
+            headroom_runtime::observe::init_logging(&log);
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let r = Retrainer::connect(config, rt.handle().clone())?;
+            match cmd {
+                Command::Run { reason } => {
+                    let outcome = r.run(&Trigger { kind: TriggerKind::Manual, reason, alert_ids: Vec::new() });
+                    println!("{outcome:?}");
+                    match outcome {
+                        Outcome::Promoted { .. } | Outcome::Rejected { .. } => Ok(()),
+                        Outcome::Busy => anyhow::bail!("another retrain run is in progress"),
+                        Outcome::Failed { reason } => anyhow::bail!("retrain failed: {reason}"),
+                    }
+                }
+                Command::Rollback { to } => {
+                    let (from, to) = r.rollback(to.as_deref())?;
+                    println!("rolled back: {from} -> {to} (announced on {})", r.cfg.topics.models);
+                    Ok(())
+                }
+                Command::Runs { limit } => {
+                    let rows: Vec<(String, String, String, Option<String>, Option<f64>, Option<f64>, Option<String>)> = rt.block_on(
+                        sqlx::query_as(
+                            "SELECT to_char(started_at, 'YYYY-MM-DD HH24:MI:SS'), trigger, status, candidate_version, improvement, duration_s, detail
+                             FROM retrain_runs WHERE model_name = $1 ORDER BY started_at DESC LIMIT $2",
+                        )
+                        .bind(&r.cfg.models.family)
+                        .bind(limit)
+                        .fetch_all(&r.pool),
+                    )?;
+                    for (at, trig, status, cand, imp, dur, detail) in rows {
+                        println!(
+                            "{at}  {trig:8} {status:11} {:32} improvement {:>7}  {:>6.1} s  {}",
+                            cand.unwrap_or_else(|| "-".into()),
+                            imp.map_or("-".into(), |v| format!("{:.2}%", v * 100.0)),
+                            dur.unwrap_or(f64::NAN),
+                            detail.unwrap_or_default()
+                        );
+                    }
+                    Ok(())
+                }
+                Command::Serve => unreachable!("handled above"),
+            }
+        }
+    }
+}

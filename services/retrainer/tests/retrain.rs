@@ -1,0 +1,257 @@
+//! The retrainer against real PostgreSQL and the real broker: a manual run trains from the
+//! stored telemetry, beats a weak serving version on the same holdout and promotes it
+//! (registry, models topic, recorded run); a run that cannot beat the margin is rejected and
+//! the serving version stays; an empty training set fails cleanly; a rollback returns to the
+//! previous version; drift alerts for the serving version trigger the service, others do not;
+//! a run a crash left `running` is marked interrupted at start-up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use headroom_forecast::artifact::{self, Registry};
+use headroom_forecast::backtest::{self, FitOptions, Quiet};
+use headroom_forecast::xgb::XgbParams;
+use headroom_forecast::{Dataset, DatasetOptions, Split};
+use headroom_retrainer::{Config, Outcome, Retrainer, Trigger, TriggerKind};
+use headroom_runtime::Shutdown;
+use headroom_schemas::drift::alert_id;
+use headroom_schemas::{AlertState, DriftAlert, DriftKind, ModelEvent, ModelEventKind, Severity, Telemetry};
+use headroom_sources::{GenConfig, Generator};
+use headroom_testkit::rdkafka::Message;
+use headroom_testkit::{brokers, consume, create_topics, eventually, pg_url, pg_url_in_schema, produce, unique, Rec, StopOnDrop};
+use sqlx::Connection;
+
+const STEP: i64 = 300_000;
+
+fn generate(entities: u32, days: i64, seed: u64) -> Vec<Telemetry> {
+    let mut g = Generator::new(GenConfig { entities: Some(entities), seed, ..GenConfig::default() });
+    let start = 1_700_000_000_000 / STEP * STEP;
+    let mut out = Vec::new();
+    for r in 0..days * 86_400_000 / STEP {
+        for i in 0..g.entity_count() {
+            out.push(g.sample(i, start + r * STEP));
+        }
+    }
+    out
+}
+
+async fn scratch_schema(base: &str) -> String {
+    let schema = unique("retrain").replace('-', "_");
+    let mut c = sqlx::PgConnection::connect(base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.unwrap();
+    pg_url_in_schema(base, &schema)
+}
+
+async fn store_telemetry(url: &str, records: &[Telemetry]) {
+    let pool = headroom_store::pool(url, 1, Duration::from_secs(10)).await.unwrap();
+    headroom_store::migrate(&pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut cache = headroom_store::partitions::PartitionCache::default();
+    cache
+        .ensure(&mut conn, headroom_store::partitions::spec("telemetry_raw").unwrap(), records.iter().map(|r| r.ts_ms))
+        .await
+        .unwrap();
+    for (k, chunk) in records.chunks(5_000).enumerate() {
+        let col = |f: &dyn Fn(&Telemetry) -> Option<f64>| chunk.iter().map(f).collect::<Vec<Option<f64>>>();
+        sqlx::query(
+            "INSERT INTO telemetry_raw (entity_id, ts, cpu_util, mem_util, net_in_bps, net_out_bps, cpu_cores, mem_bytes, src_partition, src_offset)
+             SELECT e, to_timestamp(t / 1000), c, m, ni, no, cc, mb, 0, $9 + o
+             FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[])
+                  WITH ORDINALITY AS x(e, t, c, m, ni, no, cc, mb, o)",
+        )
+        .bind(chunk.iter().map(|r| r.entity_id.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.ts_ms as f64).collect::<Vec<_>>())
+        .bind(col(&|r| r.cpu_util))
+        .bind(col(&|r| r.mem_util))
+        .bind(col(&|r| r.net_in_bps))
+        .bind(col(&|r| r.net_out_bps))
+        .bind(col(&|r| r.cpu_cores))
+        .bind(col(&|r| r.mem_bytes))
+        .bind((k * 5_000) as i64)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// A deliberately weak serving version: 3 rounds, on another fleet.
+fn weak_version(cfg: &Config) -> String {
+    let ds = Dataset::build(
+        generate(8, 2, 99),
+        &DatasetOptions { features: cfg.features.clone(), horizons: cfg.horizon_slots().unwrap(), split: Split::None, ..DatasetOptions::default() },
+    )
+    .unwrap();
+    let opts = FitOptions {
+        xgb: XgbParams { rounds: 3, nthread: 2, ..XgbParams::default() },
+        classifier: false,
+        ..FitOptions::default()
+    };
+    let models = backtest::fit(&ds, &opts, &mut Quiet).unwrap();
+    let (m, _) = artifact::write(&cfg.models.dir, &ds, &models, None, 1_700_000_000_000).unwrap();
+    Registry::promote(&cfg.models.dir, &m.version).unwrap();
+    m.version
+}
+
+fn config(pg: &str, brokers: &str, prefix: &str, models: &Path) -> Config {
+    let mut c: Config = headroom_runtime::load_config(headroom_retrainer::config_defaults(), None, "HEADROOM_RETRAIN_ITEST_UNUSED__").unwrap();
+    c.postgres.url = pg.to_owned();
+    c.kafka.brokers = brokers.to_owned();
+    c.kafka.group_id = unique("retrainer");
+    c.http.listen = "127.0.0.1:0".into();
+    c.topics.alerts = format!("{prefix}drift.alerts");
+    c.topics.models = format!("{prefix}models");
+    c.models.dir = models.to_owned();
+    c.data.window = Duration::from_secs(3 * 86_400);
+    c.data.min_train_rows = 1_000;
+    c.data.min_holdout_rows = 200;
+    c.training.rounds = 60;
+    c.training.threads = 2;
+    c.training.classifier = false;
+    c.training.device = headroom_forecast::DeviceChoice::Cpu;
+    c.triggers.coalesce = Duration::from_secs(1);
+    c.triggers.min_interval = Duration::ZERO;
+    c.triggers.schedule = Duration::ZERO;
+    c
+}
+
+fn models_events(brokers: &str, topic: &str, n: usize) -> Vec<ModelEvent> {
+    consume(brokers, topic, n, Duration::from_secs(30), Duration::from_millis(300))
+        .iter()
+        .map(|m| ModelEvent::decode(m.payload().unwrap()).unwrap())
+        .collect()
+}
+
+async fn run(r: &std::sync::Arc<Retrainer>, kind: TriggerKind) -> Outcome {
+    let r = r.clone();
+    tokio::task::spawn_blocking(move || r.run(&Trigger { kind, reason: "test".into(), alert_ids: vec![] })).await.unwrap()
+}
+
+async fn runs(url: &str) -> Vec<(String, String, Option<String>, Option<String>)> {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT trigger, status, data_source, detail FROM retrain_runs ORDER BY started_at")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("retrain"));
+    create_topics(&brokers, &prefix).await;
+    let base = pg_url();
+    let url = scratch_schema(&base).await;
+    let models = std::env::temp_dir().join(unique("retrain-models"));
+    std::fs::create_dir_all(&models).unwrap();
+    let mut cfg = config(&url, &brokers, &prefix, &models);
+
+    // Three days of 12 generated entities in PostgreSQL, as the sink stores them.
+    store_telemetry(&url, &generate(12, 3, 7)).await;
+    let v0 = weak_version(&cfg);
+
+    // A crash left a run `running`: the next start-up marks it interrupted.
+    {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO retrain_runs (run_id, model_name, trigger, reason, status, params, started_at) VALUES ('crashed', 'xgboost', 'manual', 'x', 'running', '{}', now() - interval '1 hour')")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let rt = tokio::runtime::Handle::current();
+    let c2 = cfg.clone();
+    let r = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(c2, rt)).await.unwrap().unwrap());
+    assert_eq!(runs(&url).await[0].1, "interrupted");
+
+    // 1. A manual run beats the weak version by far and is promoted.
+    let Outcome::Promoted { version: v1, improvement } = run(&r, TriggerKind::Manual).await else {
+        panic!("expected a promotion: {:?}", runs(&url).await)
+    };
+    assert!(improvement > 0.05, "improvement {improvement}");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1);
+    let events = models_events(&brokers, &cfg.topics.models, 1);
+    let promoted = events.iter().find(|e| e.kind == ModelEventKind::Promoted && e.version == v1).expect("promotion announced");
+    assert!(promoted.metrics.iter().any(|(k, v)| k == "improvement" && (*v - improvement).abs() < 1e-9));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(models.join(&v1).join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["metrics"]["rows"].as_array().unwrap().iter().any(|r| r["model"] == "xgboost"), "validation metrics for the drift monitor");
+    let rows = runs(&url).await;
+    assert_eq!(rows[1].1, "promoted");
+    assert_eq!(rows[1].2.as_deref(), Some("postgres:telemetry_raw"));
+
+    // 2. The same data again cannot beat the new version by 50 %: rejected, v1 keeps serving.
+    let mut strict = cfg.clone();
+    strict.promotion.margin = 0.5;
+    let rt = tokio::runtime::Handle::current();
+    let rs = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(strict, rt)).await.unwrap().unwrap());
+    let out = run(&rs, TriggerKind::Manual).await;
+    assert!(matches!(&out, Outcome::Rejected { reason, .. } if reason.contains("margin")), "{out:?}");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1);
+    assert_eq!(runs(&url).await[2].1, "rejected");
+
+    // 3. An empty training set fails with its reason; nothing changes.
+    let empty = scratch_schema(&base).await;
+    let mut ecfg = cfg.clone();
+    ecfg.postgres.url = empty.clone();
+    let rt = tokio::runtime::Handle::current();
+    let re = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(ecfg, rt)).await.unwrap().unwrap());
+    let out = run(&re, TriggerKind::Manual).await;
+    assert!(matches!(&out, Outcome::Failed { reason } if reason.contains("empty")), "{out:?}");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1);
+    assert_eq!(runs(&empty).await[0].1, "failed");
+
+    // 4. Rollback: v0 serves again, announced.
+    let rb = r.clone();
+    let (from, to) = tokio::task::spawn_blocking(move || rb.rollback(None)).await.unwrap().unwrap();
+    assert_eq!((from.as_str(), to.as_str()), (v1.as_str(), v0.as_str()));
+    let events = models_events(&brokers, &cfg.topics.models, 3);
+    assert!(events.iter().any(|e| e.kind == ModelEventKind::RolledBack && e.version == v0));
+
+    // 5. The service: an alert for the serving version triggers a run (coalesced with the
+    //    second one), an alert for an unknown version and garbage do not.
+    cfg.kafka.group_id = unique("retrainer-svc");
+    let h = headroom_retrainer::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let _g = StopOnDrop(h.shutdown.clone());
+    let alert = |version: &str, entity: &str| {
+        let a = DriftAlert {
+            alert_id: alert_id(DriftKind::ModelError, "cpu@15m", entity, version, 0),
+            entity_id: Some(entity.into()),
+            ts_ms: 1,
+            kind: DriftKind::ModelError,
+            subject: "cpu@15m".into(),
+            statistic: "page_hinkley".into(),
+            value: 30.0,
+            threshold: 20.0,
+            severity: Severity::Critical,
+            model_version: Some(version.into()),
+            state: AlertState::Open,
+            ..DriftAlert::default()
+        };
+        let mut payload = Vec::new();
+        a.encode_framed(&mut payload);
+        Rec { key: Some(entity.as_bytes().to_vec()), payload, headers: vec![] }
+    };
+    produce(
+        &brokers,
+        &cfg.topics.alerts,
+        &[alert(&v0, "vm-1"), alert(&v0, "vm-2"), alert("v-unknown", "vm-3"), Rec { key: None, payload: vec![1, 2, 3], headers: vec![] }],
+    );
+    let ok = eventually(Duration::from_secs(240), || {
+        let text = h.metrics.render();
+        text.lines().any(|l| l.starts_with("headroom_retrain_runs_total{") && l.contains("trigger=\"drift\"") && !l.ends_with(" 0"))
+    })
+    .await;
+    assert!(ok, "a drift-triggered run: {}", h.metrics.render());
+    let text = h.metrics.render();
+    let count = |outcome: &str| {
+        text.lines()
+            .find(|l| l.starts_with("headroom_retrain_alerts_total{") && l.contains(&format!("outcome=\"{outcome}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!((count("trigger"), count("unknown_model"), count("undecodable")), (2.0, 1.0, 1.0), "{text}");
+    let rows = runs(&url).await;
+    let drift: Vec<_> = rows.iter().filter(|r| r.0 == "drift").collect();
+    assert_eq!(drift.len(), 1, "two alerts, one run: {rows:?}");
+    h.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&models);
+}
