@@ -15,9 +15,11 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release -p headroom-featurizer -p headroom-relay -p headroom-cli -p headroom-loadgen \
       -p headroom-scorer -p headroom-trainer -p headroom-sink -p headroom-recommender \
+      -p headroom-drift-monitor -p headroom-retrainer \
  && mkdir /out && cp target/release/headroom target/release/headroom-featurizer target/release/headroom-relay \
       target/release/loadgen target/release/headroom-scorer target/release/headroom-train \
-      target/release/headroom-sink target/release/headroom-recommender /out/
+      target/release/headroom-sink target/release/headroom-recommender \
+      target/release/headroom-drift-monitor target/release/headroom-retrain /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 zlib1g libzstd1 \

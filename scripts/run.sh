@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs and starts what is missing (system packages, the broker,
 # PostgreSQL), creates the topics from topologies/, starts the featurizer, the scorer (after
-# training and promoting a first model version when models/ has none), the recommender, and the sink into
-# PostgreSQL (which applies the migrations), and feeds them
+# training and promoting a first model version when models/ has none), the recommender, the drift
+# monitor, the retrainer, and the sink into PostgreSQL (which applies the migrations), and feeds them
 # generated telemetry (or a real trace with --trace PATH) until Ctrl-C.
 #
 #   scripts/run.sh                         synthetic fleet, 20 services x 5 clusters, 500 rec/s
@@ -32,7 +32,8 @@ done
 "$REPO_ROOT/scripts/stack.sh" up
 log "building release binaries"
 cargo build --release --quiet -p headroom-featurizer -p headroom-cli -p headroom-loadgen \
-    -p headroom-scorer -p headroom-trainer -p headroom-sink -p headroom-recommender
+    -p headroom-scorer -p headroom-trainer -p headroom-sink -p headroom-recommender \
+    -p headroom-drift-monitor -p headroom-retrainer
 BIN="$CARGO_TARGET_DIR/release"
 export HEADROOM_BROKERS="$KAFKA_BROKERS"
 "$BIN/headroom" topology apply --brokers "$KAFKA_BROKERS"
@@ -71,6 +72,14 @@ HEADROOM_SINK__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SINK__HTTP__LISTEN="127.
     HEADROOM_SINK__POSTGRES__URL="$PG_URL" \
     "$BIN/headroom-sink" >"$STACK_DIR/sink.log" 2>&1 &
 pids+=($!)
+HEADROOM_DRIFT__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_DRIFT__HTTP__LISTEN="127.0.0.1:9468" \
+    HEADROOM_DRIFT__MODELS__DIR="$MODELS" \
+    "$BIN/headroom-drift-monitor" >"$STACK_DIR/drift-monitor.log" 2>&1 &
+pids+=($!)
+HEADROOM_RETRAIN__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_RETRAIN__HTTP__LISTEN="127.0.0.1:9469" \
+    HEADROOM_RETRAIN__MODELS__DIR="$MODELS" HEADROOM_RETRAIN__POSTGRES__URL="$PG_URL" \
+    "$BIN/headroom-retrain" serve >"$STACK_DIR/retrainer.log" 2>&1 &
+pids+=($!)
 
 if [ -n "$TRACE" ]; then
     args=(replay --topic telemetry.raw --trace "$TRACE" --rate "$RATE")
@@ -80,7 +89,8 @@ else
     [ -n "$ENTITIES" ] && args+=(--entities "$ENTITIES")
 fi
 "$BIN/loadgen" "${args[@]}" &
-pids+=($!)
+loadgen=$!
+pids+=($loadgen)
 
 cat >&2 <<TXT
 
@@ -90,14 +100,18 @@ cat >&2 <<TXT
     scorer           http://127.0.0.1:9465/metrics   (models: $MODELS)
     recommender      http://127.0.0.1:9467/metrics   (recommend-only; policy: crates/policy/default.toml)
     sink             http://127.0.0.1:9466/metrics   (every topic -> PostgreSQL, exactly once)
-    logs             $STACK_DIR/featurizer.log  $STACK_DIR/scorer.log  $STACK_DIR/recommender.log  $STACK_DIR/sink.log
+    drift monitor    http://127.0.0.1:9468/metrics   (features + forecasts -> drift.alerts)
+    retrainer        http://127.0.0.1:9469/metrics   (drift.alerts -> retrain, validate, promote -> models)
+                     $BIN/headroom-retrain run | runs | rollback   (manual run, run history, rollback)
+    logs             $STACK_DIR/{featurizer,scorer,recommender,sink,drift-monitor,retrainer}.log
     PostgreSQL       psql $PG_URL   (telemetry_raw, telemetry_1m, telemetry_1h, forecasts, dead_letters, ...)
     read features    $BIN/loadgen tail --topic features   (or any Kafka client; README.md)
     read forecasts   $BIN/loadgen tail --topic forecasts
     recommendations  $BIN/loadgen tail --topic recommendations
+    drift alerts     $BIN/loadgen tail --topic drift.alerts
   Ctrl-C stops the services and the generator.
 
 TXT
-wait "${pids[4]}" || true
+wait "$loadgen" || true
 log "generator finished; the services keep running until Ctrl-C"
 wait "${pids[0]}" || true

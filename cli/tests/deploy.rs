@@ -29,6 +29,8 @@ fn docker_compose_file_is_valid_with_every_profile() {
         "models-init:",
         "scorer:",
         "recommender:",
+        "drift-monitor:",
+        "retrainer:",
         "sink:",
         "loadgen:",
     ] {

@@ -31,8 +31,17 @@ pub struct FeatureDrift {
 #[serde(deny_unknown_fields)]
 pub struct ModelError {
     pub enabled: bool,
-    /// Errors per entity and head before the detector may fire.
+    /// Errors per entity and head before the detector may fire (and, for versions without
+    /// validation errors, over which the entity's reference error is measured).
     pub warmup: u64,
+    /// Errors after the warm-up over which the entity's own baseline error is measured. The
+    /// reference error of a head is the larger of the version's validation MAE and this
+    /// baseline, so that an entity whose errors are naturally larger than the fleet's (a big
+    /// network talker, a spiky service) is judged against itself.
+    pub baseline: u64,
+    /// A Page-Hinkley alarm counts for this many errors: the alert opens when the live ratio
+    /// reaches `ratio_warning` within them (the live mean lags the change point).
+    pub alarm_memory: u64,
     /// Page-Hinkley δ and λ, on the error in units of the reference error.
     pub ph_delta: f64,
     pub ph_lambda: f64,
@@ -128,13 +137,15 @@ impl Default for DriftConfig {
             },
             model_error: ModelError {
                 enabled: true,
-                warmup: 12,
+                warmup: 72,
+                baseline: 288,
+                alarm_memory: 288,
                 ph_delta: 0.5,
                 ph_lambda: 20.0,
-                ewma_half_life: 12.0,
-                ratio_warning: 1.5,
-                ratio_critical: 3.0,
-                resolve_ratio: 1.2,
+                ewma_half_life: 36.0,
+                ratio_warning: 3.5,
+                ratio_critical: 8.0,
+                resolve_ratio: 2.0,
                 update_interval: Duration::from_secs(900),
                 max_pending: 256,
                 idle_expiry: Duration::from_secs(48 * 3600),

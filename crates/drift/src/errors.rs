@@ -1,11 +1,13 @@
 //! Model-error drift: each forecast's p50 waits (per entity) for the actual that arrives with a
 //! later forecast's observation at its target time; each joined error feeds, per entity and
-//! head (metric, horizon), a Page-Hinkley test for an increase of the error and a short EWMA of
-//! it. Errors are in units of the reference error: the version's validation MAE for that head
-//! when its manifest has one, else the entity's own mean error over its first `warmup` errors.
+//! head (metric, horizon), a Page-Hinkley test for an increase of the error and an EWMA of it.
+//! Errors are in units of the reference error: the larger of the version's validation MAE for
+//! that head (when its manifest has one) and the entity's own baseline, its mean error over the
+//! `baseline` errors after the first `warmup`. Nothing is judged before the baseline is known:
+//! a new entity's feature windows are still filling, and it has no level of its own yet.
 //!
-//! An alert opens when Page-Hinkley fires and the live MAE is at least `ratio_warning` times the
-//! reference; it is updated at most every `update_interval` while the ratio stays above
+//! An alert opens when Page-Hinkley has fired within the last `alarm_memory` errors and the live
+//! MAE is at least `ratio_warning` times the reference; it is updated at most every `update_interval` while the ratio stays above
 //! `resolve_ratio`, and resolved when it drops below, or when the entity's forecasts come from
 //! another model version (the episode belonged to the old one).
 
@@ -27,11 +29,14 @@ struct Head {
     horizon_min: i32,
     ph: PageHinkley,
     live: Ewma,
-    /// Reference MAE (validation, or the warm-up mean once known).
-    reference: Option<f64>,
-    validated: bool,
-    warm_sum: f64,
+    /// The version's validation MAE for the head.
+    validation: Option<f64>,
+    /// The entity's baseline error, once measured.
+    baseline: Option<f64>,
+    base_sum: f64,
     n: u64,
+    /// Error count at the last Page-Hinkley alarm.
+    alarm_at: Option<u64>,
     /// Event time of the first error of the current Page-Hinkley run.
     run_start_ms: i64,
     open: Option<Episode>,
@@ -55,6 +60,7 @@ struct Pending {
 #[derive(Debug, Clone, Default)]
 struct EntityState {
     version: String,
+    partition: i32,
     heads: Vec<Head>,
     pending: VecDeque<Pending>,
     last_ts: i64,
@@ -78,6 +84,9 @@ pub struct ErrorMonitor {
     interval_ms: i64,
     references: FxHashMap<String, Arc<ModelReference>>,
     entities: FxHashMap<String, EntityState>,
+    /// Newest event time per input partition (idle expiry is judged on the entity's own
+    /// partition's clock: partitions of a backlog are read at different paces).
+    newest: FxHashMap<i32, i64>,
     pub stats: JoinStats,
 }
 
@@ -113,6 +122,7 @@ impl ErrorMonitor {
             interval_ms: interval_ms.max(1),
             references: FxHashMap::default(),
             entities: FxHashMap::default(),
+            newest: FxHashMap::default(),
             stats: JoinStats::default(),
         }
     }
@@ -134,9 +144,11 @@ impl ErrorMonitor {
         (ts_ms + self.interval_ms / 2).div_euclid(self.interval_ms)
     }
 
-    /// Handles one forecast: joins the entity's waiting predictions with what it observed, then
-    /// queues its own points. Alerts go to `out`.
-    pub fn add(&mut self, f: &Forecast, out: &mut Vec<DriftAlert>) {
+    /// Handles one forecast of input `partition`: joins the entity's waiting predictions with
+    /// what it observed, then queues its own points. Alerts go to `out`.
+    pub fn add(&mut self, partition: i32, f: &Forecast, out: &mut Vec<DriftAlert>) {
+        let newest = self.newest.entry(partition).or_insert(i64::MIN);
+        *newest = (*newest).max(f.ts_ms);
         let Some(first) = f.points.first() else {
             self.stats.unusable += 1;
             return;
@@ -159,6 +171,7 @@ impl ErrorMonitor {
                 ..EntityState::default()
             };
         }
+        e.partition = partition;
         e.last_ts = e.last_ts.max(f.ts_ms);
 
         // 1. Join: predictions for this slot meet their actuals.
@@ -201,10 +214,11 @@ impl ErrorMonitor {
                         horizon_min: p.horizon_min,
                         ph: PageHinkley::new(cfg.ph_delta, cfg.ph_lambda),
                         live: Ewma::new(cfg.ewma_half_life),
-                        reference: validation,
-                        validated: validation.is_some(),
-                        warm_sum: 0.0,
+                        validation,
+                        baseline: None,
+                        base_sum: 0.0,
                         n: 0,
+                        alarm_at: None,
                         run_start_ms: f.ts_ms,
                         open: None,
                     });
@@ -221,12 +235,20 @@ impl ErrorMonitor {
         }
     }
 
-    /// Forgets entities idle (in event time) for `idle_expiry` before `now_ts_ms`.
-    pub fn expire(&mut self, now_ts_ms: i64) -> usize {
+    /// Forgets entities idle for `idle_expiry` of their partition's event time.
+    pub fn expire(&mut self) -> usize {
         let horizon = self.cfg.idle_expiry.as_millis() as i64;
         let before = self.entities.len();
-        self.entities.retain(|_, e| e.last_ts + horizon >= now_ts_ms);
+        let newest = &self.newest;
+        self.entities
+            .retain(|_, e| e.last_ts.saturating_add(horizon) >= newest.get(&e.partition).copied().unwrap_or(i64::MIN));
         before - self.entities.len()
+    }
+
+    /// A partition left this instance: its entities go (the next owner judges them).
+    pub fn forget_partition(&mut self, partition: i32) {
+        self.entities.retain(|_, e| e.partition != partition);
+        self.newest.remove(&partition);
     }
 }
 
@@ -234,38 +256,57 @@ fn observed_kind(m: Metric) -> Option<()> {
     (m != Metric::Disk).then_some(())
 }
 
+impl Head {
+    /// The error a live error is measured against.
+    fn reference(&self) -> Option<f64> {
+        match (self.validation, self.baseline) {
+            (Some(v), Some(b)) => Some(v.max(b)),
+            (v, b) => v.or(b),
+        }
+        .map(|r| r.max(1e-9))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn update_head(entity: &str, version: &str, h: &mut Head, err: f64, ts_ms: i64, cfg: &ModelError, out: &mut Vec<DriftAlert>) {
     h.n += 1;
-    if h.reference.is_none() {
-        h.warm_sum += err;
-        if h.n >= cfg.warmup {
-            h.reference = Some((h.warm_sum / h.n as f64).max(1e-9));
+    h.live.update(err);
+    if h.n <= cfg.warmup {
+        return;
+    }
+    if h.baseline.is_none() {
+        h.base_sum += err;
+        if h.n >= cfg.warmup + cfg.baseline.max(1) {
+            h.baseline = Some(h.base_sum / cfg.baseline.max(1) as f64);
         }
     }
-    let Some(reference) = h.reference else {
-        h.live.update(err);
+    // Judged once the entity's own baseline is known (a day of errors by default).
+    if h.baseline.is_none() {
         return;
-    };
-    let reference = reference.max(1e-9);
-    h.live.update(err);
+    }
+    let Some(reference) = h.reference() else { return };
     if h.ph.samples() == 0 {
         h.run_start_ms = ts_ms;
     }
-    let fired = h.ph.update(err / reference) && h.n > cfg.warmup;
+    let fired = h.ph.update(err / reference);
+    if fired {
+        h.alarm_at = Some(h.n);
+    }
     let stat = if fired { cfg.ph_lambda.max(h.ph.statistic()) } else { h.ph.statistic() };
     let ratio = h.live.value() / reference;
+    let alarmed = h.alarm_at.is_some_and(|at| h.n - at <= cfg.alarm_memory);
     match h.open.as_mut() {
-        None if fired && ratio >= cfg.ratio_warning => {
+        None if alarmed && ratio >= cfg.ratio_warning => {
             let subject = subject(h);
             let ep = Episode {
                 id: alert_id(DriftKind::ModelError, &subject, entity, version, h.run_start_ms),
                 opened_ms: h.run_start_ms,
                 last_emit_ms: ts_ms,
-                ph_statistic: stat,
+                ph_statistic: stat.max(cfg.ph_lambda),
             };
             out.push(alert(entity, version, h, &ep, AlertState::Open, ts_ms, cfg, false));
             h.open = Some(ep);
+            h.alarm_at = None;
         }
         None => {
             if fired {
@@ -302,15 +343,16 @@ fn alert(
     cfg: &ModelError,
     superseded: bool,
 ) -> DriftAlert {
-    let reference = h.reference.unwrap_or(f64::NAN);
+    let reference = h.reference().unwrap_or(f64::NAN);
     let ratio = h.live.value() / reference;
     let mut details = vec![
+        ("baseline_mae".to_owned(), h.baseline.unwrap_or(f64::NAN)),
         ("live_mae".to_owned(), h.live.value()),
         ("n".to_owned(), h.n as f64),
         ("ratio".to_owned(), ratio),
         ("ratio_threshold".to_owned(), cfg.ratio_warning),
         ("reference_mae".to_owned(), reference),
-        ("reference_is_validation".to_owned(), if h.validated { 1.0 } else { 0.0 }),
+        ("validation_mae".to_owned(), h.validation.unwrap_or(f64::NAN)),
     ];
     if superseded {
         details.push(("superseded".to_owned(), 1.0));

@@ -197,7 +197,7 @@ fn run_errors(m: &mut ErrorMonitor, steps: i64, shift_at: i64, jump: f64, versio
         for e in ["stable", "shifted"] {
             let level = 0.5;
             let actual = level + 0.05 * noise.next() + if e == "shifted" && s >= shift_at { jump } else { 0.0 };
-            m.add(&forecast(e, s * 5 * MIN, version, level, actual), &mut out);
+            m.add(0, &forecast(e, s * 5 * MIN, version, level, actual), &mut out);
         }
     }
     out
@@ -208,32 +208,34 @@ fn a_shifted_entity_alerts_once_and_a_stable_one_never() {
     let cfg = DriftConfig::default().model_error;
     let mut m = ErrorMonitor::new(cfg.clone(), 5 * MIN);
     m.add_reference(Arc::new(uniform_reference("v1", true)));
-    let out = run_errors(&mut m, 600, 300, 0.3, "v1", 0);
+    let out = run_errors(&mut m, 900, 500, 0.5, "v1", 0);
     assert!(m.stats.joined > 1_000, "{:?}", m.stats);
     assert!(out.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{out:?}");
     let opens: Vec<&DriftAlert> = out.iter().filter(|a| a.state == AlertState::Open).collect();
     assert_eq!(opens.len(), 1, "one episode: {out:?}");
     let open = opens[0];
-    // The shift is at step 300; its first error joins 3 steps (15 min) later.
-    let delay_steps = (open.ts_ms / (5 * MIN)) - 303;
-    assert!((0..12).contains(&delay_steps), "detected {delay_steps} steps after the shift");
+    // The shift is at step 500; its first error joins 3 steps (15 min) later.
+    let delay_steps = (open.ts_ms / (5 * MIN)) - 503;
+    assert!((0..24).contains(&delay_steps), "detected {delay_steps} steps after the shift");
     assert_eq!(open.subject, "cpu@15m");
     assert_eq!(open.statistic, "page_hinkley");
-    assert_eq!(open.detail("reference_is_validation"), Some(1.0));
+    // The reference is the larger of the validation MAE (0.05) and the entity's baseline (0.025).
+    assert_eq!(open.detail("reference_mae"), Some(0.05));
+    assert!((open.detail("baseline_mae").unwrap() - 0.025).abs() < 0.005);
     assert!(open.detail("ratio").unwrap() >= cfg.ratio_warning);
     assert!(open.severity >= Severity::Warning);
-    // Error 0.3 against a validation MAE of 0.05: the live ratio climbs past the critical 3.
+    // Error 0.5 against a reference of 0.05: the live ratio climbs past the critical 8.
     assert!(out.iter().any(|a| a.state == AlertState::Update && a.severity == Severity::Critical));
-    // Updates: at most one per update interval (15 min = 3 steps) over the ~300 remaining steps.
+    // Updates: at most one per update interval (15 min = 3 steps) over the ~390 remaining steps.
     let updates = out.iter().filter(|a| a.state == AlertState::Update).count();
-    assert!((80..=100).contains(&updates), "{updates} updates");
+    assert!((110..=133).contains(&updates), "{updates} updates");
     assert!(out.iter().all(|a| a.alert_id == open.alert_id));
 
     // A new model version for the entity ends the episode (superseded) and, fitting the new
     // level, raises nothing.
     let mut out2 = Vec::new();
-    let ts = 600 * 5 * MIN;
-    m.add(&forecast("shifted", ts, "v2", 0.8, 0.8), &mut out2);
+    let ts = 900 * 5 * MIN;
+    m.add(0, &forecast("shifted", ts, "v2", 0.8, 0.8), &mut out2);
     assert_eq!(out2.len(), 1);
     assert_eq!(out2[0].state, AlertState::Resolved);
     assert_eq!(out2[0].detail("superseded"), Some(1.0));
@@ -241,12 +243,13 @@ fn a_shifted_entity_alerts_once_and_a_stable_one_never() {
 }
 
 #[test]
-fn without_validation_errors_the_warmup_mean_is_the_reference() {
+fn without_validation_errors_the_entity_baseline_is_the_reference() {
     let cfg = DriftConfig::default().model_error;
     let mut m = ErrorMonitor::new(cfg, 5 * MIN);
-    let out = run_errors(&mut m, 400, 200, 0.4, "v9", 0);
+    let out = run_errors(&mut m, 900, 500, 0.4, "v9", 0);
     let open = out.iter().find(|a| a.state == AlertState::Open).expect("shift detected");
-    assert_eq!(open.detail("reference_is_validation"), Some(0.0));
+    assert!(open.detail("validation_mae").unwrap().is_nan());
+    assert_eq!(open.detail("reference_mae"), open.detail("baseline_mae"));
     assert!(out.iter().all(|a| a.entity_id.as_deref() == Some("shifted")));
 }
 
@@ -258,9 +261,9 @@ fn resolves_when_the_error_returns() {
     .model_error;
     let mut m = ErrorMonitor::new(cfg, 5 * MIN);
     m.add_reference(Arc::new(uniform_reference("v1", true)));
-    let mut out = run_errors(&mut m, 200, 100, 0.3, "v1", 0);
+    let mut out = run_errors(&mut m, 600, 400, 0.4, "v1", 0);
     // The actual comes back to the predicted level.
-    out.extend(run_errors(&mut m, 200, i64::MAX, 0.0, "v1", 200));
+    out.extend(run_errors(&mut m, 300, i64::MAX, 0.0, "v1", 600));
     let last = out.last().unwrap();
     assert_eq!(last.state, AlertState::Resolved, "{out:?}");
     assert_eq!(out.iter().filter(|a| a.state == AlertState::Open).count(), 1);
@@ -272,14 +275,22 @@ fn unusable_forecasts_are_counted_not_fatal() {
     let mut out = Vec::new();
     let mut f = forecast("e", 0, "v1", f64::NAN, f64::NAN);
     f.observed = Observed::default();
-    m.add(&f, &mut out);
-    m.add(&Forecast::default(), &mut out);
+    m.add(0, &f, &mut out);
+    m.add(0, &Forecast::default(), &mut out);
     let mut g = forecast("e", 15 * MIN, "v1", 0.5, f64::INFINITY);
     g.points[0].horizon_min = -5;
-    m.add(&g, &mut out);
+    m.add(0, &g, &mut out);
     assert!(out.is_empty());
     assert!(m.stats.unusable >= 2, "{:?}", m.stats);
-    assert_eq!(m.expire(1_000 * 86_400_000), 1);
+    assert_eq!(m.expire(), 0, "the partition's clock has not moved on");
+    // Partition 1 racing ahead (a backlog) does not expire partition 0's entity…
+    m.add(1, &forecast("other", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
+    assert_eq!(m.expire(), 0);
+    // …its own partition's clock does.
+    m.add(0, &forecast("late", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
+    assert_eq!(m.expire(), 1);
+    m.forget_partition(1);
+    assert_eq!(m.entities(), 1);
 }
 
 #[test]
@@ -335,7 +346,7 @@ proptest! {
         for (p50, obs, h, step) in values {
             let mut f = forecast("e", step * 5 * MIN, "v1", p50, obs);
             f.points[0].horizon_min = h;
-            m.add(&f, &mut out);
+            m.add(0, &f, &mut out);
         }
         for a in &out {
             prop_assert_eq!(a.kind, DriftKind::ModelError);

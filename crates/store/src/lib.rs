@@ -153,3 +153,21 @@ mod tests {
         assert!(m.iter().all(|m| !m.sql.trim().is_empty()));
     }
 }
+
+/// `url` with `password` (percent-encoded) in its user info (for passwords from mounted
+/// secret files, which never belong in a URL in configuration).
+pub fn with_password(url: &str, password: &str) -> Result<String, String> {
+    let bad = || "key `postgres.url` needs a user (postgres://USER@HOST/DB) to take a password".to_owned();
+    let scheme_end = url.find("://").ok_or_else(bad)? + 3;
+    let at = url[scheme_end..].find('@').ok_or_else(bad)? + scheme_end;
+    let user = url[scheme_end..at].split(':').next().unwrap_or_default();
+    let mut enc = String::new();
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
+}

@@ -65,7 +65,6 @@ pub struct DriftStage {
     /// Assigned partitions of the features topic: the scope of the feature windows.
     partitions: BTreeSet<i32>,
     scope: String,
-    newest_ts: i64,
     reported: JoinStats,
     reported_mismatches: u64,
     metrics: DriftMetrics,
@@ -98,7 +97,6 @@ impl DriftStage {
             next,
             partitions: BTreeSet::new(),
             scope: String::new(),
-            newest_ts: i64::MIN,
             reported: JoinStats::default(),
             reported_mismatches: 0,
             metrics,
@@ -160,7 +158,6 @@ impl Processor for DriftStage {
                     return;
                 }
             };
-            self.newest_ts = self.newest_ts.max(f.ts_ms);
             fm.add(rec.partition, &f.feature_set, &f.values, f.ts_ms, rec.now_ms, &self.scope, &mut self.alerts);
         } else if rec.topic == self.forecasts_topic {
             let Some(em) = self.errors.as_mut() else { return };
@@ -179,8 +176,7 @@ impl Processor for DriftStage {
                 out.dead_letter(DlqReason::KeyMismatch, "record key differs from entity_id");
                 return;
             }
-            self.newest_ts = self.newest_ts.max(f.ts_ms);
-            em.add(&f, &mut self.alerts);
+            em.add(rec.partition, &f, &mut self.alerts);
         }
         if !self.alerts.is_empty() {
             self.publish(out);
@@ -204,15 +200,17 @@ impl Processor for DriftStage {
             if let Some(f) = &mut self.features {
                 f.forget_partition(partition);
             }
+        } else if topic == self.forecasts_topic {
+            if let Some(e) = &mut self.errors {
+                e.forget_partition(partition);
+            }
         }
     }
 
     fn on_commit(&mut self, metrics: &Metrics) {
         let mut entities = 0;
         if let Some(e) = &mut self.errors {
-            if self.newest_ts > i64::MIN {
-                e.expire(self.newest_ts);
-            }
+            e.expire();
             entities = e.entities();
             let s = e.stats;
             let r = self.reported;

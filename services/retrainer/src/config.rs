@@ -21,6 +21,9 @@ pub struct Topics {
 #[serde(deny_unknown_fields)]
 pub struct Postgres {
     pub url: String,
+    /// A file holding the password (a mounted secret); it is put into the URL at start-up.
+    #[serde(default)]
+    pub password_file: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
@@ -101,9 +104,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Loads the configuration and reads `postgres.password_file` into the URL.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let c: Config = load_config(DEFAULTS, file, ENV_PREFIX)?;
+        let mut c: Config = load_config(DEFAULTS, file, ENV_PREFIX)?;
         c.validate()?;
+        if !c.postgres.password_file.is_empty() {
+            let pw = std::fs::read_to_string(&c.postgres.password_file)
+                .map_err(|e| ConfigError::Invalid(format!("key `postgres.password_file`: {}: {e}", c.postgres.password_file)))?;
+            c.postgres.url = headroom_store::with_password(&c.postgres.url, pw.trim_end_matches(['\n', '\r'])).map_err(ConfigError::Invalid)?;
+        }
         Ok(c)
     }
 

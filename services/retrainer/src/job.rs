@@ -131,6 +131,70 @@ pub fn compare(candidate: &Backtest, serving: &Backtest, family: &str) -> anyhow
     Ok(Comparison { heads, improvement: 1.0 - ratio })
 }
 
+/// Per-entity improvements of the candidate over the serving version on the holdout, and a
+/// bootstrap (over entities) lower bound of their mean: the promotion gate. A candidate that is
+/// better only on a few entities whose data turned to noise (where no model can do well, but a
+/// fresh one predicts the mean a little better) has a low bound; one that fixes what changed is
+/// better by a wide margin on those entities and the bound clears the margin.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityComparison {
+    pub entities: usize,
+    pub mean: f64,
+    /// 5th percentile of the bootstrapped mean (1,000 resamples, fixed seed).
+    pub lower_bound: f64,
+}
+
+/// Compares `candidate` and `serving` per entity on the holdout rows of `ds`: for each entity,
+/// 1 - mean over heads of (candidate MAE / serving MAE).
+pub fn compare_entities(ds: &Dataset, candidate: &ModelSet, serving: &ModelSet) -> anyhow::Result<EntityComparison> {
+    let rows = &ds.test;
+    let n_ent = ds.series.len();
+    // Per entity: sum over heads of the ratio, and the number of heads.
+    let mut ratio_sum = vec![0.0f64; n_ent];
+    let mut heads = vec![0usize; n_ent];
+    for r in &candidate.regressors {
+        let Some(m) = headroom_forecast::TARGETS.iter().position(|t| *t == r.target) else { continue };
+        let (Some(c), Some(s)) = (backtest::predict(ds, rows, candidate, m, r.horizon)?, backtest::predict(ds, rows, serving, m, r.horizon)?) else {
+            continue;
+        };
+        let mut abs = vec![(0.0f64, 0.0f64, 0usize); n_ent];
+        for i in 0..rows.len() {
+            let y = ds.target(rows, i, m, r.horizon);
+            if !y.is_finite() {
+                continue;
+            }
+            let e = rows.entity[i] as usize;
+            abs[e].0 += f64::from((c[i].0 - y).abs());
+            abs[e].1 += f64::from((s[i].0 - y).abs());
+            abs[e].2 += 1;
+        }
+        for (e, (ce, se, n)) in abs.into_iter().enumerate() {
+            if n > 0 && se > 0.0 && ce.is_finite() {
+                ratio_sum[e] += ce / se;
+                heads[e] += 1;
+            }
+        }
+    }
+    let imp: Vec<f64> = ratio_sum.iter().zip(&heads).filter(|(_, h)| **h > 0).map(|(s, h)| 1.0 - s / *h as f64).collect();
+    anyhow::ensure!(!imp.is_empty(), "no entity of the holdout could be scored by both versions");
+    let mean = imp.iter().sum::<f64>() / imp.len() as f64;
+    anyhow::ensure!(mean.is_finite(), "non-finite per-entity improvement on the holdout");
+    let mut state = 0x853c_49e6_748f_ea9bu64;
+    let mut means: Vec<f64> = (0..1000)
+        .map(|_| {
+            (0..imp.len())
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    imp[((state >> 33) as usize) % imp.len()]
+                })
+                .sum::<f64>()
+                / imp.len() as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    Ok(EntityComparison { entities: imp.len(), mean, lower_bound: means[50] })
+}
+
 /// The run's parameters, as recorded.
 #[derive(Debug, Serialize)]
 struct Params<'a> {
@@ -405,18 +469,20 @@ impl Retrainer {
         rec.candidate = Some(version.clone());
 
         // The serving version on the same holdout. None serving: the candidate is the first.
-        let comparison = match serving {
-            None => None,
+        let (comparison, entities) = match serving {
+            None => (None, None),
             Some(s) => {
                 let set: ModelSet = artifact::read_model_set(&c.models.dir.join(s), ds.layout.id())
                     .map_err(|e| anyhow::anyhow!("the serving version cannot be scored on this data: {e}"))?;
                 let serv_bt = backtest::backtest(&ds, &set, &baselines, &[])?;
-                Some(compare(&cand_bt, &serv_bt, &c.models.family)?)
+                (Some(compare(&cand_bt, &serv_bt, &c.models.family)?), Some(compare_entities(&ds, &candidate, &set)?))
             }
         };
-        let improvement = comparison.as_ref().map_or(1.0, |x| x.improvement);
+        // The gate: the lower bound of the per-entity improvement.
+        let improvement = entities.as_ref().map_or(1.0, |x| x.lower_bound);
         rec.metrics = Some(serde_json::to_string(&serde_json::json!({
             "comparison": comparison,
+            "entities": entities,
             "candidate": cand_bt.rows.iter().filter(|r| r.model == c.models.family)
                 .map(|r| (format!("{}/h{}", r.target, r.horizon_slots), r.scores.mase)).collect::<BTreeMap<_, _>>(),
         }))?);
@@ -425,13 +491,17 @@ impl Retrainer {
             .flat_map(|x| x.heads.iter())
             .map(|h| (format!("{}_h{}_mase", h.target, h.horizon_slots), h.candidate_mase))
             .chain(std::iter::once(("improvement".to_owned(), improvement)))
+            .chain(comparison.iter().map(|x| ("pooled_mase_improvement".to_owned(), x.improvement)))
+            .chain(entities.iter().map(|x| ("entity_improvement_mean".to_owned(), x.mean)))
             .collect();
         let schema = ds.layout.id().to_owned();
         if serving.is_some() && improvement < c.promotion.margin {
             let reason = format!(
-                "candidate improves mean MASE by {:.2} % on the holdout, below the {:.2} % margin",
+                "candidate's per-entity improvement on the holdout: mean {:.2} %, lower bound {:.2} %, below the {:.2} % margin (pooled MASE {:.2} %)",
+                entities.as_ref().map_or(f64::NAN, |x| x.mean) * 100.0,
                 improvement * 100.0,
-                c.promotion.margin * 100.0
+                c.promotion.margin * 100.0,
+                comparison.as_ref().map_or(f64::NAN, |x| x.improvement) * 100.0
             );
             if let Err(e) = self.announce(&version, ModelEventKind::Rejected, &schema, metrics, Some(reason.clone())) {
                 tracing::warn!(error = %e, "rejection not announced");
@@ -440,7 +510,7 @@ impl Retrainer {
         }
         let before = Registry::read(&c.models.dir)?;
         Registry::promote(&c.models.dir, &version)?;
-        if let Err(e) = self.announce(&version, ModelEventKind::Promoted, &schema, metrics, Some(format!("retrained: mean MASE {:.2} % better", improvement * 100.0))) {
+        if let Err(e) = self.announce(&version, ModelEventKind::Promoted, &schema, metrics, Some(format!("retrained: per-entity improvement lower bound {:.2} %", improvement * 100.0))) {
             before.write(&c.models.dir)?;
             anyhow::bail!("{e:#}; the promotion was undone");
         }

@@ -35,6 +35,9 @@ enum Command {
     },
 }
 
+/// started, trigger, status, candidate, improvement, seconds, detail
+type RunRow = (String, String, String, Option<String>, Option<f64>, Option<f64>, Option<String>);
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref())?;
@@ -61,7 +64,7 @@ fn main() -> anyhow::Result<()> {
                     Ok(())
                 }
                 Command::Runs { limit } => {
-                    let rows: Vec<(String, String, String, Option<String>, Option<f64>, Option<f64>, Option<String>)> = rt.block_on(
+                    let rows: Vec<RunRow> = rt.block_on(
                         sqlx::query_as(
                             "SELECT to_char(started_at, 'YYYY-MM-DD HH24:MI:SS'), trigger, status, candidate_version, improvement, duration_s, detail
                              FROM retrain_runs WHERE model_name = $1 ORDER BY started_at DESC LIMIT $2",

@@ -201,19 +201,7 @@ impl Config {
 
 /// `url` with `password` (percent-encoded) in its user info.
 pub fn with_password(url: &str, password: &str) -> Result<String, ConfigError> {
-    let bad = || ConfigError::Invalid("key `postgres.url` needs a user (postgres://USER@HOST/DB) to take a password".into());
-    let scheme_end = url.find("://").ok_or_else(bad)? + 3;
-    let at = url[scheme_end..].find('@').ok_or_else(bad)? + scheme_end;
-    let user = url[scheme_end..at].split(':').next().unwrap_or_default();
-    let mut enc = String::new();
-    for b in password.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            enc.push(b as char);
-        } else {
-            enc.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
+    headroom_store::with_password(url, password).map_err(ConfigError::Invalid)
 }
 
 fn url_ok(url: &str) -> Result<(), ConfigError> {
