@@ -28,8 +28,9 @@ use sqlx::PgPool;
 use crate::config::Config;
 use crate::data;
 
-/// The advisory lock key of retrain runs (one run at a time per database).
-const LOCK_KEY: i64 = 0x6865_6164_7274_726e; // "headrtrn"
+/// The advisory lock of retrain runs: one run at a time per model family and schema (the
+/// registry a run writes), whatever the number of retrainers and manual runs.
+const LOCK: &str = "hashtext('headroom-retrain/' || current_schema() || '/' || $1)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -316,7 +317,11 @@ impl Retrainer {
             Ok(c) => c,
             Err(e) => return Outcome::Failed { reason: format!("postgres: {e}") },
         };
-        let got: Result<bool, _> = self.rt.block_on(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *lock));
+        let got: Result<bool, _> = self.rt.block_on(
+            sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({LOCK})"))
+                .bind(&self.cfg.models.family)
+                .fetch_one(&mut *lock),
+        );
         match got {
             Ok(true) => {}
             Ok(false) => return Outcome::Busy,
@@ -383,7 +388,11 @@ impl Retrainer {
                 outcome
             }
         };
-        let _ = self.rt.block_on(sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock));
+        let _ = self.rt.block_on(
+            sqlx::query(&format!("SELECT pg_advisory_unlock({LOCK})"))
+                .bind(&self.cfg.models.family)
+                .execute(&mut *lock),
+        );
         tracing::info!(run = %run_id, trigger = trigger.kind.as_str(), outcome = ?outcome, seconds = started.elapsed().as_secs_f64(), "retrain run finished");
         outcome
     }

@@ -165,6 +165,13 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, health: Arc
                 o
             });
             m.runs.with_label_values(&[trigger.kind.as_str(), outcome.label()]).inc();
+            if outcome == Outcome::Busy {
+                // Another run (a manual one, another retrainer) holds the lock: try again later,
+                // with the alerts kept, and without committing them.
+                tracing::info!("another retrain run is in progress; this trigger waits");
+                pending = Some((Instant::now(), trigger));
+                continue;
+            }
             last_run = Some(Instant::now());
             // The alerts that led here are handled: commit what was consumed up to now.
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

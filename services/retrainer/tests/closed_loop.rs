@@ -236,19 +236,20 @@ async fn closed_loop(shift: Shift) {
     let first = fleet(0, 6, shift);
     produce(&brokers, &l.topic("telemetry.raw"), &first.iter().map(rec).collect::<Vec<_>>());
     let n = first.len();
-    let ok = eventually(Duration::from_secs(240), || {
+    // Bounds for a busy 2-core machine running the rest of the suite beside, not speed checks.
+    let ok = eventually(Duration::from_secs(600), || {
         consume(&brokers, &l.topic("forecasts"), n, Duration::from_secs(2), Duration::ZERO).len() >= n
     })
     .await;
     assert!(ok, "every telemetry record was scored");
     // The sink keeps one-minute rollups for 30 days (raw rows for 3): the retrainer reads them.
     let stored = |pg: String| async move { count(&pg, "SELECT count(*) FROM telemetry_1m").await };
-    assert!(eventually(Duration::from_secs(120), || futures_lite(stored(l.pg.clone())) >= n as i64).await, "the sink stored the fleet");
+    assert!(eventually(Duration::from_secs(300), || futures_lite(stored(l.pg.clone())) >= n as i64).await, "the sink stored the fleet");
 
     // 2. Drift monitor and retrainer join.
     let loop_services = start_loop(&l, 0.05).await;
     let _guards2: Vec<StopOnDrop> = loop_services.iter().map(|h| StopOnDrop(h.shutdown.clone())).collect();
-    let run_done = eventually(Duration::from_secs(600), || {
+    let run_done = eventually(Duration::from_secs(1200), || {
         futures_lite(count(&l.pg, "SELECT count(*) FROM retrain_runs WHERE trigger = 'drift' AND status <> 'running'")) >= 1
     })
     .await;
@@ -289,7 +290,7 @@ async fn closed_loop(shift: Shift) {
         produce(&brokers, &l.topic("telemetry.raw"), &more.iter().map(rec).collect::<Vec<_>>());
         let total = n + more.len();
         let mut forecasts: Vec<Forecast> = Vec::new();
-        let ok = eventually(Duration::from_secs(240), || {
+        let ok = eventually(Duration::from_secs(600), || {
             forecasts = consume(&brokers, &l.topic("forecasts"), total, Duration::from_secs(3), Duration::ZERO)
                 .iter()
                 .map(|m| Forecast::decode(m.payload().unwrap()).unwrap())

@@ -163,6 +163,14 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let r = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(c2, rt)).await.unwrap().unwrap());
     assert_eq!(runs(&url).await[0].1, "interrupted");
 
+    // 0. Another run holds the lock (here: this test's session): the run says so and does nothing.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let key = "hashtext('headroom-retrain/' || current_schema() || '/' || 'xgboost')";
+    sqlx::query(&format!("SELECT pg_advisory_lock({key})")).execute(&mut holder).await.unwrap();
+    assert_eq!(run(&r, TriggerKind::Manual).await, Outcome::Busy);
+    sqlx::query(&format!("SELECT pg_advisory_unlock({key})")).execute(&mut holder).await.unwrap();
+    assert_eq!(runs(&url).await.len(), 1, "a busy run records nothing");
+
     // 1. A manual run beats the weak version by far and is promoted.
     let Outcome::Promoted { version: v1, improvement } = run(&r, TriggerKind::Manual).await else {
         panic!("expected a promotion: {:?}", runs(&url).await)

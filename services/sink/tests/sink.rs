@@ -155,6 +155,8 @@ fn drift_alert(ts: i64) -> Vec<u8> {
             ("window_start_ms", Value::Long(ts - 3_600_000)),
             ("window_end_ms", Value::Long(ts)),
             ("state", Value::Enum(0, "OPEN".into())),
+            ("scope", union(Some(Value::String("features:partitions:0".into())))),
+            ("details", Value::Map([("ks_p".to_owned(), Value::Double(1e-6))].into())),
         ],
     )
 }

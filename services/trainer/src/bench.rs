@@ -117,3 +117,106 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `headroom-train bench-train`: one head's training (the retrainer's and `train`'s code path:
+/// DMatrix from the dataset's rows, multi-quantile `reg:quantileerror` on the change from the
+/// anchor) against the Python `xgboost` package's `xgb.train` on the same rows, labels, weights
+/// and parameters, in the same run.
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
+    /// Use every N-th slot.
+    #[arg(long, default_value_t = 4)]
+    pub train_stride: usize,
+    /// The head: target (cpu, mem, net) and horizon in slots.
+    #[arg(long, default_value = "cpu")]
+    pub target: String,
+    #[arg(long, default_value_t = 3)]
+    pub horizon: usize,
+    /// Boosting rounds, all of them on both sides (no early stopping).
+    #[arg(long, default_value_t = 100)]
+    pub rounds: u32,
+    #[arg(long, default_value_t = 8)]
+    pub max_depth: u32,
+    /// Threads on both sides (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
+    #[arg(long, env = "HEADROOM_PYTHON")]
+    pub python: PathBuf,
+}
+
+pub fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
+    use headroom_forecast::{Dataset, DatasetOptions, Split, TARGETS};
+    let m = TARGETS
+        .iter()
+        .position(|t| *t == a.target)
+        .ok_or_else(|| anyhow::anyhow!("unknown --target {} (known: {})", a.target, TARGETS.join(", ")))?;
+    let t = Instant::now();
+    let records = a.source.read()?;
+    let n_records = records.len();
+    let ds = Dataset::build(
+        records,
+        &DatasetOptions { horizons: vec![a.horizon], split: Split::None, train_stride: a.train_stride, ..DatasetOptions::default() },
+    )?;
+    let rows = &ds.train;
+    eprintln!("{n_records} records -> {} rows x {} inputs, {} entities, {:.1} s", rows.len(), rows.n_features, ds.series.len(), t.elapsed().as_secs_f64());
+    let (mut y, mut w) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    for i in 0..rows.len() {
+        let d = ds.target(rows, i, m, a.horizon) - ds.anchor(rows, i, m);
+        y.push(if d.is_finite() { d } else { 0.0 });
+        w.push(if d.is_finite() { 1.0 } else { 0.0 });
+    }
+    let params = XgbParams { rounds: a.rounds, max_depth: a.max_depth, early_stopping_rounds: 0, nthread: a.threads, ..XgbParams::default() };
+    let quantiles = vec![0.5f32, 0.9];
+
+    let t = Instant::now();
+    let mut d = xgb::matrix(&rows.x, rows.len())?;
+    let rust_dmatrix = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let trained = xgb::train(&mut d, Labels { y: &y, w: &w }, None, &Objective::Quantiles(quantiles.clone()), &params, Device::Cpu, &mut |_, _| {})?;
+    let rust_train = t.elapsed().as_secs_f64();
+    drop(d);
+
+    let n_check = rows.len().min(10_000);
+    let check = &rows.x[..n_check * rows.n_features];
+    let b = InplaceBooster::from_bytes(&trained.model)?;
+    let mut out = Vec::new();
+    b.predict(check, n_check, &mut out)?;
+    let checksum: f64 = out.iter().map(|v| f64::from(*v)).sum();
+
+    let dir = tempfile::tempdir()?;
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.path().join("x.f32"), f32s(&rows.x))?;
+    std::fs::write(dir.path().join("y.f32"), f32s(&y))?;
+    std::fs::write(dir.path().join("w.f32"), f32s(&w))?;
+    std::fs::write(dir.path().join("check.f32"), f32s(check))?;
+    let p = serde_json::json!({
+        "n_cols": rows.n_features, "rounds": a.rounds,
+        "booster": "gbtree", "tree_method": "hist", "device": "cpu", "verbosity": 0,
+        "max_depth": params.max_depth, "eta": params.eta, "subsample": params.subsample,
+        "colsample_bytree": params.colsample_bytree, "min_child_weight": params.min_child_weight,
+        "lambda": params.lambda, "max_bin": params.max_bin, "seed": params.seed,
+        "nthread": if a.threads == 0 { -1 } else { a.threads as i64 },
+        "objective": "reg:quantileerror", "quantile_alpha": quantiles, "base_score": 0.0,
+    });
+    std::fs::write(dir.path().join("params.json"), serde_json::to_vec(&p)?)?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../load-tests/python/xgb_train.py");
+    let o = Command::new(&a.python).arg(script).arg(dir.path()).output()?;
+    anyhow::ensure!(o.status.success(), "python reference failed: {}", String::from_utf8_lossy(&o.stderr));
+    let py: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let py_dmatrix = py["dmatrix_s"].as_f64().unwrap_or(f64::NAN);
+    let py_train = py["train_s"].as_f64().unwrap_or(f64::NAN);
+    let py_sum = py["checksum"].as_f64().unwrap_or(f64::NAN);
+    let rel = (py_sum - checksum).abs() / checksum.abs().max(1.0);
+    println!(
+        "{} rows x {} inputs, {} rounds depth {}, quantiles 0.5/0.9, XGBoost {} (python package {})",
+        rows.len(), rows.n_features, a.rounds, a.max_depth, headroom_forecast::xgb::ffi::version(), py["xgboost"]
+    );
+    println!("headroom: DMatrix {rust_dmatrix:.1} s, train {rust_train:.1} s; python: DMatrix {py_dmatrix:.1} s, train {py_train:.1} s; prediction sums differ by {rel:.2e} (relative)");
+    println!(
+        "RESULT xgb_train rows={} inputs={} rounds={} depth={} threads={} rust_dmatrix_s={rust_dmatrix:.2} rust_train_s={rust_train:.2} python_dmatrix_s={py_dmatrix:.2} python_train_s={py_train:.2} ratio_train={:.3} ratio_total={:.3} prediction_rel_diff={rel:.2e}",
+        rows.len(), rows.n_features, a.rounds, a.max_depth, a.threads, rust_train / py_train, (rust_dmatrix + rust_train) / (py_dmatrix + py_train)
+    );
+    Ok(())
+}

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Benchmark: XGBoost prediction here against Python's inplace_predict (same model, rows).
     BenchPredict(bench::BenchArgs),
+    /// Benchmark: one head's training here (the retrainer's code path) against Python's
+    /// xgb.train on the same rows, labels and parameters.
+    BenchTrain(bench::TrainBenchArgs),
     /// Replay the test period through features, models and the capacity policy, against a
     /// reactive threshold autoscaler, a p90 + 15 % rightsizer and static peak provisioning.
     PolicyBacktest(PolicyArgs),
@@ -179,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::BenchPredict(a) => return bench::run(&a),
+        Command::BenchTrain(a) => return bench::train(&a),
         Command::PolicyBacktest(a) => return policy(a),
     };
     run(args, evaluate)
