@@ -139,12 +139,11 @@ impl FeatureMonitor {
         if start < self.closed_until {
             self.late += 1;
         } else {
-            let n = self.watched.len();
-            let bins: Vec<usize> = self.watched.iter().map(|w| self.reference.features[w.reference].shares.len()).collect();
-            let win = self.windows.entry(start).or_insert_with(|| Window {
-                counts: bins.iter().map(|&b| vec![0; b]).collect(),
-                missing: vec![0; n],
-            });
+            if !self.windows.contains_key(&start) {
+                let counts = self.watched.iter().map(|w| vec![0; self.reference.features[w.reference].shares.len()]).collect();
+                self.windows.insert(start, Window { counts, missing: vec![0; self.watched.len()] });
+            }
+            let win = self.windows.get_mut(&start).expect("window just ensured");
             for (k, w) in self.watched.iter().enumerate() {
                 match values.get(w.index) {
                     Some(x) if x.is_finite() => win.counts[k][self.reference.features[w.reference].bin(*x)] += 1,
