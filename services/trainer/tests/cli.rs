@@ -151,3 +151,28 @@ fn policy_backtest_compares_the_policies_on_the_same_demand() {
     assert_eq!(&png[1..4], b"PNG");
     assert!(report.join("capacity-0.png").exists());
 }
+
+#[test]
+fn bench_train_matches_python_xgboost_on_the_same_rows() {
+    // The Python side needs the project venv (scripts/test.sh sets HEADROOM_PYTHON); no skip.
+    assert!(
+        std::env::var("HEADROOM_PYTHON").is_ok_and(|p| !p.is_empty()),
+        "HEADROOM_PYTHON is not set: run the suite through scripts/test.sh"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(dir.path(), "bench-train", &["--horizon", "3", "--train-stride", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result = stdout.lines().last().unwrap_or_default();
+    assert!(result.starts_with("RESULT xgb_train "), "{stdout}");
+    let field = |k: &str| {
+        result
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{k} missing in {result}"))
+    };
+    // The same library, rows, labels and parameters give the same model.
+    assert!(field("prediction_rel_diff") < 1e-6, "{result}");
+    assert!(field("rust_train_s") > 0.0 && field("python_train_s") > 0.0);
+    assert_eq!(field("rounds"), 30.0);
+}
