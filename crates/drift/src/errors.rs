@@ -153,21 +153,26 @@ impl ErrorMonitor {
             self.stats.unusable += 1;
             return;
         };
-        let version = version_of(&first.model).to_owned();
+        // No allocation and no copy of the settings per forecast: borrow them, and key the
+        // entity by an owned id only when it is new.
+        let version = version_of(&first.model);
         let slot = self.slot(f.ts_ms);
-        let cfg = self.cfg.clone();
-        let reference = self.references.get(&version).cloned();
+        let cfg = &self.cfg;
+        let reference = self.references.get(version);
         let interval = self.interval_ms;
-        let e = self.entities.entry(f.entity_id.clone()).or_default();
+        if !self.entities.contains_key(&f.entity_id) {
+            self.entities.insert(f.entity_id.clone(), EntityState::default());
+        }
+        let e = self.entities.get_mut(&f.entity_id).expect("entity just ensured");
         if e.version != version {
             // Another model: the old episodes end, the detectors start again.
             for h in &mut e.heads {
                 if let Some(ep) = h.open.take() {
-                    out.push(alert(&f.entity_id, &e.version, h, &ep, AlertState::Resolved, f.ts_ms, &cfg, true));
+                    out.push(alert(&f.entity_id, &e.version, h, &ep, AlertState::Resolved, f.ts_ms, cfg, true));
                 }
             }
             *e = EntityState {
-                version: version.clone(),
+                version: version.to_owned(),
                 ..EntityState::default()
             };
         }
@@ -191,7 +196,7 @@ impl ErrorMonitor {
             };
             self.stats.joined += 1;
             let err = (p.p50 - actual).abs();
-            update_head(&f.entity_id, &version, h, err, f.ts_ms, &cfg, out);
+            update_head(&f.entity_id, version, h, err, f.ts_ms, cfg, out);
         }
 
         // 2. Queue this forecast's points (kept sorted by target slot).
