@@ -62,7 +62,9 @@ pub fn for_xgboost(choice: DeviceChoice) -> anyhow::Result<Device> {
     resolve(choice, nvidia_gpu_present(), lib_cuda, "XGBoost's library was built without CUDA (install the `xgboost` wheel's library instead of `xgboost-cpu` and point XGBOOST_LIB_DIR at it)")
 }
 
-pub(crate) fn resolve(
+/// The rule shared by every backend: `gpu` is whether a GPU is present, `backend_cuda` whether
+/// this backend can use it (`why_backend` says why not).
+pub fn resolve(
     choice: DeviceChoice,
     gpu: bool,
     backend_cuda: bool,

@@ -1,0 +1,21 @@
+//! LSTM and GRU forecasters for headroom, on burn.
+//!
+//! * [`channels`]: the per-step inputs, one streaming encoder shared by training and serving;
+//! * [`net`]: the recurrent networks (fused-gate LSTM and GRU layers, optionally stacked and
+//!   bidirectional, with quantile heads that never cross);
+//! * [`model`]: fitting with early stopping and checkpoints, saving, loading and predicting;
+//! * [`backend`]: device selection (`auto | cpu | cuda`) and the burn backends.
+//!
+//! The models are trained and scored on the same dataset rows as the XGBoost models
+//! (`headroom_forecast::Dataset`), so their scores sit side by side in one report.
+
+pub mod backend;
+pub mod channels;
+pub mod model;
+pub mod net;
+
+pub use model::{fit, save, Fitted, NeuralMeta, NeuralOptions, Predictor};
+pub use net::Cell;
+
+#[cfg(test)]
+mod tests;
