@@ -6,6 +6,8 @@
 //!                                     feature distributions, status
 //! <root>/<version>/xgb-cpu-h3.ubj     XGBoost's own serialisation, one file per model
 //! <root>/<version>/peak-classifier.ubj
+//! <root>/<version>/lstm.json, lstm.mpk  a neural model (headroom-neural): its description and
+//!                                     burn's record of its weights; gru.json, gru.mpk likewise
 //! ```
 //!
 //! A version is immutable once written (the directory is written under a temporary name and
@@ -59,6 +61,33 @@ pub struct ModelFile {
     pub validation_metric: String,
 }
 
+/// One neural model of a version. This crate only lists it; `headroom-neural` reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NeuralFile {
+    /// `lstm` or `gru`.
+    pub family: String,
+    pub meta_file: String,
+    pub weights_file: String,
+    pub targets: Vec<String>,
+    pub input_len: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub bidirectional: bool,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
+    pub best_validation_loss: f64,
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
+    pub seconds: f64,
+}
+
+/// A neural model to write into a version: its entry and its files' bytes.
+#[derive(Debug, Clone)]
+pub struct NeuralArtifact {
+    pub entry: NeuralFile,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 /// What a version is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -83,6 +112,9 @@ pub struct Manifest {
     pub device: String,
     pub xgboost_version: String,
     pub models: Vec<ModelFile>,
+    /// The neural models (absent in versions written before they existed).
+    #[serde(default)]
+    pub neural: Vec<NeuralFile>,
     /// Test-period scores when the version was backtested.
     pub metrics: Option<Backtest>,
     pub reference: Vec<Reference>,
@@ -171,9 +203,27 @@ pub fn write(
     metrics: Option<&Backtest>,
     now_ms: i64,
 ) -> anyhow::Result<(Manifest, PathBuf)> {
+    write_with(root, ds, models, &[], metrics, now_ms)
+}
+
+/// [`write`], with neural models beside the XGBoost ones.
+pub fn write_with(
+    root: &Path,
+    ds: &Dataset,
+    models: &ModelSet,
+    neural: &[NeuralArtifact],
+    metrics: Option<&Backtest>,
+    now_ms: i64,
+) -> anyhow::Result<(Manifest, PathBuf)> {
     let version = new_version(now_ms);
     let tmp = root.join(format!(".{version}.tmp"));
     fs::create_dir_all(&tmp)?;
+    for n in neural {
+        for (name, bytes) in &n.files {
+            anyhow::ensure!(!name.contains('/') && !name.starts_with('.'), "bad model file name {name}");
+            fs::write(tmp.join(name), bytes)?;
+        }
+    }
     let mut files = Vec::new();
     for r in &models.regressors {
         let file = file_name("regressor", Some(&r.target), r.horizon);
@@ -225,6 +275,7 @@ pub fn write(
         device: models.device.to_string(),
         xgboost_version: crate::xgb::ffi::version(),
         models: files,
+        neural: neural.iter().map(|n| n.entry.clone()).collect(),
         metrics: metrics.cloned(),
         reference: reference(&ds.input_names(), &ds.train, 100_000),
     };

@@ -316,6 +316,37 @@ pub fn predict(ds: &Dataset, rows: &Rows, models: &ModelSet, m: usize, h: usize)
     predict_levels(ds, rows, m, &booster, r.quantiles.len()).map(Some)
 }
 
+/// MAPE's floor: 1 % of the mean |actual| of the rows.
+fn mape_floor(ds: &Dataset, rows: &Rows, m: usize) -> f64 {
+    let (s, n) = (0..rows.len())
+        .map(|i| ds.now(rows, i, m))
+        .filter(|v| v.is_finite())
+        .fold((0.0f64, 0u64), |(s, n), v| (s + f64::from(v.abs()), n + 1));
+    0.01 * s / n.max(1) as f64
+}
+
+/// The backtest row of another forecaster's `(p50, p90)` levels for every test row, target `m`
+/// and horizon `h` slots, scored exactly as the XGBoost and baseline rows are.
+pub fn score_row(ds: &Dataset, model: &str, m: usize, h: usize, pred: &[(f32, f32)]) -> anyhow::Result<Row> {
+    let rows = &ds.test;
+    anyhow::ensure!(pred.len() == rows.len(), "{model}: {} forecasts for {} test rows", pred.len(), rows.len());
+    let mut acc = Accumulator::new(mape_floor(ds, rows, m));
+    for (i, (p50, p90)) in pred.iter().enumerate() {
+        let a = ds.target(rows, i, m, h);
+        if a.is_finite() {
+            acc.add(*p50, a);
+            acc.add_p90(*p90, a);
+        }
+    }
+    Ok(Row {
+        model: model.into(),
+        target: TARGETS[m].into(),
+        horizon_slots: h,
+        horizon_minutes: h as f64 * ds.interval_ms as f64 / 60_000.0,
+        scores: acc.scores_with(ds.naive_scale(m, 1), ds.naive_scale(m, h)),
+    })
+}
+
 /// Scores the models and the baselines on the test rows. `plot_entities` picks entities whose
 /// CPU forecasts are kept for the plots.
 pub fn backtest(
@@ -345,14 +376,7 @@ pub fn backtest(
         let scale = ds.naive_scale(m, 1);
         let mut xgb_at: BTreeMap<usize, Vec<(f32, f32)>> = BTreeMap::new();
         naive_scale.insert(TARGETS[m].to_owned(), scale);
-        // MAPE's floor: 1 % of the mean |actual| of the test period.
-        let floor = {
-            let (s, n) = (0..rows.len())
-                .map(|i| ds.now(rows, i, m))
-                .filter(|v| v.is_finite())
-                .fold((0.0f64, 0u64), |(s, n), v| (s + f64::from(v.abs()), n + 1));
-            0.01 * s / n.max(1) as f64
-        };
+        let floor = mape_floor(ds, rows, m);
         for &h in &ds.horizons {
             let scale_h = ds.naive_scale(m, h);
             naive_scale_h.insert(format!("{}/h{h}", TARGETS[m]), scale_h);

@@ -14,7 +14,7 @@ pub mod channels;
 pub mod model;
 pub mod net;
 
-pub use model::{fit, save, Fitted, NeuralMeta, NeuralOptions, Predictor};
+pub use model::{artifact, fit, save, score, Fitted, NeuralMeta, NeuralOptions, Predictor};
 pub use net::Cell;
 
 #[cfg(test)]

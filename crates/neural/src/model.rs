@@ -492,3 +492,39 @@ pub fn save(dir: &Path, f: &Fitted) -> anyhow::Result<(String, String)> {
 }
 
 use burn::tensor::ElementConversion;
+
+/// The entry and files of a fitted model, for a model version.
+pub fn artifact(f: &Fitted) -> anyhow::Result<headroom_forecast::artifact::NeuralArtifact> {
+    let fam = &f.meta.family;
+    let (meta_file, weights_file) = (format!("{fam}.json"), format!("{fam}.mpk"));
+    Ok(headroom_forecast::artifact::NeuralArtifact {
+        entry: headroom_forecast::artifact::NeuralFile {
+            family: fam.clone(),
+            meta_file: meta_file.clone(),
+            weights_file: weights_file.clone(),
+            targets: f.meta.targets.clone(),
+            input_len: f.meta.input_len,
+            hidden: f.meta.architecture.hidden,
+            layers: f.meta.architecture.layers,
+            bidirectional: f.meta.architecture.bidirectional,
+            epochs: f.meta.epochs,
+            best_epoch: f.meta.best_epoch,
+            best_validation_loss: f.meta.best_validation_loss,
+            seconds: f.meta.seconds,
+        },
+        files: vec![(meta_file, serde_json::to_vec_pretty(&f.meta)?), (weights_file, f.weights.clone())],
+    })
+}
+
+/// The backtest rows of a model on the dataset's test rows (model name = the family).
+pub fn score(ds: &Dataset, p: &Predictor) -> anyhow::Result<Vec<headroom_forecast::backtest::Row>> {
+    let pred = p.predict_rows(ds, &ds.test)?;
+    let nh = ds.horizons.len();
+    let mut rows = Vec::new();
+    for (t, &m) in p.target_index.iter().enumerate() {
+        for (k, &h) in ds.horizons.iter().enumerate() {
+            rows.push(headroom_forecast::backtest::score_row(ds, &p.meta.family, m, h, &pred[t * nh + k])?);
+        }
+    }
+    Ok(rows)
+}

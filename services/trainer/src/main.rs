@@ -23,6 +23,7 @@ use headroom_forecast::backtest::{self, FitOptions, Progress};
 use headroom_forecast::baselines::BaselineOptions;
 use headroom_forecast::xgb::XgbParams;
 use headroom_forecast::{artifact, Dataset, DatasetOptions, DeviceChoice, Split, TARGETS};
+use headroom_neural::{Cell, NeuralOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -142,6 +143,47 @@ struct Common {
     /// Entities plotted (the ones with the most CPU variance in the test period).
     #[arg(long, default_value_t = 3)]
     plots: usize,
+    /// Model families to fit: xgboost, lstm, gru.
+    #[arg(long, value_delimiter = ',', default_value = "xgboost,lstm,gru")]
+    models: Vec<String>,
+    #[command(flatten)]
+    nn: NeuralArgs,
+}
+
+/// Options of the LSTM and GRU models.
+#[derive(Args, Clone)]
+struct NeuralArgs {
+    /// Steps (sampling intervals) of history the recurrent models read.
+    #[arg(long, default_value_t = 24)]
+    input_len: usize,
+    #[arg(long, default_value_t = 64)]
+    nn_hidden: usize,
+    #[arg(long, default_value_t = 2)]
+    nn_layers: usize,
+    #[arg(long, default_value_t = 0.1)]
+    nn_dropout: f64,
+    /// Read the input window in both directions.
+    #[arg(long)]
+    nn_bidirectional: bool,
+    /// Upper bound of epochs (early stopping on the last 10 % of the training period).
+    #[arg(long, default_value_t = 20)]
+    nn_epochs: usize,
+    /// Epochs without improvement before stopping.
+    #[arg(long, default_value_t = 3)]
+    nn_patience: usize,
+    /// Training windows drawn per epoch (0: every training row).
+    #[arg(long, default_value_t = 100_000)]
+    nn_samples_per_epoch: usize,
+    #[arg(long, default_value_t = 256)]
+    nn_batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    nn_lr: f64,
+    #[arg(long, default_value_t = 7)]
+    nn_seed: u64,
+    /// Where the best weights so far and the loss history are written during training
+    /// (default: `<out>/checkpoints`).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
 }
 
 struct Bar {
@@ -204,6 +246,7 @@ fn policy(a: PolicyArgs) -> anyhow::Result<()> {
     // The policy reads CPU and memory forecasts only.
     common.targets = vec!["cpu".into(), "mem".into()];
     common.no_classifier = true;
+    common.models = vec!["xgboost".into()];
     let (ds, models) = match &a.models_version {
         Some(dir) => {
             let ds = dataset(&common, true)?;
@@ -315,9 +358,17 @@ fn target_indices(args: &Common) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-/// Fits the models the arguments ask for on the dataset's training rows.
+/// Fits the XGBoost models the arguments ask for on the dataset's training rows (none when
+/// `--models` leaves XGBoost out).
 fn fit(args: &Common, ds: &Dataset) -> anyhow::Result<backtest::ModelSet> {
     let targets = target_indices(args)?;
+    if !args.models.iter().any(|m| m == "xgboost") {
+        return Ok(backtest::ModelSet {
+            device: headroom_forecast::Device::Cpu,
+            regressors: Vec::new(),
+            classifier: None,
+        });
+    }
     let opts = FitOptions {
         xgb: XgbParams {
             rounds: args.rounds,
@@ -346,8 +397,96 @@ fn fit(args: &Common, ds: &Dataset) -> anyhow::Result<backtest::ModelSet> {
     Ok(models)
 }
 
+/// One line per epoch (the neural models train two at a time, one per core).
+struct Lines {
+    name: String,
+    epochs: u32,
+    started: Instant,
+}
+
+impl Progress for Lines {
+    fn model_started(&mut self, name: &str, epochs: u32) {
+        self.name = name.to_owned();
+        self.epochs = epochs;
+        self.started = Instant::now();
+    }
+    fn round(&mut self, epoch: u32, loss: Option<f64>) {
+        eprintln!(
+            "  {} epoch {}/{}: validation pinball {:.5} ({:.0} s)",
+            self.name,
+            epoch + 1,
+            self.epochs,
+            loss.unwrap_or(f64::NAN),
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+    fn model_done(&mut self, name: &str, seconds: f64) {
+        eprintln!("  {name}: {seconds:.1} s");
+    }
+}
+
+/// Fits the LSTM and GRU models `--models` asks for, in parallel (one core each).
+fn fit_neural(args: &Common, ds: &Dataset) -> anyhow::Result<Vec<headroom_neural::Fitted>> {
+    let targets = target_indices(args)?;
+    let cells: Vec<Cell> = args
+        .models
+        .iter()
+        .filter_map(|m| match m.as_str() {
+            "lstm" => Some(Ok(Cell::Lstm)),
+            "gru" => Some(Ok(Cell::Gru)),
+            "xgboost" => None,
+            other => Some(Err(anyhow::anyhow!("unknown model family `{other}` (known: xgboost, lstm, gru)"))),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let checkpoints = args.nn.checkpoint_dir.clone().unwrap_or_else(|| args.out.join("checkpoints"));
+    let n = &args.nn;
+    let t = Instant::now();
+    let fitted = std::thread::scope(|scope| {
+        let handles: Vec<_> = cells
+            .iter()
+            .map(|&cell| {
+                let opts = NeuralOptions {
+                    cell,
+                    hidden: n.nn_hidden,
+                    layers: n.nn_layers,
+                    dropout: n.nn_dropout,
+                    bidirectional: n.nn_bidirectional,
+                    input_len: n.input_len,
+                    targets: targets.clone(),
+                    max_epochs: n.nn_epochs,
+                    patience: n.nn_patience,
+                    samples_per_epoch: n.nn_samples_per_epoch,
+                    batch_size: n.nn_batch,
+                    learning_rate: n.nn_lr,
+                    seed: n.nn_seed,
+                    device: args.device,
+                    ..NeuralOptions::default()
+                };
+                let dir = checkpoints.clone();
+                scope.spawn(move || {
+                    let mut p = Lines {
+                        name: String::new(),
+                        epochs: 0,
+                        started: Instant::now(),
+                    };
+                    headroom_neural::fit(ds, &opts, Some(&dir), &mut p)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a neural training thread panicked"))?)
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    if !fitted.is_empty() {
+        eprintln!("fitted {} neural models in {:.1} s", fitted.len(), t.elapsed().as_secs_f64());
+    }
+    Ok(fitted)
+}
+
 fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let (ds, models) = prepare(&args, evaluate)?;
+    let neural = fit_neural(&args, &ds)?;
     let interval = args.sampling_interval;
     let slots = |d: Duration| (d.as_millis() / interval.as_millis()).max(1) as usize;
     let baseline = BaselineOptions {
@@ -359,7 +498,13 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let result = if evaluate {
         let t = Instant::now();
         let plot_entities = report::most_variable(&ds, args.plots);
-        let b = backtest::backtest(&ds, &models, &baseline, &plot_entities)?;
+        let mut b = backtest::backtest(&ds, &models, &baseline, &plot_entities)?;
+        for f in &neural {
+            let p = headroom_neural::Predictor::new(f)?;
+            b.rows.extend(headroom_neural::score(&ds, &p)?);
+        }
+        // Per target: every model at each horizon together, the ETS-origin rows last.
+        b.rows.sort_by_key(|r| (TARGETS.iter().position(|t| *t == r.target), r.model.contains('@'), r.horizon_slots));
         eprintln!("backtest on {} test rows in {:.1} s", b.test_rows, t.elapsed().as_secs_f64());
         Some(b)
     } else {
@@ -368,7 +513,8 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let (manifest, dir) = artifact::write(&args.models_dir, &ds, &models, result.as_ref(), now_ms)?;
+    let artifacts = neural.iter().map(headroom_neural::artifact).collect::<anyhow::Result<Vec<_>>>()?;
+    let (manifest, dir) = artifact::write_with(&args.models_dir, &ds, &models, &artifacts, result.as_ref(), now_ms)?;
     let command: Vec<String> = std::env::args().collect();
     report::write(&args.out, &ds, &models, result.as_ref(), &manifest, &command.join(" "))?;
     eprintln!("model version {} written to {}", manifest.version, dir.display());

@@ -95,15 +95,12 @@ pub fn summary(b: &Backtest) -> String {
             .min_by(|a, b| a.scores.mase.total_cmp(&b.scores.mase))
             .map(|r| r.model.as_str())
             .unwrap_or("-");
-        let _ = writeln!(
-            s,
-            "  {t:4} {:>4} min: xgboost {}  window_percentile {}  seasonal_naive {}  naive {}  -> best {best}",
-            rows[0].horizon_minutes,
-            get("xgboost"),
-            get("window_percentile"),
-            get("seasonal_naive"),
-            get("naive")
-        );
+        let models: Vec<String> = ["xgboost", "lstm", "gru", "window_percentile", "seasonal_naive", "naive"]
+            .iter()
+            .filter(|m| rows.iter().any(|r| r.model == **m))
+            .map(|m| format!("{m} {}", get(m)))
+            .collect();
+        let _ = writeln!(s, "  {t:4} {:>4} min: {}  -> best {best}", rows[0].horizon_minutes, models.join("  "));
     }
     let ets: Vec<_> = b.rows.iter().filter(|r| r.model.ends_with("@origins")).collect();
     if !ets.is_empty() {
@@ -180,6 +177,14 @@ pub fn write(
             "| xgboost {} h{} (quantiles {:?}) | {} | {} | {} {} | {:.1} |",
             r.target, r.horizon, r.quantiles, r.trained.rounds, r.trained.best_iteration,
             r.trained.metric, f(r.trained.best_validation_loss), r.seconds
+        );
+    }
+    for n in &manifest.neural {
+        let _ = writeln!(
+            md,
+            "| {} {} (hidden {}, {} layers{}, input {} steps) | {} epochs | {} | pinball {} | {:.1} |",
+            n.family, n.targets.join("+"), n.hidden, n.layers, if n.bidirectional { ", bidirectional" } else { "" },
+            n.input_len, n.epochs, n.best_epoch, f(n.best_validation_loss), n.seconds
         );
     }
     if let Some(c) = &models.classifier {

@@ -25,7 +25,11 @@ fn train(dir: &Path, cmd: &str, extra: &[&str]) -> std::process::Output {
 #[test]
 fn evaluate_writes_a_report_and_a_loadable_model_version() {
     let dir = tempfile::tempdir().unwrap();
-    let out = train(dir.path(), "evaluate", &["--train-days", "4"]);
+    let out = train(
+        dir.path(),
+        "evaluate",
+        &["--train-days", "4", "--nn-epochs", "6", "--nn-samples-per-epoch", "4000", "--nn-hidden", "24", "--nn-batch", "64"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("MASE, one-step scale"), "{stdout}");
 
@@ -37,8 +41,10 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     let rows = json["backtest"]["rows"].as_array().unwrap();
-    // 3 targets × 3 horizons × (xgboost + 3 baselines + ETS, XGBoost and naive on the ETS origins)
-    assert_eq!(rows.len(), 63);
+    // 3 targets × 3 horizons × (xgboost, lstm, gru + 3 baselines + ETS, XGBoost and naive on
+    // the ETS origins)
+    assert_eq!(rows.len(), 81);
+    assert!(md.contains("| lstm cpu+mem+net (hidden 24, 2 layers, input 24 steps)"), "{md}");
     assert!(rows.iter().any(|r| r["model"] == "ets@origins" && r["n"].as_u64().unwrap() > 10));
     for r in rows {
         for k in ["mase", "mase_h"] {
@@ -55,6 +61,10 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
             .unwrap()
     };
     assert!(mase("xgboost") < mase("naive"), "xgboost {} naive {}", mase("xgboost"), mase("naive"));
+    // So do the recurrent models, trained on the same rows for a few epochs.
+    for m in ["lstm", "gru"] {
+        assert!(mase(m) < mase("naive"), "{m} {} naive {}", mase(m), mase("naive"));
+    }
     let png = std::fs::read(report.join("forecast-0-cpu-h3.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 
@@ -67,6 +77,14 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     assert_eq!(loaded.manifest.feature_names.len(), layout.len() + 6);
     assert_eq!(loaded.manifest.reference.len(), layout.len() + 6);
     assert!(loaded.manifest.metrics.is_some());
+    // The neural models are part of the version and load from it.
+    let fams: Vec<&str> = loaded.manifest.neural.iter().map(|n| n.family.as_str()).collect();
+    assert_eq!(fams, ["lstm", "gru"]);
+    for n in &loaded.manifest.neural {
+        let p = headroom_neural::Predictor::load(&vdir, &n.family).unwrap();
+        assert_eq!(p.meta.horizons_slots, [1, 3, 6]);
+        assert!(n.epochs >= 1 && n.best_validation_loss.is_finite());
+    }
     // One model predicts a row of the right width.
     let mut out = Vec::new();
     let row = vec![0.3f32; layout.len() + 6];
@@ -81,7 +99,7 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
 #[test]
 fn train_fits_on_everything_and_bad_arguments_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    train(dir.path(), "train", &["--targets", "cpu", "--no-classifier"]);
+    train(dir.path(), "train", &["--targets", "cpu", "--no-classifier", "--models", "xgboost"]);
     let versions = artifact::list(&dir.path().join("models")).unwrap();
     assert_eq!(versions.len(), 1);
     let md = std::fs::read_to_string(dir.path().join("reports/latest/report.md")).unwrap();
@@ -93,6 +111,7 @@ fn train_fits_on_everything_and_bad_arguments_are_clear_errors() {
         (vec!["evaluate", "--generate-entities", "2", "--generate-days", "2", "--train-days", "3"], "leaves no test period"),
         (vec!["evaluate", "--trace", "/nonexistent/trace.csv", "--trace-format", "generic"], "nonexistent"),
         (vec!["evaluate", "--generate-entities", "2", "--device", "gpu"], "auto, cpu or cuda"),
+        (vec!["evaluate", "--generate-entities", "2", "--generate-days", "2", "--models", "xgboost,transformer"], "unknown model family `transformer`"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
             .current_dir(dir.path())
