@@ -187,7 +187,7 @@ impl Sampler<'_> {
                     let d = (self.ds.target(rows, i, m, h) - a) / self.scales.step[m];
                     let ok = d.is_finite();
                     for _ in 0..self.nq {
-                        b.y.push(if ok { d.clamp(-1e4, 1e4) } else { 0.0 });
+                        b.y.push(if ok { d.clamp(-1e3, 1e3) } else { 0.0 });
                         b.mask.push(if ok { 1.0 } else { 0.0 });
                     }
                 }

@@ -15,7 +15,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{relu, sigmoid, softplus, tanh};
+use burn::tensor::activation::{relu, sigmoid, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -262,9 +262,16 @@ fn monotone<B: Backend>(raw: Tensor<B, 2>, q: usize) -> Tensor<B, 2> {
     let groups = n / q;
     let r = raw.reshape([b, groups, q]);
     let base = r.clone().slice([0..b, 0..groups, 0..1]);
-    let inc = softplus(r.slice([0..b, 0..groups, 1..q]), 1.0).cumsum(2);
+    let inc = stable_softplus(r.slice([0..b, 0..groups, 1..q])).cumsum(2);
     let rest = inc + base.clone();
     Tensor::cat(vec![base, rest], 2).reshape([b, n])
+}
+
+/// `ln(1 + eˣ)` as `max(x, 0) + ln(1 + e^-|x|)`: burn's `softplus` computes `eˣ` directly,
+/// which overflows to infinity (and the gradient to NaN) for outputs above about 88, and
+/// heavy-tailed metrics (network bytes) do produce such outputs early in training.
+pub fn stable_softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    relu(x.clone()) + x.abs().neg().exp().log1p()
 }
 
 /// The pinball (quantile) loss of `pred` (`[batch, outputs]`) against `target` where `mask`
@@ -274,7 +281,7 @@ pub fn pinball<B: Backend>(pred: Tensor<B, 2>, target: Tensor<B, 2>, mask: Tenso
     let diff = target - pred; // y - ŷ
     // max(τ·d, (τ − 1)·d)
     let a = diff.clone() * taus.clone();
-    let b = diff * (taus - 1.0);
+    let b = diff * taus.sub_scalar(1.0);
     let loss = a.max_pair(b) * mask.clone();
     loss.sum() / mask.sum().clamp_min(1.0)
 }

@@ -9,6 +9,7 @@
 //!   through the capacity policy and the simple policies it must beat.
 
 mod bench;
+mod bench_rnn;
 mod plot;
 mod policy_backtest;
 mod report;
@@ -51,6 +52,9 @@ enum Command {
     /// Benchmark: one head's training here (the retrainer's code path) against Python's
     /// xgb.train on the same rows, labels and parameters.
     BenchTrain(bench::TrainBenchArgs),
+    /// Benchmark: LSTM / GRU inference on burn (one core) against ONNX Runtime (one thread)
+    /// with the same architecture, weights and windows; and the carried-state mode.
+    BenchRnn(bench_rnn::RnnBenchArgs),
     /// Replay the test period through features, models and the capacity policy, against a
     /// reactive threshold autoscaler, a p90 + 15 % rightsizer and static peak provisioning.
     PolicyBacktest(PolicyArgs),
@@ -225,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::BenchPredict(a) => return bench::run(&a),
         Command::BenchTrain(a) => return bench::train(&a),
+        Command::BenchRnn(a) => return bench_rnn::run(&a),
         Command::PolicyBacktest(a) => return policy(a),
     };
     run(args, evaluate)
