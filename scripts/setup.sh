@@ -46,11 +46,13 @@ if [ ! -e "$XGBOOST_ROOT/xgboost/lib/libxgboost.so.3" ]; then
 fi
 # A Python venv with confluent-kafka, the "any Kafka client" of the interoperability test.
 VENV="$HEADROOM_CACHE/venv"
-# Also the reference side of the XGBoost prediction benchmark (the same library version).
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka, xgboost, numpy" 2>/dev/null; then
+# Also the reference side of the XGBoost prediction benchmark (the same library version), and
+# ONNX Runtime for the LSTM / GRU inference benchmark.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka, xgboost, numpy, onnx, onnxruntime" 2>/dev/null; then
     log "creating the Python venv with confluent-kafka $CONFLUENT_KAFKA_VERSION and xgboost-cpu $XGBOOST_VERSION"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION" numpy scipy
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION" numpy scipy \
+        "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION"
     # xgboost 3.4's metadata asks for Python 3.12; its wheel is pure Python around the C
     # library and runs on the machine's 3.11, so the version check is skipped for it alone.
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --ignore-requires-python \

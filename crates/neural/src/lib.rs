@@ -3,6 +3,8 @@
 //! * [`channels`]: the per-step inputs, one streaming encoder shared by training and serving;
 //! * [`net`]: the recurrent networks (fused-gate LSTM and GRU layers, optionally stacked and
 //!   bidirectional, with quantile heads that never cross);
+//! * [`fast`]: the fused CPU inference kernel that serving runs (the same weights, checked
+//!   against burn's forward pass), full-window and carried-state;
 //! * [`model`]: fitting with early stopping and checkpoints, saving, loading and predicting;
 //! * [`backend`]: device selection (`auto | cpu | cuda`) and the burn backends.
 //!
@@ -11,6 +13,8 @@
 
 pub mod backend;
 pub mod channels;
+pub mod fast;
+mod gemm;
 pub mod model;
 pub mod net;
 

@@ -393,6 +393,8 @@ fn validation_loss<B: Backend>(
 pub struct Predictor {
     pub meta: NeuralMeta,
     net: Network<backend::Cpu>,
+    /// The fused kernel's copy of the weights (unidirectional networks).
+    fast: Option<crate::fast::FastNet>,
     target_index: Vec<usize>,
 }
 
@@ -419,7 +421,13 @@ impl Predictor {
             .iter()
             .map(|t| TARGETS.iter().position(|x| x == t).ok_or_else(|| anyhow::anyhow!("unknown target {t}")))
             .collect::<anyhow::Result<_>>()?;
-        Ok(Predictor { meta, net, target_index })
+        let fast = crate::fast::FastNet::from_network(&net).ok();
+        Ok(Predictor {
+            meta,
+            net,
+            fast,
+            target_index,
+        })
     }
 
     /// Reads `<dir>/<file>.json` and `<dir>/<file>.mpk`.
@@ -434,9 +442,25 @@ impl Predictor {
         &self.net
     }
 
+    /// The fused kernel, when the network is unidirectional.
+    pub fn fast(&self) -> Option<&crate::fast::FastNet> {
+        self.fast.as_ref()
+    }
+
     /// Raw outputs for windows `x` (`[n, input_len, N_CHANNELS]` row-major) and statics
     /// (`[n, N_TARGETS]`): `n × outputs` values in step-scale units.
+    /// Runs the fused kernel when there is one, burn's forward pass otherwise.
     pub fn raw(&self, x: Vec<f32>, statics: Vec<f32>, n: usize) -> Vec<f32> {
+        if let Some(f) = &self.fast {
+            let mut out = Vec::new();
+            f.forward(&x, &statics, n, self.meta.input_len, &mut crate::fast::Scratch::default(), &mut out);
+            return out;
+        }
+        self.raw_burn(x, statics, n)
+    }
+
+    /// burn's forward pass (the reference the kernel is tested against).
+    pub fn raw_burn(&self, x: Vec<f32>, statics: Vec<f32>, n: usize) -> Vec<f32> {
         let device = Default::default();
         let x = Tensor::<backend::Cpu, 3>::from_data(TensorData::new(x, [n, self.meta.input_len, N_CHANNELS]), &device);
         let s = Tensor::<backend::Cpu, 2>::from_data(TensorData::new(statics, [n, N_TARGETS]), &device);

@@ -170,3 +170,68 @@ fn bad_options_and_an_absent_gpu_are_refused_with_a_reason() {
         assert!(e.to_string().contains("no usable NVIDIA GPU"), "{e}");
     }
 }
+
+#[test]
+fn the_fused_kernel_matches_burns_forward_pass_and_its_own_carried_state() {
+    use crate::fast::{FastNet, Scratch};
+    use crate::net::Architecture;
+    use burn::tensor::backend::Backend;
+    use rand::{Rng, SeedableRng};
+    let device = Default::default();
+    for (cell, layers, hidden, steps) in [(Cell::Lstm, 2, 32, 24), (Cell::Gru, 2, 16, 12), (Cell::Lstm, 1, 8, 60), (Cell::Gru, 3, 8, 5)] {
+        let arch = Architecture {
+            cell,
+            inputs: N_CHANNELS,
+            statics: 3,
+            hidden,
+            layers,
+            bidirectional: false,
+            dropout: 0.0,
+            outputs: 18,
+            quantiles: 2,
+        };
+        Cpu::seed(&device, 1);
+        let net: crate::net::Network<Cpu> = arch.init(&device);
+        let fast = FastNet::from_network(&net).unwrap();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
+        let n = 37;
+        let x: Vec<f32> = (0..n * steps * N_CHANNELS).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let s: Vec<f32> = (0..n * 3).map(|_| rng.random_range(0.0..1.5)).collect();
+        let reference = net
+            .forward(
+                Tensor::<Cpu, 3>::from_data(TensorData::new(x.clone(), [n, steps, N_CHANNELS]), &device),
+                Tensor::<Cpu, 2>::from_data(TensorData::new(s.clone(), [n, 3]), &device),
+            )
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        fast.forward(&x, &s, n, steps, &mut scratch, &mut out);
+        let worst = reference.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 2e-5, "{cell:?} {layers}x{hidden}: kernel and burn differ by {worst}");
+        // Carried state: stepping each entity through its window equals the window pass.
+        let mut states: Vec<Vec<_>> = (0..n).map(|_| fast.zero_state()).collect();
+        let mut stepped = Vec::new();
+        for t in 0..steps {
+            let xt: Vec<f32> = (0..n).flat_map(|b| x[(b * steps + t) * N_CHANNELS..(b * steps + t + 1) * N_CHANNELS].to_vec()).collect();
+            let mut refs: Vec<&mut Vec<_>> = states.iter_mut().collect();
+            fast.step(&xt, &s, &mut refs, &mut scratch, &mut stepped);
+        }
+        let worst = out.iter().zip(&stepped).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{cell:?}: carried state differs from the window by {worst}");
+    }
+    // A bidirectional network stays on the burn path.
+    let bi = Architecture {
+        cell: Cell::Lstm,
+        inputs: N_CHANNELS,
+        statics: 3,
+        hidden: 4,
+        layers: 1,
+        bidirectional: true,
+        dropout: 0.0,
+        outputs: 2,
+        quantiles: 2,
+    };
+    assert!(FastNet::from_network(&bi.init::<Cpu>(&device)).is_err());
+}

@@ -12,6 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use headroom_neural::backend::Cpu;
 use headroom_neural::channels::N_CHANNELS;
+use headroom_neural::fast::{FastNet, Scratch};
 use headroom_neural::net::{Architecture, Network};
 use headroom_neural::Cell;
 use rand::{Rng, SeedableRng};
@@ -104,8 +105,11 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
     let device = Default::default();
     let dir = tempfile::tempdir()?;
     let mut result = format!("RESULT bench_rnn cell={} hidden={} layers={} batch={}", cell.name(), a.hidden, a.layers, a.batch);
-    println!("| window | burn seq/s (batch {b}) | ONNX Runtime seq/s | ratio | burn single seq/s | ORT single seq/s | max abs diff |", b = a.batch);
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| window | fused kernel seq/s (batch {b}) | burn ndarray seq/s | ONNX Runtime seq/s | kernel / ORT | burn / ORT | kernel single seq/s | ORT single seq/s | max abs diff (kernel, burn vs ORT) |",
+        b = a.batch
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &steps in &a.input_lens {
         let arch = Architecture {
             cell,
@@ -132,6 +136,16 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
         let s1 = st.clone().slice([0..1, 0..3]);
         let single_s = best_of(|| drop(net.forward(x1.clone(), s1.clone()).into_data()), a.reps * 20);
 
+        let fast = FastNet::from_network(&net)?;
+        let mut scratch = Scratch::default();
+        let mut fout = Vec::new();
+        fast.forward(&x, &s, n, steps, &mut scratch, &mut fout);
+        let kernel_s = best_of(|| fast.forward(&x, &s, n, steps, &mut scratch, &mut fout), a.reps);
+        let (xs1, ss1) = (&x[..steps * N_CHANNELS], &s[..3]);
+        let kernel_single_s = best_of(|| fast.forward(xs1, ss1, 1, steps, &mut scratch, &mut fout), a.reps * 20);
+        fast.forward(&x, &s, n, steps, &mut scratch, &mut fout);
+        let kernel_out = fout.clone();
+
         let wpath = dir.path().join(format!("w{steps}.json"));
         std::fs::write(&wpath, serde_json::to_vec(&weights_json(&net, cell, a.hidden, steps, &arch))?)?;
         let (xp, sp, op) = (dir.path().join("x.f32"), dir.path().join("s.f32"), dir.path().join("o.f32"));
@@ -151,16 +165,20 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
         let ort_batch = r["seq_per_s_batch"].as_f64().unwrap_or(f64::NAN);
         let ort_single = r["seq_per_s_single"].as_f64().unwrap_or(f64::NAN);
         let diff = r["max_abs_diff"].as_f64().unwrap_or(f64::NAN);
+        let kdiff = f64::from(kernel_out.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)) + diff;
         let burn_batch = n as f64 / batch_s;
-        let ratio = burn_batch / ort_batch;
+        let kernel_batch = n as f64 / kernel_s;
+        let ratio = kernel_batch / ort_batch;
+        let burn_ratio = burn_batch / ort_batch;
+        let single_ratio = (1.0 / kernel_single_s) / ort_single;
         println!(
-            "| {steps} | {burn_batch:.0} | {ort_batch:.0} | {ratio:.3} | {:.0} | {ort_single:.0} | {diff:.2e} |",
-            1.0 / single_s
+            "| {steps} | {kernel_batch:.0} | {burn_batch:.0} | {ort_batch:.0} | {ratio:.3} | {burn_ratio:.3} | {:.0} | {ort_single:.0} | {kdiff:.1e}, {diff:.1e} |",
+            1.0 / kernel_single_s
         );
-        anyhow::ensure!(diff < 1e-3, "ONNX Runtime and burn disagree by {diff} on the same weights and inputs");
+        let _ = single_s;
+        anyhow::ensure!(kdiff < 1e-3, "ONNX Runtime, burn and the kernel disagree by {kdiff} on the same weights and inputs");
         result.push_str(&format!(
-            " len{steps}_burn_seq_s={burn_batch:.0} len{steps}_ort_seq_s={ort_batch:.0} len{steps}_ratio={ratio:.3} len{steps}_single_ratio={:.3}",
-            (1.0 / single_s) / ort_single
+            " len{steps}_kernel_seq_s={kernel_batch:.0} len{steps}_burn_seq_s={burn_batch:.0} len{steps}_ort_seq_s={ort_batch:.0} len{steps}_ratio={ratio:.3} len{steps}_burn_ratio={burn_ratio:.3} len{steps}_single_ratio={single_ratio:.3}"
         ));
         if steps == a.input_lens[0] {
             result.push_str(&format!(" onnxruntime={}", r["onnxruntime"].as_str().unwrap_or("?")));
@@ -179,20 +197,34 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
         quantiles: 2,
     };
     let net: Network<Cpu> = arch.init(&device);
+    let fast = FastNet::from_network(&net)?;
     let n = a.batch;
-    let xs = Tensor::<Cpu, 2>::from_data(TensorData::new(vec![0.1f32; n * N_CHANNELS], [n, N_CHANNELS]), &device);
-    let ss = Tensor::<Cpu, 2>::from_data(TensorData::new(vec![0.5f32; n * 3], [n, 3]), &device);
-    let states = net.zero_states(n, &device);
+    let xs = vec![0.1f32; n * N_CHANNELS];
+    let ss = vec![0.5f32; n * 3];
+    let mut states: Vec<Vec<_>> = (0..n).map(|_| fast.zero_state()).collect();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
     let step_s = best_of(
         || {
-            let st = net.step(xs.clone(), states.clone());
-            drop(net.predict_from_state(&st, ss.clone()).into_data());
+            let mut refs: Vec<&mut Vec<_>> = states.iter_mut().collect();
+            fast.step(&xs, &ss, &mut refs, &mut scratch, &mut out);
         },
         a.reps * 4,
     );
     let events = n as f64 / step_s;
-    println!("\ncarried state: {events:.0} events/s (one step per event, batches of {n} entities)");
-    result.push_str(&format!(" carried_events_s={events:.0}"));
+    let mut one: Vec<Vec<_>> = vec![fast.zero_state()];
+    let single_step_s = best_of(
+        || {
+            let mut refs: Vec<&mut Vec<_>> = one.iter_mut().collect();
+            fast.step(&xs[..N_CHANNELS], &ss[..3], &mut refs, &mut scratch, &mut out);
+        },
+        a.reps * 400,
+    );
+    println!(
+        "\ncarried state (fused kernel): {events:.0} events/s in batches of {n} entities, {:.0} events/s one at a time",
+        1.0 / single_step_s
+    );
+    result.push_str(&format!(" carried_events_s={events:.0} carried_single_events_s={:.0}", 1.0 / single_step_s));
     println!("{result}");
     Ok(())
 }

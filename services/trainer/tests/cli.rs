@@ -195,3 +195,30 @@ fn bench_train_matches_python_xgboost_on_the_same_rows() {
     assert!(field("rust_train_s") > 0.0 && field("python_train_s") > 0.0);
     assert_eq!(field("rounds"), 30.0);
 }
+
+#[test]
+fn bench_rnn_runs_the_same_network_in_onnx_runtime_and_agrees() {
+    assert!(
+        std::env::var("HEADROOM_PYTHON").is_ok_and(|p| !p.is_empty()),
+        "HEADROOM_PYTHON is not set: run the suite through scripts/test.sh"
+    );
+    for cell in ["lstm", "gru"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
+            .args(["bench-rnn", "--cell", cell, "--hidden", "16", "--input-lens", "8", "--batch", "64", "--reps", "1"])
+            .output()
+            .expect("run headroom-train bench-rnn");
+        // The command itself fails when ONNX Runtime's outputs differ from burn's by 1e-3.
+        assert!(out.status.success(), "bench-rnn {cell}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let result = stdout.lines().last().unwrap_or_default();
+        assert!(result.starts_with(&format!("RESULT bench_rnn cell={cell} ")), "{stdout}");
+        for k in ["len8_kernel_seq_s", "len8_burn_seq_s", "len8_ort_seq_s", "carried_events_s"] {
+            let v: f64 = result
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} missing in {result}"));
+            assert!(v > 0.0, "{k} in {result}");
+        }
+    }
+}
