@@ -147,6 +147,12 @@ impl Encoded {
         }
     }
 
+    /// Entity `e`'s first slot and its encoded steps (`len × N_CHANNELS`).
+    pub fn steps(&self, e: usize) -> (i64, &[f32]) {
+        let (first, steps) = &self.series[e];
+        (*first, steps)
+    }
+
     /// Appends the window of `input_len` steps ending at `slot` (inclusive) of entity `e` to
     /// `out`, padded at the front where the series starts later.
     pub fn window(&self, e: usize, slot: i64, out: &mut Vec<f32>) {

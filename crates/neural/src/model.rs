@@ -507,6 +507,70 @@ impl Predictor {
     }
 }
 
+impl Predictor {
+    /// Like [`Predictor::predict_rows`], in the carried-state mode: each entity's state runs
+    /// through its whole series from its first slot, one step per slot (what a scorer that
+    /// keeps the state between events computes), and is read at the rows' slots. `None` for a
+    /// network the kernel cannot step (bidirectional).
+    pub fn predict_rows_carried(&self, ds: &Dataset, rows: &Rows) -> anyhow::Result<Option<Vec<Vec<(f32, f32)>>>> {
+        let Some(fast) = &self.fast else { return Ok(None) };
+        let enc = Encoded::new(ds, self.meta.scales, self.meta.input_len);
+        let nh = ds.horizons.len();
+        let nq = self.meta.quantiles.len();
+        let q50 = self.meta.quantiles.iter().position(|q| (*q - 0.5).abs() < 1e-6).unwrap_or(0);
+        let q90 = nq - 1;
+        let width = fast.outputs;
+        let mut out = vec![vec![(f32::NAN, f32::NAN); rows.len()]; self.target_index.len() * nh];
+        // The rows of each entity, in slot order.
+        let mut by_entity: Vec<Vec<usize>> = vec![Vec::new(); ds.series.len()];
+        for i in 0..rows.len() {
+            by_entity[rows.entity[i] as usize].push(i);
+        }
+        let mut scratch = crate::fast::Scratch::default();
+        let mut raw = Vec::new();
+        for (e, idx) in by_entity.iter_mut().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            idx.sort_by_key(|&i| rows.slot[i]);
+            let (first, steps) = enc.steps(e);
+            let mut state = vec![fast.zero_state()];
+            let mut next = idx.iter().peekable();
+            let mut statics = Vec::with_capacity(N_TARGETS);
+            for (k, x) in steps.chunks_exact(N_CHANNELS).enumerate() {
+                let slot = first + k as i64;
+                statics.clear();
+                let i = next.peek().copied().copied().filter(|&i| rows.slot[i] == slot);
+                match i {
+                    Some(i) => {
+                        for m in 0..N_TARGETS {
+                            let a = ds.anchor(rows, i, m);
+                            statics.push(if a.is_finite() { a / self.meta.scales.level[m] } else { 0.0 });
+                        }
+                    }
+                    None => statics.resize(N_TARGETS, 0.0),
+                }
+                let mut refs: Vec<&mut Vec<_>> = state.iter_mut().collect();
+                fast.step(x, &statics, &mut refs, &mut scratch, &mut raw);
+                let Some(i) = i else { continue };
+                next.next();
+                for (t, &m) in self.target_index.iter().enumerate() {
+                    let a = ds.anchor(rows, i, m);
+                    let a = if a.is_finite() { a } else { ds.now(rows, i, m) };
+                    for h in 0..nh {
+                        let o = (t * nh + h) * nq;
+                        debug_assert!(o + q90 < width);
+                        let p50 = (a + raw[o + q50] * self.meta.scales.step[m]).max(0.0);
+                        let p90 = (a + raw[o + q90] * self.meta.scales.step[m]).max(p50);
+                        out[t * nh + h][i] = (p50, p90);
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
 /// Writes `<dir>/<family>.json` and `<dir>/<family>.mpk`; returns the file names.
 pub fn save(dir: &Path, f: &Fitted) -> anyhow::Result<(String, String)> {
     let (j, w) = (format!("{}.json", f.meta.family), format!("{}.mpk", f.meta.family));
@@ -540,14 +604,20 @@ pub fn artifact(f: &Fitted) -> anyhow::Result<headroom_forecast::artifact::Neura
     })
 }
 
-/// The backtest rows of a model on the dataset's test rows (model name = the family).
+/// The backtest rows of a model on the dataset's test rows: `<family>` for full-window
+/// scoring and, for networks the kernel can step, `<family>@carried` for the carried-state
+/// mode on the same rows.
 pub fn score(ds: &Dataset, p: &Predictor) -> anyhow::Result<Vec<headroom_forecast::backtest::Row>> {
-    let pred = p.predict_rows(ds, &ds.test)?;
     let nh = ds.horizons.len();
     let mut rows = Vec::new();
-    for (t, &m) in p.target_index.iter().enumerate() {
-        for (k, &h) in ds.horizons.iter().enumerate() {
-            rows.push(headroom_forecast::backtest::score_row(ds, &p.meta.family, m, h, &pred[t * nh + k])?);
+    let full = p.predict_rows(ds, &ds.test)?;
+    let carried = p.predict_rows_carried(ds, &ds.test)?;
+    for (name, pred) in [(p.meta.family.clone(), Some(full)), (format!("{}@carried", p.meta.family), carried)] {
+        let Some(pred) = pred else { continue };
+        for (t, &m) in p.target_index.iter().enumerate() {
+            for (k, &h) in ds.horizons.iter().enumerate() {
+                rows.push(headroom_forecast::backtest::score_row(ds, &name, m, h, &pred[t * nh + k])?);
+            }
         }
     }
     Ok(rows)

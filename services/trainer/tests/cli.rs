@@ -41,9 +41,10 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     let rows = json["backtest"]["rows"].as_array().unwrap();
-    // 3 targets × 3 horizons × (xgboost, lstm, gru + 3 baselines + ETS, XGBoost and naive on
-    // the ETS origins)
-    assert_eq!(rows.len(), 81);
+    // 3 targets × 3 horizons × (xgboost, lstm, gru, lstm and gru with carried state, 3
+    // baselines, ETS, XGBoost and naive on the ETS origins)
+    assert_eq!(rows.len(), 99);
+    assert!(rows.iter().any(|r| r["model"] == "gru@carried"));
     assert!(md.contains("| lstm cpu+mem+net (hidden 24, 2 layers, input 24 steps)"), "{md}");
     assert!(rows.iter().any(|r| r["model"] == "ets@origins" && r["n"].as_u64().unwrap() > 10));
     for r in rows {
