@@ -169,12 +169,23 @@ impl FastNet {
 
     /// The full-window forward pass: `x` is `[n, steps, inputs]`, `statics` `[n, statics]`;
     /// writes `[n, outputs]` to `out`.
+    ///
+    /// Internally time-major (`[steps, n, …]`): each step's gate rows are one contiguous block,
+    /// and every layer's input projection is a single product over all steps.
     pub fn forward(&self, x: &[f32], statics: &[f32], n: usize, steps: usize, s: &mut Scratch, out: &mut Vec<f32>) {
-        assert_eq!(x.len(), n * steps * self.inputs(), "window shape");
+        let inputs = self.inputs();
+        assert_eq!(x.len(), n * steps * inputs, "window shape");
         assert_eq!(statics.len(), n * self.statics, "statics shape");
         let top = self.layers.len() - 1;
         s.seq.clear();
-        s.seq.extend_from_slice(x);
+        s.seq.resize(n * steps * inputs, 0.0);
+        for b in 0..n {
+            for t in 0..steps {
+                let src = (b * steps + t) * inputs;
+                let dst = (t * n + b) * inputs;
+                s.seq[dst..dst + inputs].copy_from_slice(&x[src..src + inputs]);
+            }
+        }
         for (k, l) in self.layers.iter().enumerate() {
             let (hd, gw) = (l.hidden, l.gates() * l.hidden);
             // Every step's input projection in one product, rows initialised with the bias.
@@ -193,11 +204,9 @@ impl FastNet {
                 s.next.resize(n * steps * hd, 0.0);
             }
             for t in 0..steps {
-                self.step_rows(l, t, steps, n, s);
+                self.step_rows(l, t * n * gw, gw, n, s);
                 if keep {
-                    for b in 0..n {
-                        s.next[(b * steps + t) * hd..(b * steps + t + 1) * hd].copy_from_slice(&s.h[b * hd..(b + 1) * hd]);
-                    }
+                    s.next[t * n * hd..(t + 1) * n * hd].copy_from_slice(&s.h);
                 }
             }
             if keep {
@@ -209,12 +218,12 @@ impl FastNet {
         s.h = h;
     }
 
-    /// Advances the gates of step `t` for all `n` rows: `s.gx` holds the projected inputs
-    /// (`[n, steps, gates × hidden]`), `s.h` / `s.c` the state, updated in place.
-    fn step_rows(&self, l: &Layer, t: usize, steps: usize, n: usize, s: &mut Scratch) {
+    /// Advances the gates of one step for all `n` rows: the step's projected inputs are the
+    /// `n` rows of `s.gx` from `base`, `row_stride` apart; `s.h` / `s.c` hold the state and are
+    /// updated in place.
+    fn step_rows(&self, l: &Layer, base: usize, row_stride: usize, n: usize, s: &mut Scratch) {
         let (hd, gw) = (l.hidden, l.gates() * l.hidden);
-        let row_stride = steps * gw;
-        let gx = &mut s.gx[t * gw..];
+        let gx = &mut s.gx[base..];
         if l.gru {
             s.gh.clear();
             for _ in 0..n {
@@ -322,7 +331,7 @@ impl FastNet {
             if l.gru {
                 s.c.resize(n * hd, 0.0);
             }
-            self.step_rows(l, 0, 1, n, s);
+            self.step_rows(l, 0, gw, n, s);
             for (b, st) in states.iter_mut().enumerate() {
                 st[k].h.copy_from_slice(&s.h[b * hd..(b + 1) * hd]);
                 if !l.gru {

@@ -188,6 +188,10 @@ struct NeuralArgs {
     /// (default: `<out>/checkpoints`).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// Score the LSTM / GRU models of this model version (a directory) instead of fitting
+    /// them (`evaluate` only; the version's feature channels and horizons must match).
+    #[arg(long)]
+    neural_from: Option<PathBuf>,
 }
 
 struct Bar {
@@ -489,9 +493,29 @@ fn fit_neural(args: &Common, ds: &Dataset) -> anyhow::Result<Vec<headroom_neural
     Ok(fitted)
 }
 
+/// The LSTM / GRU models `--models` asks for, read from the version `dir`.
+fn load_neural(args: &Common, dir: &std::path::Path) -> anyhow::Result<Vec<headroom_neural::Fitted>> {
+    args.models
+        .iter()
+        .filter(|m| *m == "lstm" || *m == "gru")
+        .map(|fam| {
+            let meta: headroom_neural::NeuralMeta = serde_json::from_slice(&std::fs::read(dir.join(format!("{fam}.json")))?)?;
+            let weights = std::fs::read(dir.join(format!("{fam}.mpk")))?;
+            eprintln!("{fam}: read from {} (trained {} epochs, best {})", dir.display(), meta.epochs, meta.best_epoch);
+            Ok(headroom_neural::Fitted { meta, weights })
+        })
+        .collect()
+}
+
 fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let (ds, models) = prepare(&args, evaluate)?;
-    let neural = fit_neural(&args, &ds)?;
+    let neural = match &args.nn.neural_from {
+        Some(dir) => {
+            anyhow::ensure!(evaluate, "--neural-from is for evaluate");
+            load_neural(&args, dir)?
+        }
+        None => fit_neural(&args, &ds)?,
+    };
     let interval = args.sampling_interval;
     let slots = |d: Duration| (d.as_millis() / interval.as_millis()).max(1) as usize;
     let baseline = BaselineOptions {
@@ -505,8 +529,10 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
         let plot_entities = report::most_variable(&ds, args.plots);
         let mut b = backtest::backtest(&ds, &models, &baseline, &plot_entities)?;
         for f in &neural {
+            let t = Instant::now();
             let p = headroom_neural::Predictor::new(f)?;
             b.rows.extend(headroom_neural::score(&ds, &p)?);
+            eprintln!("  {} scored (full window and carried state) in {:.1} s", f.meta.family, t.elapsed().as_secs_f64());
         }
         // Per target: every model at each horizon together, the ETS-origin rows last.
         b.rows.sort_by_key(|r| (TARGETS.iter().position(|t| *t == r.target), r.model.contains('@'), r.horizon_slots));
