@@ -18,3 +18,8 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast "$@"
 fi
+
+# The neural models' CUDA backend must keep compiling, although no GPU is here to run it
+# (its tests are the CPU ones above; `device = cuda` is refused at run time without a GPU).
+log "checking that headroom-neural builds with its cuda feature"
+cargo check -p headroom-neural --features cuda
