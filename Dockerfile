@@ -11,9 +11,12 @@ RUN pip3 download --break-system-packages --no-deps --only-binary=:all: --python
  && python3 -m zipfile -e /tmp/whl/*.whl /opt/xgboost \
  && ln -s libxgboost.so /opt/xgboost/xgboost/lib/libxgboost.so.3
 ENV XGBOOST_LIB_DIR=/opt/xgboost/xgboost/lib
+# The CUDA variant (GPU overlay): --build-arg XGBOOST_WHEEL=xgboost==3.4.1
+#   --build-arg CARGO_FEATURES="--features headroom-neural/cuda"
+ARG CARGO_FEATURES=""
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p headroom-featurizer -p headroom-relay -p headroom-cli -p headroom-loadgen \
+RUN cargo build --release $CARGO_FEATURES -p headroom-featurizer -p headroom-relay -p headroom-cli -p headroom-loadgen \
       -p headroom-scorer -p headroom-trainer -p headroom-sink -p headroom-recommender \
       -p headroom-drift-monitor -p headroom-retrainer \
  && mkdir /out && cp target/release/headroom target/release/headroom-featurizer target/release/headroom-relay \

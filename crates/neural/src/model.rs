@@ -388,6 +388,9 @@ fn validation_loss<B: Backend>(
     }
 }
 
+/// `(p50, p90)` levels per (model target, horizon), each a vector over the rows.
+pub type Levels = Vec<Vec<(f32, f32)>>;
+
 /// A model ready to predict on the CPU backend.
 #[derive(Debug)]
 pub struct Predictor {
@@ -469,7 +472,7 @@ impl Predictor {
 
     /// `(p50, p90)` levels of every row of `rows`, per (model target, horizon) in the order of
     /// `meta.targets` × `meta.horizons_slots`.
-    pub fn predict_rows(&self, ds: &Dataset, rows: &Rows) -> anyhow::Result<Vec<Vec<(f32, f32)>>> {
+    pub fn predict_rows(&self, ds: &Dataset, rows: &Rows) -> anyhow::Result<Levels> {
         anyhow::ensure!(ds.horizons == self.meta.horizons_slots, "the {} model forecasts horizons {:?}, the dataset has {:?}", self.meta.family, self.meta.horizons_slots, ds.horizons);
         anyhow::ensure!(ds.interval_ms == self.meta.interval_ms, "the {} model was trained at a {} ms interval, the dataset has {} ms", self.meta.family, self.meta.interval_ms, ds.interval_ms);
         let enc = Encoded::new(ds, self.meta.scales, self.meta.input_len);
@@ -512,7 +515,7 @@ impl Predictor {
     /// through its whole series from its first slot, one step per slot (what a scorer that
     /// keeps the state between events computes), and is read at the rows' slots. `None` for a
     /// network the kernel cannot step (bidirectional).
-    pub fn predict_rows_carried(&self, ds: &Dataset, rows: &Rows) -> anyhow::Result<Option<Vec<Vec<(f32, f32)>>>> {
+    pub fn predict_rows_carried(&self, ds: &Dataset, rows: &Rows) -> anyhow::Result<Option<Levels>> {
         let Some(fast) = &self.fast else { return Ok(None) };
         let enc = Encoded::new(ds, self.meta.scales, self.meta.input_len);
         let nh = ds.horizons.len();
@@ -534,7 +537,7 @@ impl Predictor {
             }
             idx.sort_by_key(|&i| rows.slot[i]);
             let (first, steps) = enc.steps(e);
-            let mut state = vec![fast.zero_state()];
+            let mut state = [fast.zero_state()];
             let mut next = idx.iter().peekable();
             let mut statics = Vec::with_capacity(N_TARGETS);
             for (k, x) in steps.chunks_exact(N_CHANNELS).enumerate() {
