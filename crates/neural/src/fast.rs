@@ -16,6 +16,8 @@ use crate::backend::Cpu;
 use crate::gemm::gemm;
 use crate::net::Network;
 
+/// Gate rows projected ahead of the recurrent pass: about 2 MB of floats.
+const CHUNK_FLOATS: usize = 512 * 1024;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -188,12 +190,10 @@ impl FastNet {
         }
         for (k, l) in self.layers.iter().enumerate() {
             let (hd, gw) = (l.hidden, l.gates() * l.hidden);
-            // Every step's input projection in one product, rows initialised with the bias.
-            s.gx.clear();
-            for _ in 0..n * steps {
-                s.gx.extend_from_slice(&l.bx);
-            }
-            gemm(n * steps, l.inputs, gw, &s.seq, l.inputs, &l.wx, gw, 1.0, &mut s.gx, gw);
+            // The input projection of a chunk of steps in one product, the chunk sized so that
+            // its gate rows stay in cache until the recurrent pass reads them (the biases are
+            // added in the gate pass, which reads every element anyway).
+            let chunk = (CHUNK_FLOATS / (n * gw).max(1)).clamp(1, steps);
             s.h.clear();
             s.h.resize(n * hd, 0.0);
             s.c.clear();
@@ -203,10 +203,17 @@ impl FastNet {
                 s.next.clear();
                 s.next.resize(n * steps * hd, 0.0);
             }
-            for t in 0..steps {
-                self.step_rows(l, t * n * gw, gw, n, s);
-                if keep {
-                    s.next[t * n * hd..(t + 1) * n * hd].copy_from_slice(&s.h);
+            for start in (0..steps).step_by(chunk) {
+                let len = chunk.min(steps - start);
+                s.gx.clear();
+                s.gx.resize(len * n * gw, 0.0);
+                let rows = &s.seq[start * n * l.inputs..(start + len) * n * l.inputs];
+                gemm(len * n, l.inputs, gw, rows, l.inputs, &l.wx, gw, 0.0, &mut s.gx, gw);
+                for t in start..start + len {
+                    self.step_rows(l, (t - start) * n * gw, gw, n, s);
+                    if keep {
+                        s.next[t * n * hd..(t + 1) * n * hd].copy_from_slice(&s.h);
+                    }
                 }
             }
             if keep {
@@ -226,33 +233,33 @@ impl FastNet {
         let gx = &mut s.gx[base..];
         if l.gru {
             s.gh.clear();
-            for _ in 0..n {
-                s.gh.extend_from_slice(&l.bh);
-            }
-            gemm(n, hd, gw, &s.h, hd, &l.wh, gw, 1.0, &mut s.gh, gw);
+            s.gh.resize(n * gw, 0.0);
+            gemm(n, hd, gw, &s.h, hd, &l.wh, gw, 0.0, &mut s.gh, gw);
+            let (bx, bh) = (&l.bx[..gw], &l.bh[..gw]);
             for b in 0..n {
                 let g = &mut gx[b * row_stride..b * row_stride + gw];
                 let r_h = &s.gh[b * gw..(b + 1) * gw];
                 let h = &mut s.h[b * hd..(b + 1) * hd];
                 for j in 0..2 * hd {
-                    g[j] = sigmoid(g[j] + r_h[j]);
+                    g[j] = sigmoid(g[j] + bx[j] + r_h[j] + bh[j]);
                 }
                 let (zr, cand) = g.split_at_mut(2 * hd);
                 for j in 0..hd {
-                    let nv = tanh(cand[j] + zr[hd + j] * r_h[2 * hd + j]);
+                    let nv = tanh(cand[j] + bx[2 * hd + j] + zr[hd + j] * (r_h[2 * hd + j] + bh[2 * hd + j]));
                     h[j] = nv + zr[j] * (h[j] - nv);
                 }
             }
         } else {
             // The recurrent product lands on top of the projected inputs of step t.
             gemm(n, hd, gw, &s.h, hd, &l.wh, gw, 1.0, gx, row_stride);
+            let bias = &l.bx[..gw];
             for b in 0..n {
                 let g = &mut gx[b * row_stride..b * row_stride + gw];
-                for v in &mut g[..3 * hd] {
-                    *v = sigmoid(*v);
+                for (v, bv) in g[..3 * hd].iter_mut().zip(&bias[..3 * hd]) {
+                    *v = sigmoid(*v + bv);
                 }
-                for v in &mut g[3 * hd..] {
-                    *v = tanh(*v);
+                for (v, bv) in g[3 * hd..].iter_mut().zip(&bias[3 * hd..]) {
+                    *v = tanh(*v + bv);
                 }
                 let c = &mut s.c[b * hd..(b + 1) * hd];
                 let h = &mut s.h[b * hd..(b + 1) * hd];
@@ -318,10 +325,8 @@ impl FastNet {
         for (k, l) in self.layers.iter().enumerate() {
             let (hd, gw) = (l.hidden, l.gates() * l.hidden);
             s.gx.clear();
-            for _ in 0..n {
-                s.gx.extend_from_slice(&l.bx);
-            }
-            gemm(n, l.inputs, gw, &s.seq, l.inputs, &l.wx, gw, 1.0, &mut s.gx, gw);
+            s.gx.resize(n * gw, 0.0);
+            gemm(n, l.inputs, gw, &s.seq, l.inputs, &l.wx, gw, 0.0, &mut s.gx, gw);
             s.h.clear();
             s.c.clear();
             for st in states.iter() {
