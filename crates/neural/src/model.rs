@@ -388,6 +388,42 @@ fn validation_loss<B: Backend>(
     }
 }
 
+/// Refuses weights whose shapes are not the architecture's (a weights file of another model, or
+/// a description edited by hand), before any forward pass could fail on them.
+fn check_shapes(meta: &NeuralMeta, net: &Network<backend::Cpu>) -> anyhow::Result<()> {
+    let a = &meta.architecture;
+    let gates = match a.cell {
+        Cell::Lstm => 4,
+        Cell::Gru => 3,
+    };
+    let dirs = if a.bidirectional { 2 } else { 1 };
+    anyhow::ensure!(
+        net.forward.len() == a.layers && net.backward.len() == if a.bidirectional { a.layers } else { 0 },
+        "{}: the weights have {} layers, the description {}",
+        meta.family,
+        net.forward.len(),
+        a.layers
+    );
+    for (k, l) in net.forward.iter().chain(&net.backward).enumerate() {
+        let k = k % a.layers;
+        let inputs = if k == 0 { a.inputs } else { dirs * a.hidden };
+        let (wx, wh) = (l.wx.weight.dims(), l.wh.weight.dims());
+        anyhow::ensure!(
+            wx == [inputs, gates * a.hidden] && wh == [a.hidden, gates * a.hidden] && l.hidden == a.hidden,
+            "{}: layer {k} weights are {wx:?} and {wh:?}, the description says inputs {inputs}, hidden {}",
+            meta.family,
+            a.hidden
+        );
+    }
+    let (h1, h2) = (net.head1.weight.dims(), net.head2.weight.dims());
+    anyhow::ensure!(
+        h1 == [dirs * a.hidden + a.statics, a.hidden] && h2 == [a.hidden, a.outputs],
+        "{}: head weights are {h1:?} and {h2:?}, not what the description says",
+        meta.family
+    );
+    Ok(())
+}
+
 /// `(p50, p90)` levels per (model target, horizon), each a vector over the rows.
 pub type Levels = Vec<Vec<(f32, f32)>>;
 
@@ -419,6 +455,7 @@ impl Predictor {
             .load(weights, &device)
             .map_err(|e| anyhow::anyhow!("{} weights: {e}", meta.family))?;
         let net = meta.architecture.init::<backend::Cpu>(&device).load_record(record);
+        check_shapes(&meta, &net)?;
         let target_index = meta
             .targets
             .iter()

@@ -96,6 +96,13 @@ fn a_saved_model_predicts_exactly_what_the_fitted_one_did() {
     meta.channels = "seq-v0".into();
     let e = Predictor::from_parts(meta, f.weights.clone()).unwrap_err();
     assert!(e.to_string().contains("retrain"), "{e}");
+    // Weights that are not the described architecture, or not weights at all: errors, no panic.
+    let mut meta = f.meta.clone();
+    meta.architecture.hidden += 1;
+    let e = Predictor::from_parts(meta, f.weights.clone()).unwrap_err();
+    assert!(e.to_string().contains("weights"), "{e}");
+    let e = Predictor::from_parts(f.meta.clone(), b"not a record".to_vec()).unwrap_err();
+    assert!(e.to_string().contains("gru weights"), "{e}");
 }
 
 #[test]
