@@ -8,8 +8,8 @@ largest absolute difference between ONNX Runtime's outputs and burn's.
 """
 import json
 import sys
-import time
 
+from benchutil import best_of
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -97,16 +97,6 @@ x = np.ascontiguousarray(x_all[:batch])
 s = np.ascontiguousarray(s_all[:batch])
 y = sess.run(["y"], {"x": x, "statics": s})[0]
 max_abs_diff = float(np.max(np.abs(y - burn_out[:batch])))
-
-def best_of(fn, n):
-    fn()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t) / n)
-    return best
 
 batch_s = best_of(lambda: sess.run(["y"], {"x": x, "statics": s}), reps)
 x1, s1 = np.ascontiguousarray(x_all[:1]), np.ascontiguousarray(s_all[:1])

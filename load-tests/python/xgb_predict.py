@@ -6,8 +6,8 @@ Prints one JSON object: microseconds per row at the batch size, and per single-r
 """
 import json
 import sys
-import time
 
+from benchutil import best_of
 import numpy as np
 import xgboost as xgb
 
@@ -17,16 +17,6 @@ rows = np.fromfile(rows_path, dtype=np.float32).reshape(-1, n_cols)
 b = xgb.Booster(model_file=model)
 b.set_param({"nthread": threads})
 x = np.ascontiguousarray(rows[:batch])
-
-def best_of(fn, n):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t) / n)
-    return best
 
 batch_s = best_of(lambda: b.inplace_predict(x), reps)
 one = np.ascontiguousarray(rows[:1])

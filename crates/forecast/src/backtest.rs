@@ -99,19 +99,24 @@ struct FitData {
     valid: Option<Rows>,
 }
 
-fn split_for_validation(ds: &Dataset, valid_fraction: f64) -> FitData {
-    let end = ds.split_slot.min(ds.last_slot + 1);
+/// The training rows of `ds` split in time: the rows fitted on (whose targets fall before the
+/// hold-out) and the last `valid_fraction` of the training period, held out for early
+/// stopping (empty when the fraction is 0). The neural models use the same split.
+pub fn validation_split(ds: &Dataset, valid_fraction: f64) -> (Rows, Rows) {
     if valid_fraction <= 0.0 {
-        return FitData {
-            fit: ds.train.clone(),
-            valid: None,
-        };
+        return (ds.train.clone(), Rows::default());
     }
+    let end = ds.split_slot.min(ds.last_slot + 1);
     let max_h = *ds.horizons.iter().max().unwrap_or(&1) as i64;
     let valid_slot = end - ((end - ds.first_slot) as f64 * valid_fraction) as i64;
+    (ds.train.filter(|s| s + max_h < valid_slot), ds.train.filter(|s| s >= valid_slot))
+}
+
+fn split_for_validation(ds: &Dataset, valid_fraction: f64) -> FitData {
+    let (fit, valid) = validation_split(ds, valid_fraction);
     FitData {
-        fit: ds.train.filter(|s| s + max_h < valid_slot),
-        valid: Some(ds.train.filter(|s| s >= valid_slot)),
+        fit,
+        valid: (valid_fraction > 0.0).then_some(valid),
     }
 }
 

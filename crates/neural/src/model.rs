@@ -204,15 +204,15 @@ fn tensors<B: Backend>(b: &Batch, input_len: usize, device: &B::Device) -> (Tens
     )
 }
 
-/// The dataset's training rows split in time into the fit part and the hold-out.
-fn split(ds: &Dataset, valid_fraction: f64) -> (Rows, Rows) {
-    let end = ds.split_slot.min(ds.last_slot + 1);
-    let max_h = *ds.horizons.iter().max().unwrap_or(&1) as i64;
-    if valid_fraction <= 0.0 {
-        return (ds.train.clone(), Rows::default());
-    }
-    let valid_slot = end - ((end - ds.first_slot) as f64 * valid_fraction) as i64;
-    (ds.train.filter(|s| s + max_h < valid_slot), ds.train.filter(|s| s >= valid_slot))
+/// Labels, mask and each output's quantile level of a batch, `[n, outputs]` each.
+fn label_tensors<B: Backend>(b: Batch, taus_row: &[f32], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let shape = [b.n, taus_row.len()];
+    let taus: Vec<f32> = taus_row.iter().copied().cycle().take(b.n * taus_row.len()).collect();
+    (
+        Tensor::from_data(TensorData::new(b.y, shape), device),
+        Tensor::from_data(TensorData::new(b.mask, shape), device),
+        Tensor::from_data(TensorData::new(taus, shape), device),
+    )
 }
 
 /// Fits a model of `opts` on the training rows of `ds`. `checkpoints`, when given, receives
@@ -239,7 +239,7 @@ pub(crate) fn fit_on<B: AutodiffBackend>(
     anyhow::ensure!(!ds.train.is_empty(), "no training rows (is the trace long enough?)");
     let scales = Scales::fit(ds);
     let enc = Encoded::new(ds, scales, opts.input_len);
-    let (fit_rows, valid_rows) = split(ds, opts.valid_fraction);
+    let (fit_rows, valid_rows) = headroom_forecast::backtest::validation_split(ds, opts.valid_fraction);
     anyhow::ensure!(!fit_rows.is_empty(), "no rows left to fit after the validation hold-out");
     let nq = opts.quantiles.len();
     let sampler = Sampler {
@@ -289,12 +289,7 @@ pub(crate) fn fit_on<B: AutodiffBackend>(
         for chunk in order[..per_epoch].chunks(opts.batch_size) {
             let b = sampler.batch(&fit_rows, chunk, true);
             let (x, s) = tensors::<B>(&b, opts.input_len, device);
-            let y = Tensor::<B, 2>::from_data(TensorData::new(b.y, [b.n, sampler.outputs()]), device);
-            let mask = Tensor::<B, 2>::from_data(TensorData::new(b.mask, [b.n, sampler.outputs()]), device);
-            let taus = Tensor::<B, 2>::from_data(
-                TensorData::new(taus_row.iter().copied().cycle().take(b.n * taus_row.len()).collect::<Vec<_>>(), [b.n, sampler.outputs()]),
-                device,
-            );
+            let (y, mask, taus) = label_tensors::<B>(b, &taus_row, device);
             let loss = pinball(model.forward(x, s), y, mask, taus);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -370,13 +365,7 @@ fn validation_loss<B: Backend>(
             continue;
         }
         let (x, s) = tensors::<B>(&b, opts.input_len, device);
-        let out = sampler.outputs();
-        let y = Tensor::<B, 2>::from_data(TensorData::new(b.y, [b.n, out]), device);
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(b.mask, [b.n, out]), device);
-        let taus = Tensor::<B, 2>::from_data(
-            TensorData::new(taus_row.iter().copied().cycle().take(b.n * out).collect::<Vec<_>>(), [b.n, out]),
-            device,
-        );
+        let (y, mask, taus) = label_tensors::<B>(b, taus_row, device);
         let l: f32 = pinball(model.forward(x, s), y, mask, taus).into_scalar().elem();
         sum += f64::from(l) * known;
         n += known;
@@ -507,6 +496,26 @@ impl Predictor {
         self.net.forward(x, s).into_data().into_vec::<f32>().expect("f32 outputs")
     }
 
+    /// The `(p50, p90)` levels of row `i` from its raw outputs (one row of the network's
+    /// output): anchor + prediction × step scale, floored at 0, p90 kept at or above p50.
+    /// `put(k, levels)` receives them per (model target, horizon) index `k`.
+    fn levels(&self, ds: &Dataset, rows: &Rows, i: usize, raw: &[f32], mut put: impl FnMut(usize, (f32, f32))) {
+        let nh = ds.horizons.len();
+        let nq = self.meta.quantiles.len();
+        let q50 = self.meta.quantiles.iter().position(|q| (*q - 0.5).abs() < 1e-6).unwrap_or(0);
+        let q90 = nq - 1;
+        for (t, &m) in self.target_index.iter().enumerate() {
+            let a = ds.anchor(rows, i, m);
+            let a = if a.is_finite() { a } else { ds.now(rows, i, m) };
+            for k in 0..nh {
+                let o = (t * nh + k) * nq;
+                let p50 = (a + raw[o + q50] * self.meta.scales.step[m]).max(0.0);
+                let p90 = (a + raw[o + q90] * self.meta.scales.step[m]).max(p50);
+                put(t * nh + k, (p50, p90));
+            }
+        }
+    }
+
     /// `(p50, p90)` levels of every row of `rows`, per (model target, horizon) in the order of
     /// `meta.targets` × `meta.horizons_slots`.
     pub fn predict_rows(&self, ds: &Dataset, rows: &Rows) -> anyhow::Result<Levels> {
@@ -521,9 +530,6 @@ impl Predictor {
             nq: self.meta.quantiles.len(),
         };
         let nh = ds.horizons.len();
-        let nq = self.meta.quantiles.len();
-        let q50 = self.meta.quantiles.iter().position(|q| (*q - 0.5).abs() < 1e-6).unwrap_or(0);
-        let q90 = nq - 1;
         let mut out = vec![Vec::with_capacity(rows.len()); self.target_index.len() * nh];
         let idx: Vec<usize> = (0..rows.len()).collect();
         for chunk in idx.chunks(2048) {
@@ -531,16 +537,7 @@ impl Predictor {
             let raw = self.raw(b.x, b.statics, b.n);
             let width = sampler.outputs();
             for (j, &i) in chunk.iter().enumerate() {
-                for (t, &m) in self.target_index.iter().enumerate() {
-                    let a = ds.anchor(rows, i, m);
-                    let a = if a.is_finite() { a } else { ds.now(rows, i, m) };
-                    for k in 0..nh {
-                        let o = j * width + (t * nh + k) * nq;
-                        let p50 = (a + raw[o + q50] * self.meta.scales.step[m]).max(0.0);
-                        let p90 = (a + raw[o + q90] * self.meta.scales.step[m]).max(p50);
-                        out[t * nh + k].push((p50, p90));
-                    }
-                }
+                self.levels(ds, rows, i, &raw[j * width..(j + 1) * width], |k, l| out[k].push(l));
             }
         }
         Ok(out)
@@ -556,10 +553,6 @@ impl Predictor {
         let Some(fast) = &self.fast else { return Ok(None) };
         let enc = Encoded::new(ds, self.meta.scales, self.meta.input_len);
         let nh = ds.horizons.len();
-        let nq = self.meta.quantiles.len();
-        let q50 = self.meta.quantiles.iter().position(|q| (*q - 0.5).abs() < 1e-6).unwrap_or(0);
-        let q90 = nq - 1;
-        let width = fast.outputs;
         let mut out = vec![vec![(f32::NAN, f32::NAN); rows.len()]; self.target_index.len() * nh];
         // The rows of each entity, in slot order.
         let mut by_entity: Vec<Vec<usize>> = vec![Vec::new(); ds.series.len()];
@@ -594,17 +587,7 @@ impl Predictor {
                 fast.step(x, &statics, &mut refs, &mut scratch, &mut raw);
                 let Some(i) = i else { continue };
                 next.next();
-                for (t, &m) in self.target_index.iter().enumerate() {
-                    let a = ds.anchor(rows, i, m);
-                    let a = if a.is_finite() { a } else { ds.now(rows, i, m) };
-                    for h in 0..nh {
-                        let o = (t * nh + h) * nq;
-                        debug_assert!(o + q90 < width);
-                        let p50 = (a + raw[o + q50] * self.meta.scales.step[m]).max(0.0);
-                        let p90 = (a + raw[o + q90] * self.meta.scales.step[m]).max(p50);
-                        out[t * nh + h][i] = (p50, p90);
-                    }
-                }
+                self.levels(ds, rows, i, &raw, |k, l| out[k][i] = l);
             }
         }
         Ok(Some(out))

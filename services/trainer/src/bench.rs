@@ -33,7 +33,8 @@ pub struct BenchArgs {
     python: PathBuf,
 }
 
-fn best_of(mut f: impl FnMut(), n: usize) -> f64 {
+/// The best mean time per call of `f` over three rounds of `n` calls, after one warm-up call.
+pub(crate) fn best_of(mut f: impl FnMut(), n: usize) -> f64 {
     f();
     (0..3)
         .map(|_| {

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -16,6 +15,8 @@ use headroom_neural::fast::{FastNet, Scratch};
 use headroom_neural::net::{Architecture, Network};
 use headroom_neural::Cell;
 use rand::{Rng, SeedableRng};
+
+use crate::bench::best_of;
 
 #[derive(Args, Debug)]
 pub struct RnnBenchArgs {
@@ -36,19 +37,6 @@ pub struct RnnBenchArgs {
     /// The Python with onnx and onnxruntime (scripts/setup.sh installs them in the venv).
     #[arg(long, env = "HEADROOM_PYTHON")]
     python: PathBuf,
-}
-
-fn best_of(mut f: impl FnMut(), n: usize) -> f64 {
-    f();
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed().as_secs_f64() / n as f64
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn values<const D: usize>(t: &Tensor<Cpu, D>) -> Vec<f32> {
@@ -96,6 +84,21 @@ fn f32_file(path: &std::path::Path, v: &[f32]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The benchmarked network: the models' inputs and heads (3 targets × 3 horizons × 2 quantiles).
+fn architecture(cell: Cell, a: &RnnBenchArgs) -> Architecture {
+    Architecture {
+        cell,
+        inputs: N_CHANNELS,
+        statics: 3,
+        hidden: a.hidden,
+        layers: a.layers,
+        bidirectional: false,
+        dropout: 0.0,
+        outputs: 18,
+        quantiles: 2,
+    }
+}
+
 pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
     let cell = match a.cell.as_str() {
         "lstm" => Cell::Lstm,
@@ -111,17 +114,7 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for &steps in &a.input_lens {
-        let arch = Architecture {
-            cell,
-            inputs: N_CHANNELS,
-            statics: 3,
-            hidden: a.hidden,
-            layers: a.layers,
-            bidirectional: false,
-            dropout: 0.0,
-            outputs: 18,
-            quantiles: 2,
-        };
+        let arch = architecture(cell, a);
         Cpu::seed(&device, 3);
         let net: Network<Cpu> = arch.init(&device);
         let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
@@ -185,17 +178,7 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
         }
     }
     // Carried state: one step per event, a micro-batch of events of distinct entities at once.
-    let arch = Architecture {
-        cell,
-        inputs: N_CHANNELS,
-        statics: 3,
-        hidden: a.hidden,
-        layers: a.layers,
-        bidirectional: false,
-        dropout: 0.0,
-        outputs: 18,
-        quantiles: 2,
-    };
+    let arch = architecture(cell, a);
     let net: Network<Cpu> = arch.init(&device);
     let fast = FastNet::from_network(&net)?;
     let n = a.batch;
