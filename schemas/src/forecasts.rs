@@ -81,6 +81,15 @@ pub struct Forecast {
 }
 
 impl Forecast {
+    /// The points of the primary model: the first point's model, whose points come first.
+    /// The scorer lists the version's primary (XGBoost) forecasts before the other models'
+    /// (LSTM, GRU), so a consumer that acts on one forecast per metric and horizon (the
+    /// recommender, the drift monitor) reads these; the sink keeps every point.
+    pub fn primary_points(&self) -> impl Iterator<Item = &ForecastPoint> {
+        let model = self.points.first().map(|p| p.model.as_str());
+        self.points.iter().take_while(move |p| Some(p.model.as_str()) == model)
+    }
+
     pub fn encode_framed(&self, out: &mut Vec<u8>) {
         let id = Catalogue::builtin().latest(SUBJECT).map(|e| e.id).unwrap_or(0);
         framing::frame(id, out);
@@ -110,8 +119,9 @@ impl Forecast {
     }
 
     /// The point of `metric` at `horizon_min`, when the forecast has one.
+    /// The primary model's point of `metric` at `horizon_min`.
     pub fn point(&self, metric: Metric, horizon_min: i32) -> Option<&ForecastPoint> {
-        self.points.iter().find(|p| p.metric == metric && p.horizon_min == horizon_min)
+        self.primary_points().find(|p| p.metric == metric && p.horizon_min == horizon_min)
     }
 
     pub fn decode(payload: &[u8]) -> Result<Forecast, DecodeError> {
@@ -300,6 +310,24 @@ mod tests {
         // Not a forecast: a clear error.
         assert!(Forecast::decode(&buf[..buf.len() - 3]).is_err());
         assert!(ModelEvent::decode(&buf).is_err());
+    }
+
+    #[test]
+    fn the_primary_points_are_the_first_models() {
+        let pt = |metric, model: &str, p50| ForecastPoint { metric, horizon_min: 15, p50, p90: p50, model: model.into() };
+        let f = Forecast {
+            points: vec![
+                pt(Metric::Cpu, "xgboost/v1", 0.4),
+                pt(Metric::Memory, "xgboost/v1", 0.5),
+                pt(Metric::Cpu, "lstm/v1", 0.7),
+                pt(Metric::Memory, "gru/v1", 0.8),
+            ],
+            ..Forecast::default()
+        };
+        let primary: Vec<f64> = f.primary_points().map(|p| p.p50).collect();
+        assert_eq!(primary, [0.4, 0.5]);
+        assert_eq!(f.point(Metric::Cpu, 15).map(|p| p.p50), Some(0.4));
+        assert_eq!(Forecast::default().primary_points().count(), 0);
     }
 
     #[test]

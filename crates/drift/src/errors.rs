@@ -203,7 +203,9 @@ impl ErrorMonitor {
         if f.observed.cpu_util.is_none() && f.observed.mem_util.is_none() && f.observed.net_bps.is_none() {
             self.stats.unusable += 1;
         }
-        for p in &f.points {
+        // The primary model's points: the others (LSTM, GRU) are compared offline, in the
+        // forecasts table, not monitored per head here.
+        for p in f.primary_points() {
             if !p.p50.is_finite() || p.horizon_min <= 0 || observed_kind(p.metric).is_none() {
                 continue;
             }

@@ -27,6 +27,11 @@ pub struct ServingModel {
     pub version: String,
     pub feature_schema: String,
     pub dir: std::path::PathBuf,
+    /// The featurizer's feature names (the vectors this version scores).
+    pub base_names: Vec<String>,
+    pub interval_ms: i64,
+    /// The version's neural models (their files are read by `headroom-neural`).
+    pub neural: Vec<artifact::NeuralFile>,
     derivation: Derivation,
     pub heads: Vec<Head>,
     pub classifier: Option<InplaceBooster>,
@@ -38,6 +43,9 @@ pub struct Scores {
     pub rows: usize,
     pub heads: Vec<Vec<(f32, f32)>>,
     pub peak: Vec<f32>,
+    /// Per row, each target's anchor (its trailing median): what the neural models add
+    /// their predicted change to.
+    pub anchors: Vec<[f32; crate::dataset::N_TARGETS]>,
     inputs: Vec<f32>,
     buf: Vec<f32>,
 }
@@ -93,6 +101,9 @@ impl ServingModel {
             version: m.version.clone(),
             feature_schema: m.feature_schema.clone(),
             dir: l.dir,
+            base_names: base.to_vec(),
+            interval_ms: m.interval_ms,
+            neural: m.neural.clone(),
             derivation,
             heads,
             classifier,
@@ -127,12 +138,14 @@ impl ServingModel {
         out.rows = n;
         out.inputs.clear();
         out.inputs.reserve(n * self.derivation.width());
+        out.anchors.clear();
         let mut row = Vec::with_capacity(self.derivation.width());
         for r in base.chunks_exact(w) {
             row.clear();
             row.extend_from_slice(r);
             self.derivation.extend(&mut row);
             out.inputs.extend_from_slice(&row);
+            out.anchors.push(std::array::from_fn(|m| row[self.derivation.anchor_index(m)]));
         }
         out.heads.resize_with(self.heads.len(), Vec::new);
         let width = self.derivation.width();

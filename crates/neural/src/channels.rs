@@ -100,7 +100,7 @@ impl StepEncoder {
 }
 
 /// Time of day and day of week as sine/cosine pairs.
-fn time_channels(ms: i64, out: &mut [f32]) {
+pub(crate) fn time_channels(ms: i64, out: &mut [f32]) {
     let day = (ms as f64).rem_euclid(DAY_MS) / DAY_MS * std::f64::consts::TAU;
     let week = (ms as f64).rem_euclid(WEEK_MS) / WEEK_MS * std::f64::consts::TAU;
     out[0] = day.sin() as f32;

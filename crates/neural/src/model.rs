@@ -413,6 +413,13 @@ fn check_shapes(meta: &NeuralMeta, net: &Network<backend::Cpu>) -> anyhow::Resul
     Ok(())
 }
 
+/// Raw p50 / p90 outputs (step-scale units) as levels: anchor + prediction × step scale,
+/// floored at 0, p90 kept at or above p50. Backtests and serving share it.
+pub(crate) fn to_levels(anchor: f32, raw50: f32, raw90: f32, step: f32) -> (f32, f32) {
+    let p50 = (anchor + raw50 * step).max(0.0);
+    (p50, (anchor + raw90 * step).max(p50))
+}
+
 /// `(p50, p90)` levels per (model target, horizon), each a vector over the rows.
 pub type Levels = Vec<Vec<(f32, f32)>>;
 
@@ -509,9 +516,7 @@ impl Predictor {
             let a = if a.is_finite() { a } else { ds.now(rows, i, m) };
             for k in 0..nh {
                 let o = (t * nh + k) * nq;
-                let p50 = (a + raw[o + q50] * self.meta.scales.step[m]).max(0.0);
-                let p90 = (a + raw[o + q90] * self.meta.scales.step[m]).max(p50);
-                put(t * nh + k, (p50, p90));
+                put(t * nh + k, to_levels(a, raw[o + q50], raw[o + q90], self.meta.scales.step[m]));
             }
         }
     }

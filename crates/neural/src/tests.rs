@@ -10,6 +10,12 @@ use crate::model::{fit, save, NeuralOptions, Predictor};
 use crate::net::Cell;
 
 fn dataset(entities: u32, days: i64, train_days: f64) -> Dataset {
+    dataset_with_gaps(entities, days, train_days, 0)
+}
+
+/// Like [`dataset`], with about one sample in `gap_every` dropped and as many missing their
+/// memory reading (0: none).
+fn dataset_with_gaps(entities: u32, days: i64, train_days: f64, gap_every: u64) -> Dataset {
     let mut g = Generator::new(GenConfig {
         entities: Some(entities),
         ..GenConfig::default()
@@ -18,7 +24,16 @@ fn dataset(entities: u32, days: i64, train_days: f64) -> Dataset {
     let mut recs = Vec::new();
     for r in 0..days * 288 {
         for i in 0..g.entity_count() {
-            recs.push(g.sample(i, start + r * 300_000));
+            let mut rec = g.sample(i, start + r * 300_000);
+            if gap_every > 0 {
+                let h = (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(i as u32).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                match (h >> 17) % gap_every {
+                    0 => continue,
+                    1 => rec.mem_util = None,
+                    _ => {}
+                }
+            }
+            recs.push(rec);
         }
     }
     Dataset::build(
@@ -241,4 +256,95 @@ fn the_fused_kernel_matches_burns_forward_pass_and_its_own_carried_state() {
         quantiles: 2,
     };
     assert!(FastNet::from_network(&bi.init::<Cpu>(&device)).is_err());
+}
+
+/// The scorer's windows, built from the featurizer's vectors and the entity's slot flags,
+/// are the training windows, and its predictions the backtest's, on a trace with gaps.
+#[test]
+fn serving_windows_from_feature_vectors_equal_the_training_windows() {
+    use crate::serve::{NeuralServing, SlotFlags};
+    use headroom_forecast::dataset::N_TARGETS;
+    let ds = dataset_with_gaps(6, 4, 3.0, 12);
+    let opts = NeuralOptions {
+        max_epochs: 1,
+        samples_per_epoch: 512,
+        ..small(Cell::Lstm)
+    };
+    let p = Predictor::new(&fit(&ds, &opts, None, &mut Quiet).unwrap()).unwrap();
+    let names = ds.layout.names().to_vec();
+    let base = names.len();
+    let expected = p.predict_rows(&ds, &ds.test).unwrap();
+    let serving = NeuralServing::new(p, &names, ds.interval_ms).unwrap();
+    let len = serving.input_len();
+    let enc = Encoded::new(&ds, serving.predictor.meta.scales, len);
+
+    let (mut x, mut statics, mut anchors, mut nows, mut picked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut compared, mut with_gaps) = (0, 0);
+    for (e, s) in ds.series.iter().enumerate() {
+        // Replay the entity's events in slot order, as the scorer sees them.
+        let rows: Vec<usize> = (0..ds.test.len()).filter(|&i| ds.test.entity[i] as usize == e).collect();
+        let mut next = rows.iter().peekable();
+        let mut flags = SlotFlags::default();
+        for i in 0..s.len() {
+            let slot = s.first_slot + i as i64;
+            let raw: [f32; N_TARGETS] = std::array::from_fn(|m| s.values[m][i]);
+            if raw.iter().any(|v| v.is_finite()) {
+                flags.record(slot, SlotFlags::bits(raw), len + 1);
+            }
+            let Some(&&r) = next.peek() else { break };
+            if ds.test.slot[r] != slot {
+                continue;
+            }
+            next.next();
+            // The scorer reads the same bits from the vector's imputed flags.
+            assert_eq!(serving.observed_bits(ds.test.row(r)), SlotFlags::bits(raw), "slot {slot}");
+            if slot <= s.first_slot + len as i64 {
+                continue; // training pads there, the featurizer back-fills
+            }
+            let row = ds.test.row(r);
+            let from = x.len();
+            serving.push_window(&row[..base], slot, &flags, &mut x);
+            let mut want = Vec::new();
+            enc.window(e, slot, &mut want);
+            assert_eq!(x[from..], want[..], "window of entity {e} at slot {slot}");
+            with_gaps += usize::from(want.chunks(N_CHANNELS).any(|c| (0..N_TARGETS).any(|m| c[3 * m + 2] > 0.5)));
+            compared += 1;
+            let a: [f32; N_TARGETS] = std::array::from_fn(|m| ds.anchor(&ds.test, r, m));
+            serving.push_statics(a, &mut statics);
+            anchors.push(a);
+            nows.push(serving.nows(row));
+            assert_eq!(nows.last().unwrap(), &std::array::from_fn::<f32, N_TARGETS, _>(|m| ds.now(&ds.test, r, m)));
+            picked.push(r);
+        }
+    }
+    assert!(compared > 1000 && with_gaps > compared / 4, "{compared} windows compared, {with_gaps} with gaps");
+    let mut out = Vec::new();
+    serving.predict(&x, &statics, &anchors, &nows, 2, &mut out);
+    let heads = serving.heads().len();
+    for (j, &r) in picked.iter().enumerate() {
+        for k in 0..heads {
+            let (a, b) = (out[j * heads + k], expected[k][r]);
+            assert!((a.0 - b.0).abs() <= 1e-4 * (1.0 + b.0.abs()) && (a.1 - b.1).abs() <= 1e-4 * (1.0 + b.1.abs()), "row {r} head {k}: {a:?} vs {b:?}");
+        }
+    }
+
+    // A model that reads further back than the features' lags is refused, naming the fix.
+    let short: Vec<String> = names.iter().filter(|n| !n.contains("_lag_2")).cloned().collect();
+    let e = NeuralServing::new(serving.predictor, &short, ds.interval_ms).unwrap_err().to_string();
+    assert!(e.contains("features.lags") && e.contains("--input-len"), "{e}");
+}
+
+#[test]
+fn slot_flags_mark_skipped_slots_and_take_late_events() {
+    use crate::serve::SlotFlags;
+    let mut f = SlotFlags::default();
+    assert_eq!(f.observed(10), None);
+    f.record(10, 0b111, 4);
+    f.record(13, 0b101, 4);
+    assert_eq!((f.observed(13), f.observed(12), f.observed(11), f.observed(10)), (Some(0b101), Some(0), Some(0), Some(0b111)));
+    f.record(12, 0b011, 4); // late, still held
+    assert_eq!(f.observed(12), Some(0b011));
+    f.record(40, 0b111, 4); // a long gap keeps only what is asked
+    assert_eq!((f.observed(40), f.observed(39), f.observed(13)), (Some(0b111), Some(0), None));
+    assert_eq!(SlotFlags::bits([1.0, f32::NAN, 0.0]), 0b101);
 }

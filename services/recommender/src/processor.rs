@@ -126,11 +126,11 @@ pub fn to_record(f: &Forecast, d: &Decision, policy_version: &str) -> Recommenda
     }
 }
 
-/// The CPU and memory points of a forecast, as the policy reads them.
+/// The CPU and memory points of a forecast's primary model, as the policy reads them.
 pub fn horizons(f: &Forecast, cpu: &mut Vec<Horizon>, mem: &mut Vec<Horizon>) {
     cpu.clear();
     mem.clear();
-    for p in &f.points {
+    for p in f.primary_points() {
         let h = Horizon {
             minutes: p.horizon_min,
             p50: p.p50,

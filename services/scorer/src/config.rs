@@ -21,8 +21,15 @@ pub struct Topics {
 pub struct Models {
     pub dir: PathBuf,
     pub family: String,
+    /// The version's neural models to serve beside XGBoost (`lstm`, `gru`), when it has them.
+    #[serde(default = "default_neural")]
+    pub neural: Vec<String>,
     pub threads: usize,
     pub watch: bool,
+}
+
+fn default_neural() -> Vec<String> {
+    vec!["lstm".into(), "gru".into()]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +65,13 @@ impl Config {
                 self.models.threads
             )));
         }
+        for (i, n) in self.models.neural.iter().enumerate() {
+            if !["lstm", "gru"].contains(&n.as_str()) || self.models.neural[..i].contains(n) {
+                return Err(ConfigError::Invalid(format!(
+                    "key `models.neural`: `{n}` is not one of lstm, gru or is listed twice"
+                )));
+            }
+        }
         if self.models.family.is_empty() {
             return Err(ConfigError::Invalid("key `models.family` must not be empty".into()));
         }
@@ -89,5 +103,8 @@ mod tests {
         std::env::set_var("HEADROOM_SCORER_TEST3__MODELS__WATCH", "sometimes");
         let e = load_config::<Config>(DEFAULTS, None, "HEADROOM_SCORER_TEST3__").unwrap_err();
         assert!(e.to_string().contains("models.watch"), "{e}");
+        std::env::set_var("HEADROOM_SCORER_TEST4__MODELS__NEURAL", "[\"lstm\",\"transformer\"]");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_SCORER_TEST4__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("models.neural"));
     }
 }

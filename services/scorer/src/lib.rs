@@ -9,15 +9,15 @@
 
 mod config;
 mod processor;
+mod served;
 
 pub use config::{Config, Models, Topics};
 pub use processor::{batch_schema, feature_values, to_record_batch, NextModel, Scorer, ScorerMetrics};
+pub use served::{Neural, Served};
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use headroom_forecast::artifact::Registry;
-use headroom_forecast::serving::ServingModel;
 use headroom_runtime::service::{self, ServiceHandle};
 use headroom_runtime::topology::Topology;
 use headroom_runtime::Shutdown;
@@ -26,8 +26,9 @@ pub const SERVICE: &str = "scorer";
 
 pub use headroom_runtime::models::artifact_dir;
 
-/// Loads the version the registry names as serving for `family`.
-pub fn load_serving(models: &Models) -> anyhow::Result<ServingModel> {
+/// Loads the version the registry names as serving for `family`, with the neural models
+/// `models.neural` names.
+pub fn load_serving(models: &Models) -> anyhow::Result<Served> {
     let reg = Registry::read(&models.dir)?;
     let version = reg.serving.get(&models.family).ok_or_else(|| {
         anyhow::anyhow!(
@@ -38,7 +39,7 @@ pub fn load_serving(models: &Models) -> anyhow::Result<ServingModel> {
             models.dir.display()
         )
     })?;
-    ServingModel::load(&models.dir.join(version), None)
+    Served::load(&models.dir.join(version), &models.neural)
 }
 
 /// Starts the scorer with `config` until `shutdown` triggers.
@@ -46,12 +47,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
     config.validate()?;
     Topology::builtin().check_service(SERVICE, &["features", "models"], &["forecasts", "telemetry.dlq"])?;
     let model = load_serving(&config.models)?;
-    tracing::info!(family = %model.family, version = %model.version, schema = %model.feature_schema, heads = model.heads.len(), "serving model loaded");
+    tracing::info!(version = %model.version(), models = ?model.families(), schema = %model.xgb.feature_schema, heads = model.xgb.heads.len(), "serving model loaded");
     let next: NextModel = Arc::new(Mutex::new(None));
     let topics = config.topics.clone();
     let models = config.models.clone();
     let kafka = config.kafka.clone();
-    let current = model.version.clone();
+    let current = model.version().to_owned();
     let watch_next = next.clone();
     let watch_shutdown = shutdown.clone();
     service::start(
@@ -63,10 +64,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
         move |metrics| {
             let m = ScorerMetrics::new(metrics);
             if models.watch {
-                let (wm, topic, dir, family) = (m.clone(), topics.models.clone(), models.dir.clone(), models.family.clone());
+                let (wm, topic, wmodels) = (m.clone(), topics.models.clone(), models.clone());
                 std::thread::Builder::new()
                     .name("model-watcher".into())
-                    .spawn(move || watch(&kafka, &topic, &dir, &family, current, watch_next, wm, watch_shutdown))?;
+                    .spawn(move || watch(&kafka, &topic, &wmodels, current, watch_next, wm, watch_shutdown))?;
             }
             Scorer::new(topics.input, topics.output, model, next, models.threads, m)
         },
@@ -75,34 +76,33 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
 }
 
 /// Follows the models topic from its beginning (it is compacted: the latest event per model).
-#[allow(clippy::too_many_arguments)]
 fn watch(
     kafka: &headroom_runtime::KafkaConfig,
     topic: &str,
-    models_dir: &Path,
-    family: &str,
+    models: &Models,
     mut current: String,
     next: NextModel,
     metrics: ScorerMetrics,
     shutdown: Shutdown,
 ) {
+    let family = models.family.as_str();
     tracing::info!(topic, family, "following model versions");
     headroom_runtime::models::follow(kafka, topic, &shutdown, |ev| {
         if !headroom_runtime::models::is_switch(&ev, family) || ev.version == current {
             return;
         }
-        let dir = artifact_dir(models_dir, &ev.artifact_uri);
-        match ServingModel::load(&dir, None) {
-            Ok(m) if m.version == ev.version => {
-                tracing::info!(version = %m.version, dir = %dir.display(), "model version loaded; swapping at the next batch");
-                current = m.version.clone();
+        let dir = artifact_dir(&models.dir, &ev.artifact_uri);
+        match Served::load(&dir, &models.neural) {
+            Ok(m) if m.version() == ev.version => {
+                tracing::info!(version = %m.version(), models = ?m.families(), dir = %dir.display(), "model version loaded; swapping at the next batch");
+                current = m.version().to_owned();
                 if let Ok(mut slot) = next.lock() {
                     *slot = Some(m);
                 }
             }
             Ok(m) => {
                 metrics.load_failures.inc();
-                tracing::error!(announced = %ev.version, found = %m.version, dir = %dir.display(), "model event names another version than its artifacts hold; ignored");
+                tracing::error!(announced = %ev.version, found = %m.version(), dir = %dir.display(), "model event names another version than its artifacts hold; ignored");
             }
             Err(e) => {
                 metrics.load_failures.inc();

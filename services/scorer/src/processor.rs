@@ -1,23 +1,28 @@
 //! Micro-batch scoring: records are decoded and buffered as they arrive; when the runtime
 //! closes a batch, the buffered vectors become one Arrow record batch, every model head scores
-//! it in one call, and one forecast per record is published. A batch is scored by exactly one
+//! it in one call (XGBoost, then each LSTM / GRU model on the windows read from the same
+//! vectors), and one forecast per record is published. A batch is scored by exactly one
 //! model version: a newly promoted version is swapped in between batches, so no event is
 //! dropped or scored twice across a swap.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Int64Builder, StringBuilder};
 use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use headroom_forecast::serving::{Scores, ServingModel};
+use headroom_forecast::serving::Scores;
 use headroom_forecast::TARGETS;
+use headroom_neural::SlotFlags;
 use headroom_runtime::{Emitter, Flush, InputRecord, Metrics, Processor};
 use headroom_schemas::{DlqReason, FeaturesRecord, Forecast, ForecastPoint, Metric, Observed};
-use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, Opts};
+
+use crate::served::Served;
 
 /// Where the model watcher leaves a newly loaded version for the next batch.
-pub type NextModel = Arc<Mutex<Option<ServingModel>>>;
+pub type NextModel = Arc<Mutex<Option<Served>>>;
 
 /// What is kept of a buffered record until its batch is scored.
 struct Pending {
@@ -34,7 +39,8 @@ struct Pending {
 pub struct ScorerMetrics {
     pub swaps: IntCounter,
     pub load_failures: IntCounter,
-    pub score_seconds: Histogram,
+    /// Per model family (`xgboost`, `lstm`, `gru`: bounded).
+    pub score_seconds: HistogramVec,
     pub scored: IntCounter,
 }
 
@@ -45,9 +51,10 @@ impl ScorerMetrics {
             let _ = m.registry.register(Box::new(c.clone()));
             c
         };
-        let score_seconds = Histogram::with_opts(
-            HistogramOpts::new("scorer_batch_score_seconds", "Time to score one micro-batch with every head.")
+        let score_seconds = HistogramVec::new(
+            HistogramOpts::new("scorer_batch_score_seconds", "Time to score one micro-batch with every head of a model family.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            &["model"],
         )
         .expect("metric");
         let _ = m.registry.register(Box::new(score_seconds.clone()));
@@ -63,14 +70,27 @@ impl ScorerMetrics {
     }
 }
 
+/// Inputs and outputs of one neural model for a batch (reused across batches).
+#[derive(Default)]
+struct NeuralBatch {
+    x: Vec<f32>,
+    statics: Vec<f32>,
+    out: Vec<(f32, f32)>,
+}
+
 pub struct Scorer {
     input_topic: String,
     output: String,
-    model: ServingModel,
+    model: Served,
     next: NextModel,
     threads: usize,
     pending: Vec<Pending>,
     scores: Scores,
+    /// Per input partition, per entity: which recent slots had samples (the neural windows'
+    /// missing flags). Partition-local like the input; dropped on revoke.
+    flags: HashMap<i32, HashMap<String, SlotFlags>>,
+    neural: Vec<NeuralBatch>,
+    nows: Vec<[f32; headroom_forecast::dataset::N_TARGETS]>,
     buf: Vec<u8>,
     metrics: ScorerMetrics,
 }
@@ -130,12 +150,12 @@ impl Scorer {
     pub fn new(
         input_topic: String,
         output: String,
-        mut model: ServingModel,
+        mut model: Served,
         next: NextModel,
         threads: usize,
         metrics: ScorerMetrics,
     ) -> anyhow::Result<Scorer> {
-        model.set_threads(threads)?;
+        model.xgb.set_threads(threads)?;
         Ok(Scorer {
             input_topic,
             output,
@@ -144,6 +164,9 @@ impl Scorer {
             threads,
             pending: Vec::new(),
             scores: Scores::default(),
+            flags: HashMap::new(),
+            neural: Vec::new(),
+            nows: Vec::new(),
             buf: Vec::new(),
             metrics,
         })
@@ -155,21 +178,66 @@ impl Scorer {
             Err(_) => None,
         };
         if let Some(mut m) = next {
-            if let Err(e) = m.set_threads(self.threads) {
-                tracing::error!(error = %e, version = %m.version, "cannot configure the new model; keeping the current one");
+            if let Err(e) = m.xgb.set_threads(self.threads) {
+                tracing::error!(error = %e, version = %m.version(), "cannot configure the new model; keeping the current one");
                 self.metrics.load_failures.inc();
                 return;
             }
-            tracing::info!(from = %self.model.version, to = %m.version, "model version swapped");
+            tracing::info!(from = %self.model.version(), to = %m.version(), models = ?m.families(), "model version swapped");
             self.model = m;
             self.metrics.swaps.inc();
         }
     }
 
-    fn emit_forecast(&mut self, p: &Pending, i: usize, emitter: &mut Emitter<'_>) {
+    /// Scores the batch's rows with each neural model: records each event's slot in its
+    /// entity's flags (in arrival order), builds its windows from its vector, then runs every
+    /// model on the whole batch.
+    fn score_neural(&mut self, ok: &[Pending]) {
         let m = &self.model;
+        if m.neural.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let keep = m.history_slots();
+        let interval = m.xgb.interval_ms;
+        self.neural.resize_with(m.neural.len(), NeuralBatch::default);
+        for b in &mut self.neural {
+            b.x.clear();
+            b.statics.clear();
+        }
+        self.nows.clear();
+        let first = &m.neural[0].model;
+        for (i, p) in ok.iter().enumerate() {
+            let r = &p.record;
+            let slot = r.ts_ms.div_euclid(interval);
+            let entities = self.flags.entry(p.partition).or_default();
+            if !entities.contains_key(&r.entity_id) {
+                entities.insert(r.entity_id.clone(), SlotFlags::default());
+            }
+            let flags = entities.get_mut(&r.entity_id).expect("entity just ensured");
+            flags.record(slot, first.observed_bits(&r.values), keep);
+            for (n, b) in m.neural.iter().zip(&mut self.neural) {
+                n.model.push_window(&r.values, slot, flags, &mut b.x);
+                n.model.push_statics(self.scores.anchors[i], &mut b.statics);
+            }
+            self.nows.push(first.nows(&r.values));
+        }
+        let prepared = started.elapsed();
+        for (n, b) in m.neural.iter().zip(&mut self.neural) {
+            let t = Instant::now();
+            n.model.predict(&b.x, &b.statics, &self.scores.anchors, &self.nows, self.threads, &mut b.out);
+            self.metrics
+                .score_seconds
+                .with_label_values(&[n.model.family()])
+                .observe((t.elapsed() + prepared / m.neural.len() as u32).as_secs_f64());
+        }
+    }
+
+    fn emit_forecast(&mut self, p: &Pending, i: usize, emitter: &mut Emitter<'_>) {
+        let served = &self.model;
+        let m = &served.xgb;
         let tag = format!("{}/{}", m.family, m.version);
-        let points = m
+        let mut points: Vec<ForecastPoint> = m
             .heads
             .iter()
             .zip(&self.scores.heads)
@@ -181,6 +249,22 @@ impl Scorer {
                 model: tag.clone(),
             })
             .collect();
+        let mut model_versions = vec![(m.family.clone(), m.version.clone())];
+        // The other models' points follow the primary's (see `Forecast::primary_points`).
+        for (n, b) in served.neural.iter().zip(&self.neural) {
+            let tag = format!("{}/{}", n.model.family(), m.version);
+            let k = n.heads.len();
+            for (&(metric, horizon_min), &(p50, p90)) in n.heads.iter().zip(&b.out[i * k..(i + 1) * k]) {
+                points.push(ForecastPoint {
+                    metric,
+                    horizon_min,
+                    p50: f64::from(p50),
+                    p90: f64::from(p90),
+                    model: tag.clone(),
+                });
+            }
+            model_versions.push((n.model.family().to_owned(), m.version.clone()));
+        }
         let r = &p.record;
         let f = Forecast {
             event_id: r.event_id.clone(),
@@ -190,7 +274,7 @@ impl Scorer {
             cluster: r.cluster.clone(),
             points,
             scale_event_prob: self.scores.peak.get(i).map(|p| f64::from(*p)),
-            model_versions: vec![(m.family.clone(), m.version.clone())],
+            model_versions,
             // What the forecast starts from, so that the recommender and the drift monitor
             // read capacity and actuals from this topic alone.
             observed: Observed {
@@ -247,8 +331,10 @@ impl Processor for Scorer {
     }
 
     fn on_revoke(&mut self, _topic: &str, partition: i32) {
-        // Not committed: the partition's next owner scores them.
+        // Not committed: the partition's next owner scores them (and keeps its entities'
+        // flags from then on).
         self.pending.retain(|p| p.partition != partition);
+        self.flags.remove(&partition);
     }
 
     fn flush(&mut self, out: &mut Flush<'_>) {
@@ -257,8 +343,8 @@ impl Processor for Scorer {
         }
         self.swap_if_announced();
         let pending = std::mem::take(&mut self.pending);
-        let schema = self.model.feature_schema.clone();
-        let width = self.model.input_len();
+        let schema = self.model.xgb.feature_schema.clone();
+        let width = self.model.xgb.input_len();
         let topic = self.input_topic.clone();
         let (ok, bad): (Vec<Pending>, Vec<Pending>) = pending
             .into_iter()
@@ -269,7 +355,7 @@ impl Processor for Scorer {
                 "feature set {} ({} values); the serving model {} expects {schema} ({width} values)",
                 p.record.feature_set,
                 p.record.values.len(),
-                self.model.version
+                self.model.version()
             );
             out.emitter(&rec).dead_letter(DlqReason::FeatureSchemaMismatch, &detail);
         }
@@ -279,11 +365,15 @@ impl Processor for Scorer {
         let started = Instant::now();
         let scored = to_record_batch(ok.iter().map(|p| &p.record), width).and_then(|batch| {
             let values = feature_values(&batch)?;
-            self.model.score(values, batch.num_rows(), &mut self.scores)
+            self.model.xgb.score(values, batch.num_rows(), &mut self.scores)
         });
-        self.metrics.score_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .score_seconds
+            .with_label_values(&[self.model.xgb.family.as_str()])
+            .observe(started.elapsed().as_secs_f64());
         match scored {
             Ok(()) => {
+                self.score_neural(&ok);
                 for (i, p) in ok.iter().enumerate() {
                     let rec = input(&topic, p);
                     let mut e = out.emitter(&rec);
@@ -292,7 +382,7 @@ impl Processor for Scorer {
                 self.metrics.scored.inc_by(ok.len() as u64);
             }
             Err(err) => {
-                tracing::error!(error = %err, version = %self.model.version, rows = ok.len(), "scoring failed; records dead-lettered");
+                tracing::error!(error = %err, version = %self.model.version(), rows = ok.len(), "scoring failed; records dead-lettered");
                 for p in &ok {
                     let rec = input(&topic, p);
                     out.emitter(&rec)

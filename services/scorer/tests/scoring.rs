@@ -13,7 +13,7 @@ use headroom_forecast::xgb::XgbParams;
 use headroom_forecast::{artifact, Dataset, DatasetOptions, DeviceChoice, Split};
 use headroom_runtime::Shutdown;
 use headroom_schemas::features::event_id as event_id_of;
-use headroom_schemas::{FeaturesRecord, Forecast, ModelEvent, ModelEventKind, Telemetry};
+use headroom_schemas::{FeaturesRecord, Forecast, Metric, ModelEvent, ModelEventKind, Telemetry};
 use headroom_scorer::Config;
 use headroom_sources::{GenConfig, Generator};
 use headroom_testkit::rdkafka::Message;
@@ -250,4 +250,107 @@ async fn no_serving_model_is_a_clear_start_up_error() {
     let c = config("127.0.0.1:1", "none.", dir.path());
     let e = headroom_scorer::start(c, Shutdown::new()).await.unwrap_err().to_string();
     assert!(e.contains("no serving `xgboost` model") && e.contains("headroom-train promote"), "{e}");
+}
+
+/// A version with LSTM and GRU models beside XGBoost: every forecast carries all three models'
+/// points (XGBoost's first), and the neural points the scorer publishes through the broker are
+/// what the backtest computes for the same rows from the whole series (on a trace with gaps,
+/// so the per-entity missing flags matter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_lstm_and_gru_beside_xgboost_as_the_backtest_scores_them() {
+    use headroom_neural::{Cell, NeuralOptions, Predictor};
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("scorer-nn"));
+    create_topics(&brokers, &prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // 4 entities over 3 days, about one sample in 12 dropped.
+    let records: Vec<Telemetry> = generated(4, 3)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59 != 0)
+        .map(|(_, t)| t)
+        .collect();
+    let ds = Dataset::build(
+        records.clone(),
+        &DatasetOptions {
+            split: Split::TrainDays(2.0),
+            ..DatasetOptions::default()
+        },
+    )
+    .unwrap();
+    let xgb = FitOptions {
+        xgb: XgbParams { rounds: 8, max_depth: 4, nthread: 2, ..XgbParams::default() },
+        device: DeviceChoice::Cpu,
+        ..FitOptions::default()
+    };
+    let models = backtest::fit(&ds, &xgb, &mut Quiet).unwrap();
+    let mut neural = Vec::new();
+    let mut predictors = Vec::new();
+    for cell in [Cell::Lstm, Cell::Gru] {
+        let opts = NeuralOptions {
+            cell,
+            hidden: 16,
+            layers: 2,
+            input_len: 24,
+            max_epochs: 1,
+            samples_per_epoch: 512,
+            batch_size: 64,
+            device: DeviceChoice::Cpu,
+            ..NeuralOptions::default()
+        };
+        let f = headroom_neural::fit(&ds, &opts, None, &mut Quiet).unwrap();
+        neural.push(headroom_neural::artifact(&f).unwrap());
+        predictors.push(Predictor::new(&f).unwrap());
+    }
+    let (m, _) = artifact::write_with(dir.path(), &ds, &models, &neural, None, 1_700_000_000_000).unwrap();
+    artifact::Registry::promote(dir.path(), &m.version).unwrap();
+
+    let feats = features(&records);
+    produce(&brokers, &format!("{prefix}features"), &feats.iter().map(rec).collect::<Vec<_>>());
+    let handle = headroom_scorer::start(config(&brokers, &prefix, dir.path()), Shutdown::new()).await.unwrap();
+    let _stop = StopOnDrop(handle.shutdown.clone());
+    let got = consume(&brokers, &format!("{prefix}forecasts"), feats.len(), Duration::from_secs(120), Duration::from_secs(1));
+    handle.stop().await.unwrap();
+    assert_eq!(got.len(), feats.len(), "one forecast per event");
+
+    // The backtest's levels of every test row, by (entity, slot).
+    let expected: Vec<_> = predictors.iter().map(|p| p.predict_rows(&ds, &ds.test).unwrap()).collect();
+    let row_of: HashMap<(&str, i64), usize> =
+        (0..ds.test.len()).map(|i| ((ds.series[ds.test.entity[i] as usize].id.as_str(), ds.test.slot[i]), i)).collect();
+    let first_slot: HashMap<&str, i64> = ds.series.iter().map(|s| (s.id.as_str(), s.first_slot)).collect();
+    let tag = |fam: &str| format!("{fam}/{}", m.version);
+    let mut compared = 0;
+    for msg in &got {
+        let f = Forecast::decode(msg.payload().unwrap()).unwrap();
+        // model_versions is an Avro map (no order): the points' order says which is primary.
+        let mut families: Vec<&str> = f.model_versions.iter().map(|(k, _)| k.as_str()).collect();
+        families.sort_unstable();
+        assert_eq!(families, ["gru", "lstm", "xgboost"]);
+        assert_eq!(f.points.len(), 27);
+        assert!(f.primary_points().all(|p| p.model == tag("xgboost")) && f.primary_points().count() == 9);
+        let slot = f.ts_ms.div_euclid(ds.interval_ms);
+        let Some(&r) = row_of.get(&(f.entity_id.as_str(), slot)) else { continue };
+        if slot <= first_slot[f.entity_id.as_str()] + 24 {
+            continue; // training pads an entity's first window, the featurizer back-fills it
+        }
+        for (k, fam) in ["lstm", "gru"].into_iter().enumerate() {
+            let pts: Vec<_> = f.points.iter().filter(|p| p.model == tag(fam)).collect();
+            assert_eq!(pts.len(), 9);
+            let meta = &predictors[k].meta;
+            for (t, name) in meta.targets.iter().enumerate() {
+                for (h, &slots) in meta.horizons_slots.iter().enumerate() {
+                    let metric = Metric::from_short(name).unwrap();
+                    let minutes = (slots as i64 * ds.interval_ms / 60_000) as i32;
+                    let p = pts.iter().find(|p| p.metric == metric && p.horizon_min == minutes).unwrap();
+                    let (p50, p90) = expected[k][t * meta.horizons_slots.len() + h][r];
+                    let close = |a: f64, b: f32| (a - f64::from(b)).abs() <= 1e-4 * (1.0 + f64::from(b).abs());
+                    assert!(close(p.p50, p50) && close(p.p90, p90), "{fam} {name}@{minutes}m of {} at slot {slot}: {p:?} vs ({p50}, {p90})", f.entity_id);
+                }
+            }
+        }
+        compared += 1;
+    }
+    assert!(compared > 800, "{compared} forecasts compared with the backtest");
 }
