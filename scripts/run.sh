@@ -40,8 +40,9 @@ export HEADROOM_BROKERS="$KAFKA_BROKERS"
 
 MODELS="${HEADROOM_MODELS_DIR:-$REPO_ROOT/models}"
 if ! grep -q '"xgboost"' "$MODELS/registry.json" 2>/dev/null; then
-    log "no serving model in $MODELS: training a first version on generated telemetry (about a minute)"
-    "$BIN/headroom-train" train --generate-entities 50 --generate-days 7 --rounds 60 --models xgboost \
+    log "no serving model in $MODELS: training a first version (XGBoost, LSTM, GRU) on generated telemetry (about two minutes)"
+    "$BIN/headroom-train" train --generate-entities 50 --generate-days 7 --rounds 60 \
+        --models xgboost,lstm,gru --nn-hidden 32 --nn-epochs 2 --nn-samples-per-epoch 10000 \
         --models-dir "$MODELS" --out "$MODELS/reports/first" 2>&1 | tail -n 3 >&2
     version="$(ls -1 "$MODELS" | grep '^v' | sort | tail -n 1)"
     "$BIN/headroom-train" promote "$version" --models-dir "$MODELS"

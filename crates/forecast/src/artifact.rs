@@ -79,6 +79,10 @@ pub struct NeuralFile {
     pub best_validation_loss: f64,
     #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub seconds: f64,
+    /// The version it was trained for, when it was carried into this one unchanged (a
+    /// retrain that refits XGBoost only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_from: Option<String>,
 }
 
 /// A neural model to write into a version: its entry and its files' bytes.
@@ -86,6 +90,30 @@ pub struct NeuralFile {
 pub struct NeuralArtifact {
     pub entry: NeuralFile,
     pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// The neural models of the version in `dir`, to be written unchanged into a new version on
+/// a grid of `interval_ms` (none when the version has another grid: they could not serve it).
+pub fn carry_neural(dir: &Path, interval_ms: i64) -> anyhow::Result<Vec<NeuralArtifact>> {
+    let raw = fs::read(dir.join(MANIFEST))?;
+    let m: Manifest = serde_json::from_slice(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(MANIFEST).display()))?;
+    if m.interval_ms != interval_ms {
+        return Ok(Vec::new());
+    }
+    m.neural
+        .iter()
+        .map(|n| {
+            let files = [&n.meta_file, &n.weights_file]
+                .into_iter()
+                .map(|f| Ok((f.clone(), fs::read(dir.join(f))?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let entry = NeuralFile {
+                carried_from: Some(n.carried_from.clone().unwrap_or_else(|| m.version.clone())),
+                ..n.clone()
+            };
+            Ok(NeuralArtifact { entry, files })
+        })
+        .collect()
 }
 
 /// What a version is.

@@ -627,6 +627,7 @@ pub fn artifact(f: &Fitted) -> anyhow::Result<headroom_forecast::artifact::Neura
             best_epoch: f.meta.best_epoch,
             best_validation_loss: f.meta.best_validation_loss,
             seconds: f.meta.seconds,
+            carried_from: None,
         },
         files: vec![(meta_file, serde_json::to_vec_pretty(&f.meta)?), (weights_file, f.weights.clone())],
     })

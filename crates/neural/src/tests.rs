@@ -348,3 +348,37 @@ fn slot_flags_mark_skipped_slots_and_take_late_events() {
     assert_eq!((f.observed(40), f.observed(39), f.observed(13)), (Some(0b111), Some(0), None));
     assert_eq!(SlotFlags::bits([1.0, f32::NAN, 0.0]), 0b101);
 }
+
+/// A retrain that refits XGBoost only carries the serving version's networks into the new
+/// version unchanged, marked with where they came from; they load and serve from there.
+#[test]
+fn neural_models_carry_into_a_new_version_unchanged() {
+    use headroom_forecast::artifact;
+    use headroom_forecast::backtest::ModelSet;
+    let ds = dataset(3, 3, 2.0);
+    let opts = NeuralOptions {
+        max_epochs: 1,
+        samples_per_epoch: 256,
+        ..small(Cell::Gru)
+    };
+    let f = fit(&ds, &opts, None, &mut Quiet).unwrap();
+    let none = ModelSet {
+        device: headroom_forecast::Device::Cpu,
+        regressors: Vec::new(),
+        classifier: None,
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (v1, d1) = artifact::write_with(root.path(), &ds, &none, &[crate::artifact(&f).unwrap()], None, 1_700_000_000_000).unwrap();
+    let carried = artifact::carry_neural(&d1, ds.interval_ms).unwrap();
+    assert_eq!(carried.len(), 1);
+    assert_eq!(carried[0].entry.carried_from.as_deref(), Some(v1.version.as_str()));
+    assert_eq!(carried[0].files[1].1, f.weights);
+    let (v2, d2) = artifact::write_with(root.path(), &ds, &none, &carried, None, 1_700_000_100_000).unwrap();
+    assert_eq!(v2.neural[0].carried_from.as_deref(), Some(v1.version.as_str()));
+    let names = ds.layout.names().to_vec();
+    let served = crate::NeuralServing::load(&d2, &v2.neural[0], &names, ds.interval_ms).unwrap();
+    assert_eq!(served.predictor.meta.best_validation_loss.to_bits(), f.meta.best_validation_loss.to_bits());
+    // Carried again, it still names the version it was trained for; another grid takes none.
+    assert_eq!(artifact::carry_neural(&d2, ds.interval_ms).unwrap()[0].entry.carried_from.as_deref(), Some(v1.version.as_str()));
+    assert!(artifact::carry_neural(&d2, 2 * ds.interval_ms).unwrap().is_empty());
+}

@@ -1,6 +1,6 @@
 //! headroom's PostgreSQL store: the migrations under `sql/migrations/` (embedded, applied by
 //! sqlx's migrator), the time-partitioned tables and their retention, the binary `COPY`
-//! encoder, and the sink's transactional offsets.
+//! encoder, the sink's transactional offsets, and the model registry.
 //!
 //! No Kafka here: the sink service, the CLI and the OLAP benchmark share this crate.
 
@@ -8,6 +8,7 @@ pub mod copy;
 pub mod offsets;
 pub mod partitions;
 pub mod queries;
+pub mod registry;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -30,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "retrain runs",
         include_str!("../../../sql/migrations/0002_retrain_runs.sql"),
+    ),
+    (
+        3,
+        "model registry",
+        include_str!("../../../sql/migrations/0003_model_registry.sql"),
     ),
 ];
 

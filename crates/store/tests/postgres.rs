@@ -174,3 +174,98 @@ async fn sparse_histograms_sum_across_rows() {
         .bind(&a).bind(&b).fetch_one(&mut c).await.expect("q");
     assert_eq!(q, (0.105, 0.505, 0.905));
 }
+
+fn new_version(version: &str, family: &str, created_ms: i64) -> headroom_store::registry::NewVersion {
+    headroom_store::registry::NewVersion {
+        version: version.into(),
+        family: family.into(),
+        feature_schema: "fs1-00000000000000aa".into(),
+        interval_ms: 300_000,
+        horizons_slots: vec![1, 3, 6],
+        neural: vec!["lstm".into(), "gru".into()],
+        training_from_ms: Some(created_ms - 86_400_000),
+        training_to_ms: Some(created_ms),
+        training_rows: Some(1234),
+        entities: Some(5),
+        artifact_uri: format!("file:///models/{version}"),
+        metrics: Some(r#"{"cpu/h3": 0.8}"#.into()),
+        reference: Some("[]".into()),
+        manifest: format!(r#"{{"version": "{version}"}}"#),
+        created_ms,
+    }
+}
+
+#[tokio::test]
+async fn the_registry_serves_one_version_per_family_and_keeps_its_history() {
+    use headroom_store::registry;
+    let url = fresh().await;
+    let pool = headroom_store::pool(&url, 4, Duration::from_secs(10)).await.expect("pool");
+    let t = 1_700_000_000_000;
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        assert!(registry::register(&pool, &new_version(v, "xgboost", t + i as i64 * 1000)).await.unwrap());
+    }
+    assert!(!registry::register(&pool, &new_version("v1", "xgboost", t)).await.unwrap(), "registering again is a no-op");
+    assert!(registry::register(&pool, &new_version("o1", "other", t)).await.unwrap());
+    assert_eq!(registry::serving(&pool, "xgboost").await.unwrap(), None);
+    assert!(registry::promote(&pool, "nope", "x").await.unwrap_err().to_string().contains("not registered"));
+
+    assert_eq!(registry::promote(&pool, "v1", "first").await.unwrap(), None);
+    assert_eq!(registry::promote(&pool, "o1", "first").await.unwrap(), None, "families are independent");
+    assert_eq!(registry::promote(&pool, "v2", "better").await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(registry::serving(&pool, "xgboost").await.unwrap(), Some(("v2".into(), "file:///models/v2".into())));
+    assert_eq!(registry::promote(&pool, "v2", "again").await.unwrap().as_deref(), Some("v2"), "no-op");
+    registry::reject(&pool, "v3", "below the margin").await.unwrap();
+    assert!(registry::reject(&pool, "v3", "twice").await.is_err(), "only a candidate can be rejected");
+
+    // Concurrent promotions of one family: the advisory lock serialises them, one serves.
+    let (a, b) = tokio::join!(registry::promote(&pool, "v1", "race a"), registry::rollback(&pool, "xgboost", Some("v1")));
+    a.unwrap();
+    let _ = b; // v1 may already serve when the rollback runs
+    let list = registry::versions(&pool, "xgboost").await.unwrap();
+    let statuses: Vec<(&str, &str)> = list.iter().map(|v| (v.version.as_str(), v.status.as_str())).collect();
+    assert_eq!(statuses, [("v3", "rejected"), ("v2", "retired"), ("v1", "serving")]);
+    assert_eq!(list[2].created_ms, t);
+    assert!(list[2].promoted_ms.is_some() && list[0].promoted_ms.is_none());
+
+    // Rollback without a target returns to the version that served before.
+    assert_eq!(registry::rollback(&pool, "xgboost", None).await.unwrap(), ("v1".into(), "v2".into()));
+    assert!(registry::rollback(&pool, "xgboost", Some("v2")).await.unwrap_err().to_string().contains("already serving"));
+    let h: Vec<String> = registry::history(&pool, "v2").await.unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(h, ["candidate", "serving", "retired", "serving"]);
+
+    // The database itself refuses a second serving version of a family.
+    let mut c = conn(&url).await;
+    let e = c.execute("UPDATE model_versions SET status = 'serving' WHERE version = 'v3'").await.unwrap_err();
+    assert!(e.to_string().contains("model_versions_one_serving"), "{e}");
+}
+
+#[tokio::test]
+async fn a_version_directory_registers_from_its_manifest() {
+    use headroom_store::registry;
+    let url = fresh().await;
+    let pool = headroom_store::pool(&url, 2, Duration::from_secs(10)).await.expect("pool");
+    let dir = std::env::temp_dir().join(headroom_testkit::unique("reg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        r#"{"format": 1, "version": "v9", "family": "xgboost", "feature_schema": "fs1-ab", "interval_ms": 300000,
+            "horizons_slots": [1, 3, 6], "training_from_ms": 1000, "training_to_ms": 2000, "training_rows": 10,
+            "entities": 2, "created_ms": 1700000000000, "metrics": null, "reference": [{"name": "cpu_now"}],
+            "neural": [{"family": "lstm"}, {"family": "gru"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(registry::register_dir(&pool, &dir).await.unwrap(), ("v9".into(), true));
+    let v = registry::versions(&pool, "xgboost").await.unwrap().remove(0);
+    assert!(v.artifact_uri.starts_with("file:///") && v.artifact_uri.ends_with(dir.file_name().unwrap().to_str().unwrap()), "{}", v.artifact_uri);
+    assert_eq!((v.status.as_str(), v.feature_schema.as_str(), v.created_ms), ("candidate", "fs1-ab", 1_700_000_000_000));
+    let row: (Vec<String>, Vec<i32>, Option<String>) =
+        sqlx::query_as("SELECT neural, horizons_slots, reference->0->>'name' FROM model_versions WHERE version = 'v9'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(row, (vec!["lstm".to_owned(), "gru".to_owned()], vec![1, 3, 6], Some("cpu_now".to_owned())));
+    // A manifest without the fields a row needs is refused with the field's name.
+    std::fs::write(dir.join("manifest.json"), r#"{"version": "v10"}"#).unwrap();
+    assert!(registry::register_dir(&pool, &dir).await.unwrap_err().to_string().contains("family"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

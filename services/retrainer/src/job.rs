@@ -302,12 +302,39 @@ impl Retrainer {
         let root = &self.cfg.models.dir;
         let before = Registry::read(root)?;
         let (from, to) = Registry::rollback(root, &self.cfg.models.family, to)?;
+        let pg = match self.pg_promote(&to, &format!("rolled back from {from}")) {
+            Ok(p) => p,
+            Err(e) => {
+                before.write(root)?;
+                return Err(e.context("the rollback was undone"));
+            }
+        };
         let schema = manifest_schema(&root.join(&to)).unwrap_or_default();
         if let Err(e) = self.announce(&to, ModelEventKind::RolledBack, &schema, Vec::new(), Some(format!("rolled back from {from}"))) {
             before.write(root)?;
+            self.pg_undo(pg);
             return Err(e.context("the rollback was undone"));
         }
         Ok((from, to))
+    }
+
+    /// Promotes `version` in the PostgreSQL registry (registering its directory first when it
+    /// is not there: versions written before the registry existed); returns the version it
+    /// retired.
+    fn pg_promote(&self, version: &str, reason: &str) -> anyhow::Result<Option<String>> {
+        self.rt.block_on(async {
+            headroom_store::registry::register_dir(&self.pool, &self.cfg.models.dir.join(version)).await?;
+            headroom_store::registry::promote(&self.pool, version, reason).await
+        })
+    }
+
+    /// Puts the version a failed promotion retired back to serving in the PostgreSQL registry.
+    fn pg_undo(&self, previous: Option<String>) {
+        if let Some(p) = previous {
+            if let Err(e) = self.rt.block_on(headroom_store::registry::promote(&self.pool, &p, "promotion undone")) {
+                tracing::error!(error = %e, version = %p, "the PostgreSQL registry could not be restored");
+            }
+        }
     }
 
     /// Runs one retrain (blocking; call from a thread that is not a runtime worker).
@@ -473,9 +500,19 @@ impl Retrainer {
             ets_window_slots: 0,
         };
         let cand_bt = backtest::backtest(&ds, &candidate, &baselines, &[])?;
-        let (_, dir) = artifact::write(&c.models.dir, &ds, &candidate, Some(&cand_bt), now_ms())?;
+        // The serving version's LSTM / GRU go into the candidate unchanged (marked
+        // `carried_from`): this retrain refits XGBoost, and the scorer keeps serving them.
+        let neural = match serving {
+            Some(s) => artifact::carry_neural(&c.models.dir.join(s), ds.interval_ms).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, serving = s, "the serving version's neural models cannot be carried over");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let (_, dir) = artifact::write_with(&c.models.dir, &ds, &candidate, &neural, Some(&cand_bt), now_ms())?;
         let version = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         rec.candidate = Some(version.clone());
+        self.rt.block_on(headroom_store::registry::register_dir(&self.pool, &dir))?;
 
         // The serving version on the same holdout. None serving: the candidate is the first.
         let (comparison, entities) = match serving {
@@ -515,12 +552,21 @@ impl Retrainer {
             if let Err(e) = self.announce(&version, ModelEventKind::Rejected, &schema, metrics, Some(reason.clone())) {
                 tracing::warn!(error = %e, "rejection not announced");
             }
+            if let Err(e) = self.rt.block_on(headroom_store::registry::reject(&self.pool, &version, &reason)) {
+                tracing::warn!(error = %e, "rejection not recorded in the registry");
+            }
             return Ok(Outcome::Rejected { version, improvement, reason });
         }
+        let reason = format!("retrained: per-entity improvement lower bound {:.2} %", improvement * 100.0);
+        let pg = self.pg_promote(&version, &reason)?;
         let before = Registry::read(&c.models.dir)?;
-        Registry::promote(&c.models.dir, &version)?;
-        if let Err(e) = self.announce(&version, ModelEventKind::Promoted, &schema, metrics, Some(format!("retrained: per-entity improvement lower bound {:.2} %", improvement * 100.0))) {
+        if let Err(e) = Registry::promote(&c.models.dir, &version) {
+            self.pg_undo(pg);
+            return Err(e);
+        }
+        if let Err(e) = self.announce(&version, ModelEventKind::Promoted, &schema, metrics, Some(reason)) {
             before.write(&c.models.dir)?;
+            self.pg_undo(pg);
             anyhow::bail!("{e:#}; the promotion was undone");
         }
         Ok(Outcome::Promoted { version, improvement })

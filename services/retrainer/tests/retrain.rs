@@ -182,6 +182,9 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     assert!(promoted.metrics.iter().any(|(k, v)| k == "improvement" && (*v - improvement).abs() < 1e-9));
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(models.join(&v1).join("manifest.json")).unwrap()).unwrap();
     assert!(manifest["metrics"]["rows"].as_array().unwrap().iter().any(|r| r["model"] == "xgboost"), "validation metrics for the drift monitor");
+    // The PostgreSQL registry says the same, with v0 (never registered before) retired.
+    let reg = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(headroom_store::registry::serving(&reg, "xgboost").await.unwrap().map(|(v, _)| v), Some(v1.clone()));
     let rows = runs(&url).await;
     assert_eq!(rows[1].1, "promoted");
     assert_eq!(rows[1].2.as_deref(), Some("postgres:telemetry_raw"));
@@ -195,6 +198,8 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     assert!(matches!(&out, Outcome::Rejected { reason, .. } if reason.contains("margin")), "{out:?}");
     assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1);
     assert_eq!(runs(&url).await[2].1, "rejected");
+    let listed = headroom_store::registry::versions(&reg, "xgboost").await.unwrap();
+    assert_eq!(listed.iter().filter(|v| v.status == "rejected").count(), 1, "{listed:?}");
 
     // 3. An empty training set fails with its reason; nothing changes.
     let empty = scratch_schema(&base).await;
@@ -211,6 +216,9 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let rb = r.clone();
     let (from, to) = tokio::task::spawn_blocking(move || rb.rollback(None)).await.unwrap().unwrap();
     assert_eq!((from.as_str(), to.as_str()), (v1.as_str(), v0.as_str()));
+    assert_eq!(headroom_store::registry::serving(&reg, "xgboost").await.unwrap().map(|(v, _)| v), Some(v0.clone()));
+    let h = headroom_store::registry::history(&reg, &v1).await.unwrap();
+    assert_eq!(h.last().map(|(s, _)| s.as_str()), Some("retired"), "{h:?}");
     let events = models_events(&brokers, &cfg.topics.models, 3);
     assert!(events.iter().any(|e| e.kind == ModelEventKind::RolledBack && e.version == v0));
 

@@ -26,6 +26,10 @@ pub struct Models {
     pub neural: Vec<String>,
     pub threads: usize,
     pub watch: bool,
+    /// The PostgreSQL model registry to read the serving version from at start-up (empty:
+    /// the models directory's registry.json).
+    #[serde(default)]
+    pub registry_url: String,
 }
 
 fn default_neural() -> Vec<String> {

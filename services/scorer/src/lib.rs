@@ -27,26 +27,47 @@ pub const SERVICE: &str = "scorer";
 pub use headroom_runtime::models::artifact_dir;
 
 /// Loads the version the registry names as serving for `family`, with the neural models
-/// `models.neural` names.
-pub fn load_serving(models: &Models) -> anyhow::Result<Served> {
-    let reg = Registry::read(&models.dir)?;
-    let version = reg.serving.get(&models.family).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no serving `{}` model in {}: train one (headroom-train train) and promote it \
-             (headroom-train promote VERSION --models-dir {})",
-            models.family,
-            models.dir.join(headroom_forecast::artifact::REGISTRY).display(),
-            models.dir.display()
-        )
-    })?;
-    Served::load(&models.dir.join(version), &models.neural)
+/// `models.neural` names: the PostgreSQL registry when `models.registry_url` is set, the
+/// models directory's registry.json otherwise.
+pub async fn load_serving(models: &Models) -> anyhow::Result<Served> {
+    let dir = if models.registry_url.is_empty() {
+        let reg = Registry::read(&models.dir)?;
+        let version = reg.serving.get(&models.family).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no serving `{}` model in {}: train one (headroom-train train) and promote it \
+                 (headroom-train promote VERSION --models-dir {})",
+                models.family,
+                models.dir.join(headroom_forecast::artifact::REGISTRY).display(),
+                models.dir.display()
+            )
+        })?;
+        models.dir.join(version)
+    } else {
+        let url = &models.registry_url;
+        let pool = headroom_store::pool(url, 1, std::time::Duration::from_secs(10)).await?;
+        let serving = headroom_store::registry::serving(&pool, &models.family).await;
+        pool.close().await;
+        let (version, uri) = serving
+            .map_err(|e| anyhow::anyhow!("reading the model registry at {}: {e}", headroom_store::redact(url)))?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no serving `{}` model in the registry at {}: promote one (headroom-train promote VERSION --registry-url URL)",
+                    models.family,
+                    headroom_store::redact(url)
+                )
+            })?;
+        let dir = artifact_dir(&models.dir, &uri);
+        tracing::info!(version, dir = %dir.display(), "serving version named by the PostgreSQL registry");
+        dir
+    };
+    Served::load(&dir, &models.neural)
 }
 
 /// Starts the scorer with `config` until `shutdown` triggers.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     config.validate()?;
     Topology::builtin().check_service(SERVICE, &["features", "models"], &["forecasts", "telemetry.dlq"])?;
-    let model = load_serving(&config.models)?;
+    let model = load_serving(&config.models).await?;
     tracing::info!(version = %model.version(), models = ?model.families(), schema = %model.xgb.feature_schema, heads = model.xgb.heads.len(), "serving model loaded");
     let next: NextModel = Arc::new(Mutex::new(None));
     let topics = config.topics.clone();

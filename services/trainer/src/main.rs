@@ -46,6 +46,25 @@ enum Command {
         version: String,
         #[arg(long, default_value = "models")]
         models_dir: PathBuf,
+        /// Also promote it in this PostgreSQL model registry (registering it first when it is
+        /// not there yet); the previous serving version is retired in the same transaction.
+        #[arg(long, env = "HEADROOM_REGISTRY_URL")]
+        registry_url: Option<String>,
+    },
+    /// Register a version directory in the PostgreSQL model registry (as a candidate).
+    Register {
+        version: String,
+        #[arg(long, default_value = "models")]
+        models_dir: PathBuf,
+        #[arg(long, env = "HEADROOM_REGISTRY_URL")]
+        registry_url: String,
+    },
+    /// List the versions of a family in the PostgreSQL model registry.
+    Versions {
+        #[arg(long, default_value = "xgboost")]
+        family: String,
+        #[arg(long, env = "HEADROOM_REGISTRY_URL")]
+        registry_url: String,
     },
     /// Benchmark: XGBoost prediction here against Python's inplace_predict (same model, rows).
     BenchPredict(bench::BenchArgs),
@@ -141,6 +160,9 @@ struct Common {
     /// Where model versions are written.
     #[arg(long, default_value = "models")]
     models_dir: PathBuf,
+    /// Also register the written version (as a candidate) in this PostgreSQL model registry.
+    #[arg(long, env = "HEADROOM_REGISTRY_URL")]
+    registry_url: Option<String>,
     /// Where the report is written (report.md, report.json, plots).
     #[arg(long, default_value = "reports/latest")]
     out: PathBuf,
@@ -188,8 +210,10 @@ struct NeuralArgs {
     /// (default: `<out>/checkpoints`).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    /// Score the LSTM / GRU models of this model version (a directory) instead of fitting
-    /// them (`evaluate` only; the version's feature channels and horizons must match).
+    /// Take the LSTM / GRU models of this model version (a directory) instead of fitting
+    /// them: `evaluate` scores them again, `train` writes them into the new version beside
+    /// freshly fitted XGBoost models. Their input channels, horizons and sampling interval
+    /// must be this run's.
     #[arg(long)]
     neural_from: Option<PathBuf>,
 }
@@ -221,14 +245,56 @@ impl Progress for Bar {
     }
 }
 
+/// The PostgreSQL model registry from a command (one short-lived connection).
+mod registry {
+    pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+    }
+
+    /// A pool on `url`, with the migrations applied (the registry tables among them).
+    pub async fn pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
+        let pool = headroom_store::pool(url, 1, std::time::Duration::from_secs(10)).await?;
+        headroom_store::migrate(&pool).await?;
+        Ok(pool)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (args, evaluate) = match cli.command {
         Command::Evaluate(a) => (a, true),
         Command::Train(a) => (a, false),
-        Command::Promote { version, models_dir } => {
+        Command::Promote { version, models_dir, registry_url } => {
+            if let Some(url) = &registry_url {
+                // The database first: when it refuses, the file registry is left as it was.
+                let previous = registry::block_on(async {
+                    let pool = registry::pool(url).await?;
+                    headroom_store::registry::register_dir(&pool, &models_dir.join(&version)).await?;
+                    headroom_store::registry::promote(&pool, &version, "promoted by headroom-train").await
+                })?;
+                eprintln!("registry: {version} serving, {} retired", previous.as_deref().unwrap_or("none"));
+            }
             let reg = artifact::Registry::promote(&models_dir, &version)?;
             eprintln!("serving: {:?}", reg.serving);
+            return Ok(());
+        }
+        Command::Register { version, models_dir, registry_url } => {
+            let (v, new) = registry::block_on(async {
+                let pool = registry::pool(&registry_url).await?;
+                headroom_store::registry::register_dir(&pool, &models_dir.join(&version)).await
+            })?;
+            eprintln!("{v}: {}", if new { "registered as a candidate" } else { "already registered" });
+            return Ok(());
+        }
+        Command::Versions { family, registry_url } => {
+            let list = registry::block_on(async {
+                let pool = registry::pool(&registry_url).await?;
+                headroom_store::registry::versions(&pool, &family).await
+            })?;
+            println!("version\tstatus\tfeature_schema\tartifact_uri");
+            for v in list {
+                println!("{}\t{}\t{}\t{}", v.version, v.status, v.feature_schema, v.artifact_uri);
+            }
             return Ok(());
         }
         Command::BenchPredict(a) => return bench::run(&a),
@@ -494,13 +560,24 @@ fn fit_neural(args: &Common, ds: &Dataset) -> anyhow::Result<Vec<headroom_neural
 }
 
 /// The LSTM / GRU models `--models` asks for, read from the version `dir`.
-fn load_neural(args: &Common, dir: &std::path::Path) -> anyhow::Result<Vec<headroom_neural::Fitted>> {
+fn load_neural(args: &Common, ds: &Dataset, dir: &std::path::Path) -> anyhow::Result<Vec<headroom_neural::Fitted>> {
     args.models
         .iter()
         .filter(|m| *m == "lstm" || *m == "gru")
         .map(|fam| {
             let meta: headroom_neural::NeuralMeta = serde_json::from_slice(&std::fs::read(dir.join(format!("{fam}.json")))?)?;
             let weights = std::fs::read(dir.join(format!("{fam}.mpk")))?;
+            anyhow::ensure!(
+                meta.horizons_slots == ds.horizons && meta.interval_ms == ds.interval_ms,
+                "{fam} in {}: horizons {:?} at {} ms, this run has {:?} at {} ms",
+                dir.display(),
+                meta.horizons_slots,
+                meta.interval_ms,
+                ds.horizons,
+                ds.interval_ms
+            );
+            // Loading checks the channel version and the weights' shapes.
+            headroom_neural::Predictor::new(&headroom_neural::Fitted { meta: meta.clone(), weights: weights.clone() })?;
             eprintln!("{fam}: read from {} (trained {} epochs, best {})", dir.display(), meta.epochs, meta.best_epoch);
             Ok(headroom_neural::Fitted { meta, weights })
         })
@@ -510,10 +587,7 @@ fn load_neural(args: &Common, dir: &std::path::Path) -> anyhow::Result<Vec<headr
 fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let (ds, models) = prepare(&args, evaluate)?;
     let neural = match &args.nn.neural_from {
-        Some(dir) => {
-            anyhow::ensure!(evaluate, "--neural-from is for evaluate");
-            load_neural(&args, dir)?
-        }
+        Some(dir) => load_neural(&args, &ds, dir)?,
         None => fit_neural(&args, &ds)?,
     };
     let interval = args.sampling_interval;
@@ -546,6 +620,10 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
         .as_millis() as i64;
     let artifacts = neural.iter().map(headroom_neural::artifact).collect::<anyhow::Result<Vec<_>>>()?;
     let (manifest, dir) = artifact::write_with(&args.models_dir, &ds, &models, &artifacts, result.as_ref(), now_ms)?;
+    if let Some(url) = &args.registry_url {
+        registry::block_on(async { headroom_store::registry::register_dir(&registry::pool(url).await?, &dir).await })?;
+        eprintln!("model version {} registered as a candidate in {}", manifest.version, headroom_store::redact(url));
+    }
     let command: Vec<String> = std::env::args().collect();
     report::write(&args.out, &ds, &models, result.as_ref(), &manifest, &command.join(" "))?;
     eprintln!("model version {} written to {}", manifest.version, dir.display());
