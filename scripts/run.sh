@@ -47,6 +47,10 @@ if ! grep -q '"xgboost"' "$MODELS/registry.json" 2>/dev/null; then
     version="$(ls -1 "$MODELS" | grep '^v' | sort | tail -n 1)"
     "$BIN/headroom-train" promote "$version" --models-dir "$MODELS"
 fi
+# The PostgreSQL model registry names the serving version to the scorer: bring it in line with
+# registry.json (registers the version if the database has never seen it; a no-op otherwise).
+serving="$(sed -n 's/.*"xgboost": *"\(v[^"]*\)".*/\1/p' "$MODELS/registry.json" | head -n 1)"
+"$BIN/headroom-train" promote "$serving" --models-dir "$MODELS" --registry-url "$PG_URL" >/dev/null
 
 mkdir -p "$STACK_DIR"
 pids=()
@@ -63,7 +67,7 @@ HEADROOM_FEATURIZER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_FEATURIZER__HTTP__
     "$BIN/headroom-featurizer" >"$STACK_DIR/featurizer.log" 2>&1 &
 pids+=($!)
 HEADROOM_SCORER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SCORER__HTTP__LISTEN="127.0.0.1:9465" \
-    HEADROOM_SCORER__MODELS__DIR="$MODELS" \
+    HEADROOM_SCORER__MODELS__DIR="$MODELS" HEADROOM_SCORER__MODELS__REGISTRY_URL="$PG_URL" \
     "$BIN/headroom-scorer" >"$STACK_DIR/scorer.log" 2>&1 &
 pids+=($!)
 HEADROOM_RECOMMENDER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_RECOMMENDER__HTTP__LISTEN="127.0.0.1:9467" \

@@ -354,3 +354,37 @@ async fn serves_lstm_and_gru_beside_xgboost_as_the_backtest_scores_them() {
     }
     assert!(compared > 800, "{compared} forecasts compared with the backtest");
 }
+
+/// With `models.registry_url`, the serving version is the one the PostgreSQL registry names
+/// (here not the file registry's), and an empty registry is a clear start-up error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_registry_names_the_serving_version() {
+    let base = headroom_testkit::pg_url();
+    let schema = unique("sreg").replace('-', "_");
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.unwrap();
+    }
+    let url = headroom_testkit::pg_url_in_schema(&base, &schema);
+    let pool = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.unwrap();
+    headroom_store::migrate(&pool).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = tokio::task::spawn_blocking({
+        let d = dir.path().to_owned();
+        move || train_versions(&d)
+    })
+    .await
+    .unwrap();
+    artifact::Registry::promote(dir.path(), &v1).unwrap();
+    let mut models = config("127.0.0.1:1", "reg.", dir.path()).models;
+    models.registry_url = url.clone();
+    let e = headroom_scorer::load_serving(&models).await.unwrap_err().to_string();
+    assert!(e.contains("no serving `xgboost` model in the registry") && e.contains("--registry-url"), "{e}");
+
+    headroom_store::registry::register_dir(&pool, &dir.path().join(&v2)).await.unwrap();
+    headroom_store::registry::promote(&pool, &v2, "test").await.unwrap();
+    assert_eq!(headroom_scorer::load_serving(&models).await.unwrap().version(), v2);
+    models.registry_url.clear();
+    assert_eq!(headroom_scorer::load_serving(&models).await.unwrap().version(), v1, "the file registry");
+}

@@ -223,3 +223,59 @@ fn bench_rnn_runs_the_same_network_in_onnx_runtime_and_agrees() {
         }
     }
 }
+
+/// With `--registry-url` (here through `HEADROOM_REGISTRY_URL`), `train` registers each version
+/// as a candidate in PostgreSQL and `promote` makes it serve there, retiring the one before.
+#[test]
+fn train_and_promote_keep_the_postgres_registry() {
+    let base = headroom_testkit::pg_url();
+    let schema = headroom_testkit::unique("reg").replace('-', "_");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.unwrap();
+    });
+    let url = headroom_testkit::pg_url_in_schema(&base, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
+            .current_dir(dir.path())
+            .env("HEADROOM_REGISTRY_URL", &url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let quick = ["--generate-entities", "3", "--generate-days", "3", "--rounds", "5", "--threads", "2", "--targets", "cpu", "--no-classifier", "--models", "xgboost"];
+    for _ in 0..2 {
+        run(&[&["train"][..], &quick[..]].concat());
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // version names are per second
+    }
+    let versions = artifact::list(&dir.path().join("models")).unwrap();
+    assert_eq!(versions.len(), 2);
+    let status = |listing: &str, v: &str| {
+        listing.lines().find(|l| l.starts_with(v)).and_then(|l| l.split('\t').nth(1)).map(str::to_owned)
+    };
+    let listing = run(&["versions"]);
+    assert_eq!(status(&listing, &versions[0]).as_deref(), Some("candidate"), "{listing}");
+    run(&["promote", &versions[0]]);
+    run(&["promote", &versions[1]]);
+    let listing = run(&["versions"]);
+    assert_eq!(status(&listing, &versions[0]).as_deref(), Some("retired"), "{listing}");
+    assert_eq!(status(&listing, &versions[1]).as_deref(), Some("serving"), "{listing}");
+    assert!(listing.contains("file:///"), "{listing}");
+    // The file registry agrees.
+    assert_eq!(artifact::Registry::read(&dir.path().join("models")).unwrap().serving["xgboost"], versions[1]);
+
+    // A version that does not exist is refused, and nothing changes.
+    let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
+        .current_dir(dir.path())
+        .env("HEADROOM_REGISTRY_URL", &url)
+        .args(["promote", "v-nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(status(&run(&["versions"]), &versions[1]).as_deref(), Some("serving"));
+}
