@@ -486,13 +486,13 @@ impl Predictor {
     /// Raw outputs for windows `x` (`[n, input_len, N_CHANNELS]` row-major) and statics
     /// (`[n, N_TARGETS]`): `n × outputs` values in step-scale units.
     /// Runs the fused kernel when there is one, burn's forward pass otherwise.
-    pub fn raw(&self, x: Vec<f32>, statics: Vec<f32>, n: usize) -> Vec<f32> {
+    pub fn raw(&self, x: &[f32], statics: &[f32], n: usize) -> Vec<f32> {
         if let Some(f) = &self.fast {
             let mut out = Vec::new();
-            f.forward(&x, &statics, n, self.meta.input_len, &mut crate::fast::Scratch::default(), &mut out);
+            f.forward(x, statics, n, self.meta.input_len, &mut crate::fast::Scratch::default(), &mut out);
             return out;
         }
-        self.raw_burn(x, statics, n)
+        self.raw_burn(x.to_vec(), statics.to_vec(), n)
     }
 
     /// burn's forward pass (the reference the kernel is tested against).
@@ -539,7 +539,7 @@ impl Predictor {
         let idx: Vec<usize> = (0..rows.len()).collect();
         for chunk in idx.chunks(2048) {
             let b = sampler.batch(rows, chunk, false);
-            let raw = self.raw(b.x, b.statics, b.n);
+            let raw = self.raw(&b.x, &b.statics, b.n);
             let width = sampler.outputs();
             for (j, &i) in chunk.iter().enumerate() {
                 self.levels(ds, rows, i, &raw[j * width..(j + 1) * width], |k, l| out[k].push(l));

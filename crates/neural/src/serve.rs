@@ -24,7 +24,6 @@ use headroom_forecast::artifact::NeuralFile;
 use headroom_forecast::dataset::{N_TARGETS, TARGETS};
 
 use crate::channels::{time_channels, N_CHANNELS};
-use crate::fast::Scratch;
 use crate::model::{to_levels, Predictor};
 
 /// Which slots of an entity's recent past had a sample of each metric: bit `m` of a slot's
@@ -237,7 +236,7 @@ impl NeuralServing {
         let threads = threads.clamp(1, n.div_ceil(128).max(1));
         let rows = n.div_ceil(threads);
         let run = |lo: usize, hi: usize, out: &mut [(f32, f32)]| {
-            let raw = self.raw(&x[lo * per_x..hi * per_x], &statics[lo * N_TARGETS..hi * N_TARGETS], hi - lo);
+            let raw = self.predictor.raw(&x[lo * per_x..hi * per_x], &statics[lo * N_TARGETS..hi * N_TARGETS], hi - lo);
             for (r, i) in (lo..hi).enumerate() {
                 let o = &raw[r * outputs..(r + 1) * outputs];
                 for (j, &(m, _)) in heads.iter().enumerate() {
@@ -256,17 +255,6 @@ impl NeuralServing {
                 s.spawn(move || run(lo, hi, chunk));
             }
         });
-    }
-
-    fn raw(&self, x: &[f32], statics: &[f32], n: usize) -> Vec<f32> {
-        match self.predictor.fast() {
-            Some(f) => {
-                let mut out = Vec::new();
-                f.forward(x, statics, n, self.window.input_len, &mut Scratch::default(), &mut out);
-                out
-            }
-            None => self.predictor.raw_burn(x.to_vec(), statics.to_vec(), n),
-        }
     }
 
     /// Output pair `j` of target `m` as levels (the backtests' conversion).

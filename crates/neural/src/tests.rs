@@ -157,7 +157,7 @@ fn carrying_the_state_step_by_step_equals_the_full_window() {
         let mut x = Vec::new();
         enc.window(0, slot, &mut x);
         let statics = vec![0.5f32, 0.4, 0.3];
-        let full = p.raw(x.clone(), statics.clone(), 1);
+        let full = p.raw(&x, &statics, 1);
         let net = p.network();
         let device = Default::default();
         let mut st = net.zero_states(1, &device);

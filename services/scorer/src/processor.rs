@@ -236,7 +236,7 @@ impl Scorer {
     fn emit_forecast(&mut self, p: &Pending, i: usize, emitter: &mut Emitter<'_>) {
         let served = &self.model;
         let m = &served.xgb;
-        let tag = format!("{}/{}", m.family, m.version);
+        let tag = &served.tag;
         let mut points: Vec<ForecastPoint> = m
             .heads
             .iter()
@@ -252,7 +252,6 @@ impl Scorer {
         let mut model_versions = vec![(m.family.clone(), m.version.clone())];
         // The other models' points follow the primary's (see `Forecast::primary_points`).
         for (n, b) in served.neural.iter().zip(&self.neural) {
-            let tag = format!("{}/{}", n.model.family(), m.version);
             let k = n.heads.len();
             for (&(metric, horizon_min), &(p50, p90)) in n.heads.iter().zip(&b.out[i * k..(i + 1) * k]) {
                 points.push(ForecastPoint {
@@ -260,7 +259,7 @@ impl Scorer {
                     horizon_min,
                     p50: f64::from(p50),
                     p90: f64::from(p90),
-                    model: tag.clone(),
+                    model: n.tag.clone(),
                 });
             }
             model_versions.push((n.model.family().to_owned(), m.version.clone()));

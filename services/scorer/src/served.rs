@@ -13,6 +13,8 @@ use headroom_schemas::Metric;
 pub struct Neural {
     pub model: NeuralServing,
     pub heads: Vec<(Metric, i32)>,
+    /// `<family>/<version>`, the tag of its points.
+    pub tag: String,
 }
 
 /// What one batch is scored with; swapped as a whole between batches.
@@ -20,6 +22,8 @@ pub struct Neural {
 pub struct Served {
     pub xgb: ServingModel,
     pub neural: Vec<Neural>,
+    /// `<family>/<version>` of the XGBoost points.
+    pub tag: String,
 }
 
 impl Served {
@@ -42,9 +46,11 @@ impl Served {
                 .into_iter()
                 .map(|(t, h)| (Metric::from_short(TARGETS[t]).unwrap_or(Metric::Cpu), minutes(h)))
                 .collect();
-            neural.push(Neural { model, heads });
+            let tag = format!("{family}/{}", xgb.version);
+            neural.push(Neural { model, heads, tag });
         }
-        Ok(Served { xgb, neural })
+        let tag = format!("{}/{}", xgb.family, xgb.version);
+        Ok(Served { xgb, neural, tag })
     }
 
     pub fn version(&self) -> &str {
