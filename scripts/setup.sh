@@ -6,8 +6,9 @@ source "$(dirname "$0")/lib.sh"
 
 BUILD_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev)
 PG_PACKAGES=(postgresql-$PG_VERSION postgresql-client-$PG_VERSION)
-# Validates docker-compose.yml in the test suite (no Docker engine is needed for that).
-CHECK_PACKAGES=(docker-compose)
+# Validates docker-compose.yml in the test suite (no Docker engine is needed for that), and
+# Prometheus (its server and promtool) for the metrics tests.
+CHECK_PACKAGES=(docker-compose prometheus)
 # The font of the forecast report's plots.
 REPORT_PACKAGES=(fonts-dejavu-core)
 # python3 -m venv needs ensurepip on Debian systems whose python3 comes from apt.
@@ -58,4 +59,17 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafk
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --ignore-requires-python \
         "xgboost-cpu==$XGBOOST_VERSION"
 fi
+# checkov and kubernetes-validate check the rendered Kubernetes manifests (cli/tests/deploy.rs).
+# A venv of their own: checkov pins many packages that need not agree with the one above.
+OPS_VENV="$HEADROOM_CACHE/ops-venv"
+if [ ! -x "$OPS_VENV/bin/checkov" ] || [ ! -x "$OPS_VENV/bin/kubernetes-validate" ] \
+    || [ "$("$OPS_VENV/bin/checkov" --version 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
+    log "creating the ops venv with checkov $CHECKOV_VERSION and kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+    [ -x "$OPS_VENV/bin/python" ] || python3 -m venv "$OPS_VENV"
+    "$OPS_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+# kubectl renders the overlays (`kubectl kustomize`, kustomize v5). It comes with the machine
+# image; Debian's kubernetes-client is 1.20, whose kustomize predates components.
+command -v kubectl >/dev/null || log "warning: kubectl is missing; the Kubernetes manifest tests will fail"
 log "setup complete (tansu at $TANSU_BIN, libxgboost in $XGBOOST_LIB_DIR, python at $VENV/bin/python)"

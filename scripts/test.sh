@@ -11,6 +11,7 @@ cd "$REPO_ROOT"
 export HEADROOM_TEST_BROKERS="$KAFKA_BROKERS"
 export HEADROOM_TEST_PG_URL="$PG_URL"
 export HEADROOM_PYTHON="$HEADROOM_CACHE/venv/bin/python"
+export HEADROOM_OPS_VENV="$HEADROOM_CACHE/ops-venv"
 
 log "building and running the tests (target dir: $CARGO_TARGET_DIR)"
 if command -v cargo-nextest >/dev/null 2>&1; then

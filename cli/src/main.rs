@@ -50,6 +50,23 @@ enum DbAction {
 struct PgArgs {
     #[arg(long, env = "HEADROOM_PG_URL", default_value = "postgres://headroom@127.0.0.1:5432/headroom")]
     pg_url: String,
+    /// A file holding the password (a mounted secret), put into the URL: credentials stay out
+    /// of the command line and the environment.
+    #[arg(long, env = "HEADROOM_PG_PASSWORD_FILE")]
+    pg_password_file: Option<PathBuf>,
+}
+
+impl PgArgs {
+    /// The URL with the password file's content in it, when one is given.
+    fn url(&self) -> anyhow::Result<String> {
+        let Some(path) = &self.pg_password_file else {
+            return Ok(self.pg_url.clone());
+        };
+        let pw = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--pg-password-file {}: {e}", path.display()))?;
+        headroom_store::with_password(&self.pg_url, pw.trim_end_matches(['\n', '\r']))
+            .map_err(|e| anyhow::anyhow!("--pg-url: {e}"))
+    }
 }
 
 #[derive(clap::Args)]
@@ -176,7 +193,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let pool = headroom_store::pool(&pg.pg_url, 1, Duration::from_secs(10)).await?;
+                let pool = headroom_store::pool(&pg.url()?, 1, Duration::from_secs(10)).await?;
                 headroom_store::migrate(&pool).await?;
                 pool.close().await;
                 anyhow::Ok(())
@@ -200,7 +217,7 @@ fn main() -> anyhow::Result<()> {
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let rows = rt.block_on(async {
-                let mut c = headroom_store::connect(&args.pg.pg_url, Duration::from_secs(10)).await?;
+                let mut c = headroom_store::connect(&args.pg.url()?, Duration::from_secs(10)).await?;
                 let to = args.to.clone().unwrap_or_else(|| "now".into());
                 let from = match &args.from {
                     Some(f) => f.clone(),

@@ -1,8 +1,16 @@
 //! The deployment files parse with the tools that render them (docker-compose from Debian,
-//! installed by scripts/setup.sh), and every image they name is ours or a published one.
+//! `kubectl kustomize`), pass a Kubernetes schema validation (kubernetes-validate) and a
+//! security scan (checkov), both from PyPI in the venv scripts/setup.sh makes, and hold what an
+//! operator counts on: probes, limits, a ServiceAccount and PodDisruptionBudget per workload,
+//! autoscalers on the consumer groups of topologies/headroom.toml, no credentials.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use headroom_runtime::topology::Topology;
+use serde::Deserialize;
+use serde_yaml::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -49,5 +57,365 @@ fn docker_compose_file_is_valid_with_every_profile() {
             image == "headroom:latest" || image == "apache/kafka:3.9.0" || image == "postgres:15",
             "unexpected image {image}"
         );
+    }
+}
+
+/// The venv with checkov and kubernetes-validate (scripts/setup.sh; test.sh exports the path).
+fn ops_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("HEADROOM_OPS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/headroom/ops-venv")
+        });
+    let tool = venv.join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{} is missing: run scripts/setup.sh (or set HEADROOM_OPS_VENV)",
+        tool.display()
+    );
+    tool
+}
+
+fn overlays() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo().join("k8s/overlays"))
+        .expect("k8s/overlays")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("kustomization.yaml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 3, "overlays: {v:?}");
+    v
+}
+
+/// `kubectl kustomize k8s/overlays/<name>`: the manifests as text.
+fn render(overlay: &str) -> String {
+    let out = Command::new("kubectl")
+        .current_dir(repo())
+        .args(["kustomize", &format!("k8s/overlays/{overlay}")])
+        .output()
+        .expect("kubectl is missing (it comes with the machine image; see scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize k8s/overlays/{overlay}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    s(v, path).and_then(Value::as_str).unwrap_or("")
+}
+
+fn kind<'a>(all: &'a [Value], k: &str) -> Vec<&'a Value> {
+    all.iter().filter(|d| str_at(d, &["kind"]) == k).collect()
+}
+
+fn name(v: &Value) -> &str {
+    str_at(v, &["metadata", "name"])
+}
+
+fn write_tmp(overlay: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("headroom-k8s-{}-{overlay}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let f = dir.join(format!("{overlay}.yaml"));
+    std::fs::write(&f, text).expect("write");
+    f
+}
+
+fn validate(file: &Path) -> std::process::Output {
+    Command::new(ops_tool("kubernetes-validate"))
+        .args(["--strict", "--quiet", "-k", "1.31.0"])
+        .arg(file)
+        .output()
+        .expect("kubernetes-validate runs")
+}
+
+#[test]
+fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
+    // The validator bites: a Deployment with a string for replicas and an unknown field fails.
+    let bad = write_tmp(
+        "broken",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: two\n  \
+         selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      \
+         containers: [{name: c, image: i, bogus: 1}]\n",
+    );
+    assert!(!validate(&bad).status.success(), "kubernetes-validate accepted a broken Deployment");
+
+    for overlay in overlays() {
+        let text = render(&overlay);
+        let out = validate(&write_tmp(&overlay, &text));
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{overlay}: schema validation failed:\n{report}");
+        // The only resources without a built-in schema are the two CRDs, checked by hand below.
+        for line in report.lines().filter(|l| l.contains("Couldn't find schema")) {
+            assert!(
+                line.contains("kind ScaledObject") || line.contains("kind ServiceMonitor"),
+                "{overlay}: unvalidated resource: {line}"
+            );
+        }
+        assert!(!report.contains("ERROR"), "{overlay}:\n{report}");
+    }
+}
+
+/// Findings the manifests skip, each with its reason in a `checkov.io/skip` annotation.
+const ACCEPTED_FINDINGS: &[&str] = &["CKV_K8S_43"];
+
+#[test]
+fn rendered_manifests_pass_the_security_scan() {
+    for overlay in overlays() {
+        let file = write_tmp(&overlay, &render(&overlay));
+        let out = Command::new(ops_tool("checkov"))
+            .args(["--framework", "kubernetes", "--output", "json", "-f"])
+            .arg(&file)
+            .output()
+            .expect("checkov runs");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{overlay}: checkov output: {e}\n{}", String::from_utf8_lossy(&out.stderr))
+        });
+        let results = &report["results"];
+        let failed: Vec<String> = results["failed_checks"]
+            .as_array()
+            .expect("failed_checks")
+            .iter()
+            .map(|c| format!("{} {} ({})", c["check_id"], c["resource"], c["check_name"]))
+            .collect();
+        assert!(failed.is_empty(), "{overlay}: checkov findings:\n{}", failed.join("\n"));
+        let passed = results["passed_checks"].as_array().map_or(0, Vec::len);
+        assert!(passed > 500, "{overlay}: only {passed} checks ran");
+        for c in results["skipped_checks"].as_array().into_iter().flatten() {
+            let id = c["check_id"].as_str().unwrap_or("");
+            assert!(
+                ACCEPTED_FINDINGS.contains(&id),
+                "{overlay}: {id} skipped on {} without being an accepted finding",
+                c["resource"]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_workload_has_probes_limits_its_own_account_and_a_disruption_budget() {
+    for overlay in overlays() {
+        let all = docs(&render(&overlay));
+        let accounts: BTreeMap<&str, &Value> =
+            kind(&all, "ServiceAccount").into_iter().map(|a| (name(a), a)).collect();
+        let config_maps: BTreeMap<&str, &Value> =
+            kind(&all, "ConfigMap").into_iter().map(|c| (name(c), c)).collect();
+        assert!(kind(&all, "Secret").is_empty(), "{overlay}: a Secret in the manifests");
+        let pdbs: Vec<&str> = kind(&all, "PodDisruptionBudget")
+            .iter()
+            .map(|p| str_at(p, &["spec", "selector", "matchLabels", "app.kubernetes.io/name"]))
+            .collect();
+        let services: Vec<&str> = kind(&all, "Service")
+            .iter()
+            .map(|p| str_at(p, &["spec", "selector", "app.kubernetes.io/name"]))
+            .collect();
+        let deployments = kind(&all, "Deployment");
+        assert_eq!(deployments.len(), 6, "{overlay}: one Deployment per service");
+        let mut pods: Vec<(&str, &Value)> =
+            deployments.iter().map(|d| (name(d), *d)).collect();
+        pods.extend(kind(&all, "Job").iter().map(|j| (name(j), *j)));
+        for (n, w) in pods {
+            let pod = s(w, &["spec", "template", "spec"]).expect("pod spec");
+            let sa = str_at(pod, &["serviceAccountName"]);
+            assert_eq!(sa, n, "{overlay}/{n}: its own ServiceAccount");
+            let account = accounts.get(sa).unwrap_or_else(|| panic!("{overlay}: no account {sa}"));
+            assert_eq!(
+                s(account, &["automountServiceAccountToken"]).and_then(Value::as_bool),
+                Some(false),
+                "{overlay}/{n}: no API token"
+            );
+            assert_eq!(
+                s(pod, &["securityContext", "runAsNonRoot"]).and_then(Value::as_bool),
+                Some(true),
+                "{overlay}/{n}"
+            );
+            let is_job = str_at(w, &["kind"]) == "Job";
+            for c in s(pod, &["containers"]).and_then(Value::as_sequence).expect("containers") {
+                for r in ["requests", "limits"] {
+                    for k in ["cpu", "memory"] {
+                        assert!(
+                            s(c, &["resources", r, k]).is_some(),
+                            "{overlay}/{n}: resources.{r}.{k}"
+                        );
+                    }
+                }
+                assert_eq!(
+                    s(c, &["securityContext", "readOnlyRootFilesystem"]).and_then(Value::as_bool),
+                    Some(true),
+                    "{overlay}/{n}"
+                );
+                for env in s(c, &["env"]).and_then(Value::as_sequence).into_iter().flatten() {
+                    let key = str_at(env, &["name"]).to_ascii_uppercase();
+                    let literal = s(env, &["value"]).is_some();
+                    assert!(
+                        !(literal && ["PASSWORD", "SECRET", "TOKEN"].iter().any(|w| key.ends_with(w))),
+                        "{overlay}/{n}: credential {key} inline"
+                    );
+                }
+                if is_job {
+                    continue;
+                }
+                for p in ["readinessProbe", "livenessProbe"] {
+                    assert!(
+                        str_at(c, &[p, "httpGet", "path"]).starts_with("/health/"),
+                        "{overlay}/{n}: {p}"
+                    );
+                }
+                // The port the service listens on (its ConfigMap) is the port the pod declares.
+                let cm_name = s(pod, &["volumes"])
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|v| s(v, &["configMap", "name"]).and_then(Value::as_str))
+                    .unwrap_or_else(|| panic!("{overlay}/{n}: no ConfigMap volume"));
+                let cm = config_maps.get(cm_name).unwrap_or_else(|| panic!("{overlay}: {cm_name}"));
+                let data = s(cm, &["data"]).and_then(Value::as_mapping).expect("data");
+                let toml_text = data.values().next().and_then(Value::as_str).expect("toml");
+                let cfg: toml::Table = toml::from_str(toml_text).expect("config TOML");
+                let listen = cfg["http"]["listen"].as_str().expect("http.listen");
+                let port = s(c, &["ports"]).and_then(|p| p.get(0)).and_then(|p| p.get("containerPort"));
+                assert_eq!(
+                    listen.rsplit(':').next().and_then(|p| p.parse::<u64>().ok()),
+                    port.and_then(Value::as_u64),
+                    "{overlay}/{n}: http.listen {listen} vs containerPort"
+                );
+            }
+            if !is_job {
+                assert!(pdbs.contains(&n), "{overlay}/{n}: no PodDisruptionBudget");
+                assert!(services.contains(&n), "{overlay}/{n}: no Service");
+            }
+        }
+        // Every pod is under the default-deny policy, and the metrics port is let in.
+        let policies = kind(&all, "NetworkPolicy");
+        assert!(
+            policies.iter().any(|p| name(p) == "headroom-default-deny"
+                && s(p, &["spec", "podSelector"]).and_then(Value::as_mapping).is_some_and(|m| m.is_empty())),
+            "{overlay}: default-deny policy"
+        );
+        assert!(policies.iter().any(|p| s(p, &["spec", "ingress"]).is_some()), "{overlay}: ingress");
+    }
+}
+
+/// Which service each consumer group belongs to, and the partitions of each topic it reads,
+/// from the topology.
+fn groups() -> BTreeMap<String, (String, BTreeMap<String, i32>)> {
+    let t = Topology::builtin();
+    let mut g: BTreeMap<String, (String, BTreeMap<String, i32>)> = BTreeMap::new();
+    for topic in &t.topics {
+        for c in topic.consumers.iter().filter(|c| !c.group.is_empty()) {
+            let e = g.entry(c.group.clone()).or_insert_with(|| (c.service.clone(), BTreeMap::new()));
+            e.1.insert(topic.name.clone(), topic.partitions(&t.defaults));
+        }
+    }
+    g
+}
+
+#[test]
+fn autoscalers_follow_the_consumer_groups_of_the_topology() {
+    let groups = groups();
+    let mut scaled_somewhere = false;
+    for overlay in overlays() {
+        let all = docs(&render(&overlay));
+        let deployments: BTreeMap<&str, &Value> =
+            kind(&all, "Deployment").into_iter().map(|d| (name(d), d)).collect();
+        let scaled = kind(&all, "ScaledObject");
+        let hpas = kind(&all, "HorizontalPodAutoscaler");
+        assert!(
+            scaled.is_empty() != hpas.is_empty(),
+            "{overlay}: one kind of autoscaler ({} ScaledObjects, {} HPAs)",
+            scaled.len(),
+            hpas.len()
+        );
+        for so in &scaled {
+            scaled_somewhere = true;
+            let target = str_at(so, &["spec", "scaleTargetRef", "name"]);
+            let d = deployments.get(target).unwrap_or_else(|| panic!("{overlay}: {target}"));
+            assert!(s(d, &["spec", "replicas"]).is_none(), "{overlay}/{target}: fixed replicas");
+            let service = target.trim_start_matches("headroom-");
+            let max = s(so, &["spec", "maxReplicaCount"]).and_then(Value::as_i64).expect("max");
+            let triggers = s(so, &["spec", "triggers"]).and_then(Value::as_sequence).expect("triggers");
+            for t in triggers {
+                assert_eq!(str_at(t, &["type"]), "kafka");
+                let group = str_at(t, &["metadata", "consumerGroup"]);
+                let (owner, topics) = groups
+                    .get(group)
+                    .unwrap_or_else(|| panic!("{overlay}/{target}: group {group} is not in the topology"));
+                assert_eq!(owner, service, "{overlay}/{target}: group {group} belongs to {owner}");
+                let topic = str_at(t, &["metadata", "topic"]);
+                // More consumers than partitions would sit idle.
+                let partitions = if topic.is_empty() {
+                    topics.values().copied().max().unwrap_or(0)
+                } else {
+                    *topics
+                        .get(topic)
+                        .unwrap_or_else(|| panic!("{overlay}/{target}: {group} does not read {topic}"))
+                };
+                assert!(max <= partitions as i64, "{overlay}/{target}: {max} > {partitions} partitions");
+                assert!(!str_at(t, &["metadata", "bootstrapServers"]).is_empty());
+            }
+        }
+        for h in &hpas {
+            let target = str_at(h, &["spec", "scaleTargetRef", "name"]);
+            let d = deployments.get(target).unwrap_or_else(|| panic!("{overlay}: {target}"));
+            assert!(s(d, &["spec", "replicas"]).is_none(), "{overlay}/{target}: fixed replicas");
+        }
+        // Every consumer service but the retrainer (one writer of the models) is autoscaled.
+        let targets: BTreeSet<&str> = scaled
+            .iter()
+            .chain(hpas.iter())
+            .map(|a| str_at(a, &["spec", "scaleTargetRef", "name"]))
+            .collect();
+        for service in ["featurizer", "scorer", "recommender", "drift-monitor", "sink"] {
+            assert!(targets.contains(format!("headroom-{service}").as_str()), "{overlay}: {service}");
+        }
+        assert!(!targets.contains("headroom-retrainer"), "{overlay}: the retrainer is one replica");
+    }
+    assert!(scaled_somewhere, "no overlay scales on consumer lag");
+}
+
+#[test]
+fn the_service_monitor_scrapes_every_service_and_the_gpu_overlay_trains_on_gpus() {
+    let all = docs(&render("prod"));
+    let monitors = kind(&all, "ServiceMonitor");
+    assert_eq!(monitors.len(), 1);
+    let want = str_at(monitors[0], &["spec", "selector", "matchLabels", "app.kubernetes.io/part-of"]);
+    let services = kind(&all, "Service");
+    assert_eq!(services.len(), 6);
+    for svc in services {
+        assert_eq!(str_at(svc, &["metadata", "labels", "app.kubernetes.io/part-of"]), want);
+        let port = s(svc, &["spec", "ports"]).and_then(|p| p.get(0)).expect("port");
+        assert_eq!(str_at(port, &["name"]), "http", "{}", name(svc));
+    }
+
+    let gpu = docs(&render("gpu"));
+    for d in kind(&gpu, "Deployment") {
+        let pod = s(d, &["spec", "template", "spec"]).expect("pod");
+        let c = s(pod, &["containers"]).and_then(|c| c.get(0)).expect("container");
+        assert!(str_at(c, &["image"]).ends_with("-cuda"), "{}: the CUDA image", name(d));
+        let gpus = s(c, &["resources", "limits", "nvidia.com/gpu"]);
+        if name(d) == "headroom-retrainer" {
+            assert_eq!(gpus.and_then(Value::as_u64), Some(1));
+            assert!(s(pod, &["tolerations"]).is_some());
+            let env = s(c, &["env"]).and_then(Value::as_sequence).expect("env");
+            assert!(env.iter().any(|e| str_at(e, &["name"]) == "HEADROOM_RETRAIN__TRAINING__DEVICE"
+                && str_at(e, &["value"]) == "cuda"));
+        } else {
+            assert!(gpus.is_none(), "{}: holds a GPU it does not use", name(d));
+        }
     }
 }

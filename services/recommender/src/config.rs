@@ -122,6 +122,19 @@ impl Config {
 mod tests {
     use super::*;
 
+
+    /// The configuration the Kubernetes manifests mount (k8s/base/config/recommender.toml) loads and
+    /// validates over the defaults; cli/tests/deploy.rs checks its port against the Deployment's.
+    #[test]
+    fn the_kubernetes_config_map_is_a_valid_configuration() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s/base/config/recommender.toml");
+        let c: Config = load_config(DEFAULTS, Some(&path), "HEADROOM_RECOMMENDER_K8S__").expect("k8s/base/config/recommender.toml");
+        c.validate().expect("k8s/base/config/recommender.toml is valid");
+        assert_eq!(c.kafka.brokers, "kafka:9092");
+        assert_eq!(c.http.listen, "0.0.0.0:9467");
+        assert!(matches!(c.log.format, headroom_runtime::config::LogFormat::Json));
+    }
+
     #[test]
     fn defaults_load_and_bad_values_name_the_key() {
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_RECOMMENDER_TEST1__").unwrap();

@@ -194,6 +194,20 @@ impl Config {
 mod tests {
     use super::*;
 
+
+    /// The configuration the Kubernetes manifests mount (k8s/base/config/retrainer.toml) loads and
+    /// validates over the defaults; cli/tests/deploy.rs checks its port against the Deployment's.
+    #[test]
+    fn the_kubernetes_config_map_is_a_valid_configuration() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s/base/config/retrainer.toml");
+        let c: Config = load_config(DEFAULTS, Some(&path), "HEADROOM_RETRAIN_K8S__").expect("k8s/base/config/retrainer.toml");
+        c.validate().expect("k8s/base/config/retrainer.toml is valid");
+        assert_eq!(c.kafka.brokers, "kafka:9092");
+        assert_eq!(c.http.listen, "0.0.0.0:9469");
+        assert!(matches!(c.log.format, headroom_runtime::config::LogFormat::Json));
+        assert_eq!(c.postgres.password_file, "/secrets/postgres/password");
+    }
+
     #[test]
     fn defaults_load_and_bad_values_name_the_key() {
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST1__").unwrap();

@@ -219,6 +219,20 @@ fn url_ok(url: &str) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+
+    /// The configuration the Kubernetes manifests mount (k8s/base/config/sink.toml) loads and
+    /// validates over the defaults; cli/tests/deploy.rs checks its port against the Deployment's.
+    #[test]
+    fn the_kubernetes_config_map_is_a_valid_configuration() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s/base/config/sink.toml");
+        let c: Config = load_config(DEFAULTS, Some(&path), "HEADROOM_SINK_K8S__").expect("k8s/base/config/sink.toml");
+        c.validate().expect("k8s/base/config/sink.toml is valid");
+        assert_eq!(c.kafka.brokers, "kafka:9092");
+        assert_eq!(c.http.listen, "0.0.0.0:9466");
+        assert!(matches!(c.log.format, headroom_runtime::config::LogFormat::Json));
+        assert_eq!(c.postgres.password_file, "/secrets/postgres/password");
+    }
+
     #[test]
     fn defaults_load_and_cover_every_table() {
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_SINK_TEST1__").expect("defaults");
