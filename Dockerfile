@@ -25,7 +25,8 @@ RUN cargo build --release $CARGO_FEATURES -p headroom-featurizer -p headroom-rel
       target/release/headroom-drift-monitor target/release/headroom-retrain /out/
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 zlib1g libzstd1 \
+# curl: the compose healthchecks (GET /health/ready).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 libsasl2-2 zlib1g libzstd1 \
  && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --no-create-home headroom
 COPY --from=build /out/ /usr/local/bin/
 COPY --from=build /opt/xgboost/ /opt/xgboost/

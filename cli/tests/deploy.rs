@@ -16,48 +16,130 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The section.key paths of a service's defaults (services/<dir>/default.toml).
+fn config_keys(dir: &str) -> BTreeSet<String> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeSet<String>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            if let Some(sub) = v.as_table() {
+                out.insert(key.clone());
+                walk(&key, sub, out);
+            } else {
+                out.insert(key);
+            }
+        }
+    }
+    let mut text = std::fs::read_to_string(repo().join(format!("services/{dir}/default.toml")))
+        .expect("default.toml");
+    if dir == "recommender" {
+        text += &std::fs::read_to_string(repo().join("crates/policy/default.toml")).expect("policy");
+    }
+    let mut out = BTreeSet::new();
+    walk("", &toml::from_str(&text).expect("defaults parse"), &mut out);
+    out
+}
+
 #[test]
 fn docker_compose_file_is_valid_with_every_profile() {
     let out = Command::new("docker-compose")
         .current_dir(repo())
-        .args(["-f", "docker-compose.yml", "--profile", "load", "config"])
+        .args(["-f", "docker-compose.yml", "--profile", "load", "--profile", "monitoring", "config"])
         .output()
         .expect("docker-compose is missing: run scripts/setup.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "docker-compose config failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let rendered: Value = serde_yaml::from_slice(&out.stdout).expect("rendered compose YAML");
+    let services = rendered["services"].as_mapping().expect("services");
+    let names: BTreeSet<&str> = services.keys().filter_map(Value::as_str).collect();
     for service in [
-        "kafka:",
-        "postgres:",
-        "topology:",
-        "featurizer:",
-        "models-init:",
-        "scorer:",
-        "recommender:",
-        "drift-monitor:",
-        "retrainer:",
-        "sink:",
-        "loadgen:",
+        "kafka", "schema-registry", "postgres", "topology", "featurizer", "models-init", "scorer",
+        "recommender", "drift-monitor", "retrainer", "sink", "loadgen", "prometheus", "grafana",
+        "otel-collector", "jaeger",
     ] {
-        assert!(
-            stdout.contains(service),
-            "service {service} missing from the rendered stack"
-        );
+        assert!(names.contains(service), "service {service} missing from the rendered stack");
     }
-    // Images: our own build, or pinned upstream images.
-    for line in stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with("image:"))
-    {
-        let image = line.trim_start().trim_start_matches("image:").trim();
-        assert!(
-            image == "headroom:latest" || image == "apache/kafka:3.9.0" || image == "postgres:15",
-            "unexpected image {image}"
-        );
+    // Images: our own build, or pinned published upstream images.
+    let upstream = [
+        "apache/kafka:3.9.0",
+        "confluentinc/cp-schema-registry:7.7.1",
+        "postgres:15",
+        "prom/prometheus:v2.53.2",
+        "grafana/grafana:11.3.0",
+        "otel/opentelemetry-collector-contrib:0.114.0",
+        "jaegertracing/all-in-one:1.63.0",
+    ];
+    // Each headroom service: its environment names keys its configuration has, its published
+    // port is the one it listens on, it has a healthcheck and waits for the set-up job.
+    let prefixes: BTreeMap<&str, (&str, &str)> = [
+        ("featurizer", ("HEADROOM_FEATURIZER__", "featurizer")),
+        ("scorer", ("HEADROOM_SCORER__", "scorer")),
+        ("sink", ("HEADROOM_SINK__", "sink")),
+        ("recommender", ("HEADROOM_RECOMMENDER__", "recommender")),
+        ("drift-monitor", ("HEADROOM_DRIFT__", "drift-monitor")),
+        ("retrainer", ("HEADROOM_RETRAIN__", "retrainer")),
+    ]
+    .into_iter()
+    .collect();
+    for (name, svc) in services {
+        let name = name.as_str().expect("name");
+        let image = str_at(svc, &["image"]);
+        assert!(image == "headroom:latest" || upstream.contains(&image), "{name}: unexpected image {image}");
+        for v in s(svc, &["volumes"]).and_then(Value::as_sequence).into_iter().flatten() {
+            let src = v.get("source").and_then(Value::as_str).or_else(|| v.as_str().and_then(|x| x.split(':').next()));
+            if let Some(src) = src.filter(|p| p.starts_with('/') || p.starts_with('.')) {
+                assert!(Path::new(src).exists() || repo().join(src).exists(), "{name}: mounts {src}, which is not in the project");
+            }
+        }
+        let Some((prefix, dir)) = prefixes.get(name) else { continue };
+        let keys = config_keys(dir);
+        let env = s(svc, &["environment"]).and_then(Value::as_mapping).expect("environment");
+        for (k, v) in env {
+            let k = k.as_str().expect("key");
+            let Some(path) = k.strip_prefix(prefix) else {
+                assert_eq!(k, "HEADROOM_HTTP_PORT", "{name}: unexpected variable {k}");
+                continue;
+            };
+            let key = path.to_ascii_lowercase().replace("__", ".");
+            assert!(keys.contains(&key), "{name}: {k} names `{key}`, which is not a key of services/{dir}/default.toml");
+            let _ = v;
+        }
+        let listen = env
+            .iter()
+            .find(|(k, _)| k.as_str().is_some_and(|k| k.ends_with("__HTTP__LISTEN")))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name}: no HTTP__LISTEN"));
+        let port = listen.rsplit(':').next().expect("port");
+        let published = s(svc, &["ports"]).and_then(|p| p.get(0)).expect("a published port");
+        let target = published.get("target").map(|t| match t {
+            Value::Number(n) => n.to_string(),
+            other => other.as_str().unwrap_or("").to_owned(),
+        });
+        assert_eq!(target.as_deref(), Some(port), "{name}: publishes {published:?}, listens on {listen}");
+        assert_eq!(env.get("HEADROOM_HTTP_PORT").and_then(Value::as_str), Some(port), "{name}: healthcheck port");
+        assert!(s(svc, &["healthcheck", "test"]).is_some(), "{name}: no healthcheck");
+        assert!(s(svc, &["depends_on", "topology"]).is_some(), "{name}: starts before the set-up job");
     }
+    // The Prometheus of the stack scrapes every service on the port it listens on.
+    let prom = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml")).expect("prometheus.yml");
+    for (name, _) in &prefixes {
+        let svc = &services[&Value::from(*name)];
+        let listen = s(svc, &["environment"])
+            .and_then(Value::as_mapping)
+            .and_then(|e| e.iter().find(|(k, _)| k.as_str().is_some_and(|k| k.ends_with("__HTTP__LISTEN"))))
+            .and_then(|(_, v)| v.as_str())
+            .expect("listen");
+        let target = format!("{name}:{}", listen.rsplit(':').next().expect("port"));
+        assert!(prom.contains(&target), "deploy/prometheus/prometheus.yml does not scrape {target}");
+    }
+    let check = Command::new("promtool")
+        .args(["check", "config", "--syntax-only"])
+        .arg(repo().join("deploy/prometheus/prometheus.yml"))
+        .output()
+        .expect("promtool is missing: run scripts/setup.sh");
+    assert!(check.status.success(), "promtool check config:\n{}", String::from_utf8_lossy(&check.stdout));
 }
 
 /// The venv with checkov and kubernetes-validate (scripts/setup.sh; test.sh exports the path).

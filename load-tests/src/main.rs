@@ -137,6 +137,7 @@ fn main() -> anyhow::Result<()> {
     headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
         format: headroom_runtime::config::LogFormat::Text,
         level: filter,
+        otlp_endpoint: String::new(),
     });
     match cli.command {
         Command::Generate {

@@ -103,6 +103,11 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive such as `info,headroom_runtime=debug`.
     pub level: String,
+    /// Base URL of an OTLP/HTTP receiver (an OpenTelemetry collector, for example
+    /// `http://otel-collector:4318`): the spans of traced records are exported to its
+    /// `/v1/traces`. Empty: no export (trace context is still carried in the headers).
+    #[serde(default)]
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +172,9 @@ impl CommonConfig {
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad("log.level", "is not a valid filter directive");
+        }
+        if let Err(why) = crate::trace::check_endpoint(&self.log.otlp_endpoint) {
+            return bad("log.otlp_endpoint", &why);
         }
         Ok(())
     }

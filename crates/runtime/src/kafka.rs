@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: Shutdown,
+    /// Span export (`log.otlp_endpoint`); flushed when the run ends.
+    pub spans: Option<Arc<crate::trace::Spans>>,
 }
 
 /// Builds a librdkafka client configuration with the pass-through properties.
@@ -498,6 +500,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         service: &opts.service,
         dlq_topic: opts.dlq_topic.as_deref(),
         max_output_bytes: rt.max_output_bytes,
+        spans: opts.spans.as_deref(),
     };
     let mut st = LoopState::default();
     let mut epoch_started = Instant::now();
@@ -581,6 +584,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
                             emitted: 0,
                             outstanding: &outstanding,
                             epoch_slot,
+                            spans: opts.spans.as_deref(),
                         };
                         processor.process(&record, &mut emitter);
                         if suppressed {
@@ -686,6 +690,7 @@ struct FlushCtx<'a> {
     service: &'a str,
     dlq_topic: Option<&'a str>,
     max_output_bytes: usize,
+    spans: Option<&'a crate::trace::Spans>,
 }
 
 #[derive(Debug, Default)]
@@ -779,6 +784,7 @@ impl LoopState {
             max_output_bytes: ctx.max_output_bytes,
             outstanding,
             epoch_slot: self.epoch_slot(),
+            spans: ctx.spans,
         };
         processor.flush(&mut flush);
         let mut positions = Vec::new();

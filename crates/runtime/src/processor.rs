@@ -64,6 +64,7 @@ pub struct Flush<'a> {
     pub(crate) max_output_bytes: usize,
     pub(crate) outstanding: &'a crate::kafka::Outstanding,
     pub(crate) epoch_slot: usize,
+    pub(crate) spans: Option<&'a trace::Spans>,
 }
 
 impl<'a> Flush<'a> {
@@ -83,6 +84,7 @@ impl<'a> Flush<'a> {
             emitted: 0,
             outstanding: self.outstanding,
             epoch_slot: self.epoch_slot,
+            spans: self.spans,
         }
     }
 
@@ -103,6 +105,8 @@ pub struct Emitter<'a> {
     pub(crate) emitted: usize,
     pub(crate) outstanding: &'a crate::kafka::Outstanding,
     pub(crate) epoch_slot: usize,
+    /// The OTLP exporter, when `log.otlp_endpoint` is set.
+    pub(crate) spans: Option<&'a trace::Spans>,
 }
 
 impl Emitter<'_> {
@@ -124,10 +128,22 @@ impl Emitter<'_> {
             self.dead_letter(DlqReason::OutputTooLarge, &detail);
             return;
         }
-        let headers = self
-            .record
+        let record = self.record;
+        let headers = record
             .traceparent
-            .and_then(trace::child_traceparent)
+            .and_then(|input| match self.spans {
+                Some(spans) => spans.hop(
+                    input,
+                    &trace::Hop {
+                        input_topic: record.topic,
+                        partition: record.partition,
+                        offset: record.offset,
+                        output_topic: topic,
+                        start_ms: record.timestamp_ms,
+                    },
+                ),
+                None => trace::child_traceparent(input),
+            })
             .map(|tp| {
                 OwnedHeaders::new().insert(Header {
                     key: trace::TRACEPARENT,

@@ -72,7 +72,12 @@ pub async fn start<P: Processor>(
     let health = Arc::new(Health::default());
     let http_addr = serve_http(&config.http.listen, metrics.clone(), health.clone()).await?;
     let processor = make(&metrics)?;
+    let spans = match config.log.otlp_endpoint.as_str() {
+        "" => None,
+        url => Some(Arc::new(crate::trace::Spans::new(service, url)?)),
+    };
     let opts = RunOptions {
+        spans,
         service: service.to_owned(),
         input_topics: inputs,
         dlq_topic,

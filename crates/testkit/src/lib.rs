@@ -5,6 +5,8 @@
 
 pub use rdkafka;
 
+pub mod ops;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -351,6 +353,7 @@ pub fn init_test_logging() {
     headroom_runtime::observe::init_logging(&headroom_runtime::config::LogConfig {
         format: headroom_runtime::config::LogFormat::Text,
         level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        otlp_endpoint: String::new(),
     });
 }
 

@@ -214,6 +214,7 @@ async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_lette
     })
     .await;
     assert!(ok, "the v1 episode is resolved as superseded");
+    headroom_testkit::ops::check_exposition("drift-monitor", &h.metrics.render());
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }

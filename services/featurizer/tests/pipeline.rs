@@ -201,7 +201,10 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     }
     produce(&brokers, &format!("{prefix}telemetry.raw"), &records);
 
-    let cfg = config(&brokers, &prefix, &unique("g"));
+    let mut cfg = config(&brokers, &prefix, &unique("g"));
+    // Spans go to an OTLP receiver (a fake collector: none can run here).
+    let collector = headroom_testkit::ops::FakeOtlpCollector::start();
+    cfg.log.otlp_endpoint = collector.url();
     let svc = headroom_featurizer::start(cfg, Shutdown::new())
         .await
         .expect("start");
@@ -231,6 +234,22 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     let metrics = tokio::task::spawn_blocking(move || scrape(addr))
         .await
         .expect("scrape");
+    // What operators see: promtool's lint and the dashboards' queries over this exposition,
+    // and a real Prometheus scraping the running service and answering a query of it.
+    headroom_testkit::ops::check_exposition("featurizer", &metrics);
+    let records_in = metric(&metrics, "headroom_records_in_total", "");
+    assert!(records_in > 0.0);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut prom = headroom_testkit::ops::Prometheus::start("featurizer", &[addr]);
+        prom.wait_for(
+            "sum by (service) (headroom_records_in_total{job=\"featurizer\"})",
+            Duration::from_secs(60),
+            |r| r.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()) == Some(records_in),
+        )
+    })
+    .await
+    .expect("prometheus");
+    assert_eq!(answer[0]["metric"]["service"], "featurizer", "{answer:?}");
     svc.stop().await.expect("clean stop");
 
     assert_eq!(
@@ -256,6 +275,20 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     );
     assert_eq!(&traced[0][..36], &TRACEPARENT[..36], "same trace id");
     assert_ne!(traced[0], TRACEPARENT, "a new span id");
+    // The hop is a span exported over OTLP: the input's trace, the input's span as parent, the
+    // span id the output carries, and where it went (flushed when the service stopped).
+    let trace_id = &TRACEPARENT[3..35];
+    let spans = collector.wait_for(Duration::from_secs(30), |s| s.iter().any(|s| s.trace_id == trace_id));
+    let hop: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    assert_eq!(hop.len(), 1, "one span per traced hop: {spans:?}");
+    let span = hop[0];
+    assert_eq!(span.service_name, "headroom-featurizer");
+    assert_eq!(span.parent_span_id, &TRACEPARENT[36..52], "the input's span is the parent");
+    assert_eq!(span.span_id, &traced[0][36..52], "the output continues under this span");
+    assert_eq!(span.attributes["messaging.destination.name"], format!("{prefix}features"));
+    assert_eq!(span.attributes["messaging.source.name"], format!("{prefix}telemetry.raw"));
+    assert!(span.start_ns <= span.end_ns && span.start_ns > 0, "{span:?}");
+    assert_eq!(spans.len(), 1, "untraced records export no spans");
     let mut got: Vec<&str> = dlq
         .iter()
         .map(|m| header(m, "dlq.reason").expect("reason header"))

@@ -281,5 +281,6 @@ async fn decides_every_forecast_as_the_policy_does_across_a_restart() {
     let mut dl: Vec<&str> = dlq.iter().filter_map(|m| header(m, "dlq.reason")).collect();
     dl.sort();
     assert_eq!(dl, vec!["bad_magic", "key_mismatch"], "{dl:?}");
+    headroom_testkit::ops::check_exposition("recommender", &h2.metrics.render());
     h2.stop().await.unwrap();
 }

@@ -258,6 +258,7 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     .await;
     assert!(ok, "a drift-triggered run: {}", h.metrics.render());
     let text = h.metrics.render();
+    headroom_testkit::ops::check_exposition("retrainer", &text);
     let count = |outcome: &str| {
         text.lines()
             .find(|l| l.starts_with("headroom_retrain_alerts_total{") && l.contains(&format!("outcome=\"{outcome}\"")))

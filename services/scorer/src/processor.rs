@@ -17,7 +17,7 @@ use headroom_forecast::TARGETS;
 use headroom_neural::SlotFlags;
 use headroom_runtime::{Emitter, Flush, InputRecord, Metrics, Processor};
 use headroom_schemas::{DlqReason, FeaturesRecord, Forecast, ForecastPoint, Metric, Observed};
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGaugeVec, Opts};
 
 use crate::served::Served;
 
@@ -42,6 +42,9 @@ pub struct ScorerMetrics {
     /// Per model family (`xgboost`, `lstm`, `gru`: bounded).
     pub score_seconds: HistogramVec,
     pub scored: IntCounter,
+    /// 1 for each model family of the serving version, labelled with the version (reset on a
+    /// swap, so one version per family: bounded).
+    pub serving: IntGaugeVec,
 }
 
 impl ScorerMetrics {
@@ -58,7 +61,14 @@ impl ScorerMetrics {
         )
         .expect("metric");
         let _ = m.registry.register(Box::new(score_seconds.clone()));
+        let serving = IntGaugeVec::new(
+            Opts::new("scorer_serving_model", "The model version serving each model family (value 1)."),
+            &["model", "version"],
+        )
+        .expect("metric");
+        let _ = m.registry.register(Box::new(serving.clone()));
         ScorerMetrics {
+            serving,
             swaps: counter("scorer_model_swaps_total", "Model versions swapped in without a restart."),
             load_failures: counter(
                 "scorer_model_load_failures_total",
@@ -146,6 +156,13 @@ pub fn feature_values(batch: &RecordBatch) -> anyhow::Result<&[f32]> {
     Ok(&values.values()[off..off + col.len() * w])
 }
 
+fn show_serving(metrics: &ScorerMetrics, model: &Served) {
+    metrics.serving.reset();
+    for family in model.families() {
+        metrics.serving.with_label_values(&[family, model.version()]).set(1);
+    }
+}
+
 impl Scorer {
     pub fn new(
         input_topic: String,
@@ -156,6 +173,7 @@ impl Scorer {
         metrics: ScorerMetrics,
     ) -> anyhow::Result<Scorer> {
         model.xgb.set_threads(threads)?;
+        show_serving(&metrics, &model);
         Ok(Scorer {
             input_topic,
             output,
@@ -185,6 +203,7 @@ impl Scorer {
             }
             tracing::info!(from = %self.model.version(), to = %m.version(), models = ?m.families(), "model version swapped");
             self.model = m;
+            show_serving(&self.metrics, &self.model);
             self.metrics.swaps.inc();
         }
     }

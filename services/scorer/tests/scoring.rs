@@ -312,6 +312,8 @@ async fn serves_lstm_and_gru_beside_xgboost_as_the_backtest_scores_them() {
     let handle = headroom_scorer::start(config(&brokers, &prefix, dir.path()), Shutdown::new()).await.unwrap();
     let _stop = StopOnDrop(handle.shutdown.clone());
     let got = consume(&brokers, &format!("{prefix}forecasts"), feats.len(), Duration::from_secs(120), Duration::from_secs(1));
+    // promtool's lint and the dashboards' queries (scoring time by model, serving versions).
+    headroom_testkit::ops::check_exposition("scorer", &handle.metrics.render());
     handle.stop().await.unwrap();
     assert_eq!(got.len(), feats.len(), "one forecast per event");
 

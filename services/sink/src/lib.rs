@@ -92,7 +92,7 @@ impl SinkMetrics {
             r.register(Box::new(h.clone()))?;
             Ok(h)
         };
-        Ok(SinkMetrics {
+        let m = SinkMetrics {
             rows_written: counter("sink_rows_written_total", "Rows committed to PostgreSQL, by table (rollup rows merged count once per batch).", &["table"])?,
             rows_expired: counter("sink_rows_expired_total", "Rows not written to a table because their day is past its retention.", &["table"])?,
             batch_seconds: hist("sink_batch_seconds", "Time to write one batch (one transaction).", prometheus::exponential_buckets(0.005, 2.0, 14)?)?,
@@ -103,7 +103,18 @@ impl SinkMetrics {
             partitions_created: gauge("sink_partitions_created", "Partitions created by this instance since it started.")?,
             partitions_dropped: counter("sink_partitions_dropped_total", "Partitions dropped past retention.", &["table"])?,
             offset_gaps: counter("sink_offset_gaps_total", "Jumps over offsets that were never delivered (normal on the compacted models topic only), by topic.", &["topic"])?,
-        })
+        };
+        // Every series of a bounded label set starts at zero, so rate() and increase() see the
+        // first event (and dashboards show a flat line instead of no data).
+        for t in headroom_store::TABLES {
+            let _ = m.rows_written.with_label_values(&[t.name]);
+            let _ = m.rows_expired.with_label_values(&[t.name]);
+            let _ = m.partitions_dropped.with_label_values(&[t.name]);
+        }
+        for k in ["unavailable", "fenced", "refused"] {
+            let _ = m.postgres_errors.with_label_values(&[k]);
+        }
+        Ok(m)
     }
 }
 

@@ -369,6 +369,7 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
     assert_eq!(stored, recs.len() as i64);
     let metrics = handle.metrics.render();
     assert!(metrics.contains("headroom_sink_postgres_up{service=\"sink\"} 1"), "{metrics}");
+    headroom_testkit::ops::check_exposition("sink", &metrics);
     handle.stop().await.expect("stop");
 }
 
