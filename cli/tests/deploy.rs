@@ -471,7 +471,7 @@ fn autoscalers_follow_the_consumer_groups_of_the_topology() {
 }
 
 #[test]
-fn the_service_monitor_scrapes_every_service_and_the_gpu_overlay_trains_on_gpus() {
+fn the_service_monitor_scrapes_every_service_and_the_gpu_overlay_uses_gpus() {
     let all = docs(&render("prod"));
     let monitors = kind(&all, "ServiceMonitor");
     assert_eq!(monitors.len(), 1);
@@ -490,12 +490,21 @@ fn the_service_monitor_scrapes_every_service_and_the_gpu_overlay_trains_on_gpus(
         let c = s(pod, &["containers"]).and_then(|c| c.get(0)).expect("container");
         assert!(str_at(c, &["image"]).ends_with("-cuda"), "{}: the CUDA image", name(d));
         let gpus = s(c, &["resources", "limits", "nvidia.com/gpu"]);
-        if name(d) == "headroom-retrainer" {
-            assert_eq!(gpus.and_then(Value::as_u64), Some(1));
+        let device_key = match name(d) {
+            "headroom-retrainer" => Some("HEADROOM_RETRAIN__TRAINING__DEVICE"),
+            "headroom-scorer" => Some("HEADROOM_SCORER__MODELS__DEVICE"),
+            _ => None,
+        };
+        if let Some(key) = device_key {
+            assert_eq!(gpus.and_then(Value::as_u64), Some(1), "{}", name(d));
             assert!(s(pod, &["tolerations"]).is_some());
+            assert!(s(pod, &["nodeSelector"]).is_some());
             let env = s(c, &["env"]).and_then(Value::as_sequence).expect("env");
-            assert!(env.iter().any(|e| str_at(e, &["name"]) == "HEADROOM_RETRAIN__TRAINING__DEVICE"
-                && str_at(e, &["value"]) == "cuda"));
+            assert!(
+                env.iter().any(|e| str_at(e, &["name"]) == key && str_at(e, &["value"]) == "cuda"),
+                "{}: {key}=cuda",
+                name(d)
+            );
         } else {
             assert!(gpus.is_none(), "{}: holds a GPU it does not use", name(d));
         }

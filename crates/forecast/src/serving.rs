@@ -115,6 +115,19 @@ impl ServingModel {
         self.derivation.base_len()
     }
 
+    /// Where XGBoost predicts (`cuda` needs the CUDA build of its library and a GPU; resolve
+    /// it with [`crate::device::for_xgboost`]).
+    pub fn set_device(&mut self, device: crate::device::Device) -> anyhow::Result<()> {
+        let d = device.to_string();
+        for h in &mut self.heads {
+            h.booster.set_param("device", &d)?;
+        }
+        if let Some(c) = &mut self.classifier {
+            c.set_param("device", &d)?;
+        }
+        Ok(())
+    }
+
     /// Sets the threads XGBoost uses per prediction call.
     pub fn set_threads(&mut self, n: usize) -> anyhow::Result<()> {
         let n = n.to_string();

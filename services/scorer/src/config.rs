@@ -25,6 +25,10 @@ pub struct Models {
     #[serde(default = "default_neural")]
     pub neural: Vec<String>,
     pub threads: usize,
+    /// Where XGBoost predicts: auto (a GPU when there is one and the library has CUDA), cpu,
+    /// or cuda (refused at start-up without both). The LSTM/GRU run on the CPU.
+    #[serde(default)]
+    pub device: headroom_forecast::device::DeviceChoice,
     pub watch: bool,
     /// The PostgreSQL model registry to read the serving version from at start-up (empty:
     /// the models directory's registry.json).

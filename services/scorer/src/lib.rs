@@ -67,6 +67,8 @@ pub async fn load_serving(models: &Models) -> anyhow::Result<Served> {
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     config.validate()?;
     Topology::builtin().check_service(SERVICE, &["features", "models"], &["forecasts", "telemetry.dlq"])?;
+    let device = headroom_forecast::device::for_xgboost(config.models.device)
+        .map_err(|e| anyhow::anyhow!("key `models.device`: {e}"))?;
     let model = load_serving(&config.models).await?;
     tracing::info!(version = %model.version(), models = ?model.families(), schema = %model.xgb.feature_schema, heads = model.xgb.heads.len(), "serving model loaded");
     let next: NextModel = Arc::new(Mutex::new(None));
@@ -90,7 +92,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
                     .name("model-watcher".into())
                     .spawn(move || watch(&kafka, &topic, &wmodels, current, watch_next, wm, watch_shutdown))?;
             }
-            Scorer::new(topics.input, topics.output, model, next, models.threads, m)
+            Scorer::new(topics.input, topics.output, model, next, models.threads, device, m)
         },
     )
     .await

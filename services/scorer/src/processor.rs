@@ -94,6 +94,7 @@ pub struct Scorer {
     model: Served,
     next: NextModel,
     threads: usize,
+    device: headroom_forecast::device::Device,
     pending: Vec<Pending>,
     scores: Scores,
     /// Per input partition, per entity: which recent slots had samples (the neural windows'
@@ -170,9 +171,11 @@ impl Scorer {
         mut model: Served,
         next: NextModel,
         threads: usize,
+        device: headroom_forecast::device::Device,
         metrics: ScorerMetrics,
     ) -> anyhow::Result<Scorer> {
         model.xgb.set_threads(threads)?;
+        model.xgb.set_device(device)?;
         show_serving(&metrics, &model);
         Ok(Scorer {
             input_topic,
@@ -180,6 +183,7 @@ impl Scorer {
             model,
             next,
             threads,
+            device,
             pending: Vec::new(),
             scores: Scores::default(),
             flags: HashMap::new(),
@@ -196,7 +200,7 @@ impl Scorer {
             Err(_) => None,
         };
         if let Some(mut m) = next {
-            if let Err(e) = m.xgb.set_threads(self.threads) {
+            if let Err(e) = m.xgb.set_threads(self.threads).and_then(|()| m.xgb.set_device(self.device)) {
                 tracing::error!(error = %e, version = %m.version(), "cannot configure the new model; keeping the current one");
                 self.metrics.load_failures.inc();
                 return;

@@ -252,6 +252,23 @@ async fn no_serving_model_is_a_clear_start_up_error() {
     assert!(e.contains("no serving `xgboost` model") && e.contains("headroom-train promote"), "{e}");
 }
 
+/// `models.device = cuda` starts only with a GPU and XGBoost's CUDA build; otherwise the
+/// start-up error names the key (before any model or broker is touched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cuda_device_without_a_gpu_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config("127.0.0.1:1", "none.", dir.path());
+    c.models.device = headroom_forecast::device::DeviceChoice::Cuda;
+    let usable = headroom_forecast::device::for_xgboost(headroom_forecast::device::DeviceChoice::Cuda).is_ok();
+    let e = headroom_scorer::start(c, Shutdown::new()).await.unwrap_err().to_string();
+    if usable {
+        // With a GPU the device passes and the empty models directory is what stops it.
+        assert!(e.contains("no serving `xgboost` model"), "{e}");
+    } else {
+        assert!(e.contains("key `models.device`") && e.contains("cuda"), "{e}");
+    }
+}
+
 /// A version with LSTM and GRU models beside XGBoost: every forecast carries all three models'
 /// points (XGBoost's first), and the neural points the scorer publishes through the broker are
 /// what the backtest computes for the same rows from the whole series (on a trace with gaps,
