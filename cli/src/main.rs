@@ -1,5 +1,7 @@
 //! `headroom`: operator commands.
 
+mod schemas;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,8 +30,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// The schema catalogue: subjects, versions and pinned ids.
-    Schemas,
+    /// The schema catalogue: subjects, versions and pinned ids (`register` puts it into a
+    /// schema registry).
+    Schemas {
+        #[command(subcommand)]
+        action: Option<SchemasAction>,
+    },
     /// PostgreSQL: apply the migrations of sql/migrations/.
     Db {
         #[command(subcommand)]
@@ -38,6 +44,17 @@ enum Command {
     /// Run an analytical query of sql/queries/ over a time range; one JSON object per row.
     /// Without a name, lists the queries.
     Query(QueryArgs),
+}
+
+#[derive(Subcommand)]
+enum SchemasAction {
+    /// Register every catalogue version in a Confluent-compatible schema registry under its
+    /// pinned id (IMPORT mode per subject, then READWRITE again). Idempotent; fails on an id
+    /// or version the registry holds differently.
+    Register {
+        #[arg(long, env = "HEADROOM_SCHEMA_REGISTRY_URL")]
+        registry_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,10 +258,22 @@ fn main() -> anyhow::Result<()> {
                 println!("{r}");
             }
         }
-        Command::Schemas => {
+        Command::Schemas { action: None } => {
             for e in headroom_schemas::Catalogue::builtin().entries() {
                 println!("{:6} {} v{} ({})", e.id, e.subject, e.version, e.file);
             }
+        }
+        Command::Schemas { action: Some(SchemasAction::Register { registry_url }) } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = rt.block_on(schemas::register(&registry_url, headroom_schemas::Catalogue::builtin()))?;
+            for (subject, version, id) in &report.registered {
+                println!("registered {subject} v{version} as id {id}");
+            }
+            println!(
+                "{} schema versions registered, {} already present at {registry_url}",
+                report.registered.len(),
+                report.present.len()
+            );
         }
     }
     Ok(())
