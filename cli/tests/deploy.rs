@@ -83,8 +83,15 @@ fn docker_compose_file_is_valid_with_every_profile() {
     ]
     .into_iter()
     .collect();
+    // Distroless images with no shell or HTTP client to run a check with; nothing waits on them.
+    let no_healthcheck = ["otel-collector", "jaeger"];
     for (name, svc) in services {
         let name = name.as_str().expect("name");
+        let one_shot = str_at(svc, &["restart"]) == "no";
+        assert!(
+            one_shot || no_healthcheck.contains(&name) || s(svc, &["healthcheck", "test"]).is_some(),
+            "{name}: a long-running service without a healthcheck"
+        );
         let image = str_at(svc, &["image"]);
         assert!(image == "headroom:latest" || upstream.contains(&image), "{name}: unexpected image {image}");
         for v in s(svc, &["volumes"]).and_then(Value::as_sequence).into_iter().flatten() {
@@ -509,4 +516,36 @@ fn the_service_monitor_scrapes_every_service_and_the_gpu_overlay_uses_gpus() {
             assert!(gpus.is_none(), "{}: holds a GPU it does not use", name(d));
         }
     }
+}
+
+/// The image's Dockerfile: hadolint (its inline ignores carry their reasons) and checkov's
+/// Dockerfile checks (non-root user, healthcheck, no `latest` base, ...), with no finding.
+#[test]
+fn the_dockerfile_passes_hadolint_and_the_security_scan() {
+    let out = Command::new(ops_tool("hadolint"))
+        .arg(repo().join("Dockerfile"))
+        .output()
+        .expect("hadolint runs");
+    assert!(
+        out.status.success(),
+        "hadolint Dockerfile:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(ops_tool("checkov"))
+        .args(["--framework", "dockerfile", "--output", "json", "-f"])
+        .arg(repo().join("Dockerfile"))
+        .output()
+        .expect("checkov runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("checkov JSON");
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .expect("failed_checks")
+        .iter()
+        .map(|c| format!("{} ({})", c["check_id"], c["check_name"]))
+        .collect();
+    assert!(failed.is_empty(), "checkov findings on the Dockerfile:\n{}", failed.join("\n"));
+    assert!(report["summary"]["passed"].as_u64().unwrap_or(0) > 50, "{}", report["summary"]);
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    assert!(text.lines().any(|l| l.trim() == "USER 10001"), "runs as the unprivileged user");
 }
