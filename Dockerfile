@@ -17,6 +17,17 @@ RUN pip3 download --break-system-packages --no-deps --only-binary=:all: --python
 ENV XGBOOST_LIB_DIR=/opt/xgboost/xgboost/lib
 # The CUDA variant (GPU overlay): --build-arg XGBOOST_WHEEL=xgboost==3.4.1
 #   --build-arg CARGO_FEATURES="--features headroom-neural/cuda"
+#   --build-arg NVRTC_WHEEL=nvidia-cuda-nvrtc-cu12==12.6.85
+# burn's CUDA backend compiles its kernels at run time with NVRTC, which the NVIDIA container
+# runtime does not mount (it brings the driver's libcuda only): its library comes from the
+# PyPI wheel into /opt/nvrtc, on the runtime's library path. Empty for the CPU image.
+ARG NVRTC_WHEEL=""
+RUN mkdir -p /opt/nvrtc && if [ -n "$NVRTC_WHEEL" ]; then \
+      pip3 download --break-system-packages --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux2014_x86_64 "$NVRTC_WHEEL" -d /tmp/nvrtc \
+      && python3 -m zipfile -e /tmp/nvrtc/*.whl /tmp/nvrtc/x \
+      && cp -a /tmp/nvrtc/x/nvidia/cuda_nvrtc/lib/. /opt/nvrtc/ \
+      && for f in /opt/nvrtc/libnvrtc.so.[0-9]*; do case "$f" in *.so.*.*) ;; *) ln -sf "${f##*/}" /opt/nvrtc/libnvrtc.so;; esac; done; fi
 ARG CARGO_FEATURES=""
 WORKDIR /src
 COPY . .
@@ -35,6 +46,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
  && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --no-create-home headroom
 COPY --from=build /out/ /usr/local/bin/
 COPY --from=build /opt/xgboost/ /opt/xgboost/
+COPY --from=build /opt/nvrtc/ /opt/nvrtc/
+ENV LD_LIBRARY_PATH=/opt/nvrtc
 USER 10001
 # Every service answers /health/ready on its HTTP port; HEADROOM_HTTP_PORT names it (the
 # featurizer's 9464 by default; docker-compose.yml sets it per service, Kubernetes uses probes).

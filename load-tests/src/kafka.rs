@@ -25,7 +25,24 @@ pub fn send(
     key: &[u8],
     payload: &[u8],
 ) -> anyhow::Result<()> {
+    send_traced(p, topic, key, payload, None)
+}
+
+/// [`send`], with a `traceparent` header when the record starts a trace.
+pub fn send_traced(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    traceparent: Option<&str>,
+) -> anyhow::Result<()> {
     let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(tp) = traceparent {
+        rec = rec.headers(rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: headroom_runtime::trace::TRACEPARENT,
+            value: Some(tp),
+        }));
+    }
     loop {
         match p.send(rec) {
             Ok(()) => return Ok(()),

@@ -72,6 +72,12 @@ enum Command {
         rate: f64,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// One record in N starts a trace (a `traceparent` header); 0: none.
+        #[arg(long, default_value_t = 0)]
+        trace_every: u64,
+        /// OTLP/HTTP receiver for the root spans of those traces (e.g. http://otel-collector:4318).
+        #[arg(long, env = "HEADROOM_LOADGEN_OTLP_ENDPOINT", default_value = "")]
+        otlp_endpoint: String,
         #[arg(long, value_enum, default_value_t = Format::Avro)]
         format: Format,
         #[command(flatten)]
@@ -146,7 +152,9 @@ fn main() -> anyhow::Result<()> {
             duration,
             format,
             fleet,
-        } => generate(&cli.brokers, &topic, rate, duration, format, &fleet),
+            trace_every,
+            otlp_endpoint,
+        } => generate(&cli.brokers, &topic, rate, duration, format, &fleet, Tracing::new(trace_every, &otlp_endpoint)?),
         Command::Replay {
             topic,
             trace: path,
@@ -298,6 +306,7 @@ fn generate(
     duration: Duration,
     format: Format,
     fleet: &FleetArgs,
+    tracing: Tracing,
 ) -> anyhow::Result<()> {
     let mut g = Generator::new(fleet.config());
     let n = g.entity_count();
@@ -333,7 +342,8 @@ fn generate(
                     buf.extend_from_slice(t.to_json().as_bytes());
                 }
             }
-            kafka::send(&p, topic, t.entity_id.as_bytes(), &buf)?;
+            let tp = tracing.start(k, topic);
+            kafka::send_traced(&p, topic, t.entity_id.as_bytes(), &buf, tp.as_deref())?;
             k += 1;
             if last_report.elapsed() > Duration::from_secs(5) {
                 eprintln!(
@@ -351,4 +361,31 @@ fn generate(
         k as f64 / secs
     );
     Ok(())
+}
+
+/// Which generated records start a trace, and where their root spans go.
+struct Tracing {
+    every: u64,
+    spans: Option<headroom_runtime::trace::Spans>,
+}
+
+impl Tracing {
+    fn new(every: u64, otlp_endpoint: &str) -> anyhow::Result<Tracing> {
+        let spans = match otlp_endpoint {
+            "" => None,
+            url => Some(headroom_runtime::trace::Spans::new("loadgen", url)?),
+        };
+        Ok(Tracing { every, spans })
+    }
+
+    /// The `traceparent` of record `k`, when it starts a trace.
+    fn start(&self, k: u64, topic: &str) -> Option<String> {
+        if self.every == 0 || k % self.every != 0 {
+            return None;
+        }
+        Some(match &self.spans {
+            Some(s) => s.root(topic),
+            None => headroom_runtime::trace::root_traceparent(),
+        })
+    }
 }

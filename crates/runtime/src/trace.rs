@@ -125,6 +125,28 @@ impl Spans {
         .map_err(|_| anyhow::anyhow!("the OTLP exporter's set-up panicked"))?
     }
 
+    /// Starts a trace at a producer: a root span (kind Producer, sampled) for one record sent to
+    /// `topic`, ended at once, and the `traceparent` the record carries (this span's id).
+    pub fn root(&self, topic: &str) -> String {
+        use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+        use opentelemetry::KeyValue;
+        let mut span = self
+            .tracer
+            .span_builder(format!("{} send", self.name))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.destination.name", topic.to_owned()),
+            ])
+            .start_with_context(&self.tracer, &Context::new());
+        let sc = span.span_context().clone();
+        span.end();
+        let cx = Context::new().with_remote_span_context(sc);
+        let mut out = Out(None);
+        TraceContextPropagator::new().inject_context(&cx, &mut out);
+        out.0.unwrap_or_else(root_traceparent)
+    }
+
     /// Records the hop of a traced input to one output and returns the output's
     /// `traceparent` (the new span's id). `None` when `input` is no valid traceparent.
     pub fn hop(&self, input: &str, hop: &Hop<'_>) -> Option<String> {

@@ -11,7 +11,6 @@ use headroom_testkit::rdkafka::{self, Message};
 use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
 
 const IV: i64 = 300_000;
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn config(brokers: &str, prefix: &str, group: &str) -> Config {
     let mut c: Config = headroom_runtime::load_config(
@@ -85,6 +84,13 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     let brokers = brokers();
+    // Spans go to an OTLP receiver (a fake collector: none can run here). The one traced record
+    // starts its trace at a producer that exports its root span there too.
+    let collector = headroom_testkit::ops::FakeOtlpCollector::start();
+    let producer_spans = headroom_runtime::trace::Spans::new("test-producer", &collector.url()).expect("exporter");
+    let root = producer_spans.root("telemetry.raw");
+    drop(producer_spans);
+    let traceparent: &str = &root;
     let prefix = format!("{}.", unique("fz-bad"));
     create_topics(&brokers, &prefix).await;
     let base = (now_ms() - 3 * 86_400_000) / IV * IV;
@@ -104,7 +110,7 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
             } else if i == 1 && e == "vm-a" {
                 // One traced record: its output must continue the trace.
                 let mut r = avro(&t);
-                r.headers.push(("traceparent".into(), TRACEPARENT.into()));
+                r.headers.push(("traceparent".into(), traceparent.into()));
                 records.push(r);
             } else {
                 records.push(avro(&t));
@@ -202,8 +208,6 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
     produce(&brokers, &format!("{prefix}telemetry.raw"), &records);
 
     let mut cfg = config(&brokers, &prefix, &unique("g"));
-    // Spans go to an OTLP receiver (a fake collector: none can run here).
-    let collector = headroom_testkit::ops::FakeOtlpCollector::start();
     cfg.log.otlp_endpoint = collector.url();
     let svc = headroom_featurizer::start(cfg, Shutdown::new())
         .await
@@ -273,22 +277,27 @@ async fn bad_input_goes_to_the_dlq_and_valid_input_to_features() {
         1,
         "exactly the traced input has a traced output"
     );
-    assert_eq!(&traced[0][..36], &TRACEPARENT[..36], "same trace id");
-    assert_ne!(traced[0], TRACEPARENT, "a new span id");
+    assert_eq!(&traced[0][..36], &traceparent[..36], "same trace id");
+    assert_ne!(traced[0], traceparent, "a new span id");
     // The hop is a span exported over OTLP: the input's trace, the input's span as parent, the
     // span id the output carries, and where it went (flushed when the service stopped).
-    let trace_id = &TRACEPARENT[3..35];
-    let spans = collector.wait_for(Duration::from_secs(30), |s| s.iter().any(|s| s.trace_id == trace_id));
-    let hop: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let trace_id = &traceparent[3..35];
+    let spans = collector.wait_for(Duration::from_secs(30), |s| s.iter().filter(|s| s.trace_id == trace_id).count() >= 2);
+    let root_span: Vec<_> = spans.iter().filter(|s| s.service_name == "headroom-test-producer").collect();
+    assert_eq!(root_span.len(), 1, "the producer's root span: {spans:?}");
+    assert_eq!(root_span[0].trace_id, trace_id);
+    assert_eq!(root_span[0].span_id, &traceparent[36..52], "the record carries the root span's id");
+    assert!(root_span[0].parent_span_id.is_empty(), "a root");
+    let hop: Vec<_> = spans.iter().filter(|s| s.service_name == "headroom-featurizer").collect();
     assert_eq!(hop.len(), 1, "one span per traced hop: {spans:?}");
     let span = hop[0];
-    assert_eq!(span.service_name, "headroom-featurizer");
-    assert_eq!(span.parent_span_id, &TRACEPARENT[36..52], "the input's span is the parent");
+    assert_eq!(span.trace_id, trace_id, "one trace from the producer on");
+    assert_eq!(span.parent_span_id, &traceparent[36..52], "the input's span is the parent");
     assert_eq!(span.span_id, &traced[0][36..52], "the output continues under this span");
     assert_eq!(span.attributes["messaging.destination.name"], format!("{prefix}features"));
     assert_eq!(span.attributes["messaging.source.name"], format!("{prefix}telemetry.raw"));
     assert!(span.start_ns <= span.end_ns && span.start_ns > 0, "{span:?}");
-    assert_eq!(spans.len(), 1, "untraced records export no spans");
+    assert_eq!(spans.len(), 2, "untraced records export no spans");
     let mut got: Vec<&str> = dlq
         .iter()
         .map(|m| header(m, "dlq.reason").expect("reason header"))
