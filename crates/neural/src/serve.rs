@@ -56,6 +56,11 @@ impl SlotFlags {
         self.bits.truncate(keep.max(1));
     }
 
+    /// The newest slot recorded.
+    pub fn newest(&self) -> i64 {
+        self.newest
+    }
+
     /// The observed bits of `slot`, when this entity's history covers it.
     pub fn observed(&self, slot: i64) -> Option<u8> {
         let k = usize::try_from(self.newest.checked_sub(slot)?).ok()?;
@@ -66,6 +71,15 @@ impl SlotFlags {
     pub fn bits(raw: [f32; N_TARGETS]) -> u8 {
         raw.iter().enumerate().fold(0u8, |b, (m, v)| if v.is_finite() { b | (1 << m) } else { b })
     }
+}
+
+/// Forgets the flags of entities with no event in the `idle_slots` before `clock` (a
+/// partition's newest slot), as the featurizer forgets their state after its `idle_expiry`:
+/// an entity that comes back after that starts afresh in both. Returns how many were dropped.
+pub fn evict_idle(entities: &mut std::collections::HashMap<String, SlotFlags>, clock: i64, idle_slots: i64) -> usize {
+    let before = entities.len();
+    entities.retain(|_, f| f.newest >= clock - idle_slots);
+    before - entities.len()
 }
 
 /// Where a model's window sits in the featurizer's vector.

@@ -335,6 +335,25 @@ fn serving_windows_from_feature_vectors_equal_the_training_windows() {
 }
 
 #[test]
+fn idle_entities_are_forgotten_and_active_ones_kept() {
+    use crate::serve::{evict_idle, SlotFlags};
+    let mut m = std::collections::HashMap::new();
+    for (e, slot) in [("a", 99), ("b", 400), ("c", 676)] {
+        let mut f = SlotFlags::default();
+        f.record(slot, 0b111, 25);
+        m.insert(e.to_owned(), f);
+    }
+    // Clock 676, 576 idle slots (48 h of 5 min): `a` (577 behind) goes, `b` and `c` stay.
+    assert_eq!(evict_idle(&mut m, 676, 576), 1);
+    assert!(!m.contains_key("a") && m.contains_key("b") && m.contains_key("c"));
+    assert_eq!(evict_idle(&mut m, 676, 576), 0);
+    assert_eq!(m["c"].newest(), 676);
+    // Exactly at the edge it stays.
+    assert_eq!(evict_idle(&mut m, 976, 576), 0);
+    assert_eq!(evict_idle(&mut m, 977, 576), 1);
+}
+
+#[test]
 fn slot_flags_mark_skipped_slots_and_take_late_events() {
     use crate::serve::SlotFlags;
     let mut f = SlotFlags::default();

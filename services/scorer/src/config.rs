@@ -29,11 +29,20 @@ pub struct Models {
     /// or cuda (refused at start-up without both). The LSTM/GRU run on the CPU.
     #[serde(default)]
     pub device: headroom_forecast::device::DeviceChoice,
+    /// An entity with no event for this long (in its partition's event time) has its LSTM/GRU
+    /// missing flags forgotten: the featurizer's `features.idle_expiry`, after which both treat
+    /// it as new.
+    #[serde(with = "humantime_serde", default = "default_idle_expiry")]
+    pub idle_expiry: std::time::Duration,
     pub watch: bool,
     /// The PostgreSQL model registry to read the serving version from at start-up (empty:
     /// the models directory's registry.json).
     #[serde(default)]
     pub registry_url: String,
+}
+
+fn default_idle_expiry() -> std::time::Duration {
+    std::time::Duration::from_secs(48 * 3600)
 }
 
 fn default_neural() -> Vec<String> {

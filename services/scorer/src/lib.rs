@@ -92,7 +92,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
                     .name("model-watcher".into())
                     .spawn(move || watch(&kafka, &topic, &wmodels, current, watch_next, wm, watch_shutdown))?;
             }
-            Scorer::new(topics.input, topics.output, model, next, models.threads, device, m)
+            let idle = models.idle_expiry.as_millis() as i64;
+            Scorer::new(topics.input, topics.output, model, next, models.threads, device, idle, metrics.state_entities.clone(), m)
         },
     )
     .await

@@ -100,6 +100,11 @@ pub struct Scorer {
     /// Per input partition, per entity: which recent slots had samples (the neural windows'
     /// missing flags). Partition-local like the input; dropped on revoke.
     flags: HashMap<i32, HashMap<String, SlotFlags>>,
+    /// Per input partition, the newest slot seen and the clock of its last eviction sweep.
+    clocks: HashMap<i32, (i64, i64)>,
+    /// Entities silent this long are forgotten (`models.idle_expiry`, the featurizer's too).
+    idle_expiry_ms: i64,
+    state_entities: prometheus::IntGauge,
     neural: Vec<NeuralBatch>,
     nows: Vec<[f32; headroom_forecast::dataset::N_TARGETS]>,
     buf: Vec<u8>,
@@ -172,6 +177,8 @@ impl Scorer {
         next: NextModel,
         threads: usize,
         device: headroom_forecast::device::Device,
+        idle_expiry_ms: i64,
+        state_entities: prometheus::IntGauge,
         metrics: ScorerMetrics,
     ) -> anyhow::Result<Scorer> {
         model.xgb.set_threads(threads)?;
@@ -187,6 +194,9 @@ impl Scorer {
             pending: Vec::new(),
             scores: Scores::default(),
             flags: HashMap::new(),
+            clocks: HashMap::new(),
+            idle_expiry_ms,
+            state_entities,
             neural: Vec::new(),
             nows: Vec::new(),
             buf: Vec::new(),
@@ -239,6 +249,8 @@ impl Scorer {
             }
             let flags = entities.get_mut(&r.entity_id).expect("entity just ensured");
             flags.record(slot, first.observed_bits(&r.values), keep);
+            let clock = self.clocks.entry(p.partition).or_insert((slot, slot));
+            clock.0 = clock.0.max(slot);
             for (n, b) in m.neural.iter().zip(&mut self.neural) {
                 n.model.push_window(&r.values, slot, flags, &mut b.x);
                 n.model.push_statics(self.scores.anchors[i], &mut b.statics);
@@ -254,6 +266,26 @@ impl Scorer {
                 .with_label_values(&[n.model.family()])
                 .observe((t.elapsed() + prepared / m.neural.len() as u32).as_secs_f64());
         }
+        self.evict_idle(keep as i64, interval);
+    }
+
+    /// Forgets entities idle past `idle_expiry` in partitions whose clock moved by a window
+    /// since their last sweep (so a sweep costs O(entities) once per `keep` slots, not per batch).
+    fn evict_idle(&mut self, keep: i64, interval_ms: i64) {
+        let idle_slots = (self.idle_expiry_ms / interval_ms.max(1)).max(keep);
+        for (partition, (clock, swept)) in self.clocks.iter_mut() {
+            if *clock - *swept < keep {
+                continue;
+            }
+            *swept = *clock;
+            if let Some(entities) = self.flags.get_mut(partition) {
+                let dropped = headroom_neural::serve::evict_idle(entities, *clock, idle_slots);
+                if dropped > 0 {
+                    tracing::debug!(partition, dropped, "idle entities' missing flags forgotten");
+                }
+            }
+        }
+        self.state_entities.set(self.flags.values().map(|e| e.len() as i64).sum());
     }
 
     fn emit_forecast(&mut self, p: &Pending, i: usize, emitter: &mut Emitter<'_>) {
@@ -357,6 +389,7 @@ impl Processor for Scorer {
         // flags from then on).
         self.pending.retain(|p| p.partition != partition);
         self.flags.remove(&partition);
+        self.clocks.remove(&partition);
     }
 
     fn flush(&mut self, out: &mut Flush<'_>) {
