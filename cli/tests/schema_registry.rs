@@ -4,7 +4,7 @@
 //! schema, and a lookup by schema answers the subject's id and version or 40401/40403.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -86,35 +86,9 @@ fn handle(state: &Mutex<State>, method: &str, path: &str, body: &Value) -> (u16,
 
 fn serve(mut conn: TcpStream, state: &Mutex<State>) {
     let mut buf = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 65536];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Value = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
-        buf.drain(..head_end + len);
-        let mut first = head.lines().next().unwrap_or("").split_whitespace();
-        let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-        let (status, reply) = handle(state, method, path, &body);
+    while let Some(req) = headroom_testkit::ops::read_http_request(&mut conn, &mut buf) {
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let (status, reply) = handle(state, &req.method, &req.path, &body);
         let text = reply.to_string();
         let resp = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\n\r\n{text}",

@@ -408,6 +408,47 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// One HTTP/1.1 request of a test server: the method, the path, and the body.
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads the next request of a keep-alive connection (`buf` carries what was read past the
+/// previous one); `None` when the client closed it. For the fakes of HTTP services in tests.
+pub fn read_http_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<HttpRequest> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let mut chunk = [0u8; 65536];
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    let mut first = head.lines().next().unwrap_or("").split_whitespace();
+    let method = first.next().unwrap_or("").to_owned();
+    let path = first.next().unwrap_or("").to_owned();
+    Some(HttpRequest { method, path, body })
+}
+
 /// Serves one HTTP/1.1 connection (keep-alive: several requests).
 fn serve_otlp(mut conn: TcpStream, sink: &std::sync::Mutex<Vec<ReceivedSpan>>) {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -415,34 +456,8 @@ fn serve_otlp(mut conn: TcpStream, sink: &std::sync::Mutex<Vec<ReceivedSpan>>) {
     use prost::Message;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf: Vec<u8> = Vec::new();
-    loop {
-        // Headers.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 65536];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
-        buf.drain(..head_end + len);
-        let ok = head.starts_with("post /v1/traces ");
+    while let Some(HttpRequest { method, path, body }) = read_http_request(&mut conn, &mut buf) {
+        let ok = method == "POST" && path == "/v1/traces";
         let status = match ok.then(|| ExportTraceServiceRequest::decode(body.as_slice())) {
             Some(Ok(req)) => {
                 let mut got = sink.lock().expect("spans");
