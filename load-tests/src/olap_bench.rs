@@ -77,6 +77,18 @@ async fn fill(url: &str, entities: u32, rows: u64) -> anyhow::Result<(i64, f64)>
     let mut batch = Batch::new(Duration::from_millis(iv as u64));
     let mut offset = 0i64;
     let mut newest = start;
+    let mut spent: Vec<(&'static str, u64, f64)> = Vec::new();
+    let mut account = |w: headroom_sink::writer::Written| {
+        for (t, n, secs) in w {
+            match spent.iter_mut().find(|s| s.0 == t) {
+                Some(s) => {
+                    s.1 += n;
+                    s.2 += secs;
+                }
+                None => spent.push((t, n, secs)),
+            }
+        }
+    };
     for r in 0..rounds {
         for i in 0..g.entity_count() {
             if written >= rows {
@@ -91,7 +103,7 @@ async fn fill(url: &str, entities: u32, rows: u64) -> anyhow::Result<(i64, f64)>
             written += 1;
         }
         if batch.records >= 50_000 || written >= rows {
-            w.write(&mut batch, &[]).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            account(w.write(&mut batch, &[]).await.map_err(|e| anyhow::anyhow!("{e}"))?);
             batch = Batch::new(Duration::from_millis(iv as u64));
         }
         if written >= rows {
@@ -99,9 +111,12 @@ async fn fill(url: &str, entities: u32, rows: u64) -> anyhow::Result<(i64, f64)>
         }
     }
     if !batch.is_empty() {
-        w.write(&mut batch, &[]).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        account(w.write(&mut batch, &[]).await.map_err(|e| anyhow::anyhow!("{e}"))?);
     }
-    Ok((newest, written as f64 / t0.elapsed().as_secs_f64()))
+    let secs = t0.elapsed().as_secs_f64();
+    let parts: Vec<String> = spent.iter().map(|(t, n, s)| format!("{t} {n} rows {s:.1}s")).collect();
+    eprintln!("  fill: {written} rows in {secs:.1}s; statements: {}", parts.join(", "));
+    Ok((newest, written as f64 / secs))
 }
 
 pub fn run(args: &OlapBenchArgs) -> anyhow::Result<()> {

@@ -37,6 +37,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "model registry",
         include_str!("../../../sql/migrations/0003_model_registry.sql"),
     ),
+    (
+        4,
+        "faster rollups",
+        include_str!("../../../sql/migrations/0004_faster_rollups.sql"),
+    ),
+    (
+        5,
+        "archive hours",
+        include_str!("../../../sql/migrations/0005_archive_hours.sql"),
+    ),
 ];
 
 /// sqlx's migrator over the embedded migrations (it records them in `_sqlx_migrations`,
@@ -176,4 +186,27 @@ pub fn with_password(url: &str, password: &str) -> Result<String, String> {
         }
     }
     Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::MIGRATIONS;
+
+    /// A migration file that is not in the list would never be applied.
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sql/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("sql/migrations")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), MIGRATIONS.len(), "files {files:?}");
+        for (f, (v, _, sql)) in files.iter().zip(MIGRATIONS) {
+            assert!(f.starts_with(&format!("{v:04}_")), "{f} is not migration {v}");
+            let on_disk = std::fs::read_to_string(format!("{dir}/{f}")).expect("read");
+            assert_eq!(&on_disk, sql, "{f} differs from what is embedded");
+        }
+    }
 }

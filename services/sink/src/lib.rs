@@ -46,7 +46,7 @@ use headroom_runtime::Shutdown;
 use headroom_schemas::{DecodeError, DlqReason, FeaturesRecord, Forecast, ModelEvent, TelemetryDecoder};
 use headroom_store::offsets::{Advance, TopicPartition};
 use headroom_store::TableSpec;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -64,6 +64,7 @@ pub const SERVICE: &str = "sink";
 pub struct SinkMetrics {
     pub rows_written: IntCounterVec,
     pub rows_expired: IntCounterVec,
+    pub write_seconds: CounterVec,
     pub batch_seconds: Histogram,
     pub batch_records: Histogram,
     pub postgres_up: IntGauge,
@@ -95,6 +96,14 @@ impl SinkMetrics {
         let m = SinkMetrics {
             rows_written: counter("sink_rows_written_total", "Rows committed to PostgreSQL, by table (rollup rows merged count once per batch).", &["table"])?,
             rows_expired: counter("sink_rows_expired_total", "Rows not written to a table because their day is past its retention.", &["table"])?,
+            write_seconds: {
+                let c = CounterVec::new(
+                    Opts::new("sink_write_seconds_total", "Time spent in each table's statements of committed batches (COPY, and the merge for rollups)."),
+                    &["table"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             batch_seconds: hist("sink_batch_seconds", "Time to write one batch (one transaction).", prometheus::exponential_buckets(0.005, 2.0, 14)?)?,
             batch_records: hist("sink_batch_records", "Records per committed batch.", prometheus::exponential_buckets(1.0, 4.0, 10)?)?,
             postgres_up: gauge("sink_postgres_up", "1 while the last PostgreSQL operation succeeded, 0 during an outage.")?,
@@ -109,6 +118,7 @@ impl SinkMetrics {
         for t in headroom_store::TABLES {
             let _ = m.rows_written.with_label_values(&[t.name]);
             let _ = m.rows_expired.with_label_values(&[t.name]);
+            let _ = m.write_seconds.with_label_values(&[t.name]);
             let _ = m.partitions_dropped.with_label_values(&[t.name]);
         }
         for k in ["unavailable", "fenced", "refused"] {
@@ -655,8 +665,9 @@ impl Loop {
                     self.sm.postgres_up.set(1);
                     self.sm.batch_seconds.observe(started.elapsed().as_secs_f64());
                     self.sm.batch_records.observe(records as f64);
-                    for (t, n) in written {
+                    for (t, n, secs) in written {
                         self.sm.rows_written.with_label_values(&[t]).inc_by(n);
+                        self.sm.write_seconds.with_label_values(&[t]).inc_by(secs);
                     }
                     for (t, n) in &self.batch.expired {
                         self.sm.rows_expired.with_label_values(&[t]).inc_by(*n);

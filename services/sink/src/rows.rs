@@ -86,6 +86,23 @@ fn max_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
+/// The q-quantile of a dense histogram as `hist_quantile` computes it from the stored form: the
+/// middle of the first bin where the cumulative count reaches q of the total.
+pub fn hist_quantile(h: &[i32; HIST_BINS], q: f64) -> Option<f64> {
+    let total: i64 = h.iter().map(|c| i64::from(*c)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut cum = 0i64;
+    for (b, c) in h.iter().enumerate() {
+        cum += i64::from(*c);
+        if *c > 0 && cum as f64 >= q * total as f64 {
+            return Some((b as f64 + 0.5) / 100.0);
+        }
+    }
+    None
+}
+
 /// A histogram in its stored form: one `bin << 32 | count` per non-empty bin.
 pub fn sparse_hist(h: &[i32; HIST_BINS]) -> Vec<i64> {
     h.iter()
@@ -125,8 +142,10 @@ impl Rollup {
         hist_add(&mut self.mem_hist, t.mem_util);
     }
 
-    /// Columns of an entity stage row: entity, bucket, service, cluster, then [`Self::TAIL`].
-    pub const COLUMNS: i16 = 4 + Self::TAIL;
+    /// Columns of an entity stage row: entity, bucket, service, cluster, [`Self::TAIL`], then
+    /// the CPU and memory p95 of the row's histograms (what a new row stores; a merge
+    /// recomputes them from the merged histograms).
+    pub const COLUMNS: i16 = 4 + Self::TAIL + 2;
     /// Columns of a service stage row: service, cluster, bucket, then [`Self::TAIL`].
     pub const SERVICE_COLUMNS: i16 = 3 + Self::TAIL;
     /// n, 4 x 7 metric columns, cost in dollars, cores, mem bytes, replicas, scale events, two
@@ -140,6 +159,8 @@ impl Rollup {
             .opt_text(self.service.as_deref())
             .opt_text(self.cluster.as_deref());
         self.encode_tail(c);
+        let p95 = |h: &Option<Box<[i32; HIST_BINS]>>| h.as_deref().and_then(|h| hist_quantile(h, 0.95));
+        c.opt_float8(p95(&self.cpu_hist)).opt_float8(p95(&self.mem_hist));
     }
 
     fn encode_service(&self, service: &str, cluster: &str, bucket_ms: i64, c: &mut CopyBuf) {
@@ -223,6 +244,8 @@ pub struct Batch {
     pub records: usize,
     /// Raw rows not written because their day is already past the raw table's retention.
     pub expired: HashMap<&'static str, u64>,
+    /// The UTC hours (ms) the batch writes raw rows in (what the Parquet archive cuts).
+    pub raw_hours: BTreeSet<i64>,
 }
 
 impl Default for Batch {
@@ -250,6 +273,7 @@ impl Batch {
             newest: HashMap::new(),
             records: 0,
             expired: HashMap::new(),
+            raw_hours: BTreeSet::new(),
         }
     }
 }
@@ -364,6 +388,7 @@ impl Batch {
                 c.jsonb(&serde_json::Value::Object(obj).to_string());
             }
             c.int4(partition).int8(offset);
+            self.raw_hours.insert(t.ts_ms.div_euclid(HOUR_MS) * HOUR_MS);
         } else {
             *self.expired.entry("telemetry_raw").or_default() += 1;
         }

@@ -3,7 +3,7 @@
 //! `INSERT … ON CONFLICT DO UPDATE`, the model registry, and the new offsets.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use headroom_store::offsets::{self, Advance, FenceError};
 use headroom_store::partitions::{self, PartitionCache};
@@ -53,11 +53,11 @@ impl From<FenceError> for WriteError {
     }
 }
 
-/// Rows written per table by one batch.
-pub type Written = Vec<(&'static str, u64)>;
+/// What one batch wrote: per table, the rows and the seconds its statements took.
+pub type Written = Vec<(&'static str, u64, f64)>;
 
 const STAGE_ROLLUP_COLUMNS: &str = "entity_id text, bucket timestamptz, service text, cluster text, n int4, \
-    STATS";
+    STATS, cpu_p95 float8, mem_p95 float8";
 const STAGE_SERVICE_COLUMNS: &str = "service text, cluster text, bucket timestamptz, n int4, \
     STATS";
 const STAGE_STATS: &str = "\
@@ -116,6 +116,13 @@ fn rollup_merge_sql(table: &str, stage: &str, per_service: bool) -> String {
     ] {
         cols.push(c.to_owned());
         sets.push(format!("{c} = {set}"));
+    }
+    if !per_service {
+        // A new row takes the p95 the sink computed; a merged one recomputes it.
+        for m in ["cpu", "mem"] {
+            cols.push(format!("{m}_p95"));
+            sets.push(format!("{m}_p95 = hist_quantile(hist_merge(t.{m}_hist, excluded.{m}_hist), 0.95)"));
+        }
     }
     let list = cols.join(", ");
     format!(
@@ -261,8 +268,9 @@ impl Writer {
             if buf.is_empty() {
                 continue;
             }
+            let t0 = Instant::now();
             copy(&mut tx, &format!("COPY {table} ({cols}) FROM STDIN (FORMAT binary)"), buf).await?;
-            written.push((table, buf.rows() as u64));
+            written.push((table, buf.rows() as u64, t0.elapsed().as_secs_f64()));
         }
         for (stage, mut buf, merge, table) in [
             ("stage_1m", stage_1m, &self.merge_1m, "telemetry_1m"),
@@ -273,15 +281,17 @@ impl Writer {
             if buf.is_empty() {
                 continue;
             }
+            let t0 = Instant::now();
             copy(&mut tx, &format!("COPY {stage} FROM STDIN (FORMAT binary)"), &mut buf).await?;
             sqlx::query(merge).execute(&mut *tx).await?;
-            written.push((table, buf.rows() as u64));
+            written.push((table, buf.rows() as u64, t0.elapsed().as_secs_f64()));
         }
+        let t0 = Instant::now();
         for m in &batch.models {
             write_model_event(&mut tx, m).await?;
         }
         if !batch.models.is_empty() {
-            written.push(("model_events", batch.models.len() as u64));
+            written.push(("model_events", batch.models.len() as u64, t0.elapsed().as_secs_f64()));
         }
         offsets::store(&mut tx, &group, advances).await?;
         tx.commit().await?;

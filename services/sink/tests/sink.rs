@@ -196,6 +196,16 @@ async fn assert_exact(pg: &str, expected: &[Telemetry]) {
             .await
             .expect("n");
         assert_eq!(n, expected.len() as i64, "{table} counts every sample once");
+        // The p95 columns: computed by the sink for new rows, by the merge for merged ones;
+        // both must equal the quantile of the stored histogram.
+        let off: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE cpu_p95 IS DISTINCT FROM hist_quantile(cpu_hist, 0.95) \
+             OR mem_p95 IS DISTINCT FROM hist_quantile(mem_hist, 0.95)"
+        ))
+        .fetch_one(&mut c)
+        .await
+        .expect("p95");
+        assert_eq!(off, 0, "{table}: rows whose p95 is not their histogram's");
     }
     // Checksums: the sum of CPU utilization and the count per entity match what was produced.
     let want_cpu: f64 = expected.iter().filter_map(|t| t.cpu_util).sum();
