@@ -39,6 +39,7 @@ export HEADROOM_BROKERS="$KAFKA_BROKERS"
 "$BIN/headroom" topology apply --brokers "$KAFKA_BROKERS"
 
 MODELS="${HEADROOM_MODELS_DIR:-$REPO_ROOT/models}"
+ARCHIVE="${HEADROOM_ARCHIVE_ROOT:-$HEADROOM_CACHE/archive}"
 if ! grep -q '"xgboost"' "$MODELS/registry.json" 2>/dev/null; then
     log "no serving model in $MODELS: training a first version (XGBoost, LSTM, GRU) on generated telemetry (about two minutes)"
     "$BIN/headroom-train" train --generate-entities 50 --generate-days 7 --rounds 60 \
@@ -74,7 +75,7 @@ HEADROOM_RECOMMENDER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_RECOMMENDER__HTTP
     "$BIN/headroom-recommender" >"$STACK_DIR/recommender.log" 2>&1 &
 pids+=($!)
 HEADROOM_SINK__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_SINK__HTTP__LISTEN="127.0.0.1:9466" \
-    HEADROOM_SINK__POSTGRES__URL="$PG_URL" \
+    HEADROOM_SINK__POSTGRES__URL="$PG_URL" HEADROOM_SINK__ARCHIVE__ROOT="$ARCHIVE" \
     "$BIN/headroom-sink" >"$STACK_DIR/sink.log" 2>&1 &
 pids+=($!)
 HEADROOM_DRIFT__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_DRIFT__HTTP__LISTEN="127.0.0.1:9468" \
@@ -83,6 +84,7 @@ HEADROOM_DRIFT__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_DRIFT__HTTP__LISTEN="12
 pids+=($!)
 HEADROOM_RETRAIN__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_RETRAIN__HTTP__LISTEN="127.0.0.1:9469" \
     HEADROOM_RETRAIN__MODELS__DIR="$MODELS" HEADROOM_RETRAIN__POSTGRES__URL="$PG_URL" \
+    HEADROOM_RETRAIN__DATA__ARCHIVE_ROOT="$ARCHIVE" \
     "$BIN/headroom-retrain" serve >"$STACK_DIR/retrainer.log" 2>&1 &
 pids+=($!)
 
@@ -110,6 +112,7 @@ cat >&2 <<TXT
                      $BIN/headroom-retrain run | runs | rollback   (manual run, run history, rollback)
     logs             $STACK_DIR/{featurizer,scorer,recommender,sink,drift-monitor,retrainer}.log
     PostgreSQL       psql $PG_URL   (telemetry_raw, telemetry_1m, telemetry_1h, forecasts, dead_letters, ...)
+    Parquet archive  $ARCHIVE   (closed hours; $BIN/headroom archive query --root $ARCHIVE --preset cpu-p95-7d)
     read features    $BIN/loadgen tail --topic features   (or any Kafka client; README.md)
     read forecasts   $BIN/loadgen tail --topic forecasts
     recommendations  $BIN/loadgen tail --topic recommendations

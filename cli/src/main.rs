@@ -44,6 +44,29 @@ enum Command {
     /// Run an analytical query of sql/queries/ over a time range; one JSON object per row.
     /// Without a name, lists the queries.
     Query(QueryArgs),
+    /// The Parquet archive of raw telemetry (the sink's archive.root), queried with DataFusion.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveAction {
+    /// Run SQL over the archive's `telemetry` table (columns of telemetry_raw, plus `date` and
+    /// `hour` from the directories): a named query of sql/archive/ or your own.
+    Query {
+        /// The archive's root directory.
+        #[arg(long, env = "HEADROOM_ARCHIVE_ROOT")]
+        root: PathBuf,
+        /// A named query (see `headroom archive presets`).
+        #[arg(long, conflicts_with = "sql")]
+        preset: Option<String>,
+        /// SQL (DataFusion's dialect).
+        sql: Option<String>,
+    },
+    /// List the named queries.
+    Presets,
 }
 
 #[derive(Subcommand)]
@@ -153,9 +176,36 @@ fn load_topology(f: &TopologyFile) -> anyhow::Result<Topology> {
     })
 }
 
+fn archive(action: ArchiveAction) -> anyhow::Result<()> {
+    use headroom_archive::query;
+    match action {
+        ArchiveAction::Presets => {
+            for p in query::PRESETS {
+                println!("{:<14} {}", p.name, p.about);
+            }
+        }
+        ArchiveAction::Query { root, preset, sql } => {
+            let sql = match (preset, sql) {
+                (Some(name), _) => query::preset(&name)
+                    .ok_or_else(|| anyhow::anyhow!("no preset `{name}` (see `headroom archive presets`)"))?
+                    .sql
+                    .to_owned(),
+                (None, Some(sql)) => sql,
+                (None, None) => anyhow::bail!("give --preset NAME or the SQL to run"),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let batches = rt.block_on(query::run(&root, &sql))?;
+            println!("{}", query::pretty(&batches)?);
+            eprintln!("{} rows", batches.iter().map(|b| b.num_rows()).sum::<usize>());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Archive { action } => archive(action)?,
         Command::Topology {
             action: TopologyAction::Check(f),
         } => {

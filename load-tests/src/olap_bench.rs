@@ -44,7 +44,7 @@ fn panel_range(name: &str) -> i64 {
 /// add a partial hour the rollup path leaves out).
 fn panel_bucket(name: &str) -> i64 {
     match name {
-        "anomalies" => 60_000,
+        "anomalies" => 3_600_000,
         "hourly_by_service" | "savings" => 3_600_000,
         _ => 86_400_000,
     }

@@ -188,9 +188,25 @@ pub fn run(brokers: &str, args: &SinkBenchArgs) -> anyhow::Result<()> {
         let sink_rate = (n as i64 - n_first) as f64 / last.saturating_duration_since(t_first).as_secs_f64().max(1e-6);
         let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_raw").fetch_one(&mut c).await?;
         let rollup: i64 = sqlx::query_scalar("SELECT coalesce(sum(n), 0)::int8 FROM telemetry_1h").fetch_one(&mut c).await?;
+        // Where the transactions' time went, from the sink's own metric.
+        let spent: Vec<String> = handle
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("headroom_sink_write_seconds_total{"))
+            .filter_map(|l| {
+                let table = l.split("table=\"").nth(1)?.split('"').next()?;
+                let secs: f64 = l.rsplit(' ').next()?.parse().ok()?;
+                (secs > 0.0).then(|| format!("{table} {secs:.1}s"))
+            })
+            .collect();
         handle.stop().await?;
         anyhow::ensure!(raw as u64 == n && rollup as u64 == n, "sink wrote {raw} raw rows and rolled up {rollup}, expected {n}");
-        eprintln!("  sink: {sink_rate:.0} rows/s (raw rows + 1-minute and 1-hour rollups + offsets, per transaction of {} rows)", args.batch_rows);
+        eprintln!(
+            "  sink: {sink_rate:.0} rows/s (raw rows + rollups as configured + offsets, per transaction of {} rows); statements: {}",
+            args.batch_rows,
+            spent.join(", ")
+        );
         drop_schema(&args.pg_url, &ref_schema).await;
         drop_schema(&args.pg_url, &sink_schema).await;
         println!(

@@ -1,24 +1,23 @@
--- Anomalies: minutes whose mean CPU utilization is more than 3 standard deviations from the
--- entity's rolling mean over the previous hour (at least 30 minutes of history). Reads the
--- 1-minute rollup; the window starts an hour before $1 so the first minutes have history.
--- $1, $2: the time range [from, to) as timestamptz.
-WITH m AS (
-    SELECT entity_id, service, bucket, cpu_sum / nullif(cpu_n, 0) AS cpu
-    FROM telemetry_1m
-    WHERE bucket >= $1::timestamptz - interval '1 hour' AND bucket < $2::timestamptz AND cpu_n > 0
-), w AS (
-    SELECT entity_id, service, bucket, cpu,
-           avg(cpu)         OVER h AS rolling_mean,
-           stddev_samp(cpu) OVER h AS rolling_sd,
-           count(cpu)       OVER h AS history
-    FROM m
-    WINDOW h AS (PARTITION BY entity_id ORDER BY bucket
-                 RANGE BETWEEN interval '1 hour' PRECEDING AND interval '1 minute' PRECEDING)
+-- Anomalies: samples of the range whose CPU utilization is more than 3 standard deviations from
+-- the entity's rolling baseline, its mean over the 24 hours before the range (at least 30
+-- samples). The baseline comes from the hourly rollup's counts, sums and sums of squares (24
+-- rows per entity, whatever the sampling rate; rows written before sums of squares were kept
+-- are left out); the points are the range's raw samples (BRIN on ts).
+-- $1, $2: the time range [from, to) as timestamptz (whole hours make the baseline exact).
+WITH base AS (
+    SELECT entity_id,
+           sum(cpu_sum) / sum(cpu_n)                                               AS mean,
+           sqrt(greatest(sum(cpu_sq) / sum(cpu_n) - (sum(cpu_sum) / sum(cpu_n)) ^ 2, 0)) AS sd,
+           sum(cpu_n)                                                              AS history
+    FROM telemetry_1h
+    WHERE bucket >= $1::timestamptz - interval '24 hours' AND bucket < $1::timestamptz
+      AND cpu_n > 0 AND cpu_sq IS NOT NULL
+    GROUP BY entity_id
 )
-SELECT entity_id, service, bucket, cpu, rolling_mean, rolling_sd,
-       (cpu - rolling_mean) / rolling_sd AS z
-FROM w
-WHERE bucket >= $1::timestamptz AND history >= 30 AND rolling_sd > 0
-  AND abs(cpu - rolling_mean) > 3 * rolling_sd
-ORDER BY abs((cpu - rolling_mean) / rolling_sd) DESC
+SELECT r.entity_id, r.service, r.ts, r.cpu_util AS cpu, b.mean AS rolling_mean, b.sd AS rolling_sd,
+       (r.cpu_util - b.mean) / b.sd AS z
+FROM telemetry_raw r JOIN base b USING (entity_id)
+WHERE r.ts >= $1::timestamptz AND r.ts < $2::timestamptz
+  AND b.history >= 30 AND b.sd > 0 AND abs(r.cpu_util - b.mean) > 3 * b.sd
+ORDER BY abs((r.cpu_util - b.mean) / b.sd) DESC, r.entity_id, r.ts
 LIMIT 1000;

@@ -44,8 +44,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "archive hours",
-        include_str!("../../../sql/migrations/0005_archive_hours.sql"),
+        "archive hours, rollup sums of squares",
+        include_str!("../../../sql/migrations/0005_archive_and_squares.sql"),
     ),
 ];
 

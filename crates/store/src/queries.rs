@@ -30,7 +30,7 @@ pub const QUERIES: &[Query] = &[
     },
     Query {
         name: "anomalies",
-        about: "minutes more than 3 standard deviations from the entity's rolling hourly mean",
+        about: "samples more than 3 standard deviations from the entity's mean over the 24 hours before",
         sql: include_str!("../../../sql/queries/anomalies.sql"),
         raw_sql: Some(include_str!("../../../sql/queries/raw/anomalies.sql")),
     },

@@ -63,6 +63,8 @@ pub struct Data {
     pub holdout: f64,
     pub min_train_rows: usize,
     pub min_holdout_rows: usize,
+    /// The Parquet archive the sink cuts (its `archive.root`); empty: PostgreSQL only.
+    pub archive_root: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +208,7 @@ mod tests {
         assert_eq!(c.http.listen, "0.0.0.0:9469");
         assert!(matches!(c.log.format, headroom_runtime::config::LogFormat::Json));
         assert_eq!(c.postgres.password_file, "/secrets/postgres/password");
+        assert_eq!(c.data.archive_root, "/var/lib/headroom/archive", "the archive volume's mount");
     }
 
     #[test]

@@ -1,8 +1,16 @@
 //! The training set: the stored telemetry of the last `data.window` (ending at the newest
-//! sample, in event time) from PostgreSQL's raw table, or from the one-minute rollups where the
-//! raw table (short retention) no longer holds the window.
+//! sample, in event time). With a Parquet archive (`data.archive_root`, the sink's
+//! `archive.root`) that reaches further back than the raw table, the archived hours are read
+//! with DataFusion and the hours not cut yet from PostgreSQL's raw table; otherwise the raw
+//! table, or the one-minute rollups where the raw table (short retention) no longer holds the
+//! window.
 
+use std::path::Path;
 use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::Array;
+use arrow_array::types::{Float64Type, Int32Type, Int64Type};
 
 use headroom_schemas::Telemetry;
 use sqlx::{PgPool, Row};
@@ -60,12 +68,89 @@ async fn read(pool: &PgPool, sql: &str, from_ms: i64, to_ms: i64) -> anyhow::Res
         .map_err(Into::into)
 }
 
-/// Reads the last `window` of telemetry. The raw table is used when it reaches back over at
-/// least 90 % of the window; otherwise the rollups, when they reach further.
-pub async fn load(pool: &PgPool, window: Duration) -> anyhow::Result<TrainingData> {
+const HOUR_MS: i64 = 3_600_000;
+
+/// The time span of the archive: (oldest, newest) sample.
+async fn archive_span(root: &Path) -> anyhow::Result<Option<(i64, i64)>> {
+    if !root.join(headroom_archive::TELEMETRY_DIR).is_dir() {
+        return Ok(None);
+    }
+    let b = headroom_archive::query::run(
+        root,
+        "SELECT CAST(min(ts) AS BIGINT) AS lo, CAST(max(ts) AS BIGINT) AS hi FROM telemetry",
+    )
+    .await?;
+    let Some(b) = b.first().filter(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let col = |i: usize| b.column(i).as_primitive::<Int64Type>();
+    Ok((col(0).is_valid(0) && col(1).is_valid(0)).then(|| (col(0).value(0), col(1).value(0))))
+}
+
+/// The archived samples with `from < ts < until`.
+async fn read_archive(root: &Path, from_ms: i64, until_ms: i64) -> anyhow::Result<Vec<Telemetry>> {
+    // The date directories before the window's first day are skipped without being opened.
+    let (first_day, _) = headroom_archive::hour_keys(from_ms.max(0))?;
+    let sql = format!(
+        "SELECT entity_id, CAST(ts AS BIGINT) AS ts_ms, service, \"cluster\", cpu_util, mem_util, net_in_bps, net_out_bps, \
+         disk_read_bps, disk_write_bps, cpu_cores, mem_bytes, replicas, cost_per_hour, scale_event FROM telemetry \
+         WHERE date >= '{first_day}' AND CAST(ts AS BIGINT) > {from_ms} AND CAST(ts AS BIGINT) < {until_ms}"
+    );
+    let mut out = Vec::new();
+    for b in headroom_archive::query::run(root, &sql).await? {
+        let text = |i: usize| b.column(i).as_string::<i32>();
+        let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
+        let (entity, ts, service, cluster) = (text(0), b.column(1).as_primitive::<Int64Type>(), text(2), text(3));
+        let replicas = b.column(12).as_primitive::<Int32Type>();
+        let scale = b.column(14).as_boolean();
+        let opt = |a: &arrow_array::PrimitiveArray<Float64Type>, r: usize| a.is_valid(r).then(|| a.value(r));
+        for r in 0..b.num_rows() {
+            out.push(Telemetry {
+                entity_id: entity.value(r).to_owned(),
+                ts_ms: ts.value(r),
+                service: service.is_valid(r).then(|| service.value(r).to_owned()),
+                cluster: cluster.is_valid(r).then(|| cluster.value(r).to_owned()),
+                cpu_util: opt(f(4), r),
+                mem_util: opt(f(5), r),
+                net_in_bps: opt(f(6), r),
+                net_out_bps: opt(f(7), r),
+                disk_read_bps: opt(f(8), r),
+                disk_write_bps: opt(f(9), r),
+                cpu_cores: opt(f(10), r),
+                mem_bytes: opt(f(11), r),
+                replicas: replicas.is_valid(r).then(|| replicas.value(r)),
+                cost_per_hour: opt(f(13), r),
+                scale_event: scale.is_valid(r).then(|| scale.value(r)),
+                labels: Vec::new(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the last `window` of telemetry. An archive that reaches further back than the raw
+/// table serves the archived hours, the raw table the hours after them. Otherwise the raw table
+/// is used when it reaches back over at least 90 % of the window, else the rollups when they
+/// reach further.
+pub async fn load(pool: &PgPool, window: Duration, archive: Option<&Path>) -> anyhow::Result<TrainingData> {
     let w = window.as_millis() as i64;
     let raw_to = newest(pool, "SELECT (extract(epoch FROM max(ts)) * 1000)::int8 FROM telemetry_raw").await?;
     let raw_from = newest(pool, "SELECT (extract(epoch FROM min(ts)) * 1000)::int8 FROM telemetry_raw").await?;
+    if let Some(root) = archive {
+        if let Some((a_from, a_to)) = archive_span(root).await? {
+            if raw_from.is_none_or(|r| a_from < r) {
+                let to = raw_to.map_or(a_to, |r| r.max(a_to));
+                let from = to - w;
+                // The archive holds whole hours: everything before the end of its newest one.
+                let cut = (a_to.div_euclid(HOUR_MS) + 1) * HOUR_MS;
+                let mut records = read_archive(root, from, cut).await?;
+                // Raw rows with ts > cut - 1 ms, i.e. from the first hour the archive lacks.
+                let tail = read(pool, RAW, cut.max(from + 1) - 1, to).await?;
+                records.extend(tail);
+                return Ok(TrainingData { records, source: "archive+postgres:telemetry_raw", from_ms: from, to_ms: to });
+            }
+        }
+    }
     let roll_to = newest(pool, "SELECT (extract(epoch FROM max(bucket)) * 1000)::int8 FROM telemetry_1m").await?;
     let roll_from = newest(pool, "SELECT (extract(epoch FROM min(bucket)) * 1000)::int8 FROM telemetry_1m").await?;
     let span = |a: Option<i64>, b: Option<i64>, to: i64| a.zip(b).map_or(0, |(from, newest)| (newest.min(to) - from.max(to - w)).max(0));

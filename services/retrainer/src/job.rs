@@ -445,7 +445,8 @@ impl Retrainer {
     fn run_inner(&self, serving: Option<&str>, rec: &mut RunRecord) -> anyhow::Result<Outcome> {
         let c = &self.cfg;
         let t = Instant::now();
-        let data = self.rt.block_on(data::load(&self.pool, c.data.window))?;
+        let archive = (!c.data.archive_root.is_empty()).then(|| std::path::Path::new(&c.data.archive_root));
+        let data = self.rt.block_on(data::load(&self.pool, c.data.window, archive))?;
         rec.source = Some(data.source);
         rec.from_ms = Some(data.from_ms);
         rec.to_ms = Some(data.to_ms);

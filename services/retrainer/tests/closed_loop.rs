@@ -107,6 +107,8 @@ struct Loop {
     prefix: String,
     pg: String,
     models: std::path::PathBuf,
+    /// The sink's Parquet archive, which the retrainer reads its training window from.
+    archive: std::path::PathBuf,
 }
 
 impl Loop {
@@ -151,6 +153,8 @@ async fn start_pipeline(l: &Loop) -> Vec<headroom_runtime::service::ServiceHandl
         dlq: l.topic("telemetry.dlq"),
     };
     k.batch.max_wait = Duration::from_millis(200);
+    k.archive.root = l.archive.display().to_string();
+    k.maintenance.interval = Duration::from_secs(1);
     vec![
         headroom_sink::start(k, Shutdown::new()).await.unwrap(),
         headroom_featurizer::start(f, Shutdown::new()).await.unwrap(),
@@ -182,6 +186,7 @@ async fn start_loop(l: &Loop, margin: f64) -> Vec<headroom_runtime::service::Ser
     r.topics.models = l.topic("models");
     r.models.dir = l.models.clone();
     r.data.window = Duration::from_secs(6 * 86_400);
+    r.data.archive_root = l.archive.display().to_string();
     r.training.rounds = 80;
     r.training.threads = 2;
     r.training.classifier = false;
@@ -227,7 +232,8 @@ async fn closed_loop(shift: Shift) {
     sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.unwrap();
     let models = std::env::temp_dir().join(unique("loop-models"));
     std::fs::create_dir_all(&models).unwrap();
-    let l = Loop { brokers: brokers.clone(), prefix, pg: pg_url_in_schema(&base, &schema), models: models.clone() };
+    let archive = std::env::temp_dir().join(unique("loop-archive"));
+    let l = Loop { brokers: brokers.clone(), prefix, pg: pg_url_in_schema(&base, &schema), models: models.clone(), archive };
     let v0 = serving_version(&models);
 
     // 1. Six days through featurizer, scorer and sink (the shift from day 4).
@@ -242,9 +248,15 @@ async fn closed_loop(shift: Shift) {
     })
     .await;
     assert!(ok, "every telemetry record was scored");
-    // The sink keeps one-minute rollups for 30 days (raw rows for 3): the retrainer reads them.
-    let stored = |pg: String| async move { count(&pg, "SELECT count(*) FROM telemetry_1m").await };
-    assert!(eventually(Duration::from_secs(300), || futures_lite(stored(l.pg.clone())) >= n as i64).await, "the sink stored the fleet");
+    // The raw table keeps 3 days of the 6; the sink's Parquet archive keeps every closed hour
+    // (raw partitions are held until archived), and the retrainer reads its window from there.
+    let newest = first.iter().map(|t| t.ts_ms).max().unwrap_or(0);
+    let closed = first.iter().filter(|t| (t.ts_ms / 3_600_000 + 1) * 3_600_000 + 600_000 <= newest).count() as i64;
+    let archived = |pg: String| async move { count(&pg, "SELECT coalesce(sum(rows), 0)::int8 FROM archive_hours").await };
+    assert!(
+        eventually(Duration::from_secs(300), || futures_lite(archived(l.pg.clone())) >= closed).await,
+        "the sink archived the fleet's closed hours ({closed} samples)"
+    );
 
     // 2. Drift monitor and retrainer join.
     let loop_services = start_loop(&l, 0.05).await;
@@ -262,6 +274,7 @@ async fn closed_loop(shift: Shift) {
     .unwrap();
     assert!(run_done, "a drift-triggered retrain ran: {runs:?}");
     let (status, candidate, improvement, duration, source, detail) = runs[0].clone();
+    assert_eq!(source.as_deref(), Some("archive+postgres:telemetry_raw"), "the window came from the archive: {runs:?}");
 
     // Alerts: model error for the changed entities only.
     let alerts: Vec<DriftAlert> = consume(&brokers, &l.topic("drift.alerts"), 1, Duration::from_secs(10), Duration::from_secs(1))
@@ -347,6 +360,7 @@ async fn closed_loop(shift: Shift) {
         h.stop().await.unwrap();
     }
     let _ = std::fs::remove_dir_all(&models);
+    let _ = std::fs::remove_dir_all(&l.archive);
 }
 
 /// Runs a future to completion from a synchronous closure inside the test's runtime.

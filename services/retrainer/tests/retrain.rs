@@ -272,3 +272,59 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }
+
+/// With the sink's Parquet archive reaching further back than the raw table, the training
+/// window is the archived hours plus the raw rows after them: every sample once, none lost at
+/// the seam, and the source says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_training_window_comes_from_the_archive_and_the_raw_tail() {
+    let url = scratch_schema(&pg_url()).await;
+    let all = generate(4, 3, 7);
+    let newest = all.iter().map(|t| t.ts_ms).max().unwrap();
+    // The archive holds every hour up to two hours before the newest sample; the raw table
+    // holds only the last day (its retention), overlapping the archive by 22 hours.
+    let cut = (newest / 3_600_000 - 1) * 3_600_000;
+    let raw: Vec<Telemetry> = all.iter().filter(|t| t.ts_ms > newest - 86_400_000).cloned().collect();
+    store_telemetry(&url, &raw).await;
+    let root = std::env::temp_dir().join(unique("retrain-archive"));
+    let mut hours: std::collections::BTreeMap<i64, Vec<&Telemetry>> = Default::default();
+    for t in all.iter().filter(|t| t.ts_ms < cut) {
+        hours.entry(t.ts_ms / 3_600_000 * 3_600_000).or_default().push(t);
+    }
+    for (h, rows) in &hours {
+        let mut w = headroom_archive::HourWriter::create(&root, *h).unwrap();
+        for (k, t) in rows.iter().enumerate() {
+            w.push(headroom_archive::Row {
+                entity_id: t.entity_id.clone(),
+                ts_ms: t.ts_ms,
+                values: [t.cpu_util, t.mem_util, t.net_in_bps, t.net_out_bps, None, None, t.cpu_cores, t.mem_bytes],
+                src_offset: k as i64,
+                ..headroom_archive::Row::default()
+            })
+            .unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let pool = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.unwrap();
+    let window = Duration::from_secs(2 * 86_400);
+    let d = headroom_retrainer::data::load(&pool, window, Some(&root)).await.unwrap();
+    assert_eq!(d.source, "archive+postgres:telemetry_raw");
+    assert_eq!(d.to_ms, newest);
+    let want: Vec<&Telemetry> = all.iter().filter(|t| t.ts_ms > newest - 2 * 86_400_000).collect();
+    assert_eq!(d.records.len(), want.len(), "every sample of the window once");
+    let mut got: Vec<(String, i64)> = d.records.iter().map(|t| (t.entity_id.clone(), t.ts_ms)).collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), want.len(), "no duplicates at the seam");
+    let cpu = |v: &mut dyn Iterator<Item = Option<f64>>| v.flatten().sum::<f64>();
+    let (a, b) = (cpu(&mut d.records.iter().map(|t| t.cpu_util)), cpu(&mut want.iter().map(|t| t.cpu_util)));
+    assert!((a - b).abs() < 1e-6 * b, "CPU sums {a} vs {b}");
+    // Without the archive: the raw table's day only.
+    let d = headroom_retrainer::data::load(&pool, window, None).await.unwrap();
+    assert_eq!((d.source, d.records.len()), ("postgres:telemetry_raw", raw.len()));
+    // An archive root that holds nothing yet: PostgreSQL as before.
+    let empty = std::env::temp_dir().join(unique("retrain-archive-empty"));
+    let d = headroom_retrainer::data::load(&pool, window, Some(&empty)).await.unwrap();
+    assert_eq!(d.source, "postgres:telemetry_raw");
+    let _ = std::fs::remove_dir_all(&root);
+}

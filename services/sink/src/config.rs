@@ -80,11 +80,49 @@ pub struct Maintenance {
     pub ahead_days: u32,
 }
 
+/// The Parquet archive of raw telemetry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archive {
+    /// Directory of the archive; empty: no archive.
+    pub root: String,
+    /// An hour is cut once the raw table's data clock is this far past its end (late samples
+    /// after that make the hour be cut again).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Hours cut per maintenance pass at most (a replayed trace closes many at once; the rest
+    /// wait for the next pass, so that ingestion is not held up).
+    pub max_hours_per_pass: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollups {
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
+    /// The 1-minute rollup: `auto` writes it only when samples come more often than once a
+    /// minute (otherwise each of its rows would be one raw row again, at 2.5 times the raw
+    /// row's write cost; the raw table and the Parquet archive hold those samples).
+    pub minute: MinuteRollup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MinuteRollup {
+    Auto,
+    On,
+    Off,
+}
+
+impl Rollups {
+    /// Whether telemetry_1m is written.
+    pub fn minute_enabled(&self) -> bool {
+        match self.minute {
+            MinuteRollup::On => true,
+            MinuteRollup::Off => false,
+            MinuteRollup::Auto => self.sample_interval < Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +140,7 @@ pub struct Config {
     pub retention: BTreeMap<String, String>,
     pub rollups: Rollups,
     pub maintenance: Maintenance,
+    pub archive: Archive,
     pub validation: ValidationLimits,
 }
 
@@ -144,6 +183,12 @@ impl Config {
         topics.dedup();
         if topics.len() != 7 || topics.iter().any(|t| t.is_empty()) {
             return bad("key `topics`: the seven topics must be distinct and non-empty".into());
+        }
+        if self.archive.max_hours_per_pass == 0 {
+            return bad("key `archive.max_hours_per_pass` must be at least 1".into());
+        }
+        if self.archive.grace > Duration::from_secs(86_400) {
+            return bad("key `archive.grace` must be at most 1d (the raw table keeps only days)".into());
         }
         url_ok(&self.postgres.url)?;
         self.retentions()?;
@@ -231,6 +276,26 @@ mod tests {
         assert_eq!(c.http.listen, "0.0.0.0:9466");
         assert!(matches!(c.log.format, headroom_runtime::config::LogFormat::Json));
         assert_eq!(c.postgres.password_file, "/secrets/postgres/password");
+        assert_eq!(c.archive.root, "/var/lib/headroom/archive", "the archive volume's mount");
+    }
+
+    #[test]
+    fn the_minute_rollup_follows_the_sampling_interval_under_auto() {
+        let mut c: Config = load_config(DEFAULTS, None, "HEADROOM_SINK_TEST3__").expect("defaults");
+        assert_eq!(c.rollups.minute, MinuteRollup::Auto);
+        assert!(!c.rollups.minute_enabled(), "5-minute samples: no minute rollup");
+        c.rollups.sample_interval = Duration::from_secs(10);
+        assert!(c.rollups.minute_enabled(), "10-second samples: minute rollup");
+        c.rollups.minute = MinuteRollup::Off;
+        assert!(!c.rollups.minute_enabled());
+        c.rollups.sample_interval = Duration::from_secs(300);
+        c.rollups.minute = MinuteRollup::On;
+        assert!(c.rollups.minute_enabled());
+        let bad = load_config::<Config>(DEFAULTS, None, "HEADROOM_SINK_TEST4__").map(|mut c| {
+            c.archive.max_hours_per_pass = 0;
+            c.validate()
+        });
+        assert!(bad.expect("loads").expect_err("zero").to_string().contains("archive.max_hours_per_pass"));
     }
 
     #[test]

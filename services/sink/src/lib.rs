@@ -20,11 +20,12 @@
 //!   maintenance pass every `maintenance.interval` creates them ahead and drops whole
 //!   partitions past each table's retention (on the table's data clock).
 
+pub mod archive;
 mod config;
 pub mod rows;
 pub mod writer;
 
-pub use config::{Config, Topics};
+pub use config::{Config, MinuteRollup, Topics};
 
 /// The built-in defaults (`default.toml`), for tools and tests that build a config.
 pub fn config_defaults() -> &'static str {
@@ -46,7 +47,7 @@ use headroom_runtime::Shutdown;
 use headroom_schemas::{DecodeError, DlqReason, FeaturesRecord, Forecast, ModelEvent, TelemetryDecoder};
 use headroom_store::offsets::{Advance, TopicPartition};
 use headroom_store::TableSpec;
-use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -54,6 +55,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::archive::Archiver;
 use crate::rows::Batch;
 use crate::writer::{WriteError, Writer};
 
@@ -73,6 +75,10 @@ pub struct SinkMetrics {
     pub partitions_created: IntGauge,
     pub partitions_dropped: IntCounterVec,
     pub offset_gaps: IntCounterVec,
+    pub archive_hours: IntCounter,
+    pub archive_rows: IntCounter,
+    pub archive_errors: IntCounter,
+    pub archive_pending: IntGauge,
 }
 
 impl SinkMetrics {
@@ -87,6 +93,11 @@ impl SinkMetrics {
             let g = IntGauge::new(name, help)?;
             r.register(Box::new(g.clone()))?;
             Ok(g)
+        };
+        let plain = |name: &str, help: &str| -> anyhow::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
         };
         let hist = |name: &str, help: &str, b: Vec<f64>| -> anyhow::Result<Histogram> {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(b))?;
@@ -111,6 +122,10 @@ impl SinkMetrics {
             paused: gauge("sink_paused", "1 while consumption is paused for a PostgreSQL outage.")?,
             partitions_created: gauge("sink_partitions_created", "Partitions created by this instance since it started.")?,
             partitions_dropped: counter("sink_partitions_dropped_total", "Partitions dropped past retention.", &["table"])?,
+            archive_hours: plain("sink_archive_cuts_total", "Hour files cut into the Parquet archive (a re-cut after late rows counts again).")?,
+            archive_rows: plain("sink_archive_rows_total", "Rows written to Parquet archive files.")?,
+            archive_errors: plain("sink_archive_errors_total", "Failed archive passes (retried at the next maintenance pass).")?,
+            archive_pending: gauge("sink_archive_pending", "Hours with raw rows not yet cut into the Parquet archive.")?,
             offset_gaps: counter("sink_offset_gaps_total", "Jumps over offsets that were never delivered (normal on the compacted models topic only), by topic.", &["topic"])?,
         };
         // Every series of a bounded label set starts at zero, so rate() and increase() see the
@@ -327,6 +342,7 @@ struct Loop {
     in_counters: HashMap<String, prometheus::IntCounter>,
     raw_floor_ms: i64,
     paused: bool,
+    archiver: Option<Archiver>,
 }
 
 fn run(
@@ -371,6 +387,9 @@ fn run(
     let retention = config.retentions()?;
     let writer = Writer::new(&config.postgres.url, config.postgres.connect_timeout, config.offsets_group());
     let sample_interval = config.rollups.sample_interval;
+    let minute = config.rollups.minute_enabled();
+    let archiver = (!config.archive.root.is_empty())
+        .then(|| Archiver::new(config.archive.root.clone().into(), config.archive.grace, config.archive.max_hours_per_pass));
     let mut l = Loop {
         config,
         runtime,
@@ -383,13 +402,14 @@ fn run(
         health,
         shutdown,
         positions: HashMap::new(),
-        batch: Batch::new(sample_interval),
+        batch: Batch::new(sample_interval).minute_rollup(minute),
         batch_started: None,
         decoder: TelemetryDecoder::new(),
         registry,
         in_counters: HashMap::new(),
         raw_floor_ms: i64::MIN,
         paused: false,
+        archiver,
     };
     l.sm.postgres_up.set(1);
     l.health.set_ready(true);
@@ -399,6 +419,10 @@ fn run(
 }
 
 impl Loop {
+    fn new_batch(&self) -> Batch {
+        Batch::new(self.config.rollups.sample_interval).minute_rollup(self.config.rollups.minute_enabled())
+    }
+
     fn main(&mut self) -> anyhow::Result<()> {
         let mut next_maintenance = Instant::now();
         while !self.shutdown.is_triggered() {
@@ -455,7 +479,7 @@ impl Loop {
                     if !self.batch.is_empty() {
                         tracing::info!(records = self.batch.records, "partitions revoked: the unwritten batch is dropped (its offsets were not stored; the next owner reads it again)");
                     }
-                    self.batch = Batch::new(self.config.rollups.sample_interval);
+                    self.batch = self.new_batch();
                     self.batch_started = None;
                     self.positions.clear();
                     self.paused = false;
@@ -652,7 +676,7 @@ impl Loop {
                 .collect();
             if advances.is_empty() {
                 // Revoked while retrying: the batch went with the partitions.
-                self.batch = Batch::new(self.config.rollups.sample_interval);
+                self.batch = self.new_batch();
                 self.batch_started = None;
                 self.resume();
                 return Ok(());
@@ -672,13 +696,17 @@ impl Loop {
                     for (t, n) in &self.batch.expired {
                         self.sm.rows_expired.with_label_values(&[t]).inc_by(*n);
                     }
+                    if let Some(a) = self.archiver.as_mut() {
+                        a.committed(&self.batch.raw_hours);
+                        self.sm.archive_pending.set(a.pending() as i64);
+                    }
                     for a in advances {
                         if let Some(p) = self.positions.get_mut(&(a.topic, a.partition)) {
                             p.stored = Some(a.next);
                             p.batch_next = None;
                         }
                     }
-                    self.batch = Batch::new(self.config.rollups.sample_interval);
+                    self.batch = self.new_batch();
                     self.batch_started = None;
                     self.update_raw_floor();
                     self.resume();
@@ -705,7 +733,7 @@ impl Loop {
                 Err(WriteError::Fenced(e)) => {
                     self.sm.postgres_errors.with_label_values(&["fenced"]).inc();
                     tracing::warn!(error = %e, records, "fenced: another instance wrote these partitions; dropping the batch and re-reading positions");
-                    self.batch = Batch::new(self.config.rollups.sample_interval);
+                    self.batch = self.new_batch();
                     self.batch_started = None;
                     self.reseek()?;
                     self.resume();
@@ -766,7 +794,9 @@ impl Loop {
     /// Raw rows of days entirely past the raw table's retention are not written.
     fn update_raw_floor(&mut self) {
         let Some((_, keep)) = self.retention.iter().find(|(t, _)| t.name == "telemetry_raw") else { return };
-        if keep.is_zero() {
+        if keep.is_zero() || self.archiver.is_some() {
+            // With the archive, every sample goes through the raw table (a late one makes its hour
+            // be cut again; its partition is dropped only once the archive has it).
             return;
         }
         if let Some(c) = self.writer.clocks.get("telemetry_raw") {
@@ -776,7 +806,10 @@ impl Loop {
     }
 
     fn maintain(&mut self) {
-        let res = self.runtime.block_on(self.writer.maintain(&self.retention, self.config.maintenance.ahead_days, now_ms()));
+        // Archive first: the raw partitions it still needs are then held back from retention.
+        self.archive();
+        let hold = self.archiver.as_ref().and_then(Archiver::oldest_pending);
+        let res = self.runtime.block_on(self.writer.maintain(&self.retention, self.config.maintenance.ahead_days, now_ms(), hold));
         match res {
             Ok((dropped, created)) => {
                 self.sm.partitions_created.add(created as i64);
@@ -787,6 +820,34 @@ impl Loop {
             Err(e) => {
                 self.writer.disconnect();
                 tracing::warn!(error = %e, "maintenance failed; retried at the next interval");
+            }
+        }
+    }
+
+    /// Cuts the closed hours of the raw table into the Parquet archive.
+    fn archive(&mut self) {
+        let Some(a) = self.archiver.as_mut() else {
+            return;
+        };
+        // The data clock of what this instance wrote; nothing written yet: nothing closes.
+        let Some(clock) = self.writer.clocks.get("telemetry_raw").map(|c| (*c).min(now_ms())) else {
+            return;
+        };
+        let writer = &mut self.writer;
+        let res = self.runtime.block_on(async {
+            let c = writer.conn().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            a.pass(c, clock).await
+        });
+        match res {
+            Ok(p) => {
+                self.sm.archive_hours.inc_by(p.hours);
+                self.sm.archive_rows.inc_by(p.rows);
+                self.sm.archive_pending.set(a.pending() as i64);
+            }
+            Err(e) => {
+                self.writer.disconnect();
+                self.sm.archive_errors.inc();
+                tracing::warn!(error = %format!("{e:#}"), "archiving failed; retried at the next maintenance pass");
             }
         }
     }

@@ -29,6 +29,9 @@ pub struct Agg {
     pub sum: f64,
     pub min: f64,
     pub max: f64,
+    /// Sum of squares (stored for CPU and memory: the standard deviations of the anomaly
+    /// query's baseline).
+    pub sumsq: f64,
 }
 
 impl Agg {
@@ -43,6 +46,7 @@ impl Agg {
         }
         self.n += 1;
         self.sum += v;
+        self.sumsq += v * v;
     }
 }
 
@@ -149,8 +153,8 @@ impl Rollup {
     /// Columns of a service stage row: service, cluster, bucket, then [`Self::TAIL`].
     pub const SERVICE_COLUMNS: i16 = 3 + Self::TAIL;
     /// n, 4 x 7 metric columns, cost in dollars, cores, mem bytes, replicas, scale events, two
-    /// histograms.
-    const TAIL: i16 = 1 + 28 + 1 + 4 + 2;
+    /// histograms, the CPU and memory sums of squares.
+    const TAIL: i16 = 1 + 28 + 1 + 4 + 2 + 2;
 
     fn encode(&self, entity: &str, bucket_ms: i64, c: &mut CopyBuf) {
         c.row()
@@ -187,6 +191,13 @@ impl Rollup {
             .int4(self.scale_events)
             .int8_array(cpu.as_deref())
             .int8_array(mem.as_deref());
+        for a in &self.metrics[..2] {
+            if a.n > 0 {
+                c.float8(a.sumsq);
+            } else {
+                c.null();
+            }
+        }
     }
 }
 
@@ -246,6 +257,8 @@ pub struct Batch {
     pub expired: HashMap<&'static str, u64>,
     /// The UTC hours (ms) the batch writes raw rows in (what the Parquet archive cuts).
     pub raw_hours: BTreeSet<i64>,
+    /// Whether the 1-minute rollup is kept (`rollups.minute`).
+    pub minute: bool,
 }
 
 impl Default for Batch {
@@ -274,7 +287,14 @@ impl Batch {
             records: 0,
             expired: HashMap::new(),
             raw_hours: BTreeSet::new(),
+            minute: sample_interval < std::time::Duration::from_secs(60),
         }
+    }
+
+    /// Keeps the 1-minute rollup or not (by default: when samples are less than a minute apart).
+    pub fn minute_rollup(mut self, on: bool) -> Batch {
+        self.minute = on;
+        self
     }
 }
 
@@ -394,14 +414,16 @@ impl Batch {
         }
         let m = t.ts_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
         let h = t.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        self.touch("telemetry_1m", m);
         self.touch("telemetry_1h", h);
         self.touch("telemetry_service_1h", h);
         let hours = self.sample_hours;
-        self.rollup_1m
-            .entry((t.entity_id.clone(), m))
-            .or_default()
-            .add(t, hours);
+        if self.minute {
+            self.touch("telemetry_1m", m);
+            self.rollup_1m
+                .entry((t.entity_id.clone(), m))
+                .or_default()
+                .add(t, hours);
+        }
         self.rollup_1h
             .entry((t.entity_id.clone(), h))
             .or_default()

@@ -69,7 +69,7 @@ const STAGE_STATS: &str = "\
     disk_write_n int4, disk_write_sum float8, disk_write_min float8, disk_write_max float8, \
     cost_n int4, cost_sum float8, cost_min float8, cost_max float8, cost_usd float8, \
     cpu_cores_max float8, mem_bytes_max float8, replicas_max int4, scale_events int4, \
-    cpu_hist int8[], mem_hist int8[]";
+    cpu_hist int8[], mem_hist int8[], cpu_sq float8, mem_sq float8";
 
 fn stage_columns(head: &str) -> String {
     head.replace("STATS", STAGE_STATS.trim_start_matches('\\'))
@@ -113,6 +113,9 @@ fn rollup_merge_sql(table: &str, stage: &str, per_service: bool) -> String {
         ("scale_events", "t.scale_events + excluded.scale_events"),
         ("cpu_hist", "hist_merge(t.cpu_hist, excluded.cpu_hist)"),
         ("mem_hist", "hist_merge(t.mem_hist, excluded.mem_hist)"),
+        // NULL with samples: a row from before sums of squares were kept; it stays unknown.
+        ("cpu_sq", "CASE WHEN t.cpu_n > 0 AND t.cpu_sq IS NULL THEN NULL ELSE coalesce(t.cpu_sq, 0) + coalesce(excluded.cpu_sq, 0) END"),
+        ("mem_sq", "CASE WHEN t.mem_n > 0 AND t.mem_sq IS NULL THEN NULL ELSE coalesce(t.mem_sq, 0) + coalesce(excluded.mem_sq, 0) END"),
     ] {
         cols.push(c.to_owned());
         sets.push(format!("{c} = {set}"));
@@ -302,18 +305,24 @@ impl Writer {
         Ok(written)
     }
 
-    /// Creates partitions ahead of each table's clock and drops those past retention.
+    /// Creates partitions ahead of each table's clock and drops those past retention. Raw rows
+    /// at or after `raw_hold_ms` (the oldest hour the archive has not cut yet) are kept whatever
+    /// the retention says, so that no sample leaves the raw table before it is archived.
     pub async fn maintain(
         &mut self,
         retention: &[(TableSpec, Duration)],
         ahead_days: u32,
         now_ms: i64,
+        raw_hold_ms: Option<i64>,
     ) -> Result<(i32, usize), WriteError> {
         self.conn().await?;
         let conn = self.conn.as_mut().expect("connected");
         let (mut dropped, mut created) = (0, 0);
         for (spec, keep) in retention {
-            let clock = self.clocks.get(spec.name).map_or(now_ms, |c| (*c).min(now_ms));
+            let mut clock = self.clocks.get(spec.name).map_or(now_ms, |c| (*c).min(now_ms));
+            if let (Some(hold), "telemetry_raw") = (raw_hold_ms, spec.name) {
+                clock = clock.min(hold.saturating_add(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 4)));
+            }
             let ahead = (0..=i64::from(ahead_days)).map(|d| clock + d * 86_400_000);
             created += self.partitions.ensure(conn, *spec, ahead).await?;
             if self.clocks.contains_key(spec.name) {

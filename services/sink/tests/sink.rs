@@ -70,6 +70,9 @@ fn config(e: &Env, group: &str) -> Config {
     c.batch.max_rows = 3000;
     c.retry.initial_backoff = Duration::from_millis(100);
     c.retry.max_backoff = Duration::from_millis(800);
+    // The generator samples every 5 minutes, where `auto` leaves the 1-minute rollup out; these
+    // tests keep it, so that its merges go through the faults too (the archive test runs auto).
+    c.rollups.minute = headroom_sink::MinuteRollup::On;
     c
 }
 
@@ -236,7 +239,10 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
     let e = env(&headroom_testkit::pg_url(), false).await;
     let now = headroom_runtime::observe::now_ms();
     let limits = ValidationLimits::default();
-    let good = fleet(12, 48);
+    let mut good = fleet(12, 48);
+    // One spike in the last sample of an entity: the anomaly query must find it.
+    let spiked = good.iter().rposition(|t| t.entity_id == good[0].entity_id).expect("entity");
+    good[spiked].cpu_util = Some(0.99);
     assert!(good.iter().all(|t| t.validate(now, &limits).is_ok()), "the generator makes valid samples");
     let mut recs: Vec<Rec> = good.iter().map(framed).collect();
     // Bad telemetry: NaN, out of range, absurd time, undecodable.
@@ -374,6 +380,18 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
             }
         }
     }
+    // Anomalies over the last hour, against the 24 hours before it (the three hours of data):
+    // the spike is found, by the rollups as by the raw table.
+    let last_hour = (to - 3_600_000, to);
+    let anomalies = headroom_store::queries::QUERIES.iter().find(|q| q.name == "anomalies").expect("query");
+    let fast = headroom_store::queries::rows_as_json(&mut c, anomalies.sql, last_hour.0, last_hour.1).await.expect("anomalies");
+    let slow = headroom_store::queries::rows_as_json(&mut c, anomalies.raw_sql.expect("raw"), last_hour.0, last_hour.1).await.expect("raw anomalies");
+    assert!(!fast.is_empty() && fast.len() == slow.len(), "rollups {fast:?} raw {slow:?}");
+    let top: serde_json::Value = serde_json::from_str(&fast[0]).expect("json");
+    assert_eq!(top["entity_id"], good[spiked].entity_id.as_str(), "the spike is the strongest anomaly: {fast:?}");
+    let raw_top: serde_json::Value = serde_json::from_str(&slow[0]).expect("json");
+    let (a, b) = (top["z"].as_f64().expect("z"), raw_top["z"].as_f64().expect("z"));
+    assert!((a - b).abs() < 1e-6 * b.abs(), "z from rollups {a} vs raw {b}");
     // The stored offsets are the topics' ends: everything consumed was stored.
     let stored = scalar_i64(pg, &format!("SELECT sum(next_offset)::int8 FROM sink_offsets WHERE topic = '{}'", e.topics.telemetry)).await;
     assert_eq!(stored, recs.len() as i64);
@@ -398,6 +416,7 @@ fn spawn_sink(e: &Env, group: &str, offsets: &str) -> Child {
         .env("HEADROOM_SINK__KAFKA__GROUP_ID", group)
         .env("HEADROOM_SINK__HTTP__LISTEN", "127.0.0.1:0")
         .env("HEADROOM_SINK__POSTGRES__URL", &e.pg)
+        .env("HEADROOM_SINK__ROLLUPS__MINUTE", "on")
         .env("HEADROOM_SINK__POSTGRES__OFFSETS_GROUP", offsets)
         .env("HEADROOM_SINK__BATCH__MAX_ROWS", "2000")
         .env("HEADROOM_SINK__BATCH__MAX_WAIT", "100ms")
@@ -517,4 +536,114 @@ async fn a_second_instance_joining_and_leaving_changes_nothing() {
     assert!(both, "the group split the partitions between the two instances");
     assert_eq!(n, good.len() as i64);
     assert_exact(&e.pg, &good).await;
+}
+
+/// Per hour, the rows the archive must hold: (count, sum of CPU).
+fn per_hour(rows: &[(i64, Option<f64>)]) -> std::collections::BTreeMap<i64, (usize, f64)> {
+    let mut m = std::collections::BTreeMap::new();
+    for (ts, cpu) in rows {
+        let e: &mut (usize, f64) = m.entry(ts.div_euclid(3_600_000) * 3_600_000).or_default();
+        e.0 += 1;
+        e.1 += cpu.unwrap_or(0.0);
+    }
+    m
+}
+
+fn read_hour(root: &std::path::Path, hour: i64) -> (usize, f64, usize) {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int32Type, Int64Type};
+    let path = headroom_archive::hour_path(root, hour).expect("path");
+    let batches = headroom_archive::read_file(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let mut offsets = std::collections::HashSet::new();
+    let (mut n, mut cpu) = (0, 0.0);
+    for b in &batches {
+        n += b.num_rows();
+        cpu += b.column(4).as_primitive::<Float64Type>().iter().flatten().sum::<f64>();
+        let parts = b.column(16).as_primitive::<Int32Type>();
+        offsets.extend(parts.iter().flatten().zip(b.column(17).as_primitive::<Int64Type>().iter().flatten()));
+    }
+    (n, cpu, offsets.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_hours_are_archived_once_as_parquet_and_late_rows_recut_their_hour() {
+    let e = env(&headroom_testkit::pg_url(), false).await;
+    let root = std::env::temp_dir().join(unique("archive"));
+    let mut cfg = config(&e, &unique("g"));
+    cfg.rollups.minute = headroom_sink::MinuteRollup::Auto;
+    cfg.archive.root = root.display().to_string();
+    cfg.archive.grace = Duration::from_secs(600);
+    cfg.maintenance.interval = Duration::from_secs(1);
+    // Five hours of 8 entities every 5 minutes.
+    let good = fleet(8, 60);
+    produce(&e.brokers, &e.topics.telemetry, &good.iter().map(framed).collect::<Vec<_>>());
+    let handle = headroom_sink::start(cfg, Shutdown::new()).await.expect("start");
+
+    let clock = good.iter().map(|t| t.ts_ms).max().expect("rows");
+    let hours = per_hour(&good.iter().map(|t| (t.ts_ms, t.cpu_util)).collect::<Vec<_>>());
+    let closed: Vec<i64> = hours.keys().copied().filter(|h| h + 3_600_000 + 600_000 <= clock).collect();
+    assert!(closed.len() >= 3, "the data closes several hours: {closed:?}");
+    // Partitions are consumed unevenly, so an hour can be cut before a lagging partition's rows
+    // of it arrive; those make it be cut again. Wait until every closed sample is archived.
+    let want_rows: usize = closed.iter().map(|h| hours[h].0).sum();
+    let n = wait_for(&e.pg, "SELECT coalesce(sum(rows), 0)::int8 FROM archive_hours", want_rows as i64, Duration::from_secs(120)).await;
+    assert_eq!(n, want_rows as i64, "archived samples");
+    let recorded: Vec<i64> = {
+        let mut c = PgConnection::connect(&e.pg).await.expect("connect");
+        sqlx::query_scalar("SELECT (extract(epoch FROM hour) * 1000)::int8 FROM archive_hours ORDER BY 1")
+            .fetch_all(&mut c)
+            .await
+            .expect("hours")
+    };
+    assert_eq!(recorded, closed, "exactly the closed hours, the open one is not cut");
+    for h in &closed {
+        let (n, cpu, distinct) = read_hour(&root, *h);
+        let (want_n, want_cpu) = hours[h];
+        assert_eq!((n, distinct), (want_n, want_n), "hour {h}: rows and distinct offsets");
+        assert!((cpu - want_cpu).abs() < 1e-9 * want_cpu.max(1.0), "hour {h}: cpu {cpu} vs {want_cpu}");
+    }
+    // Samples every 5 minutes: `auto` keeps no 1-minute rollup, the hourly one has them all.
+    assert_eq!(scalar_i64(&e.pg, "SELECT count(*) FROM telemetry_1m").await, 0, "minute rollup under auto");
+    assert_eq!(scalar_i64(&e.pg, "SELECT coalesce(sum(n), 0)::int8 FROM telemetry_1h").await, good.len() as i64);
+    let open = *hours.keys().last().expect("hours");
+    assert!(!headroom_archive::hour_path(&root, open).expect("path").exists(), "the open hour has no file");
+
+    // A late sample for the first archived hour, and samples that close the next hour: the
+    // first hour is cut again with the late row, the next one for the first time.
+    let first = closed[0];
+    let mut late = good[0].clone();
+    late.entity_id = "vm-late".into();
+    late.ts_ms = first + 60_000;
+    late.cpu_util = Some(0.5);
+    let mut later: Vec<Telemetry> = fleet(8, 80).into_iter().filter(|t| t.ts_ms > clock).collect();
+    later.insert(0, late);
+    produce(&e.brokers, &e.topics.telemetry, &later.iter().map(framed).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let want_first = hours[&first].0 + 1;
+    while read_hour(&root, first).0 != want_first || !headroom_archive::hour_path(&root, open).expect("path").exists() {
+        assert!(Instant::now() < deadline, "the late row was not archived: hour {first} has {} rows", read_hour(&root, first).0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (n, cpu, distinct) = read_hour(&root, first);
+    assert_eq!((n, distinct), (want_first, want_first));
+    assert!((cpu - hours[&first].1 - 0.5).abs() < 1e-9 * cpu.max(1.0), "the late row's CPU is in the re-cut file");
+    let all: Vec<(i64, Option<f64>)> = good.iter().chain(&later).map(|t| (t.ts_ms, t.cpu_util)).collect();
+    assert_eq!(read_hour(&root, open).0, per_hour(&all)[&open].0, "the next hour, once closed, holds all its rows");
+    let leftovers: Vec<String> = walk(&root).into_iter().filter(|p| !p.ends_with(".parquet")).collect();
+    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+    handle.stop().await.expect("stop");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
 }

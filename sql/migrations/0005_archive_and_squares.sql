@@ -8,3 +8,10 @@ CREATE TABLE archive_hours (
     path        text        NOT NULL,
     archived_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Sums of squares of CPU and memory utilization in the rollups, so that a standard deviation
+-- over any set of rollup rows is sqrt(sum(sq)/sum(n) - mean^2) (the anomaly query's baseline).
+-- NULL in a row with samples: written before this migration; queries skip such rows.
+ALTER TABLE telemetry_1m ADD COLUMN cpu_sq float8, ADD COLUMN mem_sq float8;
+ALTER TABLE telemetry_1h ADD COLUMN cpu_sq float8, ADD COLUMN mem_sq float8;
+ALTER TABLE telemetry_service_1h ADD COLUMN cpu_sq float8, ADD COLUMN mem_sq float8;
