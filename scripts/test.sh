@@ -12,6 +12,7 @@ export HEADROOM_TEST_BROKERS="$KAFKA_BROKERS"
 export HEADROOM_TEST_PG_URL="$PG_URL"
 export HEADROOM_PYTHON="$HEADROOM_CACHE/venv/bin/python"
 export HEADROOM_OPS_VENV="$HEADROOM_CACHE/ops-venv"
+export HEADROOM_MLFLOW="$HEADROOM_CACHE/mlflow-venv/bin/mlflow"
 
 log "building and running the tests (target dir: $CARGO_TARGET_DIR)"
 if command -v cargo-nextest >/dev/null 2>&1; then

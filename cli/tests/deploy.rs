@@ -43,7 +43,7 @@ fn config_keys(dir: &str) -> BTreeSet<String> {
 fn docker_compose_file_is_valid_with_every_profile() {
     let out = Command::new("docker-compose")
         .current_dir(repo())
-        .args(["-f", "docker-compose.yml", "--profile", "load", "--profile", "monitoring", "config"])
+        .args(["-f", "docker-compose.yml", "--profile", "load", "--profile", "monitoring", "--profile", "tracking", "config"])
         .output()
         .expect("docker-compose is missing: run scripts/setup.sh");
     assert!(
@@ -57,7 +57,7 @@ fn docker_compose_file_is_valid_with_every_profile() {
     for service in [
         "kafka", "schema-registry", "postgres", "topology", "featurizer", "models-init", "scorer",
         "recommender", "drift-monitor", "retrainer", "sink", "loadgen", "prometheus", "grafana",
-        "otel-collector", "jaeger",
+        "otel-collector", "jaeger", "mlflow",
     ] {
         assert!(names.contains(service), "service {service} missing from the rendered stack");
     }
@@ -70,6 +70,7 @@ fn docker_compose_file_is_valid_with_every_profile() {
         "grafana/grafana:11.3.0",
         "otel/opentelemetry-collector-contrib:0.114.0",
         "jaegertracing/all-in-one:1.63.0",
+        "ghcr.io/mlflow/mlflow:v3.17.2",
     ];
     // Each headroom service: its environment names keys its configuration has, its published
     // port is the one it listens on, it has a healthcheck and waits for the set-up job.

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "archive hours, rollup sums of squares",
         include_str!("../../../sql/migrations/0005_archive_and_squares.sql"),
     ),
+    (
+        6,
+        "MLflow run ids of retrain runs",
+        include_str!("../../../sql/migrations/0006_mlflow_runs.sql"),
+    ),
 ];
 
 /// sqlx's migrator over the embedded migrations (it records them in `_sqlx_migrations`,

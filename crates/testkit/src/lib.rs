@@ -5,6 +5,7 @@
 
 pub use rdkafka;
 
+pub mod mlflow;
 pub mod ops;
 
 use std::path::PathBuf;

@@ -102,6 +102,7 @@ pub struct Config {
     pub data: Data,
     pub training: Training,
     pub promotion: Promotion,
+    pub mlflow: crate::mlflow::MlflowConfig,
     pub features: FeatureConfig,
 }
 
@@ -185,6 +186,7 @@ impl Config {
         if self.models.family.is_empty() {
             return bad("key `models.family` must not be empty".into());
         }
+        self.mlflow.validate().map_err(ConfigError::Invalid)?;
         if self.topics.alerts == self.topics.models {
             return bad("key `topics`: alerts and models must be different topics".into());
         }

@@ -27,6 +27,7 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::data;
+use crate::mlflow::{MlRun, RunStatus, Tracker};
 
 /// The advisory lock of retrain runs: one run at a time per model family and schema (the
 /// registry a run writes), whatever the number of retrainers and manual runs.
@@ -219,6 +220,10 @@ pub struct Retrainer {
     pub pool: PgPool,
     pub rt: tokio::runtime::Handle,
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// The MLflow tracking server (`mlflow.tracking_url`), if any.
+    tracker: Option<Tracker>,
+    /// MLflow requests that failed, by operation (the service registers it).
+    pub mlflow_errors: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for Retrainer {
@@ -242,18 +247,31 @@ impl Retrainer {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000")
             .create()?;
-        let r = Retrainer { cfg, pool, rt, producer };
-        let stale = r.rt.block_on(
-            sqlx::query(
+        let tracker = Tracker::new(&cfg.mlflow)?;
+        let mlflow_errors = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("retrain_mlflow_errors_total", "MLflow tracking requests that failed, by operation (runs go on without them)."),
+            &["op"],
+        )
+        .expect("metric");
+        let r = Retrainer { cfg, pool, rt, producer, tracker, mlflow_errors };
+        let stale: Vec<Option<String>> = r.rt.block_on(
+            sqlx::query_scalar(
                 "UPDATE retrain_runs SET status = 'interrupted', finished_at = now(),
                  detail = 'the retrainer stopped during this run; the serving version was not changed by it'
-                 WHERE status = 'running' AND model_name = $1",
+                 WHERE status = 'running' AND model_name = $1 RETURNING mlflow_run_id",
             )
             .bind(&r.cfg.models.family)
-            .execute(&r.pool),
+            .fetch_all(&r.pool),
         )?;
-        if stale.rows_affected() > 0 {
-            tracing::warn!(runs = stale.rows_affected(), "runs interrupted by an earlier stop marked as such");
+        if !stale.is_empty() {
+            tracing::warn!(runs = stale.len(), "runs interrupted by an earlier stop marked as such");
+        }
+        if let Some(t) = &r.tracker {
+            for id in stale.into_iter().flatten() {
+                if let Err(e) = r.rt.block_on(t.finish(&id, RunStatus::Killed, now_ms())) {
+                    r.mlflow_failed(&e);
+                }
+            }
         }
         Ok(r)
     }
@@ -374,11 +392,15 @@ impl Retrainer {
         let outcome = match inserted {
             Err(e) => Outcome::Failed { reason: format!("registry: the run could not be recorded: {e}") },
             Ok(_) => {
+                let ml = self.mlflow_start(&run_id, trigger, serving.as_deref(), &params);
                 let mut rec = RunRecord::default();
                 let outcome = match self.run_inner(serving.as_deref(), &mut rec) {
                     Ok(o) => o,
                     Err(e) => Outcome::Failed { reason: format!("{e:#}") },
                 };
+                if let Some(ml) = &ml {
+                    self.mlflow_finish(ml, &outcome, &rec, started.elapsed().as_secs_f64());
+                }
                 let (status, detail, improvement, candidate) = match &outcome {
                     Outcome::Promoted { version, improvement } => ("promoted", None, Some(*improvement), Some(version.clone())),
                     Outcome::Rejected { version, improvement, reason } => ("rejected", Some(reason.clone()), Some(*improvement), Some(version.clone())),
@@ -541,6 +563,7 @@ impl Retrainer {
             .chain(comparison.iter().map(|x| ("pooled_mase_improvement".to_owned(), x.improvement)))
             .chain(entities.iter().map(|x| ("entity_improvement_mean".to_owned(), x.mean)))
             .collect();
+        rec.flat_metrics = metrics.clone();
         let schema = ds.layout.id().to_owned();
         if serving.is_some() && improvement < c.promotion.margin {
             let reason = format!(
@@ -601,4 +624,113 @@ struct RunRecord {
     schema: Option<String>,
     candidate: Option<String>,
     metrics: Option<String>,
+    /// The metrics announced with the outcome (per-head MASE, the improvements).
+    flat_metrics: Vec<(String, f64)>,
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm+00`.
+fn utc(ms: i64) -> String {
+    headroom_store::partitions::format_utc_ms(ms)
+}
+
+/// The parameters as MLflow's flat string pairs (lists joined by commas).
+fn flat_params(p: &Params<'_>) -> Vec<(String, String)> {
+    let v = serde_json::to_value(p).unwrap_or_default();
+    let Some(obj) = v.as_object() else { return Vec::new() };
+    obj.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).collect::<Vec<_>>().join(","),
+                other => other.to_string(),
+            };
+            (k.clone(), s)
+        })
+        .collect()
+}
+
+impl Retrainer {
+    fn mlflow_failed(&self, e: &crate::mlflow::MlflowError) {
+        self.mlflow_errors.with_label_values(&[e.op()]).inc();
+        tracing::warn!(error = %e, "MLflow tracking failed; the run goes on without it");
+    }
+
+    /// Starts the MLflow run of retrain run `run_id` (None: no tracking, or the server failed).
+    fn mlflow_start(&self, run_id: &str, trigger: &Trigger, serving: Option<&str>, params: &Params<'_>) -> Option<MlRun> {
+        let t = self.tracker.as_ref()?;
+        let c = &self.cfg;
+        let tags = vec![
+            ("headroom.run_id".to_owned(), run_id.to_owned()),
+            ("headroom.model_family".to_owned(), c.models.family.clone()),
+            ("headroom.trigger".to_owned(), trigger.kind.as_str().to_owned()),
+            ("headroom.reason".to_owned(), trigger.reason.clone()),
+            ("headroom.alert_ids".to_owned(), trigger.alert_ids.join(",")),
+            ("headroom.serving_version".to_owned(), serving.unwrap_or("").to_owned()),
+        ];
+        let r = self.rt.block_on(async {
+            let ml = t.start_run(&format!("{}-{}", trigger.kind.as_str(), &run_id[..8.min(run_id.len())]), now_ms(), &tags).await?;
+            t.log(&ml.run_id, &flat_params(params), &[], &[], now_ms()).await?;
+            Ok::<_, crate::mlflow::MlflowError>(ml)
+        });
+        match r {
+            Ok(ml) => {
+                let stored = self.rt.block_on(
+                    sqlx::query("UPDATE retrain_runs SET mlflow_run_id = $2 WHERE run_id = $1").bind(run_id).bind(&ml.run_id).execute(&self.pool),
+                );
+                if let Err(e) = stored {
+                    tracing::warn!(error = %e, "the MLflow run id could not be recorded");
+                }
+                tracing::info!(mlflow_run = %ml.run_id, experiment = %ml.experiment_id, url = t.base_url(), "retrain run tracked in MLflow");
+                Some(ml)
+            }
+            Err(e) => {
+                self.mlflow_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Logs what the run found and how it ended, copies the candidate's files, ends the run.
+    fn mlflow_finish(&self, ml: &MlRun, outcome: &Outcome, rec: &RunRecord, seconds: f64) {
+        let Some(t) = self.tracker.as_ref() else { return };
+        let c = &self.cfg;
+        let (status, detail) = match outcome {
+            Outcome::Promoted { .. } => (RunStatus::Finished, String::new()),
+            Outcome::Rejected { reason, .. } => (RunStatus::Finished, reason.clone()),
+            Outcome::Failed { reason } => (RunStatus::Failed, reason.clone()),
+            Outcome::Busy => (RunStatus::Killed, "busy".to_owned()),
+        };
+        let mut metrics = rec.flat_metrics.clone();
+        metrics.push(("duration_s".into(), seconds));
+        metrics.extend(rec.train_rows.map(|v| ("train_rows".to_owned(), v as f64)));
+        metrics.extend(rec.holdout_rows.map(|v| ("holdout_rows".to_owned(), v as f64)));
+        metrics.extend(rec.entities.map(|v| ("entities".to_owned(), f64::from(v))));
+        let mut tags = vec![("headroom.outcome".to_owned(), outcome.label().to_owned()), ("headroom.detail".to_owned(), detail)];
+        tags.extend(rec.source.map(|s| ("headroom.data_source".to_owned(), s.to_owned())));
+        tags.extend(rec.from_ms.map(|v| ("headroom.data_from".to_owned(), utc(v))));
+        tags.extend(rec.to_ms.map(|v| ("headroom.data_to".to_owned(), utc(v))));
+        let dir = rec.candidate.as_ref().map(|v| c.models.dir.join(v));
+        if let (Some(v), Some(d)) = (&rec.candidate, &dir) {
+            tags.push(("headroom.candidate_version".to_owned(), v.clone()));
+            let abs = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+            tags.push(("headroom.artifact_location".to_owned(), format!("file://{}", abs.display())));
+        }
+        let params: Vec<(String, String)> = rec.schema.iter().map(|s| ("feature_schema".to_owned(), s.clone())).collect();
+        let r = self.rt.block_on(async {
+            t.log(&ml.run_id, &params, &metrics, &tags, now_ms()).await?;
+            if let Some(d) = dir.as_ref().filter(|d| d.is_dir()) {
+                let n = t.upload_dir(ml, d, "model").await?;
+                tracing::debug!(files = n, "candidate files copied to MLflow");
+            }
+            t.finish(&ml.run_id, status, now_ms()).await
+        });
+        if let Err(e) = r {
+            self.mlflow_failed(&e);
+            // Do not leave the run RUNNING when only the logging failed.
+            if e.op() != "update_run" {
+                let _ = self.rt.block_on(t.finish(&ml.run_id, status, now_ms()));
+            }
+        }
+    }
 }

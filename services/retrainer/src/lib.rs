@@ -13,6 +13,7 @@
 pub mod config;
 pub mod data;
 pub mod job;
+pub mod mlflow;
 
 pub use config::Config;
 pub use job::{compare, Outcome, Retrainer, Trigger, TriggerKind};
@@ -41,6 +42,8 @@ pub struct RetrainMetrics {
     pub alerts: IntCounterVec,
     /// Runs by trigger and outcome.
     pub runs: IntCounterVec,
+    /// MLflow requests that failed, by operation.
+    pub mlflow_errors: IntCounterVec,
 }
 
 impl RetrainMetrics {
@@ -49,10 +52,13 @@ impl RetrainMetrics {
         let runs = IntCounterVec::new(Opts::new("retrain_runs_total", "Retrain runs, by trigger and outcome."), &["trigger", "outcome"]).expect("metric");
         let _ = m.registry.register(Box::new(alerts.clone()));
         let _ = m.registry.register(Box::new(runs.clone()));
+        let mlflow_errors =
+            IntCounterVec::new(Opts::new("retrain_mlflow_errors_total", "MLflow tracking requests that failed, by operation (runs go on without them)."), &["op"]).expect("metric");
+        let _ = m.registry.register(Box::new(mlflow_errors.clone()));
         for o in ["trigger", "below_severity", "resolved", "unknown_model", "stale_version", "undecodable"] {
             let _ = alerts.with_label_values(&[o]);
         }
-        RetrainMetrics { alerts, runs }
+        RetrainMetrics { alerts, runs, mlflow_errors }
     }
 }
 
@@ -93,7 +99,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
 }
 
 fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<()> {
-    let retrainer = Retrainer::connect(cfg.clone(), rt)?;
+    let mut retrainer = Retrainer::connect(cfg.clone(), rt)?;
+    retrainer.mlflow_errors = m.mlflow_errors.clone();
     if let Err(e) = retrainer.reannounce() {
         tracing::warn!(error = %e, "the serving version could not be re-announced");
     }

@@ -328,3 +328,138 @@ async fn the_training_window_comes_from_the_archive_and_the_raw_tail() {
     assert_eq!(d.source, "postgres:telemetry_raw");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A JSON request to the MLflow server's REST API (what any MLflow client sends).
+async fn mlflow_api(url: &str, method: &str, endpoint: &str, body: serde_json::Value) -> serde_json::Value {
+    let c = reqwest::Client::new();
+    let full = format!("{url}/api/2.0/mlflow/{endpoint}");
+    let rb = if method == "GET" { c.get(full) } else { c.post(full).header("content-type", "application/json").body(body.to_string()) };
+    let resp = rb.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "MLflow {endpoint}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn kv<'a>(run: &'a serde_json::Value, list: &str, key: &str) -> Option<&'a serde_json::Value> {
+    run["data"][list].as_array()?.iter().find(|x| x["key"] == key).map(|x| &x["value"])
+}
+
+/// Every run is logged to a real MLflow tracking server (`mlflow server` from PyPI): the
+/// experiment is created, a promoted run carries its parameters, holdout metrics, outcome, data
+/// window and the candidate's files as artifacts; a failed run is FAILED with its reason; a run
+/// a crash left running is KILLED at the next start-up; and a tracking server that is down
+/// changes no outcome (it is counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_is_tracked_in_mlflow_and_a_dead_tracking_server_changes_nothing() {
+    headroom_testkit::init_test_logging();
+    let server = tokio::task::spawn_blocking(|| headroom_testkit::mlflow::MlflowServer::start(Duration::from_secs(180))).await.unwrap();
+    let ml = server.url();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("retrain-mlflow"));
+    create_topics(&brokers, &prefix).await;
+    let base = pg_url();
+    let url = scratch_schema(&base).await;
+    let models = std::env::temp_dir().join(unique("retrain-mlflow-models"));
+    std::fs::create_dir_all(&models).unwrap();
+    let mut cfg = config(&url, &brokers, &prefix, &models);
+    cfg.mlflow.tracking_url = ml.clone();
+    cfg.mlflow.experiment = unique("headroom retrain");
+    store_telemetry(&url, &generate(12, 3, 7)).await;
+    let v0 = weak_version(&cfg);
+
+    // 1. A promoted run.
+    let rt = tokio::runtime::Handle::current();
+    let c2 = cfg.clone();
+    let r = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(c2, rt)).await.unwrap().unwrap());
+    let Outcome::Promoted { version: v1, improvement } = run(&r, TriggerKind::Manual).await else {
+        panic!("expected a promotion: {:?}", runs(&url).await)
+    };
+    let exp = mlflow_api(&ml, "GET", &format!("experiments/get-by-name?experiment_name={}", cfg.mlflow.experiment.replace(' ', "%20")), serde_json::json!({})).await;
+    let exp_id = exp["experiment"]["experiment_id"].as_str().unwrap().to_owned();
+    let found = mlflow_api(&ml, "POST", "runs/search", serde_json::json!({ "experiment_ids": [exp_id] })).await;
+    let list = found["runs"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{found}");
+    let run1 = &list[0];
+    let run_id = run1["info"]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(run1["info"]["status"], "FINISHED");
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (rid, mlid, train_rows, source): (String, Option<String>, Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT run_id, mlflow_run_id, train_rows, data_source FROM retrain_runs WHERE status = 'promoted'").fetch_one(&mut c).await.unwrap();
+    assert_eq!(mlid.as_deref(), Some(run_id.as_str()), "the registry row names its MLflow run");
+    assert_eq!(kv(run1, "tags", "headroom.run_id").and_then(|v| v.as_str()), Some(rid.as_str()));
+    assert_eq!(kv(run1, "tags", "headroom.outcome").and_then(|v| v.as_str()), Some("promoted"));
+    assert_eq!(kv(run1, "tags", "headroom.trigger").and_then(|v| v.as_str()), Some("manual"));
+    assert_eq!(kv(run1, "tags", "headroom.serving_version").and_then(|v| v.as_str()), Some(v0.as_str()));
+    assert_eq!(kv(run1, "tags", "headroom.candidate_version").and_then(|v| v.as_str()), Some(v1.as_str()));
+    assert_eq!(kv(run1, "tags", "headroom.data_source").and_then(|v| v.as_str()), source.as_deref());
+    let loc = kv(run1, "tags", "headroom.artifact_location").and_then(|v| v.as_str()).unwrap().to_owned();
+    assert!(loc.starts_with("file://") && loc.ends_with(&v1), "{loc}");
+    assert_eq!(kv(run1, "params", "rounds").and_then(|v| v.as_str()), Some("60"));
+    assert_eq!(kv(run1, "params", "targets").and_then(|v| v.as_str()), Some("cpu,mem,net"));
+    assert!(kv(run1, "params", "feature_schema").is_some());
+    let metric = |k: &str| kv(run1, "metrics", k).and_then(|v| v.as_f64());
+    assert!((metric("improvement").unwrap() - improvement).abs() < 1e-9, "{run1}");
+    assert_eq!(metric("train_rows"), train_rows.map(|v| v as f64));
+    assert!(metric("cpu_h1_mase").is_some_and(|v| v > 0.0 && v.is_finite()), "{run1}");
+    // The candidate's files, byte for byte, in the run's artifacts.
+    let arts = mlflow_api(&ml, "GET", &format!("artifacts/list?run_id={run_id}&path=model"), serde_json::json!({})).await;
+    let files = arts["files"].as_array().unwrap();
+    let local: Vec<(String, u64)> = {
+        let mut v: Vec<_> = std::fs::read_dir(models.join(&v1))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (format!("model/{}", e.file_name().to_string_lossy()), e.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut remote: Vec<(String, u64)> =
+        files.iter().map(|f| (f["path"].as_str().unwrap().to_owned(), f["file_size"].as_u64().unwrap())).collect();
+    remote.sort();
+    assert_eq!(remote, local, "artifacts");
+    assert!(local.iter().any(|(p, _)| p == "model/manifest.json"));
+    let copied = std::fs::read(server.artifacts_dir().join(&exp_id).join(&run_id).join("artifacts/model/manifest.json")).unwrap();
+    assert_eq!(copied, std::fs::read(models.join(&v1).join("manifest.json")).unwrap());
+    assert_eq!(r.mlflow_errors.with_label_values(&["create_run"]).get(), 0);
+
+    // 2. A failed run (empty training set) is FAILED in MLflow with the reason.
+    let empty = scratch_schema(&base).await;
+    let mut ecfg = cfg.clone();
+    ecfg.postgres.url = empty.clone();
+    let rt = tokio::runtime::Handle::current();
+    let e2 = ecfg.clone();
+    let re = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(e2, rt)).await.unwrap().unwrap());
+    assert!(matches!(run(&re, TriggerKind::Manual).await, Outcome::Failed { .. }));
+    let found = mlflow_api(&ml, "POST", "runs/search", serde_json::json!({ "experiment_ids": [exp_id], "filter": "attributes.status = 'FAILED'" })).await;
+    let failed = &found["runs"].as_array().unwrap()[0];
+    assert!(kv(failed, "tags", "headroom.detail").and_then(|v| v.as_str()).unwrap().contains("empty"), "{failed}");
+
+    // 3. A run a crash left running (in the registry and in MLflow) is KILLED at start-up.
+    let started = mlflow_api(&ml, "POST", "runs/create", serde_json::json!({ "experiment_id": exp_id, "start_time": 1 })).await;
+    let crashed = started["run"]["info"]["run_id"].as_str().unwrap().to_owned();
+    let mut c = sqlx::PgConnection::connect(&empty).await.unwrap();
+    sqlx::query("INSERT INTO retrain_runs (run_id, model_name, trigger, reason, status, params, started_at, mlflow_run_id) VALUES ('crashed', 'xgboost', 'manual', 'x', 'running', '{}', now(), $1)")
+        .bind(&crashed)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let rt = tokio::runtime::Handle::current();
+    let e3 = ecfg.clone();
+    tokio::task::spawn_blocking(move || Retrainer::connect(e3, rt)).await.unwrap().unwrap();
+    let got = mlflow_api(&ml, "GET", &format!("runs/get?run_id={crashed}"), serde_json::json!({})).await;
+    assert_eq!(got["run"]["info"]["status"], "KILLED", "{got}");
+
+    // 4. A tracking server that is down: the run's outcome is what it would be, counted.
+    let mut dead = ecfg.clone();
+    dead.mlflow.tracking_url = format!("http://127.0.0.1:{}", headroom_testkit::free_port());
+    dead.mlflow.timeout = Duration::from_secs(2);
+    let rt = tokio::runtime::Handle::current();
+    let rd = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(dead, rt)).await.unwrap().unwrap());
+    let out = run(&rd, TriggerKind::Manual).await;
+    assert!(matches!(&out, Outcome::Failed { reason } if reason.contains("empty")), "{out:?}");
+    assert_eq!(rd.mlflow_errors.with_label_values(&["get_experiment"]).get(), 1);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM retrain_runs WHERE mlflow_run_id IS NULL AND status = 'failed'").fetch_one(&mut c).await.unwrap();
+    assert_eq!(n, 1);
+    let _ = std::fs::remove_dir_all(&models);
+}
