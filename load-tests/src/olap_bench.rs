@@ -137,14 +137,15 @@ pub fn run(args: &OlapBenchArgs) -> anyhow::Result<()> {
             pool.close().await;
             let (newest, fill_rate) = fill(&url, args.entities, rows).await?;
             let mut c = headroom_store::connect(&url, Duration::from_secs(10)).await?;
-            // Statistics of this schema's tables only (a database-wide ANALYZE would also visit
-            // the catalogs, which only a superuser may).
+            // What autovacuum does in a steady state (statistics, and the visibility map that
+            // index-only scans need), for this schema's tables only (a database-wide VACUUM
+            // would also visit the catalogs, which only a superuser may).
             let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
                 .bind(&schema)
                 .fetch_all(&mut c)
                 .await?;
             for table in tables {
-                c.execute(format!("ANALYZE {schema}.\"{table}\"").as_str()).await?;
+                c.execute(format!("VACUUM (ANALYZE) {schema}.\"{table}\"").as_str()).await?;
             }
             let size: i64 = sqlx::query_scalar(
                 "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",

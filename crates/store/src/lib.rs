@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "MLflow run ids of retrain runs",
         include_str!("../../../sql/migrations/0006_mlflow_runs.sql"),
     ),
+    (
+        7,
+        "anomaly baseline index",
+        include_str!("../../../sql/migrations/0007_anomaly_baseline_index.sql"),
+    ),
 ];
 
 /// sqlx's migrator over the embedded migrations (it records them in `_sqlx_migrations`,

@@ -81,6 +81,7 @@ pub struct Training {
     pub train_stride: usize,
     pub classifier: bool,
     pub device: DeviceChoice,
+    pub neural: crate::neural::NeuralTraining,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,6 +188,7 @@ impl Config {
             return bad("key `models.family` must not be empty".into());
         }
         self.mlflow.validate().map_err(ConfigError::Invalid)?;
+        self.training.neural.validate().map_err(ConfigError::Invalid)?;
         if self.topics.alerts == self.topics.models {
             return bad("key `topics`: alerts and models must be different topics".into());
         }

@@ -211,6 +211,8 @@ struct Params<'a> {
     early_stopping_rounds: u32,
     train_stride: usize,
     margin: f64,
+    /// The LSTM / GRU families refitted (training.neural.families).
+    neural: Vec<&'static str>,
     feature_schema: Option<String>,
 }
 
@@ -460,6 +462,7 @@ impl Retrainer {
             early_stopping_rounds: c.training.early_stopping_rounds,
             train_stride: c.training.train_stride,
             margin: c.promotion.margin,
+            neural: c.training.neural.families.iter().map(|f| f.name()).collect(),
             feature_schema: schema,
         }
     }
@@ -523,15 +526,20 @@ impl Retrainer {
             ets_window_slots: 0,
         };
         let cand_bt = backtest::backtest(&ds, &candidate, &baselines, &[])?;
-        // The serving version's LSTM / GRU go into the candidate unchanged (marked
-        // `carried_from`): this retrain refits XGBoost, and the scorer keeps serving them.
-        let neural = match serving {
+        // The serving version's LSTM / GRU, and their refits (training.neural): a refit goes
+        // into the candidate when it is no worse on this holdout, the serving one otherwise.
+        let carried = match serving {
             Some(s) => artifact::carry_neural(&c.models.dir.join(s), ds.interval_ms).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, serving = s, "the serving version's neural models cannot be carried over");
                 Vec::new()
             }),
             None => Vec::new(),
         };
+        let t = Instant::now();
+        let (neural, neural_report) = crate::neural::refit(&ds, &c.training.neural, &opts.targets, c.training.device, carried);
+        if !c.training.neural.families.is_empty() {
+            tracing::info!(seconds = t.elapsed().as_secs_f64(), "neural models done");
+        }
         let (_, dir) = artifact::write_with(&c.models.dir, &ds, &candidate, &neural, Some(&cand_bt), now_ms())?;
         let version = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         rec.candidate = Some(version.clone());
@@ -554,6 +562,7 @@ impl Retrainer {
             "entities": entities,
             "candidate": cand_bt.rows.iter().filter(|r| r.model == c.models.family)
                 .map(|r| (format!("{}/h{}", r.target, r.horizon_slots), r.scores.mase)).collect::<BTreeMap<_, _>>(),
+            "neural": neural_report,
         }))?);
         let metrics: Vec<(String, f64)> = comparison
             .iter()
@@ -562,6 +571,8 @@ impl Retrainer {
             .chain(std::iter::once(("improvement".to_owned(), improvement)))
             .chain(comparison.iter().map(|x| ("pooled_mase_improvement".to_owned(), x.improvement)))
             .chain(entities.iter().map(|x| ("entity_improvement_mean".to_owned(), x.mean)))
+            .chain(neural_report.iter().filter_map(|n| Some((format!("{}_mase", n.family), n.candidate_mase?))))
+            .chain(neural_report.iter().filter_map(|n| Some((format!("{}_serving_mase", n.family), n.serving_mase?))))
             .collect();
         rec.flat_metrics = metrics.clone();
         let schema = ds.layout.id().to_owned();

@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod job;
 pub mod mlflow;
+pub mod neural;
 
 pub use config::Config;
 pub use job::{compare, Outcome, Retrainer, Trigger, TriggerKind};

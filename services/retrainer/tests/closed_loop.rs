@@ -191,6 +191,8 @@ async fn start_loop(l: &Loop, margin: f64) -> Vec<headroom_runtime::service::Ser
     r.training.threads = 2;
     r.training.classifier = false;
     r.training.device = DeviceChoice::Cpu;
+    // The neural refit has a test of its own (retrain.rs); here the loop's XGBoost gate.
+    r.training.neural.families = Vec::new();
     r.triggers.coalesce = Duration::from_secs(10);
     r.triggers.min_interval = Duration::ZERO;
     r.triggers.schedule = Duration::ZERO;

@@ -108,6 +108,8 @@ fn config(pg: &str, brokers: &str, prefix: &str, models: &Path) -> Config {
     c.training.threads = 2;
     c.training.classifier = false;
     c.training.device = headroom_forecast::DeviceChoice::Cpu;
+    // The neural refit has a test of its own (below).
+    c.training.neural.families = Vec::new();
     c.triggers.coalesce = Duration::from_secs(1);
     c.triggers.min_interval = Duration::ZERO;
     c.triggers.schedule = Duration::ZERO;
@@ -461,5 +463,111 @@ async fn every_run_is_tracked_in_mlflow_and_a_dead_tracking_server_changes_nothi
     assert_eq!(rd.mlflow_errors.with_label_values(&["get_experiment"]).get(), 1);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM retrain_runs WHERE mlflow_run_id IS NULL AND status = 'failed'").fetch_one(&mut c).await.unwrap();
     assert_eq!(n, 1);
+    let _ = std::fs::remove_dir_all(&models);
+}
+
+fn neural_opts(cell: headroom_neural::Cell, hidden: usize, epochs: usize, samples: usize) -> headroom_neural::NeuralOptions {
+    headroom_neural::NeuralOptions {
+        cell,
+        hidden,
+        layers: 1,
+        dropout: 0.0,
+        input_len: 12,
+        targets: vec![0, 1, 2],
+        max_epochs: epochs,
+        patience: 2,
+        samples_per_epoch: samples,
+        max_valid_samples: 2_000,
+        batch_size: 64,
+        device: headroom_forecast::DeviceChoice::Cpu,
+        ..headroom_neural::NeuralOptions::default()
+    }
+}
+
+fn manifest_neural(dir: &Path) -> Vec<(String, Option<String>)> {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    m["neural"].as_array().unwrap().iter().map(|n| (n["family"].as_str().unwrap().to_owned(), n["carried_from"].as_str().map(str::to_owned))).collect()
+}
+
+async fn neural_report(url: &str, candidate: &str) -> Vec<serde_json::Value> {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let m: String = sqlx::query_scalar("SELECT metrics::text FROM retrain_runs WHERE candidate_version = $1").bind(candidate).fetch_one(&mut c).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+    v["neural"].as_array().unwrap().clone()
+}
+
+/// The LSTM / GRU models are refitted with the candidate by the training command's code: a
+/// serving LSTM that a refit beats on the holdout is replaced, a GRU the serving version lacks
+/// is trained anew; a refit that is worse than the serving model leaves the serving one in the
+/// candidate (carried), and the run records each family's outcome and holdout MASE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neural_models_are_refitted_and_replace_the_serving_ones_only_when_no_worse() {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("retrain-nn"));
+    create_topics(&brokers, &prefix).await;
+    let url = scratch_schema(&pg_url()).await;
+    let models = std::env::temp_dir().join(unique("retrain-nn-models"));
+    std::fs::create_dir_all(&models).unwrap();
+    let mut cfg = config(&url, &brokers, &prefix, &models);
+    store_telemetry(&url, &generate(12, 3, 7)).await;
+    // v0: weak XGBoost and a weak LSTM (one epoch of 256 samples, hidden 2, another fleet).
+    let other = Dataset::build(
+        generate(8, 2, 99),
+        &DatasetOptions { features: cfg.features.clone(), horizons: cfg.horizon_slots().unwrap(), split: Split::Fraction(0.8), ..DatasetOptions::default() },
+    )
+    .unwrap();
+    let xgb = backtest::fit(&other, &FitOptions { xgb: XgbParams { rounds: 3, nthread: 2, ..XgbParams::default() }, classifier: false, ..FitOptions::default() }, &mut Quiet).unwrap();
+    let weak = headroom_neural::fit(&other, &neural_opts(headroom_neural::Cell::Lstm, 2, 1, 256), None, &mut Quiet).unwrap();
+    let (m0, _) = artifact::write_with(&models, &other, &xgb, &[headroom_neural::artifact(&weak).unwrap()], None, 1_700_000_000_000).unwrap();
+    Registry::promote(&models, &m0.version).unwrap();
+    let v0 = m0.version;
+
+    // 1. Refit LSTM and GRU (hidden 12, 4 epochs of 4,000 samples): the LSTM beats v0's, the GRU is new.
+    let n = &mut cfg.training.neural;
+    n.families = vec![headroom_neural::Cell::Lstm, headroom_neural::Cell::Gru];
+    (n.hidden, n.layers, n.dropout, n.input_len, n.max_epochs, n.patience, n.samples_per_epoch, n.batch_size) = (12, 1, 0.0, 12, 4, 2, 4_000, 64);
+    let rt = tokio::runtime::Handle::current();
+    let c1 = cfg.clone();
+    let r = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(c1, rt)).await.unwrap().unwrap());
+    let Outcome::Promoted { version: v1, .. } = run(&r, TriggerKind::Manual).await else { panic!("expected a promotion: {:?}", runs(&url).await) };
+    let rep = neural_report(&url, &v1).await;
+    let lstm = rep.iter().find(|x| x["family"] == "lstm").unwrap();
+    let gru = rep.iter().find(|x| x["family"] == "gru").unwrap();
+    assert_eq!(lstm["outcome"], "refit", "{rep:?}");
+    assert!(lstm["candidate_mase"].as_f64().unwrap() < lstm["serving_mase"].as_f64().unwrap(), "{lstm}");
+    assert_eq!(gru["outcome"], "refit", "{rep:?}");
+    assert!(gru["serving_mase"].is_null());
+    let mut got = manifest_neural(&models.join(&v1));
+    got.sort();
+    assert_eq!(got, vec![("gru".to_owned(), None), ("lstm".to_owned(), None)], "both refitted, none carried");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(models.join(&v1).join("lstm.json")).unwrap()).unwrap();
+    assert_eq!(meta["architecture"]["hidden"], 12);
+
+    // 2. A refit far weaker than v1's (one epoch of 128 samples, hidden 2): v1's LSTM is kept,
+    //    carried into the candidate unchanged; the GRU is not refitted at all (not listed).
+    let mut weak_cfg = cfg.clone();
+    let n = &mut weak_cfg.training.neural;
+    n.families = vec![headroom_neural::Cell::Lstm];
+    (n.hidden, n.max_epochs, n.samples_per_epoch) = (2, 1, 128);
+    weak_cfg.promotion.margin = 0.9;
+    let rt = tokio::runtime::Handle::current();
+    let rw = std::sync::Arc::new(tokio::task::spawn_blocking(move || Retrainer::connect(weak_cfg, rt)).await.unwrap().unwrap());
+    let Outcome::Rejected { version: v2, .. } = run(&rw, TriggerKind::Manual).await else { panic!("expected a rejection: {:?}", runs(&url).await) };
+    let rep = neural_report(&url, &v2).await;
+    let lstm = rep.iter().find(|x| x["family"] == "lstm").unwrap();
+    assert_eq!(lstm["outcome"], "kept", "{rep:?}");
+    assert!(lstm["candidate_mase"].as_f64().unwrap() > lstm["serving_mase"].as_f64().unwrap(), "{lstm}");
+    assert_eq!(rep.iter().find(|x| x["family"] == "gru").unwrap()["outcome"], "carried");
+    let mut got = manifest_neural(&models.join(&v2));
+    got.sort();
+    assert_eq!(got, vec![("gru".to_owned(), Some(v1.clone())), ("lstm".to_owned(), Some(v1.clone()))]);
+    assert_eq!(
+        std::fs::read(models.join(&v2).join("lstm.mpk")).unwrap(),
+        std::fs::read(models.join(&v1).join("lstm.mpk")).unwrap(),
+        "the kept LSTM is v1's, byte for byte"
+    );
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1);
+    let _ = v0;
     let _ = std::fs::remove_dir_all(&models);
 }
