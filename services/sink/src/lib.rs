@@ -319,8 +319,20 @@ enum Kind {
 /// Per partition: the offset stored in PostgreSQL, and the next offset of the batch.
 #[derive(Debug, Clone, Copy)]
 struct Position {
+    /// The next offset PostgreSQL holds (stored with the rows).
     stored: Option<i64>,
+    /// The next offset after the batch being built.
     batch_next: Option<i64>,
+    /// The next offset after the batch in flight.
+    inflight_next: Option<i64>,
+}
+
+/// The batch being written while the loop consumes the next one.
+struct Inflight {
+    task: tokio::task::JoinHandle<(Writer, Batch, Result<crate::writer::Written, WriteError>)>,
+    advances: Vec<Advance>,
+    started: Instant,
+    records: usize,
 }
 
 struct Loop {
@@ -343,6 +355,7 @@ struct Loop {
     raw_floor_ms: i64,
     paused: bool,
     archiver: Option<Archiver>,
+    inflight: Option<Inflight>,
 }
 
 fn run(
@@ -410,6 +423,7 @@ fn run(
         raw_floor_ms: i64::MIN,
         paused: false,
         archiver,
+        inflight: None,
     };
     l.sm.postgres_up.set(1);
     l.health.set_ready(true);
@@ -428,6 +442,8 @@ impl Loop {
         while !self.shutdown.is_triggered() {
             self.health.beat();
             if Instant::now() >= next_maintenance {
+                // Maintenance uses the writer: the batch in flight lands first.
+                self.settle(None)?;
                 self.maintain();
                 next_maintenance = Instant::now() + self.config.maintenance.interval;
             }
@@ -436,6 +452,9 @@ impl Loop {
                 None => Duration::from_millis(100),
             };
             self.poll_one(wait);
+            if self.inflight_done() {
+                self.settle(None)?;
+            }
             let full = self.batch.records >= self.config.batch.max_rows;
             let due = self.batch_started.is_some_and(|s| s.elapsed() >= self.config.batch.max_wait);
             if full || due {
@@ -444,7 +463,7 @@ impl Loop {
         }
         // Drain: land what is in memory, then leave the group.
         let deadline = Instant::now() + self.config.retry.drain_deadline;
-        if let Err(e) = self.flush(Some(deadline)) {
+        if let Err(e) = self.flush(Some(deadline)).and_then(|()| self.settle(Some(deadline))) {
             tracing::warn!(error = %format!("{e:#}"), "last batch not written; it is read again on restart");
         }
         self.consumer.unsubscribe();
@@ -487,7 +506,7 @@ impl Loop {
                 }
                 Assignment::Assigned(parts) => {
                     for (tp, stored) in parts {
-                        self.positions.insert(tp, Position { stored, batch_next: None });
+                        self.positions.insert(tp, Position { stored, batch_next: None, inflight_next: None });
                     }
                 }
             }
@@ -512,7 +531,7 @@ impl Loop {
             // Not (or no longer) ours: a message fetched before a revoke.
             return;
         };
-        let expected = pos.batch_next.or(pos.stored);
+        let expected = pos.batch_next.or(pos.inflight_next).or(pos.stored);
         if let Some(s) = pos.stored {
             if m.offset() < s {
                 // Already in PostgreSQL (fetched before a seek took effect).
@@ -652,7 +671,11 @@ impl Loop {
     /// Writes the batch: retries through PostgreSQL outages (pausing consumption), drops it
     /// when fenced, stops the service when PostgreSQL refuses it. With a deadline (shutdown),
     /// gives up when it passes.
+    /// Hands the batch to the writer, which writes it on the runtime while the loop goes on
+    /// consuming into the next one (one batch in flight at most: the previous one is settled
+    /// first, so a batch's offsets always advance from what PostgreSQL holds).
     fn flush(&mut self, deadline: Option<Instant>) -> anyhow::Result<()> {
+        self.settle(deadline)?;
         if self.batch.is_empty() {
             self.batch_started = None;
             return Ok(());
@@ -665,25 +688,59 @@ impl Loop {
             failures == failures_before && failures == 0,
             "{failures} dead letters could not be delivered; stopping without storing offsets"
         );
+        let mut advances = Vec::new();
+        for ((t, p), pos) in self.positions.iter_mut() {
+            if let Some(next) = pos.batch_next.take() {
+                advances.push(Advance { topic: t.clone(), partition: *p, expected: pos.stored, next });
+                pos.inflight_next = Some(next);
+            }
+        }
+        let fresh = self.new_batch();
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        self.batch_started = None;
+        if advances.is_empty() {
+            // Nothing of it is ours any more (revoked while it was built).
+            return Ok(());
+        }
+        let records = batch.records;
+        let idle = self.idle_writer();
+        let mut writer = std::mem::replace(&mut self.writer, idle);
+        let adv = advances.clone();
+        let task = self.runtime.spawn(async move {
+            let mut batch = batch;
+            let res = writer.write(&mut batch, &adv).await;
+            (writer, batch, res)
+        });
+        self.inflight = Some(Inflight { task, advances, started: Instant::now(), records });
+        Ok(())
+    }
+
+    /// A writer without a connection, standing in while the real one is in flight (never used:
+    /// everything that needs the writer settles first).
+    fn idle_writer(&self) -> Writer {
+        Writer::new(&self.config.postgres.url, self.config.postgres.connect_timeout, self.config.offsets_group())
+    }
+
+    /// Whether the batch in flight has finished (settle it without waiting).
+    fn inflight_done(&self) -> bool {
+        self.inflight.as_ref().is_some_and(|i| i.task.is_finished())
+    }
+
+    /// Waits for the batch in flight and completes it: offsets and metrics on success; on an
+    /// outage, consumption pauses and the same batch is written again with backoff (until
+    /// `deadline`, when draining); fenced, both it and the batch being built are dropped and
+    /// the positions re-read; refused, the sink stops.
+    fn settle(&mut self, deadline: Option<Instant>) -> anyhow::Result<()> {
+        let Some(Inflight { task, mut advances, started, records }) = self.inflight.take() else {
+            return Ok(());
+        };
+        let (writer, mut batch, mut res) = match self.runtime.block_on(task) {
+            Ok(x) => x,
+            Err(e) => anyhow::bail!("the batch writer task failed: {e}"),
+        };
+        self.writer = writer;
         let mut backoff = self.config.retry.initial_backoff;
         loop {
-            let advances: Vec<Advance> = self
-                .positions
-                .iter()
-                .filter_map(|((t, p), pos)| {
-                    pos.batch_next.map(|next| Advance { topic: t.clone(), partition: *p, expected: pos.stored, next })
-                })
-                .collect();
-            if advances.is_empty() {
-                // Revoked while retrying: the batch went with the partitions.
-                self.batch = self.new_batch();
-                self.batch_started = None;
-                self.resume();
-                return Ok(());
-            }
-            let started = Instant::now();
-            let records = self.batch.records;
-            let res = self.runtime.block_on(self.writer.write(&mut self.batch, &advances));
             match res {
                 Ok(written) => {
                     self.sm.postgres_up.set(1);
@@ -693,21 +750,21 @@ impl Loop {
                         self.sm.rows_written.with_label_values(&[t]).inc_by(n);
                         self.sm.write_seconds.with_label_values(&[t]).inc_by(secs);
                     }
-                    for (t, n) in &self.batch.expired {
+                    for (t, n) in &batch.expired {
                         self.sm.rows_expired.with_label_values(&[t]).inc_by(*n);
                     }
                     if let Some(a) = self.archiver.as_mut() {
-                        a.committed(&self.batch.raw_hours);
+                        a.committed(&batch.raw_hours);
                         self.sm.archive_pending.set(a.pending() as i64);
                     }
                     for a in advances {
                         if let Some(p) = self.positions.get_mut(&(a.topic, a.partition)) {
                             p.stored = Some(a.next);
-                            p.batch_next = None;
+                            if p.inflight_next == Some(a.next) {
+                                p.inflight_next = None;
+                            }
                         }
                     }
-                    self.batch = self.new_batch();
-                    self.batch_started = None;
                     self.update_raw_floor();
                     self.resume();
                     return Ok(());
@@ -720,7 +777,7 @@ impl Loop {
                     if deadline.is_some_and(|d| Instant::now() + backoff > d) {
                         anyhow::bail!("PostgreSQL unavailable until the drain deadline: {e}");
                     }
-                    // Keep serving the group while waiting (a revoke empties the batch).
+                    // Keep serving the group while waiting.
                     let until = Instant::now() + backoff;
                     while Instant::now() < until {
                         self.poll_one(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
@@ -729,6 +786,16 @@ impl Loop {
                         }
                     }
                     backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                    // Partitions revoked meanwhile: their part of the batch went with them
+                    // (the next owner reads it again).
+                    advances.retain(|a| self.positions.contains_key(&(a.topic.clone(), a.partition)));
+                    if advances.is_empty() {
+                        self.resume();
+                        return Ok(());
+                    }
+                    let t0 = Instant::now();
+                    res = self.runtime.block_on(self.writer.write(&mut batch, &advances));
+                    self.sm.batch_seconds.observe(t0.elapsed().as_secs_f64());
                 }
                 Err(WriteError::Fenced(e)) => {
                     self.sm.postgres_errors.with_label_values(&["fenced"]).inc();
@@ -760,7 +827,7 @@ impl Loop {
             if let Err(e) = self.consumer.seek(&tp.0, tp.1, off, Duration::from_secs(10)) {
                 tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "seek failed");
             }
-            self.positions.insert(tp, Position { stored: s, batch_next: None });
+            self.positions.insert(tp, Position { stored: s, batch_next: None, inflight_next: None });
         }
         Ok(())
     }
