@@ -187,15 +187,22 @@ pub fn with_password(url: &str, password: &str) -> Result<String, String> {
     let scheme_end = url.find("://").ok_or_else(bad)? + 3;
     let at = url[scheme_end..].find('@').ok_or_else(bad)? + scheme_end;
     let user = url[scheme_end..at].split(':').next().unwrap_or_default();
-    let mut enc = String::new();
-    for b in password.bytes() {
+    let enc = percent_encode(password);
+    Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for a URL's user info, a
+/// path segment or a query value).
+pub fn percent_encode(s: &str) -> String {
+    let mut enc = String::with_capacity(s.len());
+    for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             enc.push(b as char);
         } else {
             enc.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
+    enc
 }
 
 #[cfg(test)]

@@ -250,11 +250,7 @@ impl Retrainer {
             .set("message.timeout.ms", "30000")
             .create()?;
         let tracker = Tracker::new(&cfg.mlflow)?;
-        let mlflow_errors = prometheus::IntCounterVec::new(
-            prometheus::Opts::new("retrain_mlflow_errors_total", "MLflow tracking requests that failed, by operation (runs go on without them)."),
-            &["op"],
-        )
-        .expect("metric");
+        let mlflow_errors = crate::mlflow::errors_counter();
         let r = Retrainer { cfg, pool, rt, producer, tracker, mlflow_errors };
         let stale: Vec<Option<String>> = r.rt.block_on(
             sqlx::query_scalar(

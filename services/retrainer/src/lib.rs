@@ -53,8 +53,7 @@ impl RetrainMetrics {
         let runs = IntCounterVec::new(Opts::new("retrain_runs_total", "Retrain runs, by trigger and outcome."), &["trigger", "outcome"]).expect("metric");
         let _ = m.registry.register(Box::new(alerts.clone()));
         let _ = m.registry.register(Box::new(runs.clone()));
-        let mlflow_errors =
-            IntCounterVec::new(Opts::new("retrain_mlflow_errors_total", "MLflow tracking requests that failed, by operation (runs go on without them)."), &["op"]).expect("metric");
+        let mlflow_errors = mlflow::errors_counter();
         let _ = m.registry.register(Box::new(mlflow_errors.clone()));
         for o in ["trigger", "below_severity", "resolved", "unknown_model", "stale_version", "undecodable"] {
             let _ = alerts.with_label_values(&[o]);

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use headroom_store::percent_encode as encode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -65,6 +66,15 @@ impl MlflowConfig {
         }
         Ok(())
     }
+}
+
+/// `headroom_retrain_mlflow_errors_total{op}`: requests that failed, by operation.
+pub fn errors_counter() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(
+        prometheus::Opts::new("retrain_mlflow_errors_total", "MLflow tracking requests that failed, by operation (runs go on without them)."),
+        &["op"],
+    )
+    .expect("metric")
 }
 
 /// What went wrong with one request.
@@ -167,19 +177,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
-}
-
-/// Percent-encodes a query value or a path segment.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Tracker {

@@ -123,7 +123,8 @@ pub fn refit(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| (Cell::Lstm, 0.0, Err(anyhow::anyhow!("a neural training thread panicked")))))
+            .zip(&cfg.families)
+            .map(|(h, &cell)| h.join().unwrap_or_else(|_| (cell, 0.0, Err(anyhow::anyhow!("the {} training thread panicked", cell.name())))))
             .collect()
     });
     let mut out = Vec::new();
