@@ -11,8 +11,8 @@ use headroom_runtime::{KafkaConfig, Shutdown};
 use headroom_schemas::FeaturesRecord;
 use rdkafka::Message;
 
-use headroom_sources::{GenConfig, Generator};
 use crate::kafka;
+use headroom_sources::{GenConfig, Generator};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Throughput runs per service, alternating relay and featurizer; the best of each counts.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
+    /// Skip the throughput runs and take this as the featurizer's maximum rate (records/s) for
+    /// the latency runs.
+    #[arg(long)]
+    max_rate: Option<f64>,
 }
 
 pub(crate) fn kafka_cfg(brokers: &str) -> KafkaConfig {
@@ -166,7 +170,10 @@ async fn throughput(
     };
     let rate = timed(brokers, &handle, input, &output, records).await?;
     handle.stop().await?;
-    eprintln!("  {}: {rate:.0} records/s", which.split(':').next().unwrap_or(which));
+    eprintln!(
+        "  {}: {rate:.0} records/s",
+        which.split(':').next().unwrap_or(which)
+    );
     Ok(rate)
 }
 
@@ -188,10 +195,16 @@ async fn timed(
         Instant::now()
     });
     let (b, out) = (brokers.to_owned(), output.to_owned());
-    let drained = tokio::task::spawn_blocking(move || drain_until(&b, &out, records, Duration::from_secs(600)));
+    let drained = tokio::task::spawn_blocking(move || {
+        drain_until(&b, &out, records, Duration::from_secs(600))
+    });
     let started = first_in.await?;
     let last = drained.await??;
-    Ok(records as f64 / last.saturating_duration_since(started).as_secs_f64().max(1e-6))
+    Ok(records as f64
+        / last
+            .saturating_duration_since(started)
+            .as_secs_f64()
+            .max(1e-6))
 }
 
 /// Arguments of `loadgen bench-scorer`.
@@ -269,57 +282,64 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )
     .await?;
-    let input = format!("{prefix}telemetry.raw");
-    eprintln!(
-        "preloading {} records of {} entities into {input}",
-        args.records, args.entities
-    );
-    let (b, i, e, r) = (
-        brokers.to_owned(),
-        input.clone(),
-        args.entities,
-        args.records,
-    );
-    let produce_rate = tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
-    eprintln!("  preload: {produce_rate:.0} records/s");
+    let featurizer = match args.max_rate {
+        Some(rate) => rate,
+        None => {
+            let input = format!("{prefix}telemetry.raw");
+            eprintln!(
+                "preloading {} records of {} entities into {input}",
+                args.records, args.entities
+            );
+            let (b, i, e, r) = (
+                brokers.to_owned(),
+                input.clone(),
+                args.entities,
+                args.records,
+            );
+            let produce_rate = tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
+            eprintln!("  preload: {produce_rate:.0} records/s");
 
-    // The broker's own ceiling: a plain consumer reading the preloaded topic, no processing.
-    let (b, i, r) = (brokers.to_owned(), input.clone(), args.records);
-    let (consume_rate, _) =
-        tokio::task::spawn_blocking(move || drain(&b, &i, r, Duration::from_secs(600), false))
+            // The broker's own ceiling: a plain consumer reading the preloaded topic, no processing.
+            let (b, i, r) = (brokers.to_owned(), input.clone(), args.records);
+            let (consume_rate, _) = tokio::task::spawn_blocking(move || {
+                drain(&b, &i, r, Duration::from_secs(600), false)
+            })
             .await??;
-    eprintln!("  plain consumer: {consume_rate:.0} records/s");
-    let (mut relay, mut featurizer) = (0f64, 0f64);
-    for round in 0..args.rounds.max(1) {
-        relay = relay.max(
-            throughput(
-                brokers,
-                "relay",
-                &format!("{prefix}r{round}."),
-                &prefix,
-                &input,
+            eprintln!("  plain consumer: {consume_rate:.0} records/s");
+            let (mut relay, mut featurizer) = (0f64, 0f64);
+            for round in 0..args.rounds.max(1) {
+                relay = relay.max(
+                    throughput(
+                        brokers,
+                        "relay",
+                        &format!("{prefix}r{round}."),
+                        &prefix,
+                        &input,
+                        args.records,
+                    )
+                    .await?,
+                );
+                featurizer = featurizer.max(
+                    throughput(
+                        brokers,
+                        "featurizer",
+                        &format!("{prefix}r{round}."),
+                        &prefix,
+                        &input,
+                        args.records,
+                    )
+                    .await?,
+                );
+            }
+            println!(
+                "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0}",
                 args.records,
-            )
-            .await?,
-        );
-        featurizer = featurizer.max(
-            throughput(
-                brokers,
-                "featurizer",
-                &format!("{prefix}r{round}."),
-                &prefix,
-                &input,
-                args.records,
-            )
-            .await?,
-        );
-    }
-    println!(
-        "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0}",
-        args.records,
-        args.entities,
-        featurizer / relay
-    );
+                args.entities,
+                featurizer / relay
+            );
+            featurizer
+        }
+    };
 
     // Reference: one broker hop (producer -> broker -> reader), no featurizer, at the lowest
     // and the highest load. The featurizer path has two hops, so its floor is about twice this.
@@ -442,6 +462,16 @@ async fn latency_run(
     let ids: HashMap<String, u64> = (0..n)
         .map(|i| (g.entity_id(i as usize).to_owned(), i))
         .collect();
+    // The producer is connected (metadata, producer id) before the clock starts: one record of
+    // an entity the measurement ignores, acknowledged. Otherwise the first second of due records
+    // waits for the client's start-up and the tail measures that, not the pipeline.
+    let p = kafka::producer(&b)?;
+    let mut buf = Vec::new();
+    let mut warm = g.sample(0, start_ts);
+    warm.entity_id = "loadgen-warmup".into();
+    warm.encode_framed(&mut buf);
+    kafka::send(&p, &input, warm.entity_id.as_bytes(), &buf)?;
+    kafka::flush(&p)?;
     let pacer = kafka::Pacer {
         start: Instant::now() + Duration::from_millis(200),
         rate,
@@ -449,8 +479,6 @@ async fn latency_run(
     let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prod_count = produced.clone();
     let producer = std::thread::spawn(move || -> anyhow::Result<()> {
-        let p = kafka::producer(&b)?;
-        let mut buf = Vec::new();
         for k in 0..total {
             let (r, i) = ((k / n) as i64, (k % n) as usize);
             let t = g.sample(i, start_ts + r * iv);
@@ -467,6 +495,8 @@ async fn latency_run(
         let deadline = pacer.start + duration + Duration::from_secs(60);
         let mut got = 0u64;
         let mut max_backlog = 0u64;
+        let timeline = std::env::var_os("HEADROOM_BENCH_TIMELINE").is_some();
+        let mut per_sec: Vec<u64> = Vec::new();
         while got < total && Instant::now() < deadline {
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
                 let now = Instant::now();
@@ -485,12 +515,26 @@ async fn latency_run(
                 let due = pacer.due(k);
                 let us = now.saturating_duration_since(due).as_micros() as u64;
                 h.record(us.max(1))?;
+                if timeline {
+                    let sec = due.saturating_duration_since(pacer.start).as_millis() as usize / 250;
+                    if per_sec.len() <= sec {
+                        per_sec.resize(sec + 1, 0);
+                    }
+                    per_sec[sec] = per_sec[sec].max(us);
+                }
                 got += 1;
                 let backlog = produced
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .saturating_sub(got);
                 max_backlog = max_backlog.max(backlog);
             }
+        }
+        if timeline {
+            let line: Vec<String> = per_sec.iter().map(|us| format!("{}", us / 1000)).collect();
+            eprintln!(
+                "  max latency (ms) per 250 ms of due time: {}",
+                line.join(" ")
+            );
         }
         Ok((h, max_backlog))
     });
@@ -553,7 +597,12 @@ pub struct RecommenderBenchArgs {
 
 /// Publishes one forecast per generated sample (p50 the current utilization, p90 a little
 /// above, the sample as the observation): the recommender's input without a scorer.
-fn preload_forecasts(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::Result<()> {
+fn preload_forecasts(
+    brokers: &str,
+    topic: &str,
+    entities: u32,
+    records: u64,
+) -> anyhow::Result<()> {
     use headroom_schemas::{Forecast, ForecastPoint, Metric, Observed};
     let mut g = Generator::new(GenConfig {
         entities: Some(entities),
@@ -573,8 +622,20 @@ fn preload_forecasts(brokers: &str, topic: &str, entities: u32, records: u64) ->
             .iter()
             .flat_map(|&h| {
                 [
-                    ForecastPoint { metric: Metric::Cpu, horizon_min: h, p50: cpu, p90: cpu + 0.05, model: "bench/v0".into() },
-                    ForecastPoint { metric: Metric::Memory, horizon_min: h, p50: mem, p90: mem + 0.03, model: "bench/v0".into() },
+                    ForecastPoint {
+                        metric: Metric::Cpu,
+                        horizon_min: h,
+                        p50: cpu,
+                        p90: cpu + 0.05,
+                        model: "bench/v0".into(),
+                    },
+                    ForecastPoint {
+                        metric: Metric::Memory,
+                        horizon_min: h,
+                        p50: mem,
+                        p90: mem + 0.03,
+                        model: "bench/v0".into(),
+                    },
                 ]
             })
             .collect();

@@ -84,6 +84,9 @@ pub(crate) struct EntityState {
     /// Metric-major block summaries: metric `m`, block `b` at `m * (cap / BLOCK) + b`.
     pub blocks: Box<[BlockStat]>,
     pub newest_slot: i64,
+    /// Ring position of `newest_slot`: positions of the slots the ring holds are found from it
+    /// by a subtraction, not a division.
+    pub newest_pos: usize,
     pub newest_ts: i64,
     /// cpu_cores, mem_bytes, replicas, cost_per_hour
     pub context: [Context; 4],
@@ -106,6 +109,7 @@ impl EntityState {
             slot_offset: vec![u64::MAX; cap].into_boxed_slice(),
             blocks: vec![BlockStat::EMPTY; N * (cap / BLOCK)].into_boxed_slice(),
             newest_slot: slot,
+            newest_pos: slot.rem_euclid(cap as i64) as usize,
             newest_ts: i64::MIN,
             context: [Context::default(); 4],
             floor: u64::MAX,
@@ -136,9 +140,22 @@ impl EntityState {
         self.slot_ts.len()
     }
 
+    /// Ring position of `slot` (`slot mod cap`).
     #[inline]
     pub fn pos(&self, slot: i64) -> usize {
-        slot.rem_euclid(self.cap() as i64) as usize
+        let cap = self.cap();
+        let d = self.newest_slot.wrapping_sub(slot);
+        if (0..cap as i64).contains(&d) {
+            // Held by the ring: an offset back from the newest slot's position.
+            let d = d as usize;
+            if d <= self.newest_pos {
+                self.newest_pos - d
+            } else {
+                self.newest_pos + cap - d
+            }
+        } else {
+            slot.rem_euclid(cap as i64) as usize
+        }
     }
 
     /// Oldest slot the ring still holds.
@@ -186,6 +203,7 @@ impl EntityState {
             }
         }
         self.newest_slot = slot;
+        self.newest_pos = slot.rem_euclid(cap) as usize;
     }
 
     pub fn write(
@@ -271,7 +289,9 @@ impl EntityState {
         }
         scan(&mut st, lo, (blo + 1) * b - 1);
         if bhi > blo + 1 {
-            let mut bi = (blo + 1).rem_euclid(nb as i64) as usize;
+            // The ring is block-aligned (`cap` is a multiple of BLOCK): a slot's block is its
+            // position over BLOCK.
+            let mut bi = self.pos((blo + 1) * b) / BLOCK;
             for _ in blo + 1..bhi {
                 st.merge(&blocks[bi]);
                 bi += 1;

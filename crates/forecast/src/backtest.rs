@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baselines::{self, Baseline, BaselineOptions};
+use crate::baselines::{self, Baseline, BaselineOptions, OriginModel};
 use crate::dataset::{Dataset, Rows, N_TARGETS, TARGETS};
 use crate::device::{self, Device, DeviceChoice};
 use crate::metrics::{self, Accumulator, ClassScores, Scores};
@@ -264,6 +264,17 @@ pub struct Trace {
     pub seasonal_naive: Vec<f32>,
 }
 
+/// One statistical baseline's fits for one target at the sampled origins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OriginFit {
+    pub model: String,
+    pub target: String,
+    pub origins: usize,
+    /// Fits that failed and were scored as the naive forecast.
+    pub failed: usize,
+    pub secs: f64,
+}
+
 /// The result of a backtest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Backtest {
@@ -276,6 +287,9 @@ pub struct Backtest {
     #[serde(default, deserialize_with = "crate::metrics::map_f64_or_nan")]
     pub naive_scale_h: BTreeMap<String, f64>,
     pub test_rows: usize,
+    /// The statistical baselines' fits at the sampled origins (count, failures, time).
+    #[serde(default)]
+    pub origin_fits: Vec<OriginFit>,
     /// Plot data; not part of manifests.
     #[serde(skip)]
     pub traces: Vec<Trace>,
@@ -360,6 +374,21 @@ pub fn backtest(
     baseline_opts: &BaselineOptions,
     plot_entities: &[u32],
 ) -> anyhow::Result<Backtest> {
+    let ets = baselines::Ets { window_slots: baseline_opts.ets_window_slots };
+    backtest_with(ds, models, baseline_opts, plot_entities, &[&ets])
+}
+
+/// [`backtest`] with the given statistical baselines at the sampled origins (every
+/// `origin_every_slots`-th test slot; none when that is 0 or the list is empty). Each is
+/// scored on those origins only, next to XGBoost and naive on the same origins
+/// (`<name>@origins`, `xgboost@origins`, `naive@origins`).
+pub fn backtest_with(
+    ds: &Dataset,
+    models: &ModelSet,
+    baseline_opts: &BaselineOptions,
+    plot_entities: &[u32],
+    origin_models: &[&dyn OriginModel],
+) -> anyhow::Result<Backtest> {
     anyhow::ensure!(!ds.test.is_empty(), "no test rows: the split leaves no test period");
     let rows = &ds.test;
     let minutes = |h: usize| h as f64 * ds.interval_ms as f64 / 60_000.0;
@@ -368,11 +397,12 @@ pub fn backtest(
     let mut out = Vec::new();
     let mut traces = Vec::new();
     let mut scratch = Vec::new();
+    let mut origin_fits = Vec::new();
     let max_h = *ds.horizons.iter().max().unwrap_or(&1);
-    // ETS origins: every `ets_every_slots`-th test slot of each entity.
-    let ets_origins: Vec<usize> = if baseline_opts.ets_every_slots > 0 {
+    // Origins of the statistical baselines: every `origin_every_slots`-th test slot of each entity.
+    let ets_origins: Vec<usize> = if baseline_opts.origin_every_slots > 0 && !origin_models.is_empty() {
         (0..rows.len())
-            .filter(|&i| (rows.slot[i] - ds.split_slot).rem_euclid(baseline_opts.ets_every_slots as i64) == 0)
+            .filter(|&i| (rows.slot[i] - ds.split_slot).rem_euclid(baseline_opts.origin_every_slots as i64) == 0)
             .collect()
     } else {
         Vec::new()
@@ -462,29 +492,55 @@ pub fn backtest(
             }
         }
         if !ets_origins.is_empty() {
-            // ETS and, on the same origins, XGBoost and the naive forecast.
+            // The statistical baselines and, on the same origins, XGBoost and the naive forecast.
             let n = ds.horizons.len();
-            let mut acc_ets = vec![Accumulator::new(floor); n];
+            let mut accs: Vec<(String, Vec<Accumulator>)> = Vec::new();
+            let step_s = ds.interval_ms / 1000;
+            for om in origin_models {
+                let t0 = std::time::Instant::now();
+                let w = om.window_slots().max(2) as i64;
+                let fcs = par_map(&ets_origins, |&i| {
+                    let s = &ds.series[rows.entity[i] as usize];
+                    let t = rows.slot[i];
+                    let hist: Vec<f32> = (t + 1 - w..=t).map(|x| s.at(m, x)).collect();
+                    om.forecast(&hist, t * ds.interval_ms / 1000, step_s, max_h)
+                });
+                let mut acc = vec![Accumulator::new(floor); n];
+                let mut failed = 0usize;
+                for (k, &i) in ets_origins.iter().enumerate() {
+                    let fc = &fcs[k];
+                    failed += usize::from(fc.is_none());
+                    for (j, &h) in ds.horizons.iter().enumerate() {
+                        let a = ds.target(rows, i, m, h);
+                        if !a.is_finite() {
+                            continue;
+                        }
+                        match fc {
+                            Some((p, up)) if p.len() >= h && up.len() >= h => {
+                                acc[j].add((p[h - 1] as f32).max(0.0), a);
+                                acc[j].add_p90(up[h - 1] as f32, a);
+                            }
+                            // A failed fit counts as the naive forecast (never dropped).
+                            _ => acc[j].add(ds.now(rows, i, m), a),
+                        }
+                    }
+                }
+                origin_fits.push(OriginFit {
+                    model: om.name().into(),
+                    target: TARGETS[m].into(),
+                    origins: ets_origins.len(),
+                    failed,
+                    secs: t0.elapsed().as_secs_f64(),
+                });
+                accs.push((format!("{}@origins", om.name()), acc));
+            }
             let mut acc_xgb = vec![Accumulator::new(floor); n];
             let mut acc_naive = vec![Accumulator::new(floor); n];
-            let w = baseline_opts.ets_window_slots.max(24) as i64;
             for (k, &i) in ets_origins.iter().enumerate() {
-                let s = &ds.series[rows.entity[i] as usize];
-                let t = rows.slot[i];
-                let hist: Vec<f32> = (t + 1 - w..=t).map(|x| s.at(m, x)).collect();
-                let fc = baselines::ets(&hist, max_h);
                 for (j, &h) in ds.horizons.iter().enumerate() {
                     let a = ds.target(rows, i, m, h);
                     if !a.is_finite() {
                         continue;
-                    }
-                    match &fc {
-                        Some((p, up)) => {
-                            acc_ets[j].add((p[h - 1] as f32).max(0.0), a);
-                            acc_ets[j].add_p90(up[h - 1] as f32, a);
-                        }
-                        // A failed fit counts as the naive forecast (never dropped).
-                        None => acc_ets[j].add(ds.now(rows, i, m), a),
                     }
                     if let Some(x) = xgb_at.get(&h) {
                         acc_xgb[j].add(x[k].0, a);
@@ -493,18 +549,20 @@ pub fn backtest(
                     acc_naive[j].add(ds.now(rows, i, m), a);
                 }
             }
+            accs.push(("xgboost@origins".into(), acc_xgb));
+            accs.push(("naive@origins".into(), acc_naive));
             for (j, &h) in ds.horizons.iter().enumerate() {
                 let scale_h = ds.naive_scale(m, h);
-                for (name, acc) in [("ets@origins", &acc_ets[j]), ("xgboost@origins", &acc_xgb[j]), ("naive@origins", &acc_naive[j])] {
+                for (name, acc) in &accs {
                     if name == "xgboost@origins" && !xgb_at.contains_key(&h) {
                         continue;
                     }
                     out.push(Row {
-                        model: name.into(),
+                        model: name.clone(),
                         target: TARGETS[m].into(),
                         horizon_slots: h,
                         horizon_minutes: minutes(h),
-                        scores: acc.scores_with(scale, scale_h),
+                        scores: acc[j].scores_with(scale, scale_h),
                     });
                 }
             }
@@ -532,6 +590,23 @@ pub fn backtest(
         naive_scale,
         naive_scale_h,
         test_rows: rows.len(),
+        origin_fits,
         traces,
+    })
+}
+
+/// `f` over `items` on every core (scoped threads, contiguous chunks), results in order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = items.chunks(chunk).map(|c| sc.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a statistical baseline's fit panicked"))
+            .collect()
     })
 }

@@ -35,9 +35,10 @@ impl Baseline {
 pub struct BaselineOptions {
     pub season_slots: usize,
     pub window_slots: usize,
-    /// ETS is refitted at every `ets_every_slots`-th test slot (0: no ETS baseline)…
-    pub ets_every_slots: usize,
-    /// …on this many trailing slots.
+    /// The statistical baselines ([`OriginModel`]s: ETS, and Prophet in the trainer) are refitted
+    /// at every `origin_every_slots`-th test slot (0: none)…
+    pub origin_every_slots: usize,
+    /// …ETS on this many trailing slots.
     pub ets_window_slots: usize,
 }
 
@@ -125,7 +126,7 @@ mod tests {
         let opts = BaselineOptions {
             season_slots: 288,
             window_slots: 12,
-            ets_every_slots: 0,
+            origin_every_slots: 0,
             ets_window_slots: 0,
         };
         let mut scratch = Vec::new();
@@ -165,6 +166,38 @@ pub fn ets(history: &[f32], max_h: usize) -> Option<(Vec<f64>, Vec<f64>)> {
     let f = fitted.predict(max_h, 0.8).ok()?;
     let upper = f.intervals.map(|i| i.upper).unwrap_or_else(|| f.point.clone());
     Some((f.point, upper))
+}
+
+/// A statistical model refitted at each sampled test origin on the trailing raw window of the
+/// series, such as ETS or Prophet. Implementations must be usable from several threads: the
+/// backtest fits the origins in parallel.
+pub trait OriginModel: Sync {
+    /// The name in the report (`@origins` is appended).
+    fn name(&self) -> &str;
+    /// Trailing slots it is fitted on.
+    fn window_slots(&self) -> usize;
+    /// Fits on `history` (raw values on the slot grid, NaN where missing; the last one is the
+    /// origin, at `end_s` Unix seconds, `step_s` seconds apart) and returns the point forecasts
+    /// and the p90 for steps `1..=max_h`, or `None` when it cannot fit (scored as naive).
+    fn forecast(&self, history: &[f32], end_s: i64, step_s: i64, max_h: usize) -> Option<(Vec<f64>, Vec<f64>)>;
+}
+
+/// [`ets`] as an [`OriginModel`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ets {
+    pub window_slots: usize,
+}
+
+impl OriginModel for Ets {
+    fn name(&self) -> &str {
+        "ets"
+    }
+    fn window_slots(&self) -> usize {
+        self.window_slots.max(24)
+    }
+    fn forecast(&self, history: &[f32], _end_s: i64, _step_s: i64, max_h: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+        ets(history, max_h)
+    }
 }
 
 #[cfg(test)]

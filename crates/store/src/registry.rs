@@ -235,6 +235,23 @@ pub async fn serving(pool: &PgPool, family: &str) -> anyhow::Result<Option<(Stri
     .await?)
 }
 
+/// The serving version of `family` and its artifact location, read from the registry at `url`
+/// over a short-lived connection (what a service does once at start-up). No serving version is
+/// an error that says how to promote one; the URL is redacted in every message.
+pub async fn serving_at(url: &str, family: &str) -> anyhow::Result<(String, String)> {
+    let pool = crate::pool(url, 1, std::time::Duration::from_secs(10)).await?;
+    let found = serving(&pool, family).await;
+    pool.close().await;
+    found
+        .map_err(|e| anyhow::anyhow!("reading the model registry at {}: {e}", crate::redact(url)))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no serving `{family}` model in the registry at {}: promote one (headroom-train promote VERSION --registry-url URL)",
+                crate::redact(url)
+            )
+        })
+}
+
 /// The versions of `family`, newest first.
 pub async fn versions(pool: &PgPool, family: &str) -> anyhow::Result<Vec<VersionInfo>> {
     let rows = sqlx::query(

@@ -278,6 +278,18 @@ pub fn pg_url_in_schema(url: &str, schema: &str) -> String {
     format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
+/// A new empty schema of the test's own (named from `prefix`) on [`pg_url`]'s database, and
+/// the URL whose sessions use it ([`pg_url_in_schema`]). The test applies the migrations.
+pub async fn pg_schema(prefix: &str) -> String {
+    use sqlx::Connection;
+    let base = pg_url();
+    let schema = unique(prefix).replace('-', "_");
+    let mut c = sqlx::PgConnection::connect(&base).await.expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.expect("create the test's schema");
+    let _ = c.close().await;
+    pg_url_in_schema(&base, &schema)
+}
+
 /// A PostgreSQL server of the test's own (`scripts/stack.sh pg-scratch`), for fault tests that
 /// restart it. Stopped and removed on drop.
 #[derive(Debug)]

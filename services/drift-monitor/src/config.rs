@@ -25,6 +25,10 @@ pub struct Models {
     pub dir: PathBuf,
     pub family: String,
     pub watch: bool,
+    /// PostgreSQL URL of the model registry; when set, it names the serving version at
+    /// start-up (otherwise the models directory's registry.json does).
+    #[serde(default)]
+    pub registry_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,7 +8,8 @@
 //!   observed at its target time (forecasts v2 carry their observation), and a Page-Hinkley test
 //!   per entity and head watches the error against the version's validation MAE.
 //!
-//! References come from the serving version's manifest in the models directory; the monitor
+//! References come from the serving version's manifest (the version the PostgreSQL registry
+//! names when `models.registry_url` is set, registry.json in the models directory otherwise); the monitor
 //! follows the models topic and switches to a promoted version's references without a restart.
 //! Detector state is in memory and is not rebuilt by replay: after a restart the detectors warm
 //! up again (see `docs/design/drift.md`).
@@ -34,13 +35,32 @@ pub fn config_defaults() -> &'static str {
     config::DEFAULTS
 }
 
+/// The serving version's references: the PostgreSQL registry names the version when
+/// `models.registry_url` is set, the models directory's registry.json otherwise.
+pub async fn load_serving(models: &Models) -> anyhow::Result<ModelReference> {
+    if models.registry_url.is_empty() {
+        return ModelReference::load_serving(&models.dir, &models.family).map_err(|e| {
+            anyhow::anyhow!("{e} (the drift monitor compares against the serving version: train and promote one with headroom-train)")
+        });
+    }
+    let (version, uri) = headroom_store::registry::serving_at(&models.registry_url, &models.family).await?;
+    let dir = artifact_dir(&models.dir, &uri);
+    let reference = ModelReference::load(&dir)?;
+    anyhow::ensure!(
+        reference.version == version,
+        "the registry names `{version}` as serving but {} holds `{}`",
+        dir.display(),
+        reference.version
+    );
+    tracing::info!(version, dir = %dir.display(), "serving version named by the PostgreSQL registry");
+    Ok(reference)
+}
+
 /// Starts the drift monitor with `config` until `shutdown` triggers.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     config.validate()?;
     Topology::builtin().check_service(SERVICE, &["features", "forecasts", "models"], &["drift.alerts", "telemetry.dlq"])?;
-    let reference = Arc::new(ModelReference::load_serving(&config.models.dir, &config.models.family).map_err(|e| {
-        anyhow::anyhow!("{e} (the drift monitor compares against the serving version: train and promote one with headroom-train)")
-    })?);
+    let reference = Arc::new(load_serving(&config.models).await?);
     tracing::info!(
         version = %reference.version, features = reference.features.len(),
         validation_heads = reference.validation_mae.len(), "drift references loaded"

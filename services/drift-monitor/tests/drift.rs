@@ -218,3 +218,37 @@ async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_lette
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }
+
+/// With `models.registry_url`, the serving version is the one the PostgreSQL registry names
+/// (here not the file registry's); an empty registry, or an artifact that is not the version
+/// the registry names, is a clear start-up error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_registry_names_the_serving_version() {
+    let url = headroom_testkit::pg_schema("dreg").await;
+    let pool = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.unwrap();
+    headroom_store::migrate(&pool).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "v1", 0.05);
+    write_version(dir.path(), "v2", 0.07);
+    std::fs::write(dir.path().join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
+    let mut models = config("127.0.0.1:1", "dreg.", dir.path()).models;
+    models.registry_url = url.clone();
+    let e = headroom_drift_monitor::load_serving(&models).await.unwrap_err().to_string();
+    assert!(e.contains("no serving `xgboost` model in the registry") && e.contains("--registry-url"), "{e}");
+
+    headroom_store::registry::register_dir(&pool, &dir.path().join("v2")).await.unwrap();
+    headroom_store::registry::promote(&pool, "v2", "test").await.unwrap();
+    let r = headroom_drift_monitor::load_serving(&models).await.unwrap();
+    assert_eq!(r.version, "v2");
+    assert!((r.validation_mae.values().next().copied().unwrap_or(0.0) - 0.07).abs() < 1e-9, "v2's own manifest: {:?}", r.validation_mae);
+
+    // The artifact the registry points at holds another version: refused, naming both.
+    let m = dir.path().join("v2/manifest.json");
+    let text = std::fs::read_to_string(&m).unwrap().replace("\"version\": \"v2\"", "\"version\": \"v9\"");
+    std::fs::write(&m, text).unwrap();
+    let e = headroom_drift_monitor::load_serving(&models).await.unwrap_err().to_string();
+    assert!(e.contains("`v2`") && e.contains("`v9`"), "{e}");
+
+    models.registry_url.clear();
+    assert_eq!(headroom_drift_monitor::load_serving(&models).await.unwrap().version, "v1", "the file registry");
+}

@@ -518,7 +518,7 @@ impl Retrainer {
         let baselines = BaselineOptions {
             season_slots: slots(Duration::from_secs(86_400)),
             window_slots: slots(Duration::from_secs(3600)),
-            ets_every_slots: 0,
+            origin_every_slots: 0,
             ets_window_slots: 0,
         };
         let cand_bt = backtest::backtest(&ds, &candidate, &baselines, &[])?;

@@ -95,7 +95,7 @@ fn serving_version(models: &Path) -> String {
         ..FitOptions::default()
     };
     let set = backtest::fit(&ds, &opts, &mut Quiet).unwrap();
-    let baselines = BaselineOptions { season_slots: 288, window_slots: 12, ets_every_slots: 0, ets_window_slots: 0 };
+    let baselines = BaselineOptions { season_slots: 288, window_slots: 12, origin_every_slots: 0, ets_window_slots: 0 };
     let bt = backtest::backtest(&ds, &set, &baselines, &[]).unwrap();
     let (m, _) = artifact::write(models, &ds, &set, Some(&bt), 1_700_000_000_000).unwrap();
     Registry::promote(models, &m.version).unwrap();

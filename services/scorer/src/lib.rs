@@ -43,19 +43,7 @@ pub async fn load_serving(models: &Models) -> anyhow::Result<Served> {
         })?;
         models.dir.join(version)
     } else {
-        let url = &models.registry_url;
-        let pool = headroom_store::pool(url, 1, std::time::Duration::from_secs(10)).await?;
-        let serving = headroom_store::registry::serving(&pool, &models.family).await;
-        pool.close().await;
-        let (version, uri) = serving
-            .map_err(|e| anyhow::anyhow!("reading the model registry at {}: {e}", headroom_store::redact(url)))?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no serving `{}` model in the registry at {}: promote one (headroom-train promote VERSION --registry-url URL)",
-                    models.family,
-                    headroom_store::redact(url)
-                )
-            })?;
+        let (version, uri) = headroom_store::registry::serving_at(&models.registry_url, &models.family).await?;
         let dir = artifact_dir(&models.dir, &uri);
         tracing::info!(version, dir = %dir.display(), "serving version named by the PostgreSQL registry");
         dir

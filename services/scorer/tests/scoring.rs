@@ -378,14 +378,7 @@ async fn serves_lstm_and_gru_beside_xgboost_as_the_backtest_scores_them() {
 /// (here not the file registry's), and an empty registry is a clear start-up error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_registry_names_the_serving_version() {
-    let base = headroom_testkit::pg_url();
-    let schema = unique("sreg").replace('-', "_");
-    {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut c).await.unwrap();
-    }
-    let url = headroom_testkit::pg_url_in_schema(&base, &schema);
+    let url = headroom_testkit::pg_schema("sreg").await;
     let pool = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.unwrap();
     headroom_store::migrate(&pool).await.unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ mod bench;
 mod bench_rnn;
 mod plot;
 mod policy_backtest;
+mod prophet;
 mod report;
 mod source;
 
@@ -154,6 +155,17 @@ struct Common {
     /// Trailing window the ETS baseline is fitted on.
     #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
     ets_window: Duration,
+    /// Also fit the Prophet baseline (augurs-prophet, Prophet's Stan model under wasmtime) at
+    /// the same origins as ETS. It is much slower than ETS (one Stan fit per origin and target).
+    #[arg(long)]
+    prophet: bool,
+    /// Trailing window the Prophet baseline is fitted on (the same as ETS by default; two weeks
+    /// or more adds the weekly seasonality, Prophet's own rule, at about 4 times the fit time).
+    #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
+    prophet_window: Duration,
+    /// Trend simulations for Prophet's intervals (its p90).
+    #[arg(long, default_value_t = 200)]
+    prophet_samples: u32,
     /// Trailing window of the window-percentile baseline.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     baseline_window: Duration,
@@ -595,13 +607,25 @@ fn run(args: Common, evaluate: bool) -> anyhow::Result<()> {
     let baseline = BaselineOptions {
         season_slots: slots(Duration::from_secs(86_400)),
         window_slots: slots(args.baseline_window),
-        ets_every_slots: if args.ets_every.is_zero() { 0 } else { slots(args.ets_every) },
+        origin_every_slots: if args.ets_every.is_zero() { 0 } else { slots(args.ets_every) },
         ets_window_slots: slots(args.ets_window),
     };
     let result = if evaluate {
         let t = Instant::now();
         let plot_entities = report::most_variable(&ds, args.plots);
-        let mut b = backtest::backtest(&ds, &models, &baseline, &plot_entities)?;
+        let ets = headroom_forecast::baselines::Ets { window_slots: baseline.ets_window_slots };
+        let prophet = args.prophet.then(|| prophet::ProphetBaseline::new(slots(args.prophet_window), args.prophet_samples));
+        let mut origin_models: Vec<&dyn headroom_forecast::baselines::OriginModel> = vec![&ets];
+        if let Some(p) = &prophet {
+            origin_models.push(p);
+        }
+        let mut b = backtest::backtest_with(&ds, &models, &baseline, &plot_entities, &origin_models)?;
+        for f in &b.origin_fits {
+            eprintln!(
+                "  {} on {}: {} origins fitted in {:.1} s ({} failed, scored as naive)",
+                f.model, f.target, f.origins, f.secs, f.failed
+            );
+        }
         for f in &neural {
             let t = Instant::now();
             let p = headroom_neural::Predictor::new(f)?;

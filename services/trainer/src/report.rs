@@ -102,19 +102,23 @@ pub fn summary(b: &Backtest) -> String {
             .collect();
         let _ = writeln!(s, "  {t:4} {:>4} min: {}  -> best {best}", rows[0].horizon_minutes, models.join("  "));
     }
-    let ets: Vec<_> = b.rows.iter().filter(|r| r.model.ends_with("@origins")).collect();
-    if !ets.is_empty() {
-        let _ = writeln!(s, "on the ETS origins (MASE): ");
-        for r in ets.iter().filter(|r| r.model == "ets@origins") {
-            let x = ets
+    let at: Vec<_> = b.rows.iter().filter(|r| r.model.ends_with("@origins")).collect();
+    if !at.is_empty() {
+        let _ = writeln!(s, "on the statistical baselines' origins (MASE): ");
+        let mut keys: Vec<(&str, usize, f64)> = Vec::new();
+        for r in &at {
+            if !keys.iter().any(|k| k.0 == r.target && k.1 == r.horizon_slots) {
+                keys.push((&r.target, r.horizon_slots, r.horizon_minutes));
+            }
+        }
+        for (target, h, minutes) in keys {
+            let here: Vec<_> = at.iter().filter(|r| r.target == target && r.horizon_slots == h).collect();
+            let cells: Vec<String> = here
                 .iter()
-                .find(|o| o.model == "xgboost@origins" && o.target == r.target && o.horizon_slots == r.horizon_slots)
-                .map_or(f64::NAN, |o| o.scores.mase);
-            let _ = writeln!(
-                s,
-                "  {:4} {:>4} min: ets {:.3}  xgboost {:.3}  (n={})",
-                r.target, r.horizon_minutes, r.scores.mase, x, r.scores.n
-            );
+                .map(|r| format!("{} {:.3}", r.model.trim_end_matches("@origins"), r.scores.mase))
+                .collect();
+            let n = here.first().map_or(0, |r| r.scores.n);
+            let _ = writeln!(s, "  {target:4} {minutes:>4} min: {}  (n={n})", cells.join("  "));
         }
     }
     if let Some(c) = &b.classifier {
