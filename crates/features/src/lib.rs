@@ -20,6 +20,7 @@ mod calendar;
 mod config;
 mod names;
 mod partition;
+mod prefetch;
 mod state;
 #[cfg(test)]
 mod tests;

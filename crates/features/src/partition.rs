@@ -156,6 +156,11 @@ impl PartitionState {
                 .entry(entity.into())
                 .or_insert_with(|| EntityState::new(cap, slot)),
         };
+        state.prefetch(
+            slot,
+            self.windows_sorted.iter().map(|&(w, _)| w),
+            self.layout.lags,
+        );
         match state.write(
             slot,
             within,

@@ -6,6 +6,22 @@ const EMPTY: u32 = u32::MAX;
 const N: usize = METRICS.len();
 /// Slots per summary block. Long windows read block summaries instead of every slot.
 pub(crate) const BLOCK: usize = 12;
+/// Blocks per superblock. A window reads whole superblocks where it can, so the default 24 h
+/// window merges a dozen summaries instead of two dozen: fewer cache lines, which is what an
+/// event costs when the state of every entity does not fit in the CPU caches.
+pub(crate) const SUPER: usize = 6;
+/// Slots per superblock. A ring whose capacity is not a multiple of it (not the default 24 h
+/// of 5-minute slots) has no superblocks and reads blocks only.
+pub(crate) const SUPER_SLOTS: usize = BLOCK * SUPER;
+
+/// Superblocks per metric in a ring of `cap` slots.
+fn supers_per_ring(cap: usize) -> usize {
+    if cap.is_multiple_of(SUPER_SLOTS) {
+        cap / SUPER_SLOTS
+    } else {
+        0
+    }
+}
 
 /// Sum, sum of squares, min, max and count of the observed values of one block of one metric.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +99,9 @@ pub(crate) struct EntityState {
     pub slot_offset: Box<[u64]>,
     /// Metric-major block summaries: metric `m`, block `b` at `m * (cap / BLOCK) + b`.
     pub blocks: Box<[BlockStat]>,
+    /// Metric-major superblock summaries (merges of `SUPER` consecutive blocks), metric `m`,
+    /// superblock `s` at `m * supers_per_ring(cap) + s`. Empty when the ring has none.
+    pub supers: Box<[BlockStat]>,
     pub newest_slot: i64,
     /// Ring position of `newest_slot`: positions of the slots the ring holds are found from it
     /// by a subtraction, not a division.
@@ -108,6 +127,7 @@ impl EntityState {
             slot_ts: vec![EMPTY; cap].into_boxed_slice(),
             slot_offset: vec![u64::MAX; cap].into_boxed_slice(),
             blocks: vec![BlockStat::EMPTY; N * (cap / BLOCK)].into_boxed_slice(),
+            supers: vec![BlockStat::EMPTY; N * supers_per_ring(cap)].into_boxed_slice(),
             newest_slot: slot,
             newest_pos: slot.rem_euclid(cap as i64) as usize,
             newest_ts: i64::MIN,
@@ -118,20 +138,79 @@ impl EntityState {
     }
 
     pub fn heap_bytes(cap: usize) -> usize {
-        N * cap * 4 + cap * 4 + cap * 8 + N * (cap / BLOCK) * std::mem::size_of::<BlockStat>()
+        N * cap * 4
+            + cap * 4
+            + cap * 8
+            + N * (cap / BLOCK + supers_per_ring(cap)) * std::mem::size_of::<BlockStat>()
     }
 
-    /// Recomputes the summaries of the block holding ring position `p`.
+    /// Recomputes the summaries of the block holding ring position `p`, and of its superblock.
     fn refresh_block(&mut self, p: usize) {
         let cap = self.cap();
         let nb = cap / BLOCK;
+        let nsb = supers_per_ring(cap);
         let b = p / BLOCK;
+        let sb = b / SUPER;
         for m in 0..N {
             let mut st = BlockStat::EMPTY;
             for &v in &self.values[m * cap + b * BLOCK..m * cap + (b + 1) * BLOCK] {
                 st.add(v);
             }
             self.blocks[m * nb + b] = st;
+            if nsb == 0 {
+                continue;
+            }
+            let mut sup = BlockStat::EMPTY;
+            for blk in &self.blocks[m * nb + sb * SUPER..m * nb + (sb + 1) * SUPER] {
+                sup.merge(blk);
+            }
+            self.supers[m * nsb + sb] = sup;
+        }
+    }
+
+    /// Prefetches the cache lines an event at `slot` will read, so that their misses overlap:
+    /// the superblock summaries, and for every metric the recent slots (current value, lags,
+    /// the current block), and the far end of each window (its partial block and the blocks of
+    /// its superblock). `windows` are window lengths in slots.
+    #[inline]
+    pub fn prefetch(&self, slot: i64, windows: impl Iterator<Item = usize> + Clone, lags: usize) {
+        use crate::prefetch;
+        let cap = self.cap();
+        let nb = cap / BLOCK;
+        let lowest = (slot - cap as i64 + 1).max(self.lowest_slot());
+        prefetch::slice(&self.supers);
+        let p = self.pos(slot);
+        prefetch::one(&self.slot_ts[p]);
+        prefetch::one(&self.slot_offset[p]);
+        let recent_lo = (slot - lags as i64 - 1)
+            .min(slot - (p % BLOCK) as i64)
+            .max(lowest);
+        let has_supers = !self.supers.is_empty();
+        let here_super = p / SUPER_SLOTS * SUPER;
+        for m in 0..N {
+            let ring = &self.values[m * cap..(m + 1) * cap];
+            let blocks = &self.blocks[m * nb..(m + 1) * nb];
+            let mut s = recent_lo;
+            while s < slot {
+                prefetch::one(&ring[self.pos(s)]);
+                s += 16;
+            }
+            prefetch::one(&ring[p]);
+            if has_supers {
+                prefetch::slice(&blocks[here_super..here_super + SUPER]);
+            } else {
+                prefetch::slice(blocks);
+            }
+            for w in windows.clone() {
+                let lo = (slot - w as i64 + 1).max(lowest);
+                let q = self.pos(lo);
+                let block_start = q / BLOCK * BLOCK;
+                prefetch::slice(&ring[block_start..block_start + BLOCK]);
+                if has_supers {
+                    let sb = q / SUPER_SLOTS * SUPER;
+                    prefetch::slice(&blocks[sb..sb + SUPER]);
+                }
+            }
         }
     }
 
@@ -185,6 +264,7 @@ impl EntityState {
                 self.clear_pos(p);
             }
             self.blocks.fill(BlockStat::EMPTY);
+            self.supers.fill(BlockStat::EMPTY);
         } else {
             for s in self.newest_slot + 1..=slot {
                 let p = self.pos(s);
@@ -289,19 +369,53 @@ impl EntityState {
         }
         scan(&mut st, lo, (blo + 1) * b - 1);
         if bhi > blo + 1 {
-            // The ring is block-aligned (`cap` is a multiple of BLOCK): a slot's block is its
-            // position over BLOCK.
-            let mut bi = self.pos((blo + 1) * b) / BLOCK;
-            for _ in blo + 1..bhi {
-                st.merge(&blocks[bi]);
-                bi += 1;
-                if bi == nb {
-                    bi = 0;
+            // Whole blocks `first..=last` (absolute block numbers): whole superblocks where
+            // they fit, single blocks at either end.
+            let (first, last) = (blo + 1, bhi - 1);
+            let sp = SUPER as i64;
+            let s_first = (first + sp - 1).div_euclid(sp);
+            let s_last = (last + 1).div_euclid(sp) - 1;
+            let nsb = supers_per_ring(cap);
+            if nsb > 0 && s_first <= s_last {
+                self.merge_blocks(&mut st, blocks, first, s_first * sp - 1);
+                let supers = &self.supers[m * nsb..(m + 1) * nsb];
+                // The ring is superblock-aligned (`cap` is a multiple of SUPER_SLOTS): a
+                // slot's superblock is its position over SUPER_SLOTS.
+                let mut si = self.pos(s_first * SUPER_SLOTS as i64) / SUPER_SLOTS;
+                for _ in s_first..=s_last {
+                    st.merge(&supers[si]);
+                    si += 1;
+                    if si == nsb {
+                        si = 0;
+                    }
                 }
+                self.merge_blocks(&mut st, blocks, (s_last + 1) * sp, last);
+            } else {
+                self.merge_blocks(&mut st, blocks, first, last);
             }
         }
         scan(&mut st, bhi * b, hi);
         st
+    }
+
+    /// Merges the summaries of the whole blocks `first..=last` (absolute block numbers) of one
+    /// metric's `blocks` into `st`.
+    #[inline]
+    fn merge_blocks(&self, st: &mut BlockStat, blocks: &[BlockStat], first: i64, last: i64) {
+        if first > last {
+            return;
+        }
+        let nb = blocks.len();
+        // The ring is block-aligned (`cap` is a multiple of BLOCK): a slot's block is its
+        // position over BLOCK.
+        let mut bi = self.pos(first * BLOCK as i64) / BLOCK;
+        for _ in first..=last {
+            st.merge(&blocks[bi]);
+            bi += 1;
+            if bi == nb {
+                bi = 0;
+            }
+        }
     }
 
     /// The value of metric `m` at `slot`, or the most recent observed value before it that the

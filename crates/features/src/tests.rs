@@ -84,6 +84,16 @@ fn small_cfg() -> FeatureConfig {
     .expect("cfg")
 }
 
+/// A ring of 216 slots, a multiple of the superblock: its long windows read superblocks.
+fn super_cfg() -> FeatureConfig {
+    let cfg: FeatureConfig = toml::from_str(
+        "sampling_interval = \"5m\"\nwindows = [\"15m\", \"1h\", \"7h\", \"18h\"]\nlags = 6\nallowed_lateness = \"20m\"\nidle_expiry = \"2d\"",
+    )
+    .expect("cfg");
+    assert_eq!(cfg.capacity() % crate::state::SUPER_SLOTS, 0);
+    cfg
+}
+
 #[derive(Debug, Clone)]
 struct Ev {
     entity: u8,
@@ -91,7 +101,7 @@ struct Ev {
     metrics: [Option<f64>; 4],
 }
 
-fn stream() -> impl Strategy<Value = Vec<Ev>> {
+fn stream(max_len: usize) -> impl Strategy<Value = Vec<Ev>> {
     // Mostly in order with jitter, gaps, repeats and missing values.
     proptest::collection::vec(
         (
@@ -100,7 +110,7 @@ fn stream() -> impl Strategy<Value = Vec<Ev>> {
             0i64..IV,
             proptest::collection::vec(proptest::option::weighted(0.9, 0.0f64..1.0), 4),
         ),
-        1..300,
+        1..max_len,
     )
     .prop_map(|steps| {
         let mut t = 1_700_000_000_000i64;
@@ -131,62 +141,94 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn ring_matches_naive_model(events in stream()) {
-        let cfg = small_cfg();
-        let mut st = PartitionState::new(cfg.clone());
-        let mut naive = Naive::default();
-        let per = st.layout().per_metric();
-        let mut out = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let name = format!("e{}", e.entity);
-            let got = st.process(&name, &sample(e), i as u64, &mut out);
-            let want = naive.process(&cfg, &name, &sample(e));
-            match (got, want) {
-                (Outcome::Emitted { .. }, Some(w)) => {
-                    for (j, (a, b)) in out[..4 * per].iter().zip(&w).enumerate() {
-                        prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                            "event {} feature {} ({}): ring {} naive {}", i, j, st.layout().names()[j], a, b);
-                    }
-                }
-                (Outcome::Duplicate | Outcome::TooLate { .. }, None) => {}
-                (g, w) => prop_assert!(false, "event {}: ring {:?}, naive emitted {}", i, g, w.is_some()),
-            }
-        }
+    fn ring_matches_naive_model(events in stream(300)) {
+        ring_matches_naive(small_cfg(), &events)?;
+    }
+
+    /// Long streams that wrap a ring with superblocks several times.
+    #[test]
+    fn ring_with_superblocks_matches_naive_model(events in stream(1500)) {
+        ring_matches_naive(super_cfg(), &events)?;
     }
 
     /// Replaying from the floor recorded at any cut point gives the same outputs afterwards.
     #[test]
-    fn replay_from_floor_is_exact(events in stream(), cut_frac in 0.0f64..1.0) {
-        let cfg = small_cfg();
-        let cut = ((events.len() as f64) * cut_frac) as usize;
-        let run = |st: &mut PartitionState, range: std::ops::Range<usize>, keep: bool| {
-            let mut outs = Vec::new();
-            let mut out = Vec::new();
-            for i in range {
-                let e = &events[i];
-                let o = st.process(&format!("e{}", e.entity), &sample(e), i as u64, &mut out);
-                if keep {
-                    outs.push((o, out.clone()));
+    fn replay_from_floor_is_exact(events in stream(300), cut_frac in 0.0f64..1.0) {
+        replay_is_exact(small_cfg(), &events, cut_frac)?;
+    }
+
+    #[test]
+    fn replay_with_superblocks_is_exact(events in stream(1500), cut_frac in 0.0f64..1.0) {
+        replay_is_exact(super_cfg(), &events, cut_frac)?;
+    }
+}
+
+fn ring_matches_naive(cfg: FeatureConfig, events: &[Ev]) -> Result<(), TestCaseError> {
+    let mut st = PartitionState::new(cfg.clone());
+    let mut naive = Naive::default();
+    let per = st.layout().per_metric();
+    let mut out = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let name = format!("e{}", e.entity);
+        let got = st.process(&name, &sample(e), i as u64, &mut out);
+        let want = naive.process(&cfg, &name, &sample(e));
+        match (got, want) {
+            (Outcome::Emitted { .. }, Some(w)) => {
+                for (j, (a, b)) in out[..4 * per].iter().zip(&w).enumerate() {
+                    prop_assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "event {} feature {} ({}): ring {} naive {}",
+                        i,
+                        j,
+                        st.layout().names()[j],
+                        a,
+                        b
+                    );
                 }
             }
-            outs
-        };
-        let mut uninterrupted = PartitionState::new(cfg.clone());
-        run(&mut uninterrupted, 0..cut, false);
-        let floor = uninterrupted.replay_floor().map_or(cut, |f| f as usize);
-        prop_assert!(floor <= cut);
-        let mut restored = PartitionState::new(cfg);
-        run(&mut restored, floor..cut, false);
-        let a = run(&mut uninterrupted, cut..events.len(), true);
-        let b = run(&mut restored, cut..events.len(), true);
-        prop_assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            prop_assert_eq!(x.0, y.0, "outcome of event {}", cut + i);
-            if matches!(x.0, Outcome::Emitted { .. }) {
-                prop_assert_eq!(&x.1, &y.1, "features of event {}", cut + i);
-            }
+            (Outcome::Duplicate | Outcome::TooLate { .. }, None) => {}
+            (g, w) => prop_assert!(
+                false,
+                "event {}: ring {:?}, naive emitted {}",
+                i,
+                g,
+                w.is_some()
+            ),
         }
     }
+    Ok(())
+}
+
+fn replay_is_exact(cfg: FeatureConfig, events: &[Ev], cut_frac: f64) -> Result<(), TestCaseError> {
+    let cut = ((events.len() as f64) * cut_frac) as usize;
+    let run = |st: &mut PartitionState, range: std::ops::Range<usize>, keep: bool| {
+        let mut outs = Vec::new();
+        let mut out = Vec::new();
+        for i in range {
+            let e = &events[i];
+            let o = st.process(&format!("e{}", e.entity), &sample(e), i as u64, &mut out);
+            if keep {
+                outs.push((o, out.clone()));
+            }
+        }
+        outs
+    };
+    let mut uninterrupted = PartitionState::new(cfg.clone());
+    run(&mut uninterrupted, 0..cut, false);
+    let floor = uninterrupted.replay_floor().map_or(cut, |f| f as usize);
+    prop_assert!(floor <= cut);
+    let mut restored = PartitionState::new(cfg);
+    run(&mut restored, floor..cut, false);
+    let a = run(&mut uninterrupted, cut..events.len(), true);
+    let b = run(&mut restored, cut..events.len(), true);
+    prop_assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        prop_assert_eq!(x.0, y.0, "outcome of event {}", cut + i);
+        if matches!(x.0, Outcome::Emitted { .. }) {
+            prop_assert_eq!(&x.1, &y.1, "features of event {}", cut + i);
+        }
+    }
+    Ok(())
 }
 
 #[test]
