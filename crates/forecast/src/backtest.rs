@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::baselines::{self, Baseline, BaselineOptions, OriginModel};
 use crate::dataset::{Dataset, Rows, N_TARGETS, TARGETS};
 use crate::device::{self, Device, DeviceChoice};
-use crate::metrics::{self, Accumulator, ClassScores, Scores};
+use crate::metrics::{self, Accumulator, ClassScores, PerSeries, Scores};
 use crate::xgb::{self, ffi::InplaceBooster, Labels, Objective, Trained, XgbParams};
 
 /// Options of fitting and backtesting.
@@ -350,11 +350,13 @@ pub fn score_row(ds: &Dataset, model: &str, m: usize, h: usize, pred: &[(f32, f3
     let rows = &ds.test;
     anyhow::ensure!(pred.len() == rows.len(), "{model}: {} forecasts for {} test rows", pred.len(), rows.len());
     let mut acc = Accumulator::new(mape_floor(ds, rows, m));
+    let mut per = PerSeries::new(ds.series.len());
     for (i, (p50, p90)) in pred.iter().enumerate() {
         let a = ds.target(rows, i, m, h);
         if a.is_finite() {
             acc.add(*p50, a);
             acc.add_p90(*p90, a);
+            per.add(rows.entity[i] as usize, *p50, a);
         }
     }
     Ok(Row {
@@ -362,8 +364,14 @@ pub fn score_row(ds: &Dataset, model: &str, m: usize, h: usize, pred: &[(f32, f3
         target: TARGETS[m].into(),
         horizon_slots: h,
         horizon_minutes: h as f64 * ds.interval_ms as f64 / 60_000.0,
-        scores: acc.scores_with(ds.naive_scale(m, 1), ds.naive_scale(m, h)),
+        scores: with_series(acc.scores_with(ds.naive_scale(m, 1), ds.naive_scale(m, h)), &per, &ds.naive_scale_series(m, 1)),
     })
+}
+
+/// `scores` with the per-series MASE of `per` over the per-series scales.
+fn with_series(mut scores: Scores, per: &PerSeries, scales: &[f64]) -> Scores {
+    (scores.mase_series, scores.mase_series_median) = per.mase(scales);
+    scores
 }
 
 /// Scores the models and the baselines on the test rows. `plot_entities` picks entities whose
@@ -409,6 +417,7 @@ pub fn backtest_with(
     };
     for m in 0..N_TARGETS {
         let scale = ds.naive_scale(m, 1);
+        let scales_e = ds.naive_scale_series(m, 1);
         let mut xgb_at: BTreeMap<usize, Vec<(f32, f32)>> = BTreeMap::new();
         naive_scale.insert(TARGETS[m].to_owned(), scale);
         let floor = mape_floor(ds, rows, m);
@@ -427,10 +436,12 @@ pub fn backtest_with(
                     xgb_at.insert(h, ets_origins.iter().map(|&i| pred[i]).collect());
                 }
                 let mut acc = Accumulator::new(floor);
+                let mut per = PerSeries::new(ds.series.len());
                 for (i, (p50, p90)) in pred.iter().enumerate() {
                     if actual[i].is_finite() {
                         acc.add(*p50, actual[i]);
                         acc.add_p90(*p90, actual[i]);
+                        per.add(rows.entity[i] as usize, *p50, actual[i]);
                     }
                 }
                 out.push(Row {
@@ -438,7 +449,7 @@ pub fn backtest_with(
                     target: TARGETS[m].into(),
                     horizon_slots: h,
                     horizon_minutes: minutes(h),
-                    scores: acc.scores_with(scale, scale_h),
+                    scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e),
                 });
                 for &e in plot_entities {
                     let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows.entity[i] == e).collect();
@@ -471,6 +482,7 @@ pub fn backtest_with(
             }
             for b in Baseline::ALL {
                 let mut acc = Accumulator::new(floor);
+                let mut per = PerSeries::new(ds.series.len());
                 for (i, a) in actual.iter().enumerate() {
                     if !a.is_finite() {
                         continue;
@@ -478,6 +490,7 @@ pub fn backtest_with(
                     let (p50, p90) =
                         baselines::forecast(b, ds, rows, i, m, h, baseline_opts, &mut scratch);
                     acc.add(p50, *a);
+                    per.add(rows.entity[i] as usize, p50, *a);
                     if let Some(p90) = p90 {
                         acc.add_p90(p90, *a);
                     }
@@ -487,7 +500,7 @@ pub fn backtest_with(
                     target: TARGETS[m].into(),
                     horizon_slots: h,
                     horizon_minutes: minutes(h),
-                    scores: acc.scores_with(scale, scale_h),
+                    scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e),
                 });
             }
         }

@@ -15,6 +15,10 @@ pub fn map_f64_or_nan<'de, D: Deserializer<'de>>(
     Ok(m.into_iter().map(|(k, v)| (k, v.unwrap_or(f64::NAN))).collect())
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
 /// Running sums for MAE, RMSE, MAPE, sMAPE, MASE and R² (and pinball loss of a p90).
 #[derive(Debug, Clone, Default)]
 pub struct Accumulator {
@@ -57,6 +61,15 @@ pub struct Scores {
     /// ahead on the training period, pooled): 1 is "as good as naive at this horizon".
     #[serde(default, deserialize_with = "f64_or_nan")]
     pub mase_h: f64,
+    /// The textbook, per-series MASE: each entity's MAE over its own in-sample one-step naive
+    /// MAE, averaged over entities (as the M4 competition aggregates it). Entities whose
+    /// training period has no naive error (constant, or too short) are left out. NaN where
+    /// the rows carry no entity (the sampled-origin rows).
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub mase_series: f64,
+    /// The median over entities of the same ratio.
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub mase_series_median: f64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub r2: f64,
     /// Pinball loss of the p90 forecast, when the model has one.
@@ -152,9 +165,52 @@ impl Accumulator {
                 f64::NAN
             },
             r2: if sst > 0.0 { 1.0 - self.sq / sst } else { f64::NAN },
+            mase_series: f64::NAN,
+            mase_series_median: f64::NAN,
             pinball90: (self.n90 > 0).then(|| self.pinball90 / self.n90 as f64),
             coverage90: (self.n90 > 0).then(|| self.covered90 as f64 / self.n90 as f64),
         }
+    }
+}
+
+/// Absolute errors per entity, for the per-series MASE.
+#[derive(Debug, Clone)]
+pub struct PerSeries {
+    abs: Vec<f64>,
+    n: Vec<u64>,
+}
+
+impl PerSeries {
+    pub fn new(entities: usize) -> PerSeries {
+        PerSeries {
+            abs: vec![0.0; entities],
+            n: vec![0; entities],
+        }
+    }
+
+    /// Adds one point of `entity`; non-finite pairs are ignored, as by [`Accumulator::add`].
+    pub fn add(&mut self, entity: usize, forecast: f32, actual: f32) {
+        if forecast.is_finite() && actual.is_finite() {
+            self.abs[entity] += f64::from(forecast - actual).abs();
+            self.n[entity] += 1;
+        }
+    }
+
+    /// (mean, median) over entities of MAE / `scales[entity]`, over the entities with points
+    /// and a positive finite scale; NaN when there are none.
+    pub fn mase(&self, scales: &[f64]) -> (f64, f64) {
+        let mut r: Vec<f64> = (0..self.n.len())
+            .filter(|&e| self.n[e] > 0 && scales.get(e).is_some_and(|s| s.is_finite() && *s > 0.0))
+            .map(|e| self.abs[e] / self.n[e] as f64 / scales[e])
+            .collect();
+        if r.is_empty() {
+            return (f64::NAN, f64::NAN);
+        }
+        let mean = r.iter().sum::<f64>() / r.len() as f64;
+        r.sort_unstable_by(f64::total_cmp);
+        let k = r.len() / 2;
+        let median = if r.len() % 2 == 1 { r[k] } else { 0.5 * (r[k - 1] + r[k]) };
+        (mean, median)
     }
 }
 
@@ -234,6 +290,22 @@ pub fn classification(pairs: &mut [(f32, bool)], threshold: f64) -> ClassScores 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_series_mase_is_each_entitys_own_ratio() {
+        let mut p = PerSeries::new(4);
+        // Entity 0: MAE 1 over scale 2; entity 1: MAE 3 over scale 1; entity 2: no scale;
+        // entity 3: no points.
+        p.add(0, 1.0, 0.0);
+        p.add(0, 0.0, 1.0);
+        p.add(1, 3.0, 0.0);
+        p.add(2, 5.0, 0.0);
+        p.add(1, f32::NAN, 0.0);
+        let (mean, median) = p.mase(&[2.0, 1.0, 0.0, 1.0]);
+        assert!((mean - 1.75).abs() < 1e-12, "{mean}");
+        assert!((median - 1.75).abs() < 1e-12, "{median}");
+        assert!(PerSeries::new(2).mase(&[1.0, 1.0]).0.is_nan());
+    }
 
     #[test]
     fn metrics_match_hand_computed_values() {

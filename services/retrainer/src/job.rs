@@ -3,7 +3,8 @@
 //! temporal holdout, then promote, reject, or fail, and record the run.
 //!
 //! Invariants:
-//! - The serving version changes only by [`Registry::promote`] (an atomic rename) after the
+//! - The PostgreSQL registry says which version serves ([`Retrainer::serving`]); registry.json
+//!   is its mirror, written right after it. The serving version changes only after the
 //!   candidate's directory is complete (written under a temporary name and renamed), and the
 //!   promotion is announced on the models topic before the run is recorded as `promoted`; an
 //!   announcement that fails restores the previous registry.
@@ -274,9 +275,44 @@ impl Retrainer {
         Ok(r)
     }
 
-    /// The version serving now, per the registry.
+    /// The version serving now. The PostgreSQL registry decides; `registry.json` is its
+    /// mirror, for scorers that read files only (no `models.registry_url`). Both are brought
+    /// into agreement here:
+    /// - a version serving in registry.json only (promoted by `headroom-train promote` without a
+    ///   registry URL, or before the registry existed) is registered and promoted in
+    ///   PostgreSQL ("adopted");
+    /// - a registry.json that names another version than PostgreSQL is corrected;
+    /// - a PostgreSQL serving version missing from the models directory is an error: the
+    ///   retrainer cannot compare a candidate with a model it cannot load.
     pub fn serving(&self) -> anyhow::Result<Option<String>> {
-        Ok(Registry::read(&self.cfg.models.dir)?.serving.get(&self.cfg.models.family).cloned())
+        let family = &self.cfg.models.family;
+        let root = &self.cfg.models.dir;
+        let pg = self
+            .rt
+            .block_on(headroom_store::registry::serving(&self.pool, family))
+            .map_err(|e| e.context("reading the serving version from the PostgreSQL registry"))?
+            .map(|(v, _)| v);
+        let file = Registry::read(root)?.serving.get(family).cloned();
+        match (pg, file) {
+            (Some(v), file) => {
+                if file.as_deref() != Some(v.as_str()) {
+                    anyhow::ensure!(
+                        root.join(&v).join(artifact::MANIFEST).exists(),
+                        "the PostgreSQL registry names {v} as the serving `{family}` version, but {} has no such version",
+                        root.display()
+                    );
+                    tracing::warn!(serving = %v, registry_json = ?file, "registry.json disagreed with the PostgreSQL registry; corrected");
+                    Registry::promote(root, &v)?;
+                }
+                Ok(Some(v))
+            }
+            (None, Some(f)) => {
+                tracing::info!(serving = %f, "registry.json's serving version adopted into the PostgreSQL registry");
+                self.pg_promote(&f, "adopted from registry.json")?;
+                Ok(Some(f))
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     /// Announces `version` on the models topic and waits for the broker's acknowledgement.
@@ -316,6 +352,8 @@ impl Retrainer {
     /// Rolls back to `to` (by default the previous serving version) and announces it.
     pub fn rollback(&self, to: Option<&str>) -> anyhow::Result<(String, String)> {
         let root = &self.cfg.models.dir;
+        // registry.json agrees with PostgreSQL before its history picks the target.
+        self.serving()?;
         let before = Registry::read(root)?;
         let (from, to) = Registry::rollback(root, &self.cfg.models.family, to)?;
         let pg = match self.pg_promote(&to, &format!("rolled back from {from}")) {
@@ -371,7 +409,12 @@ impl Retrainer {
             Err(e) => return Outcome::Failed { reason: format!("postgres: {e}") },
         }
         let run_id = uuid::Uuid::new_v4().simple().to_string();
-        let serving = self.serving().ok().flatten();
+        // Not knowing the serving version fails the run (recorded), never reads as "no serving
+        // version": that would promote the candidate without a comparison.
+        let (serving, serving_err) = match self.serving() {
+            Ok(s) => (s, None),
+            Err(e) => (None, Some(format!("registry: {e:#}"))),
+        };
         let params = self.params(None);
         let inserted = self.rt.block_on(
             sqlx::query(
@@ -392,9 +435,12 @@ impl Retrainer {
             Ok(_) => {
                 let ml = self.mlflow_start(&run_id, trigger, serving.as_deref(), &params);
                 let mut rec = RunRecord::default();
-                let outcome = match self.run_inner(serving.as_deref(), &mut rec) {
-                    Ok(o) => o,
-                    Err(e) => Outcome::Failed { reason: format!("{e:#}") },
+                let outcome = match serving_err {
+                    Some(reason) => Outcome::Failed { reason },
+                    None => match self.run_inner(serving.as_deref(), &mut rec) {
+                        Ok(o) => o,
+                        Err(e) => Outcome::Failed { reason: format!("{e:#}") },
+                    },
                 };
                 if let Some(ml) = &ml {
                     self.mlflow_finish(ml, &outcome, &rec, started.elapsed().as_secs_f64());
@@ -435,13 +481,18 @@ impl Retrainer {
                 outcome
             }
         };
+        self.unlock(&mut lock);
+        tracing::info!(run = %run_id, trigger = trigger.kind.as_str(), outcome = ?outcome, seconds = started.elapsed().as_secs_f64(), "retrain run finished");
+        outcome
+    }
+
+    /// Releases the family's run lock taken by [`Retrainer::run`].
+    fn unlock(&self, lock: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) {
         let _ = self.rt.block_on(
             sqlx::query(&format!("SELECT pg_advisory_unlock({LOCK})"))
                 .bind(&self.cfg.models.family)
-                .execute(&mut *lock),
+                .execute(&mut **lock),
         );
-        tracing::info!(run = %run_id, trigger = trigger.kind.as_str(), outcome = ?outcome, seconds = started.elapsed().as_secs_f64(), "retrain run finished");
-        outcome
     }
 
     fn params(&self, schema: Option<String>) -> Params<'_> {

@@ -203,6 +203,25 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let listed = headroom_store::registry::versions(&reg, "xgboost").await.unwrap();
     assert_eq!(listed.iter().filter(|v| v.status == "rejected").count(), 1, "{listed:?}");
 
+    // 2b. PostgreSQL decides what serves; registry.json is its mirror. A registry.json that
+    // names v0 while the serving v1 has left the models directory: the run fails and says why
+    // (it must not promote without a comparison), and nothing is rewritten.
+    let mut hand = Registry::read(&models).unwrap();
+    hand.serving.insert("xgboost".into(), v0.clone());
+    hand.write(&models).unwrap();
+    std::fs::rename(models.join(&v1), models.join(format!(".{v1}.moved"))).unwrap();
+    let out = run(&r, TriggerKind::Manual).await;
+    assert!(matches!(&out, Outcome::Failed { reason } if reason.contains("no such version") && reason.contains(&v1)), "{out:?}");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v0);
+    assert_eq!(runs(&url).await[3].1, "failed", "the failed run is recorded");
+    assert_eq!(headroom_store::registry::serving(&reg, "xgboost").await.unwrap().map(|(v, _)| v), Some(v1.clone()));
+    // With v1 back, registry.json is corrected from PostgreSQL.
+    std::fs::rename(models.join(format!(".{v1}.moved")), models.join(&v1)).unwrap();
+    let r2 = r.clone();
+    let serving = tokio::task::spawn_blocking(move || r2.serving()).await.unwrap().unwrap();
+    assert_eq!(serving.as_deref(), Some(v1.as_str()));
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1, "registry.json corrected");
+
     // 3. An empty training set fails with its reason; nothing changes.
     let empty = scratch_schema(&base).await;
     let mut ecfg = cfg.clone();

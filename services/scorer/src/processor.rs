@@ -414,6 +414,27 @@ impl Processor for Scorer {
             );
             out.emitter(&rec).dead_letter(DlqReason::FeatureSchemaMismatch, &detail);
         }
+        // The featurizer emits finite vectors only (a missing value is forward-filled and
+        // flagged). A NaN or infinity comes from another producer: the models were never
+        // trained on it (XGBoost would read NaN as "missing", the LSTM / GRU would forecast
+        // NaN), so the record is dead-lettered naming the feature, never scored.
+        let (ok, not_finite): (Vec<Pending>, Vec<Pending>) =
+            ok.into_iter().partition(|p| p.record.values.iter().all(|v| v.is_finite()));
+        for p in &not_finite {
+            let rec = input(&topic, p);
+            let (i, v) = p
+                .record
+                .values
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map_or((0, f32::NAN), |(i, v)| (i, *v));
+            let name = self.model.xgb.base_names.get(i).map_or("?", String::as_str);
+            let detail = format!(
+                "feature {name} (index {i}) is {v}: feature vectors must be finite (the featurizer forward-fills and flags missing values)"
+            );
+            out.emitter(&rec).dead_letter(DlqReason::NotFinite, &detail);
+        }
         if ok.is_empty() {
             return;
         }

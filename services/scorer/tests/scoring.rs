@@ -150,14 +150,18 @@ async fn scores_every_event_once_and_swaps_versions_live() {
     let schema = feats[0].feature_set.clone();
     let (first, rest) = feats.split_at(400);
     produce(&brokers, &format!("{prefix}features"), &first.iter().map(rec).collect::<Vec<_>>());
-    // Bad input: undecodable bytes, and a vector of another feature schema.
+    // Bad input: undecodable bytes, a vector of another feature schema, and a vector with a
+    // NaN (not from the featurizer, which emits finite values only).
     let mut other = first[0].clone();
     other.feature_set = "fs1-0000000000000000".into();
     other.event_id = "other-schema".into();
+    let mut nan = first[1].clone();
+    nan.values[3] = f32::NAN;
+    nan.event_id = "nan-vector".into();
     produce(
         &brokers,
         &format!("{prefix}features"),
-        &[Rec { key: Some(b"vm-x".to_vec()), payload: vec![0, 0, 0, 4, 81, 1, 2], headers: vec![] }, rec(&other)],
+        &[Rec { key: Some(b"vm-x".to_vec()), payload: vec![0, 0, 0, 4, 81, 1, 2], headers: vec![] }, rec(&other), rec(&nan)],
     );
 
     let handle = headroom_scorer::start(config(&brokers, &prefix, dir.path()), Shutdown::new()).await.unwrap();
@@ -236,12 +240,19 @@ async fn scores_every_event_once_and_swaps_versions_live() {
         assert_eq!(f.observed.cost_per_hour, src.cost_per_hour);
     }
 
-    // Both bad records were dead-lettered, with their reasons.
-    let dlq = consume(&brokers, &format!("{prefix}telemetry.dlq"), 2, Duration::from_secs(20), Duration::from_millis(500));
+    // The three bad records were dead-lettered, with their reasons.
+    let dlq = consume(&brokers, &format!("{prefix}telemetry.dlq"), 3, Duration::from_secs(20), Duration::from_millis(500));
     let mut reasons: Vec<&str> = dlq.iter().filter_map(|m| header(m, "dlq.reason")).collect();
     reasons.sort();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons.contains(&"feature_schema_mismatch"), "{reasons:?}");
+    assert!(reasons.contains(&"not_finite"), "{reasons:?}");
+    let detail = dlq
+        .iter()
+        .find(|m| header(m, "dlq.reason") == Some("not_finite"))
+        .and_then(|m| header(m, "dlq.detail"))
+        .unwrap_or_default();
+    assert!(detail.contains("index 3") && detail.contains("NaN"), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

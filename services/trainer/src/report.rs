@@ -50,14 +50,14 @@ pub fn table(b: &Backtest) -> String {
         let _ = writeln!(s, "\n### {t}\n");
         let _ = writeln!(
             s,
-            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | MASE (h) | R² | p90 pinball | p90 coverage | n |"
+            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | MASE (h) | MASE per series, mean (median) | R² | p90 pinball | p90 coverage | n |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in b.rows.iter().filter(|r| r.target == t) {
             let sc = &r.scores;
             let _ = writeln!(
                 s,
-                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
                 r.horizon_minutes,
                 r.model,
                 f(sc.mae),
@@ -66,6 +66,8 @@ pub fn table(b: &Backtest) -> String {
                 f(sc.smape),
                 f(sc.mase),
                 f(sc.mase_h),
+                f(sc.mase_series),
+                f(sc.mase_series_median),
                 f(sc.r2),
                 sc.pinball90.map_or("–".into(), f),
                 sc.coverage90.map_or("–".into(), f),
@@ -101,6 +103,20 @@ pub fn summary(b: &Backtest) -> String {
             .map(|m| format!("{m} {}", get(m)))
             .collect();
         let _ = writeln!(s, "  {t:4} {:>4} min: {}  -> best {best}", rows[0].horizon_minutes, models.join("  "));
+    }
+    let _ = writeln!(s, "MASE per series (each entity over its own in-sample one-step naive error), mean (median):");
+    let mut keys: Vec<(String, usize)> = b.rows.iter().map(|r| (r.target.clone(), r.horizon_slots)).collect();
+    keys.sort();
+    keys.dedup();
+    for (t, h) in keys {
+        let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h && r.scores.mase_series.is_finite()).collect();
+        let cells: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} {:.3} ({:.3})", r.model, r.scores.mase_series, r.scores.mase_series_median))
+            .collect();
+        if let Some(r) = rows.first() {
+            let _ = writeln!(s, "  {t:4} {:>4} min: {}", r.horizon_minutes, cells.join("  "));
+        }
     }
     let at: Vec<_> = b.rows.iter().filter(|r| r.model.ends_with("@origins")).collect();
     if !at.is_empty() {

@@ -52,6 +52,13 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
             let mase = r[k].as_f64().unwrap();
             assert!(mase.is_finite() && mase > 0.0, "{r}");
         }
+        // Per-series MASE on every row that has entities (not on the sampled origins).
+        if !r["model"].as_str().unwrap().ends_with("@origins") {
+            let (mean, median) = (r["mase_series"].as_f64().unwrap(), r["mase_series_median"].as_f64().unwrap());
+            assert!(mean.is_finite() && mean > 0.0 && median.is_finite() && median > 0.0, "{r}");
+        } else {
+            assert!(r["mase_series"].is_null(), "{r}");
+        }
     }
     // On the generator's daily pattern XGBoost beats the naive forecast at 30 minutes.
     let mase = |model: &str| {
