@@ -331,30 +331,33 @@ impl Dataset {
         v
     }
 
+    /// Sum and count of one series' in-sample absolute naive errors `lag` slots ahead, over
+    /// its part of the training period.
+    fn naive_errors(&self, s: &EntitySeries, m: usize, lag: usize) -> (f64, u64) {
+        let end = ((self.split_slot.min(s.first_slot + s.len() as i64) - s.first_slot).max(0)
+            as usize)
+            .min(s.len());
+        let v = &s.values[m][..end];
+        let (mut sum, mut n) = (0.0f64, 0u64);
+        for i in lag..v.len() {
+            let (a, b) = (v[i], v[i - lag]);
+            if a.is_finite() && b.is_finite() {
+                sum += f64::from((a - b).abs());
+                n += 1;
+            }
+        }
+        (sum, n)
+    }
+
     /// Each series' own in-sample mean absolute error of the naive forecast `lag` slots
     /// ahead over the training period (NaN for a series with no pair): the per-series MASE
     /// scales, indexed like `series`.
     pub fn naive_scale_series(&self, m: usize, lag: usize) -> Vec<f64> {
         self.series
             .iter()
-            .map(|s| {
-                let end = ((self.split_slot.min(s.first_slot + s.len() as i64) - s.first_slot)
-                    .max(0) as usize)
-                    .min(s.len());
-                let v = &s.values[m][..end];
-                let (mut sum, mut n) = (0.0f64, 0u64);
-                for i in lag..v.len() {
-                    let (a, b) = (v[i], v[i - lag]);
-                    if a.is_finite() && b.is_finite() {
-                        sum += f64::from((a - b).abs());
-                        n += 1;
-                    }
-                }
-                if n == 0 {
-                    f64::NAN
-                } else {
-                    sum / n as f64
-                }
+            .map(|s| match self.naive_errors(s, m, lag) {
+                (_, 0) => f64::NAN,
+                (sum, n) => sum / n as f64,
             })
             .collect()
     }
@@ -362,20 +365,11 @@ impl Dataset {
     /// Pooled in-sample mean absolute error of the naive forecast `lag` slots ahead over the
     /// training period: the MASE scale.
     pub fn naive_scale(&self, m: usize, lag: usize) -> f64 {
-        let (mut sum, mut n) = (0.0f64, 0u64);
-        for s in &self.series {
-            let end = ((self.split_slot.min(s.first_slot + s.len() as i64) - s.first_slot).max(0)
-                as usize)
-                .min(s.len());
-            let v = &s.values[m][..end];
-            for i in lag..v.len() {
-                let (a, b) = (v[i], v[i - lag]);
-                if a.is_finite() && b.is_finite() {
-                    sum += f64::from((a - b).abs());
-                    n += 1;
-                }
-            }
-        }
+        let (sum, n) = self
+            .series
+            .iter()
+            .map(|s| self.naive_errors(s, m, lag))
+            .fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d));
         if n == 0 {
             f64::NAN
         } else {
