@@ -23,6 +23,20 @@ fn supers_per_ring(cap: usize) -> usize {
     }
 }
 
+/// Merges `count` consecutive summaries of the ring of summaries `run`, from index `start`,
+/// wrapping at its end.
+#[inline]
+fn merge_run(st: &mut BlockStat, run: &[BlockStat], start: usize, count: usize) {
+    let mut i = start;
+    for _ in 0..count {
+        st.merge(&run[i]);
+        i += 1;
+        if i == run.len() {
+            i = 0;
+        }
+    }
+}
+
 /// Sum, sum of squares, min, max and count of the observed values of one block of one metric.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BlockStat {
@@ -173,7 +187,7 @@ impl EntityState {
     /// the current block), and the far end of each window (its partial block and the blocks of
     /// its superblock). `windows` are window lengths in slots.
     #[inline]
-    pub fn prefetch(&self, slot: i64, windows: impl Iterator<Item = usize> + Clone, lags: usize) {
+    pub fn prefetch(&self, slot: i64, windows: impl Iterator<Item = usize>, lags: usize) {
         use crate::prefetch;
         let cap = self.cap();
         let nb = cap / BLOCK;
@@ -186,29 +200,34 @@ impl EntityState {
             .min(slot - (p % BLOCK) as i64)
             .max(lowest);
         let has_supers = !self.supers.is_empty();
+        // Ring positions are the same for every metric: each is computed once.
+        let ring = |m: usize| &self.values[m * cap..(m + 1) * cap];
+        let blocks = |m: usize| &self.blocks[m * nb..(m + 1) * nb];
+        let mut s = recent_lo;
+        while s < slot {
+            let q = self.pos(s);
+            for m in 0..N {
+                prefetch::one(&ring(m)[q]);
+            }
+            s += 16;
+        }
         let here_super = p / SUPER_SLOTS * SUPER;
         for m in 0..N {
-            let ring = &self.values[m * cap..(m + 1) * cap];
-            let blocks = &self.blocks[m * nb..(m + 1) * nb];
-            let mut s = recent_lo;
-            while s < slot {
-                prefetch::one(&ring[self.pos(s)]);
-                s += 16;
-            }
-            prefetch::one(&ring[p]);
+            prefetch::one(&ring(m)[p]);
             if has_supers {
-                prefetch::slice(&blocks[here_super..here_super + SUPER]);
+                prefetch::slice(&blocks(m)[here_super..here_super + SUPER]);
             } else {
-                prefetch::slice(blocks);
+                prefetch::slice(blocks(m));
             }
-            for w in windows.clone() {
-                let lo = (slot - w as i64 + 1).max(lowest);
-                let q = self.pos(lo);
-                let block_start = q / BLOCK * BLOCK;
-                prefetch::slice(&ring[block_start..block_start + BLOCK]);
+        }
+        for w in windows {
+            let q = self.pos((slot - w as i64 + 1).max(lowest));
+            let block_start = q / BLOCK * BLOCK;
+            let sb = q / SUPER_SLOTS * SUPER;
+            for m in 0..N {
+                prefetch::slice(&ring(m)[block_start..block_start + BLOCK]);
                 if has_supers {
-                    let sb = q / SUPER_SLOTS * SUPER;
-                    prefetch::slice(&blocks[sb..sb + SUPER]);
+                    prefetch::slice(&blocks(m)[sb..sb + SUPER]);
                 }
             }
         }
@@ -378,17 +397,14 @@ impl EntityState {
             let nsb = supers_per_ring(cap);
             if nsb > 0 && s_first <= s_last {
                 self.merge_blocks(&mut st, blocks, first, s_first * sp - 1);
-                let supers = &self.supers[m * nsb..(m + 1) * nsb];
                 // The ring is superblock-aligned (`cap` is a multiple of SUPER_SLOTS): a
                 // slot's superblock is its position over SUPER_SLOTS.
-                let mut si = self.pos(s_first * SUPER_SLOTS as i64) / SUPER_SLOTS;
-                for _ in s_first..=s_last {
-                    st.merge(&supers[si]);
-                    si += 1;
-                    if si == nsb {
-                        si = 0;
-                    }
-                }
+                merge_run(
+                    &mut st,
+                    &self.supers[m * nsb..(m + 1) * nsb],
+                    self.pos(s_first * SUPER_SLOTS as i64) / SUPER_SLOTS,
+                    (s_last - s_first + 1) as usize,
+                );
                 self.merge_blocks(&mut st, blocks, (s_last + 1) * sp, last);
             } else {
                 self.merge_blocks(&mut st, blocks, first, last);
@@ -405,17 +421,10 @@ impl EntityState {
         if first > last {
             return;
         }
-        let nb = blocks.len();
         // The ring is block-aligned (`cap` is a multiple of BLOCK): a slot's block is its
         // position over BLOCK.
-        let mut bi = self.pos(first * BLOCK as i64) / BLOCK;
-        for _ in first..=last {
-            st.merge(&blocks[bi]);
-            bi += 1;
-            if bi == nb {
-                bi = 0;
-            }
-        }
+        let start = self.pos(first * BLOCK as i64) / BLOCK;
+        merge_run(st, blocks, start, (last - first + 1) as usize);
     }
 
     /// The value of metric `m` at `slot`, or the most recent observed value before it that the

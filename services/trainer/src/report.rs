@@ -84,7 +84,8 @@ pub fn summary(b: &Backtest) -> String {
     let mut keys: Vec<(String, usize)> = b.rows.iter().map(|r| (r.target.clone(), r.horizon_slots)).collect();
     keys.sort();
     keys.dedup();
-    for (t, h) in keys {
+    for (t, h) in &keys {
+        let (t, h) = (t.as_str(), *h);
         let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h).collect();
         let get = |m: &str| {
             rows.iter()
@@ -105,9 +106,6 @@ pub fn summary(b: &Backtest) -> String {
         let _ = writeln!(s, "  {t:4} {:>4} min: {}  -> best {best}", rows[0].horizon_minutes, models.join("  "));
     }
     let _ = writeln!(s, "MASE per series (each entity over its own in-sample one-step naive error), mean (median):");
-    let mut keys: Vec<(String, usize)> = b.rows.iter().map(|r| (r.target.clone(), r.horizon_slots)).collect();
-    keys.sort();
-    keys.dedup();
     for (t, h) in keys {
         let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h && r.scores.mase_series.is_finite()).collect();
         let cells: Vec<String> = rows
