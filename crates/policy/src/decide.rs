@@ -187,6 +187,11 @@ struct Recent {
 pub struct EntityState {
     recent: VecDeque<Recent>,
     last_action: Option<LastAction>,
+    /// The last action whose cooldown ended: `(depends_on, seq)`, `seq` the input at which it
+    /// ended. Inputs before `seq` were decided under its cooldown, so a replay that covers
+    /// any of them must make that action again: the floor keeps its `depends_on` while
+    /// `recent` reaches back before `seq`.
+    expired: Option<(i64, i64)>,
     last_ts: Option<i64>,
 }
 
@@ -202,10 +207,11 @@ impl EntityState {
     pub fn floor(&self) -> Option<i64> {
         let r = self.recent.iter().map(|r| r.seq).min();
         let a = self.last_action.map(|a| a.depends_on);
-        match (r, a) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        }
+        let e = self
+            .expired
+            .filter(|&(_, at)| r.is_some_and(|r| at > r))
+            .map(|(dep, _)| dep);
+        [r, a, e].into_iter().flatten().min()
     }
 
     /// Event time of the latest observation.
@@ -237,10 +243,8 @@ impl EntityState {
             self.recent.pop_front();
         }
         let cooldown = p.scale_in_cooldown.max(p.scale_out_cooldown).as_millis() as i64;
-        if self
-            .last_action
-            .is_some_and(|a| a.ts_ms < newest - cooldown)
-        {
+        if let Some(a) = self.last_action.filter(|a| a.ts_ms < newest - cooldown) {
+            self.expired = Some((a.depends_on, seq));
             self.last_action = None;
         }
         self.last_ts = Some(newest);
