@@ -26,14 +26,15 @@ broker_up() {
     fi
     local storage="memory://tansu/"
     if [ "${HEADROOM_BROKER_STORAGE:-memory}" = sqlite ]; then
-        storage="sqlite://$STACK_DIR/tansu.db"
+        # tansu reads the path after sqlite:// as relative to its working directory.
+        storage="sqlite://tansu.db"
     fi
     log "starting tansu on $KAFKA_BROKERS ($storage)"
-    setsid "$TANSU_BIN" broker \
+    (cd "$STACK_DIR" && exec setsid "$TANSU_BIN" broker \
         --listener-url "tcp://$KAFKA_BROKERS" \
         --advertised-listener-url "tcp://$KAFKA_BROKERS" \
         --storage-engine "$storage" \
-        >"$STACK_DIR/tansu.log" 2>&1 </dev/null &
+        >"$STACK_DIR/tansu.log" 2>&1 </dev/null) &
     echo $! >"$broker_pidfile"
     wait_port "$KAFKA_HOST" "$KAFKA_PORT" 30 || { tail -20 "$STACK_DIR/tansu.log" >&2; die "broker did not start"; }
     log "broker up at $KAFKA_BROKERS (log: $STACK_DIR/tansu.log)"
