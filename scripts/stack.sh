@@ -9,7 +9,8 @@
 #                          a throw-away PostgreSQL server of its own (initdb in DIR, loopback PORT,
 #                          trust auth, user postgres): fault tests restart it without disturbing
 #                          the shared one
-# HEADROOM_BROKER_STORAGE=sqlite keeps the broker's data across restarts (default: memory).
+# HEADROOM_BROKER_STORAGE=sqlite keeps the broker's data across restarts (default: memory);
+#                          it is far slower under load (docs/benchmarks.md, Through the broker).
 source "$(dirname "$0")/lib.sh"
 
 broker_pidfile="$STACK_DIR/tansu.pid"
