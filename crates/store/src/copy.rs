@@ -224,6 +224,63 @@ impl CopyBuf {
         self
     }
 
+    /// Reorders the rows by `key` of their first two fields (`None` for NULL), keeping the
+    /// arrival order of rows with equal keys. A finished payload stays finished.
+    ///
+    /// The sink sorts raw telemetry by (hour, entity, time): a `COPY` into a table with a btree
+    /// on `(entity_id, ts)` then inserts each entity's rows one after another into the same
+    /// leaf page instead of one random leaf per row, while each hour's rows stay together for
+    /// the BRIN index on `ts` (docs/design/sink.md).
+    pub fn sort_rows_by(&mut self, cmp: impl Fn(RowKey<'_>, RowKey<'_>) -> std::cmp::Ordering) {
+        const HEADER: usize = SIGNATURE.len() + 8;
+        let finished = self.in_row == FINISHED;
+        if !finished {
+            self.check_row_complete();
+        }
+        if self.rows < 2 || self.columns < 1 {
+            return;
+        }
+        let end = self.buf.len() - if finished { 2 } else { 0 };
+        let body = &self.buf[HEADER..end];
+        // Per row: its first two fields (None for NULL), where it starts and where it ends.
+        let mut rows: Vec<(RowKey<'_>, usize, usize)> = Vec::with_capacity(self.rows);
+        let mut pos = 0;
+        while pos < body.len() {
+            let start = pos;
+            let n = i16::from_be_bytes([body[pos], body[pos + 1]]);
+            pos += 2;
+            let mut key: RowKey<'_> = (None, None);
+            for f in 0..n {
+                let len = i32::from_be_bytes([body[pos], body[pos + 1], body[pos + 2], body[pos + 3]]);
+                pos += 4;
+                if len >= 0 {
+                    let v = &body[pos..pos + len as usize];
+                    match f {
+                        0 => key.0 = Some(v),
+                        1 => key.1 = Some(v),
+                        _ => {}
+                    }
+                    pos += len as usize;
+                }
+            }
+            rows.push((key, start, pos));
+        }
+        if rows.windows(2).all(|w| cmp(w[0].0, w[1].0).is_le()) {
+            return;
+        }
+        // Stable: rows with equal keys keep their order.
+        rows.sort_by(|a, b| cmp(a.0, b.0));
+        let mut out = Vec::with_capacity(self.buf.len() + 2);
+        out.extend_from_slice(&self.buf[..HEADER]);
+        for (_, start, end) in &rows {
+            out.extend_from_slice(&body[*start..*end]);
+        }
+        if finished {
+            out.extend_from_slice(&(-1i16).to_be_bytes());
+        }
+        self.buf = out;
+    }
+
     /// The finished payload, trailer included. The buffer can be reused after [`CopyBuf::clear`].
     pub fn finish(&mut self) -> &[u8] {
         if self.in_row != FINISHED {
@@ -243,6 +300,10 @@ impl CopyBuf {
         self.in_row = -1;
     }
 }
+
+/// The first two fields of a row, as [`CopyBuf::sort_rows_by`] hands them to its comparison
+/// (`None` for NULL; values in their binary send format).
+pub type RowKey<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// A position in a [`CopyBuf`].
 #[derive(Debug, Clone, Copy)]
@@ -293,5 +354,50 @@ mod tests {
         assert_eq!(c.rows(), 1);
         c.row().int4(4).int4(5);
         assert_eq!(c.rows(), 2);
+    }
+
+    #[test]
+    fn sort_rows_by_groups_keys_and_keeps_every_row() {
+        let mut c = CopyBuf::new(3);
+        for (e, t, x) in [("b", 2, 1), ("a", 9, 2), ("b", 1, 3), (" ", 5, 4), ("a", 3, 5)] {
+            c.row().text(e).int8(t).int4(x);
+        }
+        c.row().null().int8(0).int4(6);
+        let before = c.rows();
+        let by_bytes = |a: RowKey<'_>, b: RowKey<'_>| a.cmp(&b);
+        c.sort_rows_by(by_bytes);
+        assert_eq!(c.rows(), before);
+        let b = c.finish().to_vec();
+        // Sorting again, finished or not, changes nothing (a retried batch is sorted twice).
+        c.sort_rows_by(by_bytes);
+        assert_eq!(c.finish(), &b[..]);
+        // Decode the rows back: (entity, ts, x) per row.
+        let mut pos = 19;
+        let mut got = Vec::new();
+        while pos + 2 < b.len() {
+            assert_eq!(i16::from_be_bytes([b[pos], b[pos + 1]]), 3);
+            pos += 2;
+            let mut fields = Vec::new();
+            for _ in 0..3 {
+                let len = i32::from_be_bytes(b[pos..pos + 4].try_into().unwrap());
+                pos += 4;
+                if len < 0 {
+                    fields.push(None);
+                } else {
+                    fields.push(Some(b[pos..pos + len as usize].to_vec()));
+                    pos += len as usize;
+                }
+            }
+            let e = fields[0].clone().map(|v| String::from_utf8(v).unwrap());
+            let t = i64::from_be_bytes(fields[1].clone().unwrap().try_into().unwrap());
+            let x = i32::from_be_bytes(fields[2].clone().unwrap().try_into().unwrap());
+            got.push((e, t, x));
+        }
+        assert_eq!(&b[pos..], &(-1i16).to_be_bytes());
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            got,
+            vec![(None, 0, 6), (s(" "), 5, 4), (s("a"), 3, 5), (s("a"), 9, 2), (s("b"), 1, 3), (s("b"), 2, 1)]
+        );
     }
 }

@@ -17,7 +17,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
-pub use copy::CopyBuf;
+pub use copy::{CopyBuf, RowKey};
 pub use partitions::{Span, TableSpec, TABLES};
 
 /// The migrations, in order. Files are never edited once released: a change is a new file.
@@ -91,10 +91,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Connection options from a URL, without sqlx's per-statement logging (the sink's statements
 /// are few and large; its own spans and metrics say what it does).
+///
+/// Sessions run with PostgreSQL's JIT compiler off unless the URL sets `jit` itself
+/// (`?options=-c%20jit%3Don`). The project's statements are dashboard queries, batch merges and
+/// window scans that finish in milliseconds to a few seconds; JIT compiles any plan whose cost
+/// estimate passes `jit_above_cost`, which these routinely do, and the compilation costs more
+/// than it saves: measured at 30 M rows, the anomaly query 37 → 25 ms and its raw twin
+/// 566 → 129 ms, every other raw twin 4–25 % faster (docs/benchmarks.md).
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("postgres url `{}`: {e}", redact(url)))?;
+    let opts = if url.contains("jit") { opts } else { opts.options([("jit", "off")]) };
     Ok(opts
         .application_name("headroom")
         .disable_statement_logging())

@@ -269,3 +269,24 @@ async fn a_version_directory_registers_from_its_manifest() {
     assert!(registry::register_dir(&pool, &dir).await.unwrap_err().to_string().contains("family"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sessions_run_without_jit_unless_the_url_asks_for_it() {
+    let url = fresh().await;
+    let mut c = conn(&url).await;
+    let (jit, path): (String, String) = sqlx::query_as("SELECT current_setting('jit'), current_setting('search_path')")
+        .fetch_one(&mut c)
+        .await
+        .expect("settings");
+    assert_eq!(jit, "off");
+    // The URL's own options still apply beside it.
+    assert!(url.contains(&format!("search_path%3D{path}")), "{path} from {url}");
+    let pooled = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.expect("pool");
+    let jit: String = sqlx::query_scalar("SELECT current_setting('jit')").fetch_one(&pooled).await.expect("jit");
+    assert_eq!(jit, "off", "pooled sessions too");
+    // An operator who wants JIT says so in the URL.
+    let on = format!("{url}%20-c%20jit%3Don");
+    let mut c = conn(&on).await;
+    let jit: String = sqlx::query_scalar("SELECT current_setting('jit')").fetch_one(&mut c).await.expect("jit");
+    assert_eq!(jit, "on");
+}
