@@ -134,10 +134,12 @@ async fn throughput(
     records: u64,
 ) -> anyhow::Result<f64> {
     let group = format!("{group_prefix}{}", which.split(':').next().unwrap_or(which));
+    let props = service_properties();
     let output;
     let handle = if let Some(models) = which.strip_prefix("scorer:") {
         let mut c = headroom_scorer::Config::load(None)?;
         c.kafka.brokers = brokers.into();
+        c.kafka.properties.extend(props.clone());
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
@@ -150,6 +152,7 @@ async fn throughput(
     } else if which == "relay" {
         let mut c = headroom_relay::Config::load(None)?;
         c.kafka.brokers = brokers.into();
+        c.kafka.properties.extend(props.clone());
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
@@ -160,6 +163,7 @@ async fn throughput(
     } else {
         let mut c = headroom_featurizer::Config::load(None)?;
         c.kafka.brokers = brokers.into();
+        c.kafka.properties.extend(props.clone());
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
@@ -175,6 +179,17 @@ async fn throughput(
         which.split(':').next().unwrap_or(which)
     );
     Ok(rate)
+}
+
+/// librdkafka properties for the measured services, from `HEADROOM_BENCH_KAFKA_PROPERTIES`
+/// (`key=value,key=value`): the same for every service of the run, to try client settings.
+fn service_properties() -> Vec<(String, String)> {
+    std::env::var("HEADROOM_BENCH_KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 /// Records/s of a started service: the clock starts when it consumed its first record (group
