@@ -134,12 +134,12 @@ async fn throughput(
     records: u64,
 ) -> anyhow::Result<f64> {
     let group = format!("{group_prefix}{}", which.split(':').next().unwrap_or(which));
-    let props = service_properties();
+    let props = service_properties()?;
     let output;
     let handle = if let Some(models) = which.strip_prefix("scorer:") {
         let mut c = headroom_scorer::Config::load(None)?;
         c.kafka.brokers = brokers.into();
-        c.kafka.properties.extend(props.clone());
+        c.kafka.properties.extend(props);
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
@@ -152,7 +152,7 @@ async fn throughput(
     } else if which == "relay" {
         let mut c = headroom_relay::Config::load(None)?;
         c.kafka.brokers = brokers.into();
-        c.kafka.properties.extend(props.clone());
+        c.kafka.properties.extend(props);
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
@@ -163,7 +163,7 @@ async fn throughput(
     } else {
         let mut c = headroom_featurizer::Config::load(None)?;
         c.kafka.brokers = brokers.into();
-        c.kafka.properties.extend(props.clone());
+        c.kafka.properties.extend(props);
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
@@ -183,12 +183,16 @@ async fn throughput(
 
 /// librdkafka properties for the measured services, from `HEADROOM_BENCH_KAFKA_PROPERTIES`
 /// (`key=value,key=value`): the same for every service of the run, to try client settings.
-fn service_properties() -> Vec<(String, String)> {
-    std::env::var("HEADROOM_BENCH_KAFKA_PROPERTIES")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+fn service_properties() -> anyhow::Result<Vec<(String, String)>> {
+    const VAR: &str = "HEADROOM_BENCH_KAFKA_PROPERTIES";
+    let spec = std::env::var(VAR).unwrap_or_default();
+    spec.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => anyhow::bail!("{VAR}: `{kv}` is not KEY=VALUE"),
+        })
         .collect()
 }
 

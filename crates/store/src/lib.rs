@@ -92,7 +92,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// Connection options from a URL, without sqlx's per-statement logging (the sink's statements
 /// are few and large; its own spans and metrics say what it does).
 ///
-/// Sessions run with PostgreSQL's JIT compiler off unless the URL sets `jit` itself
+/// Sessions run with PostgreSQL's JIT compiler off unless the URL's `options` set `jit` itself
 /// (`?options=-c%20jit%3Don`). The project's statements are dashboard queries, batch merges and
 /// window scans that finish in milliseconds to a few seconds; JIT compiles any plan whose cost
 /// estimate passes `jit_above_cost`, which these routinely do, and the compilation costs more
@@ -102,7 +102,7 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("postgres url `{}`: {e}", redact(url)))?;
-    let opts = if url.contains("jit") { opts } else { opts.options([("jit", "off")]) };
+    let opts = if opts.get_options().is_some_and(|o| o.contains("jit")) { opts } else { opts.options([("jit", "off")]) };
     Ok(opts
         .application_name("headroom")
         .disable_statement_logging())
