@@ -1,23 +1,13 @@
--- Anomalies: samples of the range whose CPU utilization is more than 3 standard deviations from
--- the entity's rolling baseline, its mean over the 24 hours before the range (at least 30
--- samples). The baseline comes from the hourly rollup's counts, sums and sums of squares (24
--- rows per entity, whatever the sampling rate; rows written before sums of squares were kept
--- are left out); the points are the range's raw samples (BRIN on ts).
--- $1, $2: the time range [from, to) as timestamptz (whole hours make the baseline exact).
-WITH base AS (
-    SELECT entity_id,
-           sum(cpu_sum) / sum(cpu_n)                                               AS mean,
-           sqrt(greatest(sum(cpu_sq) / sum(cpu_n) - (sum(cpu_sum) / sum(cpu_n)) ^ 2, 0)) AS sd,
-           sum(cpu_n)                                                              AS history
-    FROM telemetry_1h
-    WHERE bucket >= $1::timestamptz - interval '24 hours' AND bucket < $1::timestamptz
-      AND cpu_n > 0 AND cpu_sq IS NOT NULL
-    GROUP BY entity_id
-)
-SELECT r.entity_id, r.service, r.ts, r.cpu_util AS cpu, b.mean AS rolling_mean, b.sd AS rolling_sd,
-       (r.cpu_util - b.mean) / b.sd AS z
-FROM telemetry_raw r JOIN base b USING (entity_id)
-WHERE r.ts >= $1::timestamptz AND r.ts < $2::timestamptz
-  AND b.history >= 30 AND b.sd > 0 AND abs(r.cpu_util - b.mean) > 3 * b.sd
-ORDER BY abs((r.cpu_util - b.mean) / b.sd) DESC, r.entity_id, r.ts
+-- Anomalies: CPU samples of the range more than 3 standard deviations from their entity's
+-- rolling baseline, the mean over the 24 hours before the sample's hour (at least 30 samples).
+-- The sink scores every sample as it writes it, against the hourly rollup's counts, sums and
+-- sums of squares of those 24 hours, and keeps only the anomalies (telemetry_anomalies,
+-- sql/migrations/0008): the panel reads a few hundred rows an hour by time. A sample is scored
+-- once, against what was known when it was written; a late sample for an earlier hour does not
+-- re-score the samples after it.
+-- $1, $2: the time range [from, to) as timestamptz.
+SELECT entity_id, service, ts, cpu, mean AS rolling_mean, sd AS rolling_sd, z
+FROM telemetry_anomalies
+WHERE ts >= $1::timestamptz AND ts < $2::timestamptz
+ORDER BY abs(z) DESC, entity_id, ts
 LIMIT 1000;

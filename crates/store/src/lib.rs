@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "anomaly baseline index",
         include_str!("../../../sql/migrations/0007_anomaly_baseline_index.sql"),
     ),
+    (
+        8,
+        "anomalies scored at write time",
+        include_str!("../../../sql/migrations/0008_anomalies_at_write_time.sql"),
+    ),
 ];
 
 /// sqlx's migrator over the embedded migrations (it records them in `_sqlx_migrations`,

@@ -55,6 +55,7 @@ pub const TABLES: &[TableSpec] = &[
     TableSpec { name: "recommendations", span: Span::Day },
     TableSpec { name: "drift_alerts", span: Span::Month },
     TableSpec { name: "dead_letters", span: Span::Day },
+    TableSpec { name: "telemetry_anomalies", span: Span::Day },
 ];
 
 pub fn spec(name: &str) -> Option<TableSpec> {

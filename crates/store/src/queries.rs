@@ -30,7 +30,7 @@ pub const QUERIES: &[Query] = &[
     },
     Query {
         name: "anomalies",
-        about: "samples more than 3 standard deviations from the entity's mean over the 24 hours before",
+        about: "CPU samples more than 3 standard deviations from the entity's mean over the 24 hours before the sample's hour (scored by the sink as it writes)",
         sql: include_str!("../../../sql/queries/anomalies.sql"),
         raw_sql: Some(include_str!("../../../sql/queries/raw/anomalies.sql")),
     },

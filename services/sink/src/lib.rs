@@ -20,6 +20,7 @@
 //!   maintenance pass every `maintenance.interval` creates them ahead and drops whole
 //!   partitions past each table's retention (on the table's data clock).
 
+pub mod anomalies;
 pub mod archive;
 mod config;
 pub mod rows;
@@ -185,6 +186,8 @@ struct SinkCtx {
     events: Mutex<Vec<Assignment>>,
     metrics: Metrics,
     sink_metrics: SinkMetrics,
+    /// Bumped at every rebalance: the writer's anomaly baselines are valid within one.
+    ownership: Arc<AtomicU64>,
 }
 
 impl ClientContext for SinkCtx {}
@@ -224,6 +227,7 @@ impl ConsumerContext for SinkCtx {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.ownership.fetch_add(1, Ordering::SeqCst);
                 let parts: Vec<TopicPartition> = tpl
                     .elements()
                     .iter()
@@ -253,6 +257,7 @@ impl ConsumerContext for SinkCtx {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.ownership.fetch_add(1, Ordering::SeqCst);
                 // The batch in memory is dropped: its offsets were never stored, so the next
                 // owner reads those records again.
                 if let Ok(mut ev) = self.events.lock() {
@@ -265,6 +270,7 @@ impl ConsumerContext for SinkCtx {
                 }
             }
             other => {
+                self.ownership.fetch_add(1, Ordering::SeqCst);
                 tracing::error!(error = ?other, "rebalance error");
                 let _ = consumer.unassign();
                 if let Ok(mut ev) = self.events.lock() {
@@ -366,7 +372,9 @@ fn run(
     health: Arc<Health>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let ownership = Arc::new(AtomicU64::new(0));
     let ctx = SinkCtx {
+        ownership: ownership.clone(),
         runtime: runtime.clone(),
         url: config.postgres.url.clone(),
         group: config.offsets_group().to_owned(),
@@ -398,7 +406,8 @@ fn run(
     let registry = (!config.schema_registry.url.is_empty())
         .then(|| RegistryClient::new(&config.schema_registry.url, runtime.clone()));
     let retention = config.retentions()?;
-    let writer = Writer::new(&config.postgres.url, config.postgres.connect_timeout, config.offsets_group());
+    let writer =
+        Writer::new(&config.postgres.url, config.postgres.connect_timeout, config.offsets_group()).with_ownership(ownership);
     let sample_interval = config.rollups.sample_interval;
     let minute = config.rollups.minute_enabled();
     let archiver = (!config.archive.root.is_empty())

@@ -235,6 +235,9 @@ pub const DLQ_COLUMNS: i16 = 11;
 #[derive(Debug)]
 pub struct Batch {
     pub raw: CopyBuf,
+    /// The raw rows' CPU samples, scored for anomalies once the hourly rollup is merged
+    /// (`crate::anomalies`).
+    pub points: Vec<crate::anomalies::Point>,
     pub rollup_1m: HashMap<(String, i64), Rollup>,
     pub rollup_1h: HashMap<(String, i64), Rollup>,
     /// (service, cluster, hour); '' where the sample has none.
@@ -272,6 +275,7 @@ impl Batch {
     pub fn new(sample_interval: std::time::Duration) -> Batch {
         Batch {
             raw: CopyBuf::new(RAW_COLUMNS),
+            points: Vec::new(),
             rollup_1m: HashMap::new(),
             rollup_1h: HashMap::new(),
             rollup_service: HashMap::new(),
@@ -409,6 +413,15 @@ impl Batch {
             }
             c.int4(partition).int8(offset);
             self.raw_hours.insert(t.ts_ms.div_euclid(HOUR_MS) * HOUR_MS);
+            if let Some(cpu) = t.cpu_util {
+                self.touch("telemetry_anomalies", t.ts_ms);
+                self.points.push(crate::anomalies::Point {
+                    entity_id: t.entity_id.clone(),
+                    service: t.service.clone(),
+                    ts_ms: t.ts_ms,
+                    cpu,
+                });
+            }
         } else {
             *self.expired.entry("telemetry_raw").or_default() += 1;
         }

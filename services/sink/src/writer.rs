@@ -3,6 +3,8 @@
 //! `INSERT … ON CONFLICT DO UPDATE`, the model registry, and the new offsets.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use headroom_store::offsets::{self, Advance, FenceError};
@@ -10,6 +12,7 @@ use headroom_store::partitions::{self, PartitionCache};
 use headroom_store::{CopyBuf, RowKey, TableSpec};
 use sqlx::{Connection, PgConnection};
 
+use crate::anomalies;
 use crate::rows::{model_kind, Batch, ROLLUP_METRICS};
 
 /// How a batch failed.
@@ -153,6 +156,10 @@ pub struct Writer {
     merge_1m: String,
     merge_1h: String,
     merge_service: String,
+    /// The hourly CPU moments of the entities written, for scoring anomalies.
+    baselines: anomalies::BaselineCache,
+    /// Bumped by the consumer at every rebalance: the cache is only valid within one.
+    ownership: Arc<AtomicU64>,
     /// Per table, the newest event time written (the data clock for retention).
     pub clocks: HashMap<&'static str, i64>,
 }
@@ -177,8 +184,17 @@ impl Writer {
             merge_1m: rollup_merge_sql("telemetry_1m", "stage_1m", false),
             merge_1h: rollup_merge_sql("telemetry_1h", "stage_1h", false),
             merge_service: rollup_merge_sql("telemetry_service_1h", "stage_service", true),
+            baselines: anomalies::BaselineCache::default(),
+            ownership: Arc::new(AtomicU64::new(0)),
             clocks: HashMap::new(),
         }
+    }
+
+    /// Shares `epoch`, which the consumer bumps at every rebalance (the anomaly baselines the
+    /// writer keeps are valid only while it owns the same partitions).
+    pub fn with_ownership(mut self, epoch: Arc<AtomicU64>) -> Writer {
+        self.ownership = epoch;
+        self
     }
 
     pub fn is_connected(&self) -> bool {
@@ -189,6 +205,7 @@ impl Writer {
     pub fn disconnect(&mut self) {
         self.conn = None;
         self.partitions.clear();
+        self.baselines.clear();
     }
 
     /// The connection, opened (with its session's staging tables) when there is none.
@@ -238,6 +255,10 @@ impl Writer {
         if let Err(WriteError::Unavailable(_) | WriteError::Refused(_)) = &res {
             // The transaction was rolled back (or the connection is gone); start clean.
             self.disconnect();
+        }
+        if res.is_err() {
+            // Fenced or rolled back: what the cache knows may not be what the table holds.
+            self.baselines.clear();
         }
         res
     }
@@ -292,6 +313,31 @@ impl Writer {
             sqlx::query(merge).execute(&mut *tx).await?;
             written.push((table, buf.rows() as u64, t0.elapsed().as_secs_f64()));
         }
+        // Anomalies: the batch's CPU samples against the hourly rollup just merged (the 24
+        // hours before each sample's hour), from what the writer already knows of its entities
+        // plus what it reads of the others (crate::anomalies).
+        let mut learned = None;
+        if !batch.points.is_empty() {
+            let t0 = Instant::now();
+            let epoch = self.ownership.load(Ordering::SeqCst);
+            let plan = self.baselines.plan(&batch.points, epoch);
+            let loaded = if plan.missing.is_empty() {
+                HashMap::new()
+            } else {
+                let missing: Vec<&str> = plan.missing.iter().map(String::as_str).collect();
+                anomalies::load_history(&mut tx, &missing, plan.from_ms).await?
+            };
+            let deltas = cpu_deltas(batch);
+            let history = self.baselines.history(&batch.points, &loaded, &deltas);
+            let found = anomalies::score(&batch.points, &history);
+            if !found.is_empty() {
+                let mut buf = anomalies::encode(&found);
+                copy(&mut tx, &format!("COPY telemetry_anomalies ({}) FROM STDIN (FORMAT binary)", anomalies::COLUMNS), &mut buf)
+                    .await?;
+            }
+            written.push(("telemetry_anomalies", found.len() as u64, t0.elapsed().as_secs_f64()));
+            learned = Some((plan, loaded));
+        }
         let t0 = Instant::now();
         for m in &batch.models {
             write_model_event(&mut tx, m).await?;
@@ -301,6 +347,10 @@ impl Writer {
         }
         offsets::store(&mut tx, &group, advances).await?;
         tx.commit().await?;
+        if let Some((plan, loaded)) = learned {
+            let epoch = self.ownership.load(Ordering::SeqCst);
+            self.baselines.committed(plan, loaded, &cpu_deltas(batch), epoch);
+        }
         for (t, ts) in &batch.newest {
             let c = self.clocks.entry(t).or_insert(*ts);
             *c = (*c).max(*ts);
@@ -334,6 +384,16 @@ impl Writer {
         }
         Ok((dropped, created))
     }
+}
+
+/// The batch's CPU share of each (entity, hour) of the hourly rollup.
+fn cpu_deltas(batch: &Batch) -> anomalies::Deltas<'_> {
+    let mut d: anomalies::Deltas<'_> = HashMap::new();
+    for ((entity, hour), r) in &batch.rollup_1h {
+        let cpu = &r.metrics[0];
+        d.entry(entity.as_str()).or_default().push((*hour, i64::from(cpu.n), cpu.sum, cpu.sumsq));
+    }
+    d
 }
 
 /// The order raw rows are written in: by hour, then entity, then time. Each entity's rows of

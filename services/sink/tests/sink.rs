@@ -193,6 +193,33 @@ async fn assert_exact(pg: &str, expected: &[Telemetry]) {
     .expect("counts");
     assert_eq!(rows, expected.len() as i64, "raw rows");
     assert_eq!(distinct, rows, "duplicates in telemetry_raw");
+    // Anomalies scored at write time, once each: exactly the samples the raw table's own
+    // per-hour baselines find (sql/queries/raw/anomalies.sql, without its panel limit).
+    let from = expected.iter().map(|t| t.ts_ms).min().unwrap_or(0);
+    let to = expected.iter().map(|t| t.ts_ms).max().unwrap_or(0) + 1;
+    let raw = headroom_store::queries::find("anomalies").and_then(|q| q.raw_sql).expect("raw anomalies");
+    assert!(raw.contains("LIMIT 1000"), "the raw anomaly query's limit moved");
+    let raw = raw.replace("LIMIT 1000", "LIMIT 100000000");
+    let key = |j: &String| {
+        let v: serde_json::Value = serde_json::from_str(j).expect("json");
+        (v["entity_id"].as_str().expect("entity").to_owned(), v["ts"].as_str().expect("ts").to_owned())
+    };
+    let mut want: Vec<_> = headroom_store::queries::rows_as_json(&mut c, &raw, from, to).await.expect("raw anomalies").iter().map(key).collect();
+    let mut got: Vec<_> = headroom_store::queries::rows_as_json(
+        &mut c,
+        "SELECT entity_id, ts FROM telemetry_anomalies WHERE ts >= $1::timestamptz AND ts < $2::timestamptz",
+        from,
+        to,
+    )
+    .await
+    .expect("anomalies")
+    .iter()
+    .map(key)
+    .collect();
+    want.sort();
+    got.sort();
+    assert!(!want.is_empty(), "the generated fleet has anomalies");
+    assert_eq!(got, want, "telemetry_anomalies against the raw table's baselines");
     for table in ["telemetry_1m", "telemetry_1h"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT coalesce(sum(n), 0)::int8 FROM {table}"))
             .fetch_one(&mut c)
@@ -392,6 +419,20 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
     let raw_top: serde_json::Value = serde_json::from_str(&slow[0]).expect("json");
     let (a, b) = (top["z"].as_f64().expect("z"), raw_top["z"].as_f64().expect("z"));
     assert!((a - b).abs() < 1e-6 * b.abs(), "z from rollups {a} vs raw {b}");
+    // The migration's backfill (for samples written before the sink scored them) finds the
+    // same anomalies, with the same scores, as the sink did.
+    let scored = "SELECT entity_id, extract(epoch FROM ts)::float8, z FROM telemetry_anomalies ORDER BY 1, 2";
+    let by_sink: Vec<(String, f64, f64)> = sqlx::query_as(scored).fetch_all(&mut c).await.expect("anomalies");
+    assert!(!by_sink.is_empty());
+    let migration = include_str!("../../../sql/migrations/0008_anomalies_at_write_time.sql");
+    let backfill = &migration[migration.find("DO $$").expect("the backfill block")..];
+    c.execute("TRUNCATE telemetry_anomalies").await.expect("truncate");
+    c.execute(backfill).await.expect("backfill");
+    let by_backfill: Vec<(String, f64, f64)> = sqlx::query_as(scored).fetch_all(&mut c).await.expect("anomalies");
+    assert_eq!(by_backfill.len(), by_sink.len(), "backfill {by_backfill:?} sink {by_sink:?}");
+    for (b, s) in by_backfill.iter().zip(&by_sink) {
+        assert!(b.0 == s.0 && b.1 == s.1 && (b.2 - s.2).abs() < 1e-9 * s.2.abs(), "backfill {b:?} sink {s:?}");
+    }
     // The stored offsets are the topics' ends: everything consumed was stored.
     let stored = scalar_i64(pg, &format!("SELECT sum(next_offset)::int8 FROM sink_offsets WHERE topic = '{}'", e.topics.telemetry)).await;
     assert_eq!(stored, recs.len() as i64);

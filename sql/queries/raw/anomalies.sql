@@ -1,15 +1,22 @@
--- The same question as ../anomalies.sql asked of the raw table alone: the baseline from the
--- samples of the 24 hours before the range.
-WITH base AS (
-    SELECT entity_id, avg(cpu_util) AS mean, stddev_pop(cpu_util) AS sd, count(*) AS history
+-- The same question as ../anomalies.sql asked of the raw table alone: each sample of the range
+-- against the raw samples of the 24 hours before its hour (UTC).
+WITH points AS (
+    SELECT entity_id, service, ts, cpu_util,
+           date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS hour
     FROM telemetry_raw
-    WHERE ts >= $1::timestamptz - interval '24 hours' AND ts < $1::timestamptz AND cpu_util IS NOT NULL
-    GROUP BY entity_id
+    WHERE ts >= $1::timestamptz AND ts < $2::timestamptz AND cpu_util IS NOT NULL
+), keys AS (
+    SELECT DISTINCT entity_id, hour FROM points
+), base AS (
+    SELECT k.entity_id, k.hour, avg(r.cpu_util) AS mean, stddev_pop(r.cpu_util) AS sd, count(*) AS history
+    FROM keys k
+    JOIN telemetry_raw r ON r.entity_id = k.entity_id AND r.ts >= k.hour - interval '24 hours' AND r.ts < k.hour
+    WHERE r.ts >= $1::timestamptz - interval '25 hours' AND r.ts < $2::timestamptz AND r.cpu_util IS NOT NULL
+    GROUP BY k.entity_id, k.hour
 )
-SELECT r.entity_id, r.service, r.ts, r.cpu_util AS cpu, b.mean AS rolling_mean, b.sd AS rolling_sd,
-       (r.cpu_util - b.mean) / b.sd AS z
-FROM telemetry_raw r JOIN base b USING (entity_id)
-WHERE r.ts >= $1::timestamptz AND r.ts < $2::timestamptz
-  AND b.history >= 30 AND b.sd > 0 AND abs(r.cpu_util - b.mean) > 3 * b.sd
-ORDER BY abs((r.cpu_util - b.mean) / b.sd) DESC, r.entity_id, r.ts
+SELECT p.entity_id, p.service, p.ts, p.cpu_util AS cpu, b.mean AS rolling_mean, b.sd AS rolling_sd,
+       (p.cpu_util - b.mean) / b.sd AS z
+FROM points p JOIN base b ON b.entity_id = p.entity_id AND b.hour = p.hour
+WHERE b.history >= 30 AND b.sd > 0 AND abs(p.cpu_util - b.mean) > 3 * b.sd
+ORDER BY abs((p.cpu_util - b.mean) / b.sd) DESC, p.entity_id, p.ts
 LIMIT 1000;
