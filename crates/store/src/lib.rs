@@ -225,7 +225,7 @@ mod migration_tests {
     /// A migration file that is not in the list would never be applied.
     #[test]
     fn every_migration_file_is_embedded_in_order() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sql/migrations");
+        let dir = &format!("{}/../../sql/migrations", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
         let mut files: Vec<String> = std::fs::read_dir(dir)
             .expect("sql/migrations")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

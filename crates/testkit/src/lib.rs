@@ -21,8 +21,11 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+/// The checkout the tests run from. The manifest directory is read at run time first: with a
+/// cargo target directory shared between checkouts (CI's clean clone reuses the one outside the
+/// clone), a test binary built in another checkout would otherwise read that one's files.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()))
         .join("../..")
         .canonicalize()
         .expect("repo root")

@@ -80,6 +80,7 @@ pub struct SinkMetrics {
     pub archive_rows: IntCounter,
     pub archive_errors: IntCounter,
     pub archive_pending: IntGauge,
+    pub baseline_entities: IntGauge,
 }
 
 impl SinkMetrics {
@@ -127,6 +128,7 @@ impl SinkMetrics {
             archive_rows: plain("sink_archive_rows_total", "Rows written to Parquet archive files.")?,
             archive_errors: plain("sink_archive_errors_total", "Failed archive passes (retried at the next maintenance pass).")?,
             archive_pending: gauge("sink_archive_pending", "Hours with raw rows not yet cut into the Parquet archive.")?,
+            baseline_entities: gauge("sink_anomaly_baseline_entities", "Entities whose last day of hourly CPU moments the writer keeps for scoring anomalies (about 1 KB each).")?,
             offset_gaps: counter("sink_offset_gaps_total", "Jumps over offsets that were never delivered (normal on the compacted models topic only), by topic.", &["topic"])?,
         };
         // Every series of a bounded label set starts at zero, so rate() and increase() see the
@@ -762,6 +764,7 @@ impl Loop {
                     for (t, n) in &batch.expired {
                         self.sm.rows_expired.with_label_values(&[t]).inc_by(*n);
                     }
+                    self.sm.baseline_entities.set(self.writer.baseline_entities() as i64);
                     if let Some(a) = self.archiver.as_mut() {
                         a.committed(&batch.raw_hours);
                         self.sm.archive_pending.set(a.pending() as i64);

@@ -197,6 +197,11 @@ impl Writer {
         self
     }
 
+    /// Entities whose anomaly baselines the writer keeps.
+    pub fn baseline_entities(&self) -> usize {
+        self.baselines.len()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
     }

@@ -438,6 +438,13 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
     assert_eq!(stored, recs.len() as i64);
     let metrics = handle.metrics.render();
     assert!(metrics.contains("headroom_sink_postgres_up{service=\"sink\"} 1"), "{metrics}");
+    // The writer keeps the baselines of the entities it scored (12 in this fleet).
+    let kept: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("headroom_sink_anomaly_baseline_entities{service=\"sink\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the baseline gauge");
+    assert!((1..=12).contains(&kept), "{kept} entities kept");
     headroom_testkit::ops::check_exposition("sink", &metrics);
     handle.stop().await.expect("stop");
 }
