@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 fn repo() -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())).join("..")
+    headroom_testkit::repo_root()
 }
 
 /// The section.key paths of a service's defaults (services/<dir>/default.toml).

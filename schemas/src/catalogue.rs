@@ -159,14 +159,15 @@ mod tests {
     fn builtin_parses_and_every_file_is_listed() {
         let cat = Catalogue::builtin();
         assert_eq!(cat.entries().len(), FILES.len());
-        let dir = &format!("{}/avro", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
+        let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let dir = &format!("{root}/avro");
         let mut on_disk = Vec::new();
         for sub in std::fs::read_dir(dir).expect("avro dir") {
             let sub = sub.expect("entry").path();
             for f in std::fs::read_dir(&sub).expect("subject dir") {
                 let f = f.expect("file").path();
                 let rel = f
-                    .strip_prefix(&format!("{}/", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())))
+                    .strip_prefix(&format!("{root}/"))
                     .expect("rel");
                 on_disk.push(rel.to_string_lossy().into_owned());
             }

@@ -225,8 +225,8 @@ mod migration_tests {
     /// A migration file that is not in the list would never be applied.
     #[test]
     fn every_migration_file_is_embedded_in_order() {
-        let dir = &format!("{}/../../sql/migrations", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
-        let mut files: Vec<String> = std::fs::read_dir(dir)
+        let dir = headroom_testkit::repo_root().join("sql/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
             .expect("sql/migrations")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".sql"))
@@ -235,7 +235,7 @@ mod migration_tests {
         assert_eq!(files.len(), MIGRATIONS.len(), "files {files:?}");
         for (f, (v, _, sql)) in files.iter().zip(MIGRATIONS) {
             assert!(f.starts_with(&format!("{v:04}_")), "{f} is not migration {v}");
-            let on_disk = std::fs::read_to_string(format!("{dir}/{f}")).expect("read");
+            let on_disk = std::fs::read_to_string(dir.join(f)).expect("read");
             assert_eq!(&on_disk, sql, "{f} differs from what is embedded");
         }
     }

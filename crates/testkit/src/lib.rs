@@ -24,9 +24,14 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 /// The checkout the tests run from. The manifest directory is read at run time first: with a
 /// cargo target directory shared between checkouts (CI's clean clone reuses the one outside the
 /// clone), a test binary built in another checkout would otherwise read that one's files.
+/// The manifest directory is that of the test's own package (at any depth), so the root is its
+/// nearest ancestor holding the workspace's `Cargo.lock`.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()))
-        .join("../..")
+    let start = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
+    start
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", start.display()))
         .canonicalize()
         .expect("repo root")
 }

@@ -101,7 +101,7 @@ mod tests {
     /// validates over the defaults; cli/tests/deploy.rs checks its port against the Deployment's.
     #[test]
     fn the_kubernetes_config_map_is_a_valid_configuration() {
-        let path = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())).join("../../k8s/base/config/drift-monitor.toml");
+        let path = headroom_testkit::repo_root().join("k8s/base/config/drift-monitor.toml");
         let c: Config = load_config(DEFAULTS, Some(&path), "HEADROOM_DRIFT_K8S__").expect("k8s/base/config/drift-monitor.toml");
         c.validate().expect("k8s/base/config/drift-monitor.toml is valid");
         assert_eq!(c.kafka.brokers, "kafka:9092");

@@ -205,7 +205,7 @@ mod tests {
     /// validates over the defaults; cli/tests/deploy.rs checks its port against the Deployment's.
     #[test]
     fn the_kubernetes_config_map_is_a_valid_configuration() {
-        let path = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())).join("../../k8s/base/config/retrainer.toml");
+        let path = headroom_testkit::repo_root().join("k8s/base/config/retrainer.toml");
         let c: Config = load_config(DEFAULTS, Some(&path), "HEADROOM_RETRAIN_K8S__").expect("k8s/base/config/retrainer.toml");
         c.validate().expect("k8s/base/config/retrainer.toml is valid");
         assert_eq!(c.kafka.brokers, "kafka:9092");

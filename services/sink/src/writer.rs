@@ -341,7 +341,7 @@ impl Writer {
                     .await?;
             }
             written.push(("telemetry_anomalies", found.len() as u64, t0.elapsed().as_secs_f64()));
-            learned = Some((plan, loaded));
+            learned = Some((plan, loaded, deltas));
         }
         let t0 = Instant::now();
         for m in &batch.models {
@@ -352,9 +352,9 @@ impl Writer {
         }
         offsets::store(&mut tx, &group, advances).await?;
         tx.commit().await?;
-        if let Some((plan, loaded)) = learned {
+        if let Some((plan, loaded, deltas)) = learned {
             let epoch = self.ownership.load(Ordering::SeqCst);
-            self.baselines.committed(plan, loaded, &cpu_deltas(batch), epoch);
+            self.baselines.committed(plan, loaded, &deltas, epoch);
         }
         for (t, ts) in &batch.newest {
             let c = self.clocks.entry(t).or_insert(*ts);

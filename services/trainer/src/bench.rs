@@ -94,7 +94,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let rust_batch = batch_s * 1e6 / a.batch as f64;
     let rust_single = single_s * 1e6;
 
-    let script = &format!("{}/../../load-tests/python/xgb_predict.py", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
+    let script = &python_reference("xgb_predict.py");
     let o = Command::new(&a.python)
         .args([script, &model_path.display().to_string(), &rows_path.display().to_string()])
         .args([w.to_string(), a.batch.to_string(), a.reps.to_string(), a.threads.to_string()])
@@ -202,7 +202,7 @@ pub fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
         "objective": "reg:quantileerror", "quantile_alpha": quantiles, "base_score": 0.0,
     });
     std::fs::write(dir.path().join("params.json"), serde_json::to_vec(&p)?)?;
-    let script = &format!("{}/../../load-tests/python/xgb_train.py", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
+    let script = &python_reference("xgb_train.py");
     let o = Command::new(&a.python).arg(script).arg(dir.path()).output()?;
     anyhow::ensure!(o.status.success(), "python reference failed: {}", String::from_utf8_lossy(&o.stderr));
     let py: serde_json::Value = serde_json::from_slice(&o.stdout)?;
@@ -220,4 +220,12 @@ pub fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
         rows.len(), rows.n_features, a.rounds, a.max_depth, a.threads, rust_train / py_train, (rust_dmatrix + rust_train) / (py_dmatrix + py_train)
     );
     Ok(())
+}
+
+/// A Python reference script of `load-tests/python/`. The manifest directory is read at run time
+/// first (under cargo; a target directory shared between checkouts holds binaries built in
+/// another one), then the one this binary was built in.
+pub(crate) fn python_reference(name: &str) -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    format!("{dir}/../../load-tests/python/{name}")
 }

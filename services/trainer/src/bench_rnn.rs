@@ -145,7 +145,7 @@ pub fn run(a: &RnnBenchArgs) -> anyhow::Result<()> {
         f32_file(&xp, &x)?;
         f32_file(&sp, &s)?;
         f32_file(&op, &out)?;
-        let script = &format!("{}/../../load-tests/python/rnn_onnx.py", std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()));
+        let script = &crate::bench::python_reference("rnn_onnx.py");
         let o = Command::new(&a.python)
             .arg(script)
             .args([&wpath, &xp, &sp, &op])
