@@ -11,6 +11,9 @@
 #                          the shared one
 # HEADROOM_BROKER_STORAGE=sqlite keeps the broker's data across restarts (default: memory);
 #                          it is far slower under load (docs/benchmarks.md, Through the broker).
+# HEADROOM_BROKER_RECYCLE_MB=N restarts a running memory-backed broker whose resident memory is
+#                          above N MiB (its data are throw-away; a broker bloated by benchmarks
+#                          slows every client 2-10 x). scripts/test.sh sets it.
 source "$(dirname "$0")/lib.sh"
 
 broker_pidfile="$STACK_DIR/tansu.pid"
@@ -19,8 +22,15 @@ broker_up() {
     [ -x "$TANSU_BIN" ] || "$REPO_ROOT/scripts/setup.sh"
     mkdir -p "$STACK_DIR"
     if [ -f "$broker_pidfile" ] && kill -0 "$(cat "$broker_pidfile")" 2>/dev/null && wait_port "$KAFKA_HOST" "$KAFKA_PORT" 1; then
-        log "broker already running at $KAFKA_BROKERS"
-        return 0
+        local rss_mb; rss_mb=$(( $(ps -o rss= -p "$(cat "$broker_pidfile")" 2>/dev/null || echo 0) / 1024 ))
+        if [ -n "${HEADROOM_BROKER_RECYCLE_MB:-}" ] && [ "${HEADROOM_BROKER_STORAGE:-memory}" = memory ] \
+            && [ "$rss_mb" -gt "$HEADROOM_BROKER_RECYCLE_MB" ]; then
+            log "broker holds ${rss_mb} MiB (> HEADROOM_BROKER_RECYCLE_MB=$HEADROOM_BROKER_RECYCLE_MB): restarting it empty"
+            broker_down
+        else
+            log "broker already running at $KAFKA_BROKERS (${rss_mb} MiB resident)"
+            return 0
+        fi
     fi
     if wait_port "$KAFKA_HOST" "$KAFKA_PORT" 0; then
         die "port $KAFKA_PORT is taken by another process; set HEADROOM_KAFKA_PORT"

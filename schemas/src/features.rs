@@ -5,7 +5,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 
 use crate::avro::{
-    write_block, write_bool, write_f32, write_f64, write_int, write_long, write_opt, write_str,
+    write_bool, write_f32_array, write_f64, write_int, write_long, write_opt, write_str,
 };
 use crate::{framing, Catalogue, DecodeError};
 
@@ -36,24 +36,47 @@ pub struct FeaturesRecord {
 
 /// Deterministic event id: the same entity and event time always give the same id.
 pub fn event_id(entity_id: &str, ts_ms: i64) -> String {
+    let mut id = String::with_capacity(32);
+    event_id_into(entity_id, ts_ms, &mut id);
+    id
+}
+
+/// [`event_id`] written into a reused string (the featurizer's hot path: no allocation, no
+/// formatting machinery).
+pub fn event_id_into(entity_id: &str, ts_ms: i64, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let h = xxhash_rust::xxh3::xxh3_128_with_seed(entity_id.as_bytes(), ts_ms as u64);
-    format!("{h:032x}")
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((h >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out.clear();
+    out.extend(digits.iter().map(|&b| char::from(b)));
+}
+
+/// The schema id of the newest catalogued `features` version, looked up once.
+fn latest_id() -> u32 {
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        Catalogue::builtin()
+            .latest(SUBJECT)
+            .map(|e| e.id)
+            .unwrap_or(0)
+    })
 }
 
 impl FeaturesRecord {
     pub fn encode_framed(&self, out: &mut Vec<u8>) {
-        let id = Catalogue::builtin()
-            .latest(SUBJECT)
-            .map(|e| e.id)
-            .unwrap_or(0);
-        framing::frame(id, out);
+        framing::frame(latest_id(), out);
+        // Strings and the fixed fields take about 150 bytes beyond the vector.
+        out.reserve(4 * self.values.len() + 160 + self.entity_id.len());
         write_str(out, &self.event_id);
         write_str(out, &self.entity_id);
         write_long(out, self.ts_ms);
         write_opt(out, self.service.as_deref(), write_str);
         write_opt(out, self.cluster.as_deref(), write_str);
         write_str(out, &self.feature_set);
-        write_block(out, self.values.iter(), |o, v| write_f32(o, *v));
+        write_f32_array(out, &self.values);
         write_f64(out, self.cpu_util);
         write_f64(out, self.mem_util);
         write_f64(out, self.net_bps);
@@ -322,6 +345,15 @@ mod tests {
         assert_eq!(event_id("a", 1), event_id("a", 1));
         assert_ne!(event_id("a", 1), event_id("a", 2));
         assert_ne!(event_id("a", 1), event_id("b", 1));
+        // The hand-rolled hex is the 128-bit hash in 32 lower-case digits, leading zeros kept,
+        // and the reused-buffer form gives the same id.
+        let mut reused = String::from("left over from the previous record");
+        for (entity, ts) in [("a", 1), ("vm-1", 1_700_000_000_000), ("", -5)] {
+            let h = xxhash_rust::xxh3::xxh3_128_with_seed(entity.as_bytes(), ts as u64);
+            assert_eq!(event_id(entity, ts), format!("{h:032x}"));
+            event_id_into(entity, ts, &mut reused);
+            assert_eq!(reused, event_id(entity, ts));
+        }
     }
 
     use proptest::prelude::*;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use headroom_features::{FeatureConfig, FeatureLayout, Outcome, PartitionState, Sample};
 use headroom_runtime::registry::RegistryClient;
 use headroom_runtime::{Emitter, InputRecord, Metrics, Processor};
-use headroom_schemas::features::event_id;
+use headroom_schemas::features::event_id_into;
 use headroom_schemas::{
     DecodeError, DlqReason, FeaturesRecord, Telemetry, TelemetryDecoder, ValidationLimits,
 };
@@ -131,7 +131,7 @@ impl Processor for Featurizer {
                 let v = &self.vector;
                 let get = |i: usize| v.get(i).copied().map_or(0.0, f64::from);
                 let r = &mut self.record;
-                r.event_id = event_id(&telemetry.entity_id, telemetry.ts_ms);
+                event_id_into(&telemetry.entity_id, telemetry.ts_ms, &mut r.event_id);
                 r.entity_id.clone_from(&telemetry.entity_id);
                 r.ts_ms = telemetry.ts_ms;
                 r.service.clone_from(&telemetry.service);
