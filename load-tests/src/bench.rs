@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// the latency runs.
     #[arg(long)]
     max_rate: Option<f64>,
+    /// When a throughput run stops: at the broker's acknowledgement of the last output, or at
+    /// its arrival at a reader consuming during the run (which shares the machine).
+    #[arg(long, value_enum, default_value_t = Clock::Acked)]
+    clock: Clock,
 }
 
 pub(crate) fn kafka_cfg(brokers: &str) -> KafkaConfig {
@@ -132,6 +136,7 @@ async fn throughput(
     prefix: &str,
     input: &str,
     records: u64,
+    clock: Clock,
 ) -> anyhow::Result<f64> {
     let group = format!("{group_prefix}{}", which.split(':').next().unwrap_or(which));
     let props = service_properties()?;
@@ -172,7 +177,7 @@ async fn throughput(
         output = c.topics.output.clone();
         headroom_featurizer::start(c, Shutdown::new()).await?
     };
-    let rate = timed(brokers, &handle, input, &output, records).await?;
+    let rate = timed(brokers, &handle, input, &output, records, clock).await?;
     handle.stop().await?;
     eprintln!(
         "  {}: {rate:.0} records/s",
@@ -196,14 +201,28 @@ fn service_properties() -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// How a throughput run decides that the service is done.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// When the broker has acknowledged the service's last output (its own delivery counter):
+    /// no reader shares the machine with the service while it is timed. The outputs are counted
+    /// on the broker afterwards.
+    #[default]
+    Acked,
+    /// When a reader consuming the output topic during the run has received the last output.
+    Consumed,
+}
+
 /// Records/s of a started service: the clock starts when it consumed its first record (group
-/// join excluded) and stops when the last of `records` outputs arrived on `output`.
+/// join excluded) and stops when the last of `records` outputs was acknowledged by the broker
+/// ([`Clock::Acked`]) or arrived at a reader of `output` ([`Clock::Consumed`]).
 async fn timed(
     brokers: &str,
     handle: &headroom_runtime::service::ServiceHandle,
     input: &str,
     output: &str,
     records: u64,
+    clock: Clock,
 ) -> anyhow::Result<f64> {
     let records_in = handle.metrics.records_in.with_label_values(&[input]);
     let first_in = tokio::task::spawn_blocking(move || {
@@ -214,11 +233,37 @@ async fn timed(
         Instant::now()
     });
     let (b, out) = (brokers.to_owned(), output.to_owned());
-    let drained = tokio::task::spawn_blocking(move || {
-        drain_until(&b, &out, records, Duration::from_secs(600))
-    });
+    let done = match clock {
+        Clock::Consumed => tokio::task::spawn_blocking(move || {
+            drain_until(&b, &out, records, Duration::from_secs(600))
+        }),
+        Clock::Acked => {
+            let acked = handle.metrics.records_out.with_label_values(&[output]);
+            tokio::task::spawn_blocking(move || {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while acked.get() < records {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "{out}: only {} of {records} outputs acknowledged",
+                        acked.get()
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Ok(Instant::now())
+            })
+        }
+    };
     let started = first_in.await?;
-    let last = drained.await??;
+    let last = done.await??;
+    if clock == Clock::Acked {
+        // What the service counted must be on the broker (read back after the clock stopped;
+        // tansu 0.6's high watermarks can lag what it stored, so the records are counted).
+        let (b, out) = (brokers.to_owned(), output.to_owned());
+        tokio::task::spawn_blocking(move || {
+            drain_until(&b, &out, records, Duration::from_secs(120))
+        })
+        .await??;
+    }
     Ok(records as f64
         / last
             .saturating_duration_since(started)
@@ -252,10 +297,10 @@ pub fn run_scorer(brokers: &str, args: &ScorerBenchArgs) -> anyhow::Result<()> {
         let input = format!("{prefix}telemetry.raw");
         let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
         tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
-        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records).await?;
+        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records, Clock::Consumed).await?;
         let features = format!("{prefix}features");
         let which = format!("scorer:{}", args.models_dir);
-        let scorer = throughput(brokers, &which, &format!("{prefix}s."), &prefix, &features, args.records).await?;
+        let scorer = throughput(brokers, &which, &format!("{prefix}s."), &prefix, &features, args.records, Clock::Consumed).await?;
         println!(
             "RESULT scorer-throughput records={} entities={} scorer_eps={scorer:.0} featurizer_eps={featurizer:.0} ratio={:.3}",
             args.records,
@@ -343,6 +388,7 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
                         &prefix,
                         &input,
                         args.records,
+                        args.clock,
                     )
                     .await?;
                     let best = if which == "relay" {
@@ -354,10 +400,14 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
                 }
             }
             println!(
-                "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0}",
+                "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0} clock={}",
                 args.records,
                 args.entities,
-                featurizer / relay
+                featurizer / relay,
+                match args.clock {
+                    Clock::Acked => "acked",
+                    Clock::Consumed => "consumed",
+                }
             );
             featurizer
         }
@@ -727,7 +777,7 @@ pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Re
             preload_forecasts(&b, &f, e, r)
         })
         .await??;
-        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records).await?;
+        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records, Clock::Consumed).await?;
 
         let mut c = headroom_recommender::Config::load(None)?;
         c.kafka.brokers = brokers.into();
@@ -739,7 +789,7 @@ pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Re
         c.topics.dlq = format!("{prefix}telemetry.dlq");
         let output = c.topics.output.clone();
         let handle = headroom_recommender::start(c, Shutdown::new()).await?;
-        let rate = timed(brokers, &handle, &forecasts, &output, args.records).await?;
+        let rate = timed(brokers, &handle, &forecasts, &output, args.records, Clock::Consumed).await?;
         // The state gauges are refreshed at each commit.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let entities = handle.metrics.state_entities.get().max(1);
