@@ -213,6 +213,19 @@ pub enum Clock {
     Consumed,
 }
 
+/// Polls a service's counter (`count`) until it reaches `n`: the instant it did, or the count
+/// reached by the deadline.
+fn wait_count(count: impl Fn() -> u64, n: u64, timeout: Duration) -> Result<Instant, u64> {
+    let deadline = Instant::now() + timeout;
+    while count() < n {
+        if Instant::now() >= deadline {
+            return Err(count());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(Instant::now())
+}
+
 /// Records/s of a started service: the clock starts when it consumed its first record (group
 /// join excluded) and stops when the last of `records` outputs was acknowledged by the broker
 /// ([`Clock::Acked`]) or arrived at a reader of `output` ([`Clock::Consumed`]).
@@ -226,11 +239,7 @@ async fn timed(
 ) -> anyhow::Result<f64> {
     let records_in = handle.metrics.records_in.with_label_values(&[input]);
     let first_in = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while records_in.get() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        Instant::now()
+        wait_count(|| records_in.get(), 1, Duration::from_secs(120)).unwrap_or_else(|_| Instant::now())
     });
     let (b, out) = (brokers.to_owned(), output.to_owned());
     let done = match clock {
@@ -240,16 +249,9 @@ async fn timed(
         Clock::Acked => {
             let acked = handle.metrics.records_out.with_label_values(&[output]);
             tokio::task::spawn_blocking(move || {
-                let deadline = Instant::now() + Duration::from_secs(600);
-                while acked.get() < records {
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "{out}: only {} of {records} outputs acknowledged",
-                        acked.get()
-                    );
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Ok(Instant::now())
+                wait_count(|| acked.get(), records, Duration::from_secs(600)).map_err(|n| {
+                    anyhow::anyhow!("{out}: only {n} of {records} outputs acknowledged")
+                })
             })
         }
     };
@@ -404,10 +406,7 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
                 args.records,
                 args.entities,
                 featurizer / relay,
-                match args.clock {
-                    Clock::Acked => "acked",
-                    Clock::Consumed => "consumed",
-                }
+                clap::ValueEnum::to_possible_value(&args.clock).expect("no skipped variant").get_name()
             );
             featurizer
         }
