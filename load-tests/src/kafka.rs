@@ -61,6 +61,12 @@ pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) -> anyhow::Result<()>
 }
 
 /// A consumer assigned to every partition of `topic`, at the end (`from_end`) or beginning.
+///
+/// The end is the broker's high watermark. tansu 0.6 reports watermarks that can lag what it
+/// has stored (docs/benchmarks.md), so a reader "at the end" may start a little before it and
+/// see older records: callers must not count on seeing only new ones. The one caller (the
+/// latency run) reads a fresh topic and ignores every record whose entity is not one of its
+/// own, which covers the warm-up records written before it.
 pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<BaseConsumer> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
