@@ -80,6 +80,7 @@ pub struct Training {
     pub threads: u32,
     pub train_stride: usize,
     pub classifier: bool,
+    pub classifier_eta: f64,
     pub device: DeviceChoice,
     pub neural: crate::neural::NeuralTraining,
 }
@@ -181,6 +182,12 @@ impl Config {
         if !(self.training.eta > 0.0 && self.training.eta <= 1.0) {
             return bad(format!("key `training.eta` must be in (0, 1], got {}", self.training.eta));
         }
+        if !(self.training.classifier_eta > 0.0 && self.training.classifier_eta <= 1.0) {
+            return bad(format!(
+                "key `training.classifier_eta` must be in (0, 1], got {}",
+                self.training.classifier_eta
+            ));
+        }
         if self.training.train_stride == 0 {
             return bad("key `training.train_stride` must be at least 1".into());
         }
@@ -230,5 +237,8 @@ mod tests {
         std::env::set_var("HEADROOM_RETRAIN_TEST4__TRAINING__TARGETS", "[\"cpu\",\"gpu\"]");
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST4__").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("training.targets"));
+        std::env::set_var("HEADROOM_RETRAIN_TEST5__TRAINING__CLASSIFIER_ETA", "0");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST5__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("training.classifier_eta"));
     }
 }

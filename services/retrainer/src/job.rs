@@ -208,6 +208,7 @@ struct Params<'a> {
     rounds: u32,
     max_depth: u32,
     eta: f64,
+    classifier_eta: f64,
     min_child_weight: f64,
     early_stopping_rounds: u32,
     train_stride: usize,
@@ -505,6 +506,7 @@ impl Retrainer {
             rounds: c.training.rounds,
             max_depth: c.training.max_depth,
             eta: c.training.eta,
+            classifier_eta: c.training.classifier_eta,
             min_child_weight: c.training.min_child_weight,
             early_stopping_rounds: c.training.early_stopping_rounds,
             train_stride: c.training.train_stride,
@@ -560,6 +562,7 @@ impl Retrainer {
             device: c.training.device,
             targets: c.target_indices()?,
             classifier: c.training.classifier,
+            classifier_eta: c.training.classifier_eta,
             ..FitOptions::default()
         };
         let t = Instant::now();

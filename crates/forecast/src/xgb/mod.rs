@@ -34,7 +34,7 @@ impl Default for XgbParams {
         XgbParams {
             rounds: 300,
             max_depth: 8,
-            eta: 0.08,
+            eta: 0.4,
             subsample: 0.8,
             colsample_bytree: 0.8,
             min_child_weight: 5.0,
