@@ -496,6 +496,49 @@ pub fn list(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
+/// The regressors and classifier of a version as a [`ModelSet`] (for backtests that reuse a
+/// fitted version instead of fitting again). Refuses another feature schema than `expected`.
+pub fn read_model_set(dir: &Path, expected_schema: &str) -> Result<ModelSet, LoadError> {
+    let loaded = load(dir, Some(expected_schema))?;
+    let d = dir.display().to_string();
+    let mut set = ModelSet {
+        device: crate::Device::Cpu,
+        regressors: Vec::new(),
+        classifier: None,
+    };
+    for f in &loaded.manifest.models {
+        let model = fs::read(dir.join(&f.file)).map_err(|source| LoadError::Io { dir: d.clone(), source })?;
+        let trained = crate::xgb::Trained {
+            model,
+            rounds: f.rounds,
+            best_iteration: f.best_iteration,
+            best_validation_loss: f.best_validation_loss,
+            metric: f.validation_metric.clone(),
+        };
+        match (f.kind.as_str(), &f.target) {
+            ("regressor", Some(t)) => set.regressors.push(crate::backtest::Regressor {
+                target: t.clone(),
+                horizon: f.horizon_slots,
+                quantiles: f.quantiles.clone(),
+                trained,
+                train_rows: loaded.manifest.training_rows,
+                seconds: f64::NAN,
+            }),
+            ("classifier", _) => {
+                set.classifier = Some(crate::backtest::Classifier {
+                    horizon: f.horizon_slots,
+                    pos_weight: 1.0,
+                    train_base_rate: f64::NAN,
+                    trained,
+                    seconds: f64::NAN,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,47 +589,4 @@ mod tests {
         assert!((r[1].missing_share - 0.25).abs() < 1e-6);
         assert_eq!(r[1].edges, vec![1.0]);
     }
-}
-
-/// The regressors and classifier of a version as a [`ModelSet`] (for backtests that reuse a
-/// fitted version instead of fitting again). Refuses another feature schema than `expected`.
-pub fn read_model_set(dir: &Path, expected_schema: &str) -> Result<ModelSet, LoadError> {
-    let loaded = load(dir, Some(expected_schema))?;
-    let d = dir.display().to_string();
-    let mut set = ModelSet {
-        device: crate::Device::Cpu,
-        regressors: Vec::new(),
-        classifier: None,
-    };
-    for f in &loaded.manifest.models {
-        let model = fs::read(dir.join(&f.file)).map_err(|source| LoadError::Io { dir: d.clone(), source })?;
-        let trained = crate::xgb::Trained {
-            model,
-            rounds: f.rounds,
-            best_iteration: f.best_iteration,
-            best_validation_loss: f.best_validation_loss,
-            metric: f.validation_metric.clone(),
-        };
-        match (f.kind.as_str(), &f.target) {
-            ("regressor", Some(t)) => set.regressors.push(crate::backtest::Regressor {
-                target: t.clone(),
-                horizon: f.horizon_slots,
-                quantiles: f.quantiles.clone(),
-                trained,
-                train_rows: loaded.manifest.training_rows,
-                seconds: f64::NAN,
-            }),
-            ("classifier", _) => {
-                set.classifier = Some(crate::backtest::Classifier {
-                    horizon: f.horizon_slots,
-                    pos_weight: 1.0,
-                    train_base_rate: f64::NAN,
-                    trained,
-                    seconds: f64::NAN,
-                })
-            }
-            _ => {}
-        }
-    }
-    Ok(set)
 }

@@ -15,6 +15,7 @@ use crate::baselines::{self, Baseline, BaselineOptions, OriginModel};
 use crate::dataset::{Dataset, Rows, N_TARGETS, TARGETS};
 use crate::device::{self, Device, DeviceChoice};
 use crate::metrics::{self, Accumulator, ClassScores, PerSeries, Scores};
+use crate::oracle;
 use crate::xgb::{self, ffi::InplaceBooster, Labels, Objective, Trained, XgbParams};
 
 /// Options of fitting and backtesting.
@@ -371,13 +372,20 @@ pub fn score_row(ds: &Dataset, model: &str, m: usize, h: usize, pred: &[(f32, f3
         target: TARGETS[m].into(),
         horizon_slots: h,
         horizon_minutes: h as f64 * ds.interval_ms as f64 / 60_000.0,
-        scores: with_series(acc.scores_with(ds.naive_scale(m, 1), ds.naive_scale(m, h)), &per, &ds.naive_scale_series(m, 1)),
+        scores: with_series(
+            acc.scores_with(ds.naive_scale(m, 1), ds.naive_scale(m, h)),
+            &per,
+            &ds.naive_scale_series(m, 1),
+            &ds.naive_scale_series(m, h),
+        ),
     })
 }
 
-/// `scores` with the per-series MASE of `per` over the per-series scales.
-fn with_series(mut scores: Scores, per: &PerSeries, scales: &[f64]) -> Scores {
+/// `scores` with the per-series MASEs of `per`: over each entity's one-step scale and over its
+/// same-horizon scale.
+fn with_series(mut scores: Scores, per: &PerSeries, scales: &[f64], scales_h: &[f64]) -> Scores {
     (scores.mase_series, scores.mase_series_median) = per.mase(scales);
+    (scores.mase_h_series, scores.mase_h_series_median) = per.mase(scales_h);
     scores
 }
 
@@ -431,6 +439,7 @@ pub fn backtest_with(
         for &h in &ds.horizons {
             let scale_h = ds.naive_scale(m, h);
             naive_scale_h.insert(format!("{}/h{h}", TARGETS[m]), scale_h);
+            let scales_eh = ds.naive_scale_series(m, h);
             let actual: Vec<f32> = (0..rows.len()).map(|i| ds.target(rows, i, m, h)).collect();
             if let Some(r) = models
                 .regressors
@@ -456,7 +465,7 @@ pub fn backtest_with(
                     target: TARGETS[m].into(),
                     horizon_slots: h,
                     horizon_minutes: minutes(h),
-                    scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e),
+                    scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e, &scales_eh),
                 });
                 for &e in plot_entities {
                     let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows.entity[i] == e).collect();
@@ -507,9 +516,29 @@ pub fn backtest_with(
                     target: TARGETS[m].into(),
                     horizon_slots: h,
                     horizon_minutes: minutes(h),
-                    scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e),
+                    scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e, &scales_eh),
                 });
             }
+            // Not a forecast: the median of the target's neighbours on both sides (it reads the
+            // future), to show how much of every model's error is noise at this horizon.
+            let mut acc = Accumulator::new(floor);
+            let mut per = PerSeries::new(ds.series.len());
+            for (i, a) in actual.iter().enumerate() {
+                if !a.is_finite() {
+                    continue;
+                }
+                if let Some(v) = oracle::interpolation(ds, rows, i, m, h, &mut scratch) {
+                    acc.add(v, *a);
+                    per.add(rows.entity[i] as usize, v, *a);
+                }
+            }
+            out.push(Row {
+                model: oracle::NAME.into(),
+                target: TARGETS[m].into(),
+                horizon_slots: h,
+                horizon_minutes: minutes(h),
+                scores: with_series(acc.scores_with(scale, scale_h), &per, &scales_e, &scales_eh),
+            });
         }
         if !ets_origins.is_empty() {
             // The statistical baselines and, on the same origins, XGBoost and the naive forecast.

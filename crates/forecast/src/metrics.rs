@@ -70,6 +70,13 @@ pub struct Scores {
     /// The median over entities of the same ratio.
     #[serde(default = "nan", deserialize_with = "f64_or_nan")]
     pub mase_series_median: f64,
+    /// Per-series MASE with each entity's in-sample naive MAE at the same horizon as the scale:
+    /// below 1 for an entity means better than that entity's naive forecast `h` steps ahead.
+    /// Mean over entities, then the median.
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub mase_h_series: f64,
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub mase_h_series_median: f64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub r2: f64,
     /// Pinball loss of the p90 forecast, when the model has one.
@@ -167,6 +174,8 @@ impl Accumulator {
             r2: if sst > 0.0 { 1.0 - self.sq / sst } else { f64::NAN },
             mase_series: f64::NAN,
             mase_series_median: f64::NAN,
+            mase_h_series: f64::NAN,
+            mase_h_series_median: f64::NAN,
             pinball90: (self.n90 > 0).then(|| self.pinball90 / self.n90 as f64),
             coverage90: (self.n90 > 0).then(|| self.covered90 as f64 / self.n90 as f64),
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use headroom_forecast::artifact::Manifest;
 use headroom_forecast::backtest::{Backtest, ModelSet};
-use headroom_forecast::Dataset;
+use headroom_forecast::{oracle, Dataset};
 
 /// The `n` entities with the most CPU variance in the test period (the interesting plots).
 pub fn most_variable(ds: &Dataset, n: usize) -> Vec<u32> {
@@ -50,14 +50,14 @@ pub fn table(b: &Backtest) -> String {
         let _ = writeln!(s, "\n### {t}\n");
         let _ = writeln!(
             s,
-            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | MASE (h) | MASE per series, mean (median) | R² | p90 pinball | p90 coverage | n |"
+            "| horizon | model | MAE | RMSE | MAPE % | sMAPE % | MASE | MASE (h) | MASE per series, mean (median) | MASE (h) per series, mean (median) | R² | p90 pinball | p90 coverage | n |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in b.rows.iter().filter(|r| r.target == t) {
             let sc = &r.scores;
             let _ = writeln!(
                 s,
-                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+                "| {} min | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} | {} |",
                 r.horizon_minutes,
                 r.model,
                 f(sc.mae),
@@ -68,6 +68,8 @@ pub fn table(b: &Backtest) -> String {
                 f(sc.mase_h),
                 f(sc.mase_series),
                 f(sc.mase_series_median),
+                f(sc.mase_h_series),
+                f(sc.mase_h_series_median),
                 f(sc.r2),
                 sc.pinball90.map_or("–".into(), f),
                 sc.coverage90.map_or("–".into(), f),
@@ -94,7 +96,7 @@ pub fn summary(b: &Backtest) -> String {
         };
         let best = rows
             .iter()
-            .filter(|r| !r.model.contains('@'))
+            .filter(|r| !r.model.contains('@') && r.model != oracle::NAME)
             .min_by(|a, b| a.scores.mase.total_cmp(&b.scores.mase))
             .map(|r| r.model.as_str())
             .unwrap_or("-");
@@ -103,14 +105,33 @@ pub fn summary(b: &Backtest) -> String {
             .filter(|m| rows.iter().any(|r| r.model == **m))
             .map(|m| format!("{m} {}", get(m)))
             .collect();
-        let _ = writeln!(s, "  {t:4} {:>4} min: {}  -> best {best}", rows[0].horizon_minutes, models.join("  "));
+        let _ = writeln!(
+            s,
+            "  {t:4} {:>4} min: {}  -> best {best}  [{} {}: reads the future]",
+            rows[0].horizon_minutes,
+            models.join("  "),
+            oracle::NAME,
+            get(oracle::NAME)
+        );
     }
-    let _ = writeln!(s, "MASE per series (each entity over its own in-sample one-step naive error), mean (median):");
+    let _ = writeln!(
+        s,
+        "MASE per series (each entity over its own in-sample one-step naive error; same-horizon scale in brackets), mean (median):"
+    );
     for (t, h) in keys {
         let rows: Vec<_> = b.rows.iter().filter(|r| r.target == t && r.horizon_slots == h && r.scores.mase_series.is_finite()).collect();
         let cells: Vec<String> = rows
             .iter()
-            .map(|r| format!("{} {:.3} ({:.3})", r.model, r.scores.mase_series, r.scores.mase_series_median))
+            .map(|r| {
+                format!(
+                    "{} {:.3} ({:.3}) [{:.3} ({:.3})]",
+                    r.model,
+                    r.scores.mase_series,
+                    r.scores.mase_series_median,
+                    r.scores.mase_h_series,
+                    r.scores.mase_h_series_median
+                )
+            })
             .collect();
         if let Some(r) = rows.first() {
             let _ = writeln!(s, "  {t:4} {:>4} min: {}", r.horizon_minutes, cells.join("  "));
@@ -214,7 +235,15 @@ pub fn write(
         );
     }
     if let Some(b) = backtest {
-        let _ = writeln!(md, "\n## Accuracy on the test period\n{}", table(b));
+        let _ = writeln!(
+            md,
+            "\n## Accuracy on the test period\n\n`{}` is not a forecast: it is the median of the \
+             target's own values within the horizon on both sides of it (the target left out), \
+             so it reads the future. Its error estimates the noise no forecaster can remove at \
+             that horizon.\n{}",
+            oracle::NAME,
+            table(b)
+        );
         if let Some(c) = &b.classifier {
             let _ = writeln!(
                 md,

@@ -42,8 +42,8 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
         serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     let rows = json["backtest"]["rows"].as_array().unwrap();
     // 3 targets × 3 horizons × (xgboost, lstm, gru, lstm and gru with carried state, 3
-    // baselines, ETS, XGBoost and naive on the ETS origins)
-    assert_eq!(rows.len(), 99);
+    // baselines, the interpolation oracle, ETS, XGBoost and naive on the ETS origins)
+    assert_eq!(rows.len(), 108);
     assert!(rows.iter().any(|r| r["model"] == "gru@carried"));
     assert!(md.contains("| lstm cpu+mem+net (hidden 24, 2 layers, input 24 steps)"), "{md}");
     assert!(rows.iter().any(|r| r["model"] == "ets@origins" && r["n"].as_u64().unwrap() > 10));
@@ -54,10 +54,16 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
         }
         // Per-series MASE on every row that has entities (not on the sampled origins).
         if !r["model"].as_str().unwrap().ends_with("@origins") {
-            let (mean, median) = (r["mase_series"].as_f64().unwrap(), r["mase_series_median"].as_f64().unwrap());
-            assert!(mean.is_finite() && mean > 0.0 && median.is_finite() && median > 0.0, "{r}");
+            for k in ["mase_series", "mase_h_series"] {
+                let (mean, median) = (r[k].as_f64().unwrap(), r[&format!("{k}_median")].as_f64().unwrap());
+                assert!(mean.is_finite() && mean > 0.0 && median.is_finite() && median > 0.0, "{k}: {r}");
+            }
+            // At one step both scales are the same.
+            if r["horizon_slots"] == 1 {
+                assert_eq!(r["mase_series"], r["mase_h_series"], "{r}");
+            }
         } else {
-            assert!(r["mase_series"].is_null(), "{r}");
+            assert!(r["mase_series"].is_null() && r["mase_h_series"].is_null(), "{r}");
         }
     }
     // On the generator's daily pattern XGBoost beats the naive forecast at 30 minutes.
@@ -73,6 +79,12 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     for m in ["lstm", "gru"] {
         assert!(mase(m) < mase("naive"), "{m} {} naive {}", mase(m), mase("naive"));
     }
+    // The interpolation oracle sees both sides of the target: on a smooth daily pattern with
+    // noise it is better than naive, and it is shown but never named the best model.
+    assert!(mase("oracle_interp") < mase("naive"), "oracle {} naive {}", mase("oracle_interp"), mase("naive"));
+    assert!(md.contains("`oracle_interp` is not a forecast"), "{md}");
+    assert!(stdout.contains("[oracle_interp "), "{stdout}");
+    assert!(!stdout.contains("-> best oracle_interp"), "{stdout}");
     let png = std::fs::read(report.join("forecast-0-cpu-h3.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 
