@@ -84,45 +84,11 @@ pub fn forecast(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::{DatasetOptions, Split};
-    use headroom_schemas::Telemetry;
-
-    fn record(slot: i64, cpu: f64) -> Telemetry {
-        Telemetry {
-            entity_id: "e".into(),
-            ts_ms: slot * 300_000,
-            service: None,
-            cluster: None,
-            cpu_util: Some(cpu),
-            mem_util: Some(0.5),
-            net_in_bps: None,
-            net_out_bps: None,
-            disk_read_bps: None,
-            disk_write_bps: None,
-            cpu_cores: None,
-            mem_bytes: None,
-            replicas: None,
-            cost_per_hour: None,
-            scale_event: None,
-            labels: Vec::new(),
-        }
-    }
 
     #[test]
     fn baselines_read_only_the_past() {
         // cpu = slot index / 1000 over 3 days, so every value identifies its slot.
-        let base = 5_000_000;
-        let recs: Vec<Telemetry> = (0..3 * 288)
-            .map(|k| record(base + k, k as f64 / 1000.0))
-            .collect();
-        let ds = Dataset::build(
-            recs,
-            &DatasetOptions {
-                split: Split::TrainDays(2.0),
-                ..DatasetOptions::default()
-            },
-        )
-        .unwrap();
+        let (ds, base) = crate::dataset::three_day_cpu_dataset(|k| Some(k as f64 / 1000.0));
         let opts = BaselineOptions {
             season_slots: 288,
             window_slots: 12,

@@ -389,6 +389,27 @@ pub fn quantile_finite(v: &[f32], q: f64) -> Option<f32> {
     Some(*x)
 }
 
+/// Test fixture shared by the baselines' and the oracle's tests: one entity, 3 days of
+/// 5-minute slots from slot `base` (returned), split after 2 days, `cpu_util` per slot index `k`.
+#[cfg(test)]
+pub(crate) fn three_day_cpu_dataset(values: impl Fn(i64) -> Option<f64>) -> (Dataset, i64) {
+    let base = 5_000_000;
+    let recs: Vec<headroom_schemas::Telemetry> = (0..3 * 288)
+        .map(|k| headroom_schemas::Telemetry {
+            entity_id: "e".into(),
+            ts_ms: (base + k) * 300_000,
+            cpu_util: values(k),
+            mem_util: Some(0.5),
+            ..headroom_schemas::Telemetry::default()
+        })
+        .collect();
+    let opts = DatasetOptions {
+        split: Split::TrainDays(2.0),
+        ..DatasetOptions::default()
+    };
+    (Dataset::build(recs, &opts).expect("fixture builds"), base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

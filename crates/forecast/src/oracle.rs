@@ -54,32 +54,8 @@ pub fn interpolation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::{DatasetOptions, Split};
-    use headroom_schemas::Telemetry;
 
-    fn record(slot: i64, cpu: Option<f64>) -> Telemetry {
-        Telemetry {
-            entity_id: "e".into(),
-            ts_ms: slot * 300_000,
-            cpu_util: cpu,
-            mem_util: Some(0.5),
-            ..Telemetry::default()
-        }
-    }
-
-    fn dataset(values: impl Fn(i64) -> Option<f64>) -> (Dataset, i64) {
-        let base = 5_000_000;
-        let recs: Vec<Telemetry> = (0..3 * 288).map(|k| record(base + k, values(k))).collect();
-        let ds = Dataset::build(
-            recs,
-            &DatasetOptions {
-                split: Split::TrainDays(2.0),
-                ..DatasetOptions::default()
-            },
-        )
-        .unwrap();
-        (ds, base)
-    }
+    use crate::dataset::three_day_cpu_dataset as dataset;
 
     #[test]
     fn the_oracle_reads_both_sides_of_the_target_but_never_the_target() {
