@@ -132,7 +132,7 @@ fn docker_compose_file_is_valid_with_every_profile() {
     }
     // The Prometheus of the stack scrapes every service on the port it listens on.
     let prom = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml")).expect("prometheus.yml");
-    for (name, _) in &prefixes {
+    for name in prefixes.keys() {
         let svc = &services[&Value::from(*name)];
         let listen = s(svc, &["environment"])
             .and_then(Value::as_mapping)

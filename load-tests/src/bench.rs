@@ -637,7 +637,7 @@ async fn latency_run(
     if let Some(svc) = svc {
         svc.stop().await?;
     }
-    anyhow::ensure!(h.len() > 0, "no features arrived in the latency run");
+    anyhow::ensure!(!h.is_empty(), "no features arrived in the latency run");
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Latency {
         count: h.len(),

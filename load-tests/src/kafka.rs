@@ -13,7 +13,7 @@ pub fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProduce
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", &env_or("HEADROOM_BENCH_LINGER_MS", "5"))
+        .set("linger.ms", env_or("HEADROOM_BENCH_LINGER_MS", "5"))
         .set("queue.buffering.max.messages", "1000000")
         .create()?)
 }
@@ -75,7 +75,7 @@ pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<Base
             format!("loadgen-{}", uuid::Uuid::new_v4().simple()),
         )
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", &env_or("HEADROOM_BENCH_FETCH_WAIT_MS", "5"))
+        .set("fetch.wait.max.ms", env_or("HEADROOM_BENCH_FETCH_WAIT_MS", "5"))
         .create()?;
     let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();

@@ -380,7 +380,7 @@ impl Tracing {
 
     /// The `traceparent` of record `k`, when it starts a trace.
     fn start(&self, k: u64, topic: &str) -> Option<String> {
-        if self.every == 0 || k % self.every != 0 {
+        if self.every == 0 || !k.is_multiple_of(self.every) {
             return None;
         }
         Some(match &self.spans {

@@ -167,7 +167,7 @@ mod tests {
             for f in std::fs::read_dir(&sub).expect("subject dir") {
                 let f = f.expect("file").path();
                 let rel = f
-                    .strip_prefix(&format!("{root}/"))
+                    .strip_prefix(format!("{root}/"))
                     .expect("rel");
                 on_disk.push(rel.to_string_lossy().into_owned());
             }

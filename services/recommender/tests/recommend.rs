@@ -45,7 +45,7 @@ fn util(e: usize, i: i64) -> f64 {
 
 fn forecast(e: usize, i: i64, t0: i64) -> Forecast {
     let entity = format!("svc-{e}");
-    let horizontal = e % 2 == 0;
+    let horizontal = e.is_multiple_of(2);
     let points = [(5, 1), (15, 3), (30, 6)]
         .iter()
         .flat_map(|&(m, k)| {

@@ -528,7 +528,7 @@ mod tests {
         let bytes = b.finish().to_vec();
         let order: Vec<i64> = (0..rows.len())
             .map(|r| {
-                let end = bytes.len() - 2 - (rows.len() - 1 - r) * (row_len(&rows[0].0));
+                let end = bytes.len() - 2 - (rows.len() - 1 - r) * row_len(rows[0].0);
                 i64::from_be_bytes(bytes[end - 8..end].try_into().unwrap())
             })
             .collect();

@@ -194,7 +194,7 @@ fn tradeoff(path: &Path, rows: &[crate::policy_backtest::PolicyRow], curve: &[(f
     let xs = rows.iter().map(|r| r.cpu_shortfall).chain(curve.iter().map(|(_, r)| r.cpu_shortfall));
     let ys = rows.iter().map(|r| r.cpu_slack).chain(curve.iter().map(|(_, r)| r.cpu_slack));
     let xmax = xs.fold(0.0f64, f64::max).max(0.01) * 100.0 * 1.1;
-    let ymax = ys.fold(0.0f64, f64::max).max(0.01).min(1.0) * 100.0 * 1.05;
+    let ymax = ys.fold(0.0f64, f64::max).clamp(0.01, 1.0) * 100.0 * 1.05;
     let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)

@@ -74,7 +74,7 @@ impl InplaceBooster {
         if n_rows == 0 {
             return Ok(0);
         }
-        if rows.len() % n_rows != 0 {
+        if !rows.len().is_multiple_of(n_rows) {
             return Err(XgbError(format!(
                 "{} values do not split into {n_rows} rows",
                 rows.len()
