@@ -287,7 +287,7 @@ async fn closed_loop(shift: Shift) {
         .iter()
         .map(|m| DriftAlert::decode(m.payload().unwrap()).unwrap())
         .collect();
-    let shifted: HashSet<String> = SHIFTED.iter().map(|i| first[*i].entity_id.to_string()).collect();
+    let shifted: HashSet<String> = SHIFTED.iter().map(|i| first[*i].entity_id.clone()).collect();
     let opens: Vec<&DriftAlert> = alerts.iter().filter(|a| a.kind == DriftKind::ModelError && a.state == AlertState::Open).collect();
     let alerted: HashSet<String> = opens.iter().filter_map(|a| a.entity_id.clone()).collect();
     let false_alerts = opens.iter().filter(|a| !shifted.contains(a.entity_id.as_deref().unwrap_or(""))).count();
