@@ -47,6 +47,37 @@ pub fn client_config(cfg: &crate::KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The services' consumer configuration: the pass-through properties, manual offset handling
+/// (the loop stores and commits what is durable), and defaults that a configured property
+/// overrides.
+pub fn consumer_config(cfg: &crate::KafkaConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    let defaults = [
+        ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "5000"),
+        // Bounds how long a fetch may wait for data. Brokers that hold a fetch for the whole
+        // wait even when data arrives (tansu 0.6 does) would otherwise add up to 500 ms per hop.
+        ("fetch.wait.max.ms", "10"),
+        // How long librdkafka postpones the next fetch of a partition once its local queue
+        // holds `queued.min.messages` (100,000) records. Its default, 1 s, caps a consumer
+        // catching up on a backlog (a restart, a state replay, a burst) at about 100,000
+        // records per second whatever its speed: it drains the queue, then idles until the
+        // second is over (librdkafka issue #2879). 10 ms re-checks the queue as often as a
+        // fetch waits; the queue limits still bound the memory.
+        ("fetch.queue.backoff.ms", "10"),
+    ];
+    for (key, value) in defaults {
+        if !cfg.properties.contains_key(key) {
+            c.set(key, value);
+        }
+    }
+    c
+}
+
 /// Producer side: counts acknowledgements per topic, failures, and record latency.
 pub struct ProducerCtx {
     metrics: Metrics,
@@ -470,22 +501,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         timeout: rt.drain_deadline,
         commit_started: Mutex::new(None),
     };
-    let mut ccfg = client_config(&cfg.kafka);
-    ccfg.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    if !cfg.kafka.properties.contains_key("auto.offset.reset") {
-        ccfg.set("auto.offset.reset", "earliest");
-    }
-    if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
-        ccfg.set("statistics.interval.ms", "5000");
-    }
-    // Bounds how long a fetch may wait for data. Brokers that hold a fetch for the whole wait
-    // even when data arrives (tansu 0.6 does) would otherwise add up to 500 ms per hop.
-    if !cfg.kafka.properties.contains_key("fetch.wait.max.ms") {
-        ccfg.set("fetch.wait.max.ms", "10");
-    }
+    let ccfg = consumer_config(&cfg.kafka);
     let consumer: BaseConsumer<ConsumerCtx> = ccfg
         .create_with_context(cctx)
         .context("creating the kafka consumer")?;
@@ -872,6 +888,27 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_defaults_yield_to_configured_properties() {
+        let mut k = crate::KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            group_id: "g".into(),
+            properties: Default::default(),
+        };
+        let c = consumer_config(&k);
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("g"));
+        k.properties.insert("fetch.queue.backoff.ms".into(), "250".into());
+        k.properties.insert("auto.offset.reset".into(), "latest".into());
+        let c = consumer_config(&k);
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("250"));
+        assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        // librdkafka accepts the whole configuration (an unknown key fails at creation).
+        c.create::<BaseConsumer>().expect("librdkafka takes the consumer configuration");
+    }
 
     #[test]
     fn floor_metadata_round_trips() {

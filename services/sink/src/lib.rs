@@ -396,6 +396,11 @@ fn run(
     if cc.get("session.timeout.ms").is_none() {
         cc.set("session.timeout.ms", "10000");
     }
+    // A full local queue postpones the next fetch by 10 ms rather than librdkafka's second,
+    // which would cap catching up on a backlog (see headroom_runtime::kafka::consumer_config).
+    if cc.get("fetch.queue.backoff.ms").is_none() {
+        cc.set("fetch.queue.backoff.ms", "10");
+    }
     let consumer: BaseConsumer<SinkCtx> = cc.create_with_context(ctx)?;
     let topics: Vec<&str> = config.topics.all().to_vec();
     consumer.subscribe(&topics)?;
