@@ -76,9 +76,7 @@ pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<Base
         )
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", env_or("HEADROOM_BENCH_FETCH_WAIT_MS", "5"))
-        // As the services' consumers (headroom_runtime::kafka::consumer_config): a full local
-        // queue postpones the next fetch by 10 ms, not librdkafka's default second.
-        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.queue.backoff.ms", headroom_runtime::kafka::FETCH_QUEUE_BACKOFF_MS)
         .create()?;
     let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();

@@ -47,6 +47,14 @@ pub fn client_config(cfg: &crate::KafkaConfig) -> ClientConfig {
     c
 }
 
+/// `fetch.queue.backoff.ms` for every headroom consumer unless configured: how long librdkafka
+/// postpones the next fetch of a partition once its local queue holds `queued.min.messages`
+/// (100,000) records. Its default, 1 s, caps a consumer catching up on a backlog (a restart, a
+/// state replay, a burst): it drains the queue, then idles until the second is over (librdkafka
+/// issue #2879). 10 ms re-checks the queue as often as a fetch waits; the queue limits still
+/// bound the memory.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// The services' consumer configuration: the pass-through properties, manual offset handling
 /// (the loop stores and commits what is durable), and defaults that a configured property
 /// overrides.
@@ -62,13 +70,7 @@ pub fn consumer_config(cfg: &crate::KafkaConfig) -> ClientConfig {
         // Bounds how long a fetch may wait for data. Brokers that hold a fetch for the whole
         // wait even when data arrives (tansu 0.6 does) would otherwise add up to 500 ms per hop.
         ("fetch.wait.max.ms", "10"),
-        // How long librdkafka postpones the next fetch of a partition once its local queue
-        // holds `queued.min.messages` (100,000) records. Its default, 1 s, caps a consumer
-        // catching up on a backlog (a restart, a state replay, a burst) at about 100,000
-        // records per second whatever its speed: it drains the queue, then idles until the
-        // second is over (librdkafka issue #2879). 10 ms re-checks the queue as often as a
-        // fetch waits; the queue limits still bound the memory.
-        ("fetch.queue.backoff.ms", "10"),
+        ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
     ];
     for (key, value) in defaults {
         if !cfg.properties.contains_key(key) {

@@ -396,10 +396,8 @@ fn run(
     if cc.get("session.timeout.ms").is_none() {
         cc.set("session.timeout.ms", "10000");
     }
-    // A full local queue postpones the next fetch by 10 ms rather than librdkafka's second,
-    // which would cap catching up on a backlog (see headroom_runtime::kafka::consumer_config).
     if cc.get("fetch.queue.backoff.ms").is_none() {
-        cc.set("fetch.queue.backoff.ms", "10");
+        cc.set("fetch.queue.backoff.ms", headroom_runtime::kafka::FETCH_QUEUE_BACKOFF_MS);
     }
     let consumer: BaseConsumer<SinkCtx> = cc.create_with_context(ctx)?;
     let topics: Vec<&str> = config.topics.all().to_vec();
