@@ -1,6 +1,8 @@
 //! The pipeline benchmark: the featurizer against the relay (the reference: same runtime,
 //! decode and re-publish only) on the same preloaded records, then end-to-end latency of the
-//! featurizer under open-loop load at 70 % of its measured maximum.
+//! featurizer under open-loop load at 70 % of its measured maximum. A third service,
+//! `relay-sized`, is the relay publishing records padded to the featurizer's output size: the
+//! cost of the bytes without the feature work.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -155,14 +157,20 @@ async fn throughput(
         c.models.dir = models.into();
         output = c.topics.output.clone();
         headroom_scorer::start(c, Shutdown::new()).await?
-    } else if which == "relay" {
+    } else if which == "relay" || which.starts_with("relay-sized:") {
         let mut c = headroom_relay::Config::load(None)?;
+        if let Some(pad) = which.strip_prefix("relay-sized:") {
+            c.output.pad_bytes = pad.parse()?;
+        }
         c.kafka.brokers = brokers.into();
         c.kafka.properties.extend(props);
         c.kafka.group_id = group;
         c.http.listen = "127.0.0.1:0".into();
         c.topics.input = input.into();
-        c.topics.output = format!("{group_prefix}telemetry.relayed");
+        c.topics.output = format!(
+            "{group_prefix}telemetry.relayed{}",
+            if c.output.pad_bytes > 0 { "-sized" } else { "" }
+        );
         c.topics.dlq = format!("{prefix}telemetry.dlq");
         output = c.topics.output.clone();
         headroom_relay::start(c, Shutdown::new()).await?
@@ -336,6 +344,60 @@ pub fn run_scorer(brokers: &str, args: &ScorerBenchArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The size of one relay output and of one featurizer output for the same generated record,
+/// and the padding that makes the relay's as large as the featurizer's (the `relay-sized`
+/// reference: same bytes on the wire, none of the feature work).
+fn output_sizes(entities: u32) -> anyhow::Result<(usize, usize, usize)> {
+    let mut g = Generator::new(GenConfig {
+        entities: Some(entities),
+        ..GenConfig::default()
+    });
+    let t = g.sample(0, headroom_runtime::observe::now_ms());
+    let mut buf = Vec::new();
+    t.encode_framed(&mut buf);
+    let relay = buf.len();
+    let c = headroom_featurizer::Config::load(None)?;
+    let featurizer =
+        headroom_featurizer::Featurizer::new(c.features, c.validation, String::new(), None);
+    let layout = featurizer.layout();
+    let features = FeaturesRecord {
+        event_id: headroom_schemas::features::event_id(&t.entity_id, t.ts_ms),
+        entity_id: t.entity_id.clone(),
+        ts_ms: t.ts_ms,
+        service: t.service.clone(),
+        cluster: t.cluster.clone(),
+        feature_set: layout.id().to_owned(),
+        values: vec![0.5; layout.len()],
+        cpu_cores: t.cpu_cores,
+        mem_bytes: t.mem_bytes,
+        replicas: t.replicas,
+        cost_per_hour: t.cost_per_hour,
+        source_ts_ms: Some(t.ts_ms),
+        ..FeaturesRecord::default()
+    };
+    features.encode_framed(&mut buf);
+    let featurizer = buf.len();
+    // The label's key and length prefixes take a few bytes of their own: shrink the padding
+    // until the padded record is no larger than the featurizer's.
+    let mut pad = featurizer.saturating_sub(relay);
+    while pad > 0 {
+        let mut padded = t.clone();
+        padded
+            .labels
+            .push((headroom_relay::PAD_LABEL.to_owned(), "x".repeat(pad)));
+        padded.encode_framed(&mut buf);
+        if buf.len() <= featurizer {
+            break;
+        }
+        pad -= 1;
+    }
+    anyhow::ensure!(
+        pad > 0,
+        "the featurizer's output ({featurizer} B) is not larger than the relay's ({relay} B)"
+    );
+    Ok((relay, featurizer, pad))
+}
+
 pub fn run(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -357,6 +419,7 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let mut extra = Vec::new();
     for round in 0..args.rounds.max(1) {
         extra.push(format!("r{round}.telemetry.relayed"));
+        extra.push(format!("r{round}.telemetry.relayed-sized"));
         extra.push(format!("r{round}.features"));
     }
     for i in 0..args.load_fractions.len() + 2 {
@@ -395,16 +458,17 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
             })
             .await??;
             eprintln!("  plain consumer: {consume_rate:.0} records/s");
-            let (mut relay, mut featurizer) = (0f64, 0f64);
-            // Alternating order (relay first in even rounds, featurizer first in odd ones):
-            // the broker slows as its in-memory store fills, so a fixed order would favour
-            // whichever service always runs first.
+            let (relay_bytes, featurizer_bytes, pad) = output_sizes(args.entities)?;
+            let sized = format!("relay-sized:{pad}");
+            let (mut relay, mut featurizer, mut relay_sized) = (0f64, 0f64, 0f64);
+            // Alternating order (relay first in even rounds, last in odd ones): the broker
+            // slows as its in-memory store fills, so a fixed order would favour whichever
+            // service always runs first.
             for round in 0..args.rounds.max(1) {
-                let order: [&str; 2] = if round % 2 == 0 {
-                    ["relay", "featurizer"]
-                } else {
-                    ["featurizer", "relay"]
-                };
+                let mut order = ["relay", "featurizer", sized.as_str()];
+                if round % 2 == 1 {
+                    order.reverse();
+                }
                 for which in order {
                     let rate = throughput(
                         brokers,
@@ -416,19 +480,24 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
                         args.clock,
                     )
                     .await?;
-                    let best = if which == "relay" {
-                        &mut relay
-                    } else {
-                        &mut featurizer
+                    let best = match which {
+                        "relay" => &mut relay,
+                        "featurizer" => &mut featurizer,
+                        _ => &mut relay_sized,
                     };
                     *best = best.max(rate);
                 }
             }
+            eprintln!(
+                "  outputs: relay {relay_bytes} B, featurizer {featurizer_bytes} B; the sized relay pads each record by {pad} B: ratio to it {:.3}",
+                featurizer / relay_sized
+            );
             println!(
-                "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0} clock={}",
+                "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} relay_sized_eps={relay_sized:.0} ratio_sized={:.3} relay_bytes={relay_bytes} featurizer_bytes={featurizer_bytes} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0} clock={}",
                 args.records,
                 args.entities,
                 featurizer / relay,
+                featurizer / relay_sized,
                 clap::ValueEnum::to_possible_value(&args.clock).expect("no skipped variant").get_name()
             );
             featurizer

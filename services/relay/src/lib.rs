@@ -8,7 +8,7 @@ use headroom_runtime::service::{self, ServiceHandle};
 use headroom_runtime::{
     load_config, CommonConfig, ConfigError, Emitter, InputRecord, KafkaConfig, Processor, Shutdown,
 };
-use headroom_schemas::TelemetryDecoder;
+use headroom_schemas::{Telemetry, TelemetryDecoder};
 use serde::{Deserialize, Serialize};
 
 pub const SERVICE: &str = "relay";
@@ -30,6 +30,17 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub schema_registry: RegistryConfig,
     pub topics: Topics,
+    pub output: Output,
+}
+
+/// What the relay re-publishes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Adds a label `relay.pad` of this many bytes to every re-published record (0: none). For
+    /// benchmarks only: a reference that publishes records as large as the featurizer's
+    /// vectors, so that the cost of moving bytes can be told from the cost of computing them.
+    pub pad_bytes: usize,
 }
 
 impl Config {
@@ -48,17 +59,47 @@ impl Config {
     }
 }
 
+/// The label [`Output::pad_bytes`] adds.
+pub const PAD_LABEL: &str = "relay.pad";
+
 struct Relay {
     decoder: TelemetryDecoder,
     output: String,
     buf: Vec<u8>,
+    /// The padding label (an empty value: no label).
+    pad: (String, String),
+}
+
+impl Relay {
+    fn new(output: String, pad_bytes: usize) -> Relay {
+        Relay {
+            decoder: TelemetryDecoder::new(),
+            output,
+            buf: Vec::with_capacity(512 + pad_bytes),
+            pad: (PAD_LABEL.to_owned(), "x".repeat(pad_bytes)),
+        }
+    }
+
+    /// Re-encodes `t` into `self.buf`, with the padding label when configured. The label is
+    /// lent to the record and taken back, so padding allocates nothing per record.
+    fn encode(&mut self, t: &mut Telemetry) {
+        if self.pad.1.is_empty() {
+            t.encode_framed(&mut self.buf);
+            return;
+        }
+        t.labels.push(std::mem::take(&mut self.pad));
+        t.encode_framed(&mut self.buf);
+        if let Some(pad) = t.labels.pop() {
+            self.pad = pad;
+        }
+    }
 }
 
 impl Processor for Relay {
     fn process(&mut self, record: &InputRecord<'_>, out: &mut Emitter<'_>) {
         match record.payload.map(|p| self.decoder.decode(p)) {
-            Some(Ok(t)) => {
-                t.encode_framed(&mut self.buf);
+            Some(Ok(mut t)) => {
+                self.encode(&mut t);
                 out.emit(&self.output, t.entity_id.as_bytes(), &self.buf);
             }
             Some(Err(e)) => out.dead_letter(e.reason(), &e.to_string()),
@@ -72,19 +113,69 @@ impl Processor for Relay {
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     let output = config.topics.output.clone();
+    let pad_bytes = config.output.pad_bytes;
     service::start(
         SERVICE,
         config.common(),
         vec![config.topics.input.clone()],
         Some(config.topics.dlq.clone()),
         shutdown,
-        move |_| {
-            Ok(Relay {
-                decoder: TelemetryDecoder::new(),
-                output,
-                buf: Vec::with_capacity(512),
-            })
-        },
+        move |_| Ok(Relay::new(output, pad_bytes)),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry() -> Telemetry {
+        Telemetry {
+            entity_id: "svc-01.cluster-1.vm-0001".into(),
+            ts_ms: 1_700_000_000_000,
+            cpu_util: Some(0.42),
+            mem_util: Some(0.6),
+            labels: vec![("zone".into(), "a".into())],
+            ..Telemetry::default()
+        }
+    }
+
+    #[test]
+    fn defaults_load_without_padding() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.output.pad_bytes, 0);
+    }
+
+    #[test]
+    fn unpadded_output_is_the_input_re_encoded() {
+        let mut relay = Relay::new("out".into(), 0);
+        let mut t = telemetry();
+        relay.encode(&mut t);
+        let mut plain = Vec::new();
+        telemetry().encode_framed(&mut plain);
+        assert_eq!(relay.buf, plain);
+    }
+
+    #[test]
+    fn padded_output_decodes_with_the_label_and_grows_by_the_padding() {
+        let mut plain = Vec::new();
+        telemetry().encode_framed(&mut plain);
+        let mut relay = Relay::new("out".into(), 700);
+        for _ in 0..2 {
+            // Twice: the label's value must come back for the next record.
+            let mut t = telemetry();
+            relay.encode(&mut t);
+            assert_eq!(t.labels, telemetry().labels, "the record is left as it was");
+            let back = TelemetryDecoder::new().decode(&relay.buf).expect("decodes");
+            let pad = back
+                .labels
+                .iter()
+                .find(|(k, _)| k == PAD_LABEL)
+                .map(|(_, v)| v.len());
+            assert_eq!(pad, Some(700));
+            assert_eq!(back.cpu_util, Some(0.42));
+            let grown = relay.buf.len() - plain.len();
+            assert!((700..720).contains(&grown), "grew by {grown} bytes");
+        }
+    }
 }
