@@ -217,14 +217,22 @@ pub struct ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, stats: Statistics) {
-        for (topic, t) in &stats.topics {
-            for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), &p.to_string()])
-                        .set(part.consumer_lag);
-                }
+        export_lag(&self.metrics, &stats);
+    }
+}
+
+/// Sets `headroom_consumer_lag_records` from a consumer's statistics (emitted every
+/// `statistics.interval.ms`): per partition, the records between the partition's high
+/// watermark and the group's committed offset. Partitions without a committed offset report
+/// no lag (librdkafka gives -1).
+pub fn export_lag(metrics: &Metrics, stats: &Statistics) {
+    for (topic, t) in &stats.topics {
+        for (p, part) in &t.partitions {
+            if *p >= 0 && part.consumer_lag >= 0 {
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &p.to_string()])
+                    .set(part.consumer_lag);
             }
         }
     }

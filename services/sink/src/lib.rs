@@ -7,7 +7,8 @@
 //!   writes them all, merges the rollups on conflict, and stores the consumed offsets.
 //! - **Offsets live in PostgreSQL.** On assignment the sink reads `sink_offsets` and starts each
 //!   partition exactly there (a partition never written starts at the beginning of what the
-//!   topic retains). The broker's committed offsets are not used. Each commit is fenced: it
+//!   topic retains). The broker's committed offsets are not used (the stored ones are mirrored
+//!   to the group after each transaction, for lag monitoring only). Each commit is fenced: it
 //!   checks the stored offsets are still the ones this instance resumed from, so two instances
 //!   that briefly both own a partition cannot both write it.
 //! - **PostgreSQL outages pause, never drop.** A connection error pauses consumption, keeps
@@ -192,7 +193,11 @@ struct SinkCtx {
     ownership: Arc<AtomicU64>,
 }
 
-impl ClientContext for SinkCtx {}
+impl ClientContext for SinkCtx {
+    fn stats(&self, stats: rdkafka::statistics::Statistics) {
+        headroom_runtime::kafka::export_lag(&self.metrics, &stats);
+    }
+}
 
 impl SinkCtx {
     /// Reads the stored offsets, retrying through an outage (the consumer cannot start the
@@ -387,17 +392,15 @@ fn run(
         metrics: metrics.clone(),
         sink_metrics: sm.clone(),
     };
-    let mut cc = headroom_runtime::kafka::client_config(&config.kafka);
-    cc.set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+    // The services' consumer defaults (fetch wait, fetch queue backoff, statistics for the lag
+    // gauge), then the sink's own: a stored offset the topic no longer retains restarts at the
+    // earliest record whatever the configuration says (skipping would lose rows), and eager
+    // range assignment.
+    let mut cc = headroom_runtime::kafka::consumer_config(&config.kafka);
+    cc.set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range");
     if cc.get("session.timeout.ms").is_none() {
         cc.set("session.timeout.ms", "10000");
-    }
-    if cc.get("fetch.queue.backoff.ms").is_none() {
-        cc.set("fetch.queue.backoff.ms", headroom_runtime::kafka::FETCH_QUEUE_BACKOFF_MS);
     }
     let consumer: BaseConsumer<SinkCtx> = cc.create_with_context(ctx)?;
     let topics: Vec<&str> = config.topics.all().to_vec();
@@ -735,6 +738,26 @@ impl Loop {
         Writer::new(&self.config.postgres.url, self.config.postgres.connect_timeout, self.config.offsets_group())
     }
 
+    /// Commits the offsets a batch just stored in PostgreSQL to the consumer group as well, for
+    /// monitoring only: lag tools (KEDA's Kafka scaler, `kafka-consumer-groups`, librdkafka's
+    /// `consumer_lag` behind `headroom_consumer_lag_records`) read the group's committed offsets.
+    /// The sink never reads them back (it resumes from PostgreSQL), so a failed or stale commit
+    /// (a partition revoked meanwhile) only delays the figure.
+    fn mirror_offsets(&self, advances: &[Advance]) {
+        let mut tpl = TopicPartitionList::new();
+        for a in advances {
+            if let Err(e) = tpl.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.next)) {
+                tracing::debug!(topic = %a.topic, partition = a.partition, error = %e, "offset not mirrored");
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+            tracing::debug!(error = %e, "offsets not mirrored to the group");
+        }
+    }
+
     /// Whether the batch in flight has finished (settle it without waiting).
     fn inflight_done(&self) -> bool {
         self.inflight.as_ref().is_some_and(|i| i.task.is_finished())
@@ -772,6 +795,7 @@ impl Loop {
                         a.committed(&batch.raw_hours);
                         self.sm.archive_pending.set(a.pending() as i64);
                     }
+                    self.mirror_offsets(&advances);
                     for a in advances {
                         if let Some(p) = self.positions.get_mut(&(a.topic, a.partition)) {
                             p.stored = Some(a.next);

@@ -14,6 +14,7 @@ use headroom_schemas::{
 };
 use headroom_sink::{Config, Topics};
 use headroom_sources::{GenConfig, Generator};
+use headroom_testkit::rdkafka::consumer::Consumer;
 use headroom_testkit::rdkafka::Message;
 use headroom_testkit::{brokers, consume, create_topics, header, produce, unique, Rec};
 use sqlx::{Connection, Executor, PgConnection};
@@ -346,7 +347,8 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
         produce(&e.brokers, &e.topics.models, &[Rec { key: Some(b"xgboost".to_vec()), payload: b, ..Rec::default() }]);
     }
 
-    let handle = headroom_sink::start(config(&e, &unique("g")), Shutdown::new()).await.expect("start");
+    let group = unique("g");
+    let handle = headroom_sink::start(config(&e, &group), Shutdown::new()).await.expect("start");
     let pg = &e.pg;
     let t = Duration::from_secs(60);
     assert_eq!(wait_for(pg, "SELECT count(*) FROM telemetry_raw", good.len() as i64, t).await, good.len() as i64);
@@ -436,6 +438,32 @@ async fn every_topic_lands_once_and_bad_records_are_dead_lettered() {
     // The stored offsets are the topics' ends: everything consumed was stored.
     let stored = scalar_i64(pg, &format!("SELECT sum(next_offset)::int8 FROM sink_offsets WHERE topic = '{}'", e.topics.telemetry)).await;
     assert_eq!(stored, recs.len() as i64);
+    // The same offsets are mirrored to the consumer group, for lag tools (KEDA, kafka-consumer-
+    // groups), and the lag gauge reads them: every partition of the topic at lag 0.
+    let client = headroom_testkit::group_client(&e.brokers, &group);
+    let committed = |topic: &str| -> i64 {
+        let meta = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = headroom_testkit::rdkafka::TopicPartitionList::new();
+        for p in meta.topics().iter().flat_map(|t| t.partitions()) {
+            tpl.add_partition(topic, p.id());
+        }
+        let got = client.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        got.elements().iter().map(|el| el.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0)).sum()
+    };
+    let mirrored = headroom_testkit::eventually(Duration::from_secs(30), || committed(&e.topics.telemetry) == stored).await;
+    assert!(mirrored, "the group's committed offsets ({}) match the stored ones ({stored})", committed(&e.topics.telemetry));
+    let lag_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("headroom_consumer_lag_records{") && l.contains(&format!("topic=\"{}\"", e.topics.telemetry)))
+            .map(str::to_owned)
+            .collect()
+    };
+    let lag_zero = headroom_testkit::eventually(Duration::from_secs(30), || {
+        let lines = lag_lines(&handle.metrics.render());
+        !lines.is_empty() && lines.iter().all(|l| l.ends_with(" 0"))
+    })
+    .await;
+    assert!(lag_zero, "the sink exports its lag per partition: {:?}", lag_lines(&handle.metrics.render()));
     let metrics = handle.metrics.render();
     assert!(metrics.contains("headroom_sink_postgres_up{service=\"sink\"} 1"), "{metrics}");
     // The writer keeps the baselines of the entities it scored (12 in this fleet).
