@@ -1,7 +1,7 @@
 //! The consumer–processor–producer loop. See the crate documentation for the delivery
 //! semantics it implements.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -222,19 +222,50 @@ impl ClientContext for ConsumerCtx {
 }
 
 /// Sets `headroom_consumer_lag_records` from a consumer's statistics (emitted every
-/// `statistics.interval.ms`): per partition, the records between the partition's high
-/// watermark and the group's committed offset. Partitions without a committed offset report
-/// no lag (librdkafka gives -1).
+/// `statistics.interval.ms`): per partition assigned to this consumer, the records between the
+/// partition's high watermark and the group's committed offset. Partitions without a committed
+/// offset report no lag (librdkafka gives -1).
 pub fn export_lag(metrics: &Metrics, stats: &Statistics) {
+    let mut lag = Vec::new();
     for (topic, t) in &stats.topics {
         for (p, part) in &t.partitions {
-            if *p >= 0 && part.consumer_lag >= 0 {
-                metrics
-                    .consumer_lag
-                    .with_label_values(&[topic.as_str(), &p.to_string()])
-                    .set(part.consumer_lag);
+            if *p >= 0 && part.desired && part.consumer_lag >= 0 {
+                lag.push((topic.as_str(), *p, part.consumer_lag));
             }
         }
+    }
+    set_lag(metrics, &lag);
+}
+
+/// Replaces the lag series with `lag` (topic, partition, records). A partition that is no longer
+/// listed (revoked, now another instance's) loses its series: a gauge left at its last value
+/// would be counted twice by every sum over the group's instances, and alert forever.
+pub fn set_lag(metrics: &Metrics, lag: &[(&str, i32, i64)]) {
+    use prometheus::core::Collector;
+    let current: HashSet<(String, String)> = lag
+        .iter()
+        .map(|(t, p, _)| ((*t).to_owned(), p.to_string()))
+        .collect();
+    for family in metrics.consumer_lag.collect() {
+        for m in family.get_metric() {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            if let (Some(t), Some(p)) = (label("topic"), label("partition")) {
+                if !current.contains(&(t.clone(), p.clone())) {
+                    let _ = metrics.consumer_lag.remove_label_values(&[&t, &p]);
+                }
+            }
+        }
+    }
+    for (t, p, n) in lag {
+        metrics
+            .consumer_lag
+            .with_label_values(&[*t, p.to_string().as_str()])
+            .set(*n);
     }
 }
 
@@ -898,6 +929,30 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lag_series(m: &Metrics) -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("headroom_consumer_lag_records{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn lag_of_a_revoked_partition_is_dropped_not_left_at_its_last_value() {
+        let m = Metrics::new("featurizer");
+        set_lag(&m, &[("telemetry.raw", 0, 5), ("telemetry.raw", 1, 7)]);
+        let s = lag_series(&m);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s.iter().any(|l| l.contains("partition=\"0\"") && l.ends_with(" 5")), "{s:?}");
+        // Partition 0 went to another instance: only partition 1 remains, with its new value.
+        set_lag(&m, &[("telemetry.raw", 1, 3)]);
+        let s = lag_series(&m);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert!(s[0].contains("partition=\"1\"") && s[0].ends_with(" 3"), "{s:?}");
+        set_lag(&m, &[]);
+        assert!(lag_series(&m).is_empty());
+    }
 
     #[test]
     fn consumer_defaults_yield_to_configured_properties() {
