@@ -250,10 +250,13 @@ fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
         let report = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{overlay}: schema validation failed:\n{report}");
-        // The only resources without a built-in schema are the two CRDs, checked by hand below.
+        // The only resources without a built-in schema are the three CRDs, checked by hand
+        // below.
         for line in report.lines().filter(|l| l.contains("Couldn't find schema")) {
             assert!(
-                line.contains("kind ScaledObject") || line.contains("kind ServiceMonitor"),
+                line.contains("kind ScaledObject")
+                    || line.contains("kind ServiceMonitor")
+                    || line.contains("kind PrometheusRule"),
                 "{overlay}: unvalidated resource: {line}"
             );
         }
@@ -516,6 +519,62 @@ fn the_service_monitor_scrapes_every_service_and_the_gpu_overlay_uses_gpus() {
         } else {
             assert!(gpus.is_none(), "{}: holds a GPU it does not use", name(d));
         }
+    }
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(repo().join("deploy/prometheus"))
+        .output()
+        .expect("promtool is missing: run scripts/setup.sh");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "promtool {}:\n{report}", args.join(" "));
+    report
+}
+
+/// The alerting rules parse, pass their unit tests (each alert fires on its case and not on a
+/// near miss), are loaded by the compose stack's Prometheus, and the Prometheus Operator's copy
+/// in the prod overlay holds exactly the same groups. (That every metric they read is exported
+/// is checked on each service's live exposition: headroom_testkit::ops::check_exposition.)
+#[test]
+fn alerting_rules_pass_their_unit_tests_and_the_operator_copy_matches() {
+    assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS"));
+    assert!(promtool(&["test", "rules", "alerts_test.yml"]).contains("SUCCESS"));
+    // The unit tests bite: with a threshold moved, the dead-letter case fails.
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).expect("alerts.yml");
+    let dir = std::env::temp_dir().join(format!("headroom-alerts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    std::fs::write(dir.join("alerts.yml"), rules.replace("> 0.05", "> 0.5")).expect("write");
+    std::fs::copy(repo().join("deploy/prometheus/alerts_test.yml"), dir.join("alerts_test.yml")).expect("copy");
+    let moved = Command::new("promtool").args(["test", "rules", "alerts_test.yml"]).current_dir(&dir).output().expect("promtool");
+    assert!(!moved.status.success(), "the unit tests passed with a moved threshold");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let prom: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml")).expect("prometheus.yml"),
+    )
+    .expect("prometheus.yml parses");
+    let files: Vec<&str> = s(&prom, &["rule_files"]).and_then(Value::as_sequence).into_iter().flatten().filter_map(Value::as_str).collect();
+    assert_eq!(files, ["alerts.yml"], "the compose Prometheus loads the rules");
+
+    let groups = |v: &Value| -> Value { v.get("groups").cloned().expect("groups") };
+    let ours: Value = serde_yaml::from_str(&rules).expect("alerts.yml parses");
+    let all = docs(&render("prod"));
+    let operator = kind(&all, "PrometheusRule");
+    assert_eq!(operator.len(), 1, "the prod overlay has one PrometheusRule");
+    let spec = s(operator[0], &["spec"]).expect("spec");
+    assert_eq!(groups(spec), groups(&ours), "k8s/components/monitoring/prometheusrule.yaml differs from deploy/prometheus/alerts.yml");
+    let names: Vec<&str> = s(&ours, &["groups"])
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g.get("rules").and_then(Value::as_sequence).into_iter().flatten())
+        .filter_map(|r| r.get("alert").and_then(Value::as_str))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for n in names {
+        assert!(std::fs::read_to_string(repo().join("deploy/prometheus/alerts_test.yml")).expect("tests").contains(&format!("alertname: {n}")), "{n} has no unit test");
     }
 }
 

@@ -78,6 +78,23 @@ pub fn dashboard_queries() -> Vec<DashboardQuery> {
     out
 }
 
+/// Every alert of deploy/prometheus/alerts.yml as a query (place: `alerts / <alert>`).
+pub fn alert_queries() -> Vec<DashboardQuery> {
+    let path = repo_root().join("deploy/prometheus/alerts.yml");
+    let text = std::fs::read_to_string(&path).expect("deploy/prometheus/alerts.yml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yml parses");
+    let mut out = Vec::new();
+    for g in doc["groups"].as_sequence().expect("groups") {
+        for r in g["rules"].as_sequence().expect("rules") {
+            let name = r["alert"].as_str().or_else(|| r["record"].as_str()).expect("alert name");
+            let expr = r["expr"].as_str().expect("expr");
+            out.push(DashboardQuery { place: format!("alerts / {name}"), expr: expr.to_owned() });
+        }
+    }
+    assert!(!out.is_empty(), "no alerting rules");
+    out
+}
+
 /// The metric names of an expression (histogram series named by their family: `_bucket`
 /// stripped), and the labels it groups by.
 pub fn expr_metrics(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
@@ -179,15 +196,15 @@ pub fn promtool_check(text: &str) {
 }
 
 /// The operator's checks of `service`'s `/metrics` (taken after the test's traffic):
-/// promtool's lint, and every dashboard query that reads this service's own metrics (or, for
-/// the featurizer, the runtime's standard ones every service exports) names a metric family
-/// the exposition has, grouped by labels its series carry. Every dashboard metric must belong
-/// to some service, so the services' tests together cover every query.
+/// promtool's lint, and every dashboard query and alerting rule that reads this service's own
+/// metrics (or, for the featurizer, the runtime's standard ones every service exports) names a
+/// metric family the exposition has, grouped by labels its series carry. Every such metric
+/// must belong to some service, so the services' tests together cover every query and alert.
 pub fn check_exposition(service: &str, text: &str) {
     promtool_check(text);
     let fams = exposition_families(body(text));
     let mut checked = 0;
-    for q in dashboard_queries() {
+    for q in dashboard_queries().into_iter().chain(alert_queries()) {
         let (metrics, labels) = expr_metrics(&q.expr);
         assert!(!metrics.is_empty(), "{}: `{}` reads no headroom metric", q.place, q.expr);
         for m in &metrics {
