@@ -93,24 +93,40 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
     let m = RetrainMetrics::new(&metrics);
     let rt = tokio::runtime::Handle::current();
     let stop = shutdown.clone();
-    let join = tokio::task::spawn_blocking(move || serve(config, rt, m, health, stop));
+    let lag = LagCtx(metrics.clone());
+    let join = tokio::task::spawn_blocking(move || serve(config, rt, m, lag, health, stop));
     tracing::info!(service = SERVICE, metrics = %format!("http://{http_addr}/metrics"), "service started");
     Ok(ServiceHandle::from_parts(http_addr, metrics, shutdown, join))
 }
 
-fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<()> {
+/// The consumer's context: exports the lag on the alerts topic (`headroom_consumer_lag_records`)
+/// from librdkafka's statistics, as every service does.
+struct LagCtx(Metrics);
+
+impl rdkafka::ClientContext for LagCtx {
+    fn stats(&self, stats: rdkafka::statistics::Statistics) {
+        headroom_runtime::kafka::export_lag(&self.0, &stats);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagCtx {}
+
+fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut retrainer = Retrainer::connect(cfg.clone(), rt)?;
     retrainer.mlflow_errors = m.mlflow_errors.clone();
     if let Err(e) = retrainer.reannounce() {
         tracing::warn!(error = %e, "the serving version could not be re-announced");
     }
-    let consumer: BaseConsumer = headroom_runtime::kafka::client_config(&cfg.kafka)
-        .set("group.id", &cfg.kafka.group_id)
+    let mut cc = headroom_runtime::kafka::client_config(&cfg.kafka);
+    cc.set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         // A run blocks the poll loop; the group must not evict the retrainer meanwhile.
-        .set("max.poll.interval.ms", "3600000")
-        .create()?;
+        .set("max.poll.interval.ms", "3600000");
+    if cc.get("statistics.interval.ms").is_none() {
+        cc.set("statistics.interval.ms", "5000");
+    }
+    let consumer: BaseConsumer<LagCtx> = cc.create_with_context(lag)?;
     consumer.subscribe(&[cfg.topics.alerts.as_str()])?;
     health.set_ready(true);
     let mut pending: Option<(Instant, Trigger)> = None;

@@ -290,6 +290,17 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let rows = runs(&url).await;
     let drift: Vec<_> = rows.iter().filter(|r| r.0 == "drift").collect();
     assert_eq!(drift.len(), 1, "two alerts, one run: {rows:?}");
+    // The alerts were committed after the run: the lag on the alerts topic reads 0.
+    let alerts_topic = format!("topic=\"{}\"", cfg.topics.alerts);
+    let lag_lines = |t: &str| -> Vec<String> {
+        t.lines().filter(|l| l.starts_with("headroom_consumer_lag_records{") && l.contains(&alerts_topic)).map(str::to_owned).collect()
+    };
+    let caught_up = eventually(Duration::from_secs(30), || {
+        let lines = lag_lines(&h.metrics.render());
+        !lines.is_empty() && lines.iter().all(|l| l.ends_with(" 0"))
+    })
+    .await;
+    assert!(caught_up, "the retrainer exports its lag: {:?}", lag_lines(&h.metrics.render()));
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }
