@@ -55,6 +55,10 @@ pub fn client_config(cfg: &crate::KafkaConfig) -> ClientConfig {
 /// bound the memory.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// How often a consumer's statistics arrive, and with them `headroom_consumer_lag_records`
+/// ([`export_lag`]).
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// The services' consumer configuration: the pass-through properties, manual offset handling
 /// (the loop stores and commits what is durable), and defaults that a configured property
 /// overrides.
@@ -66,7 +70,7 @@ pub fn consumer_config(cfg: &crate::KafkaConfig) -> ClientConfig {
         .set("enable.partition.eof", "false");
     let defaults = [
         ("auto.offset.reset", "earliest"),
-        ("statistics.interval.ms", "5000"),
+        ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
         // Bounds how long a fetch may wait for data. Brokers that hold a fetch for the whole
         // wait even when data arrives (tansu 0.6 does) would otherwise add up to 500 ms per hop.
         ("fetch.wait.max.ms", "10"),

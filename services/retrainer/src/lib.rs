@@ -124,7 +124,7 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
         // A run blocks the poll loop; the group must not evict the retrainer meanwhile.
         .set("max.poll.interval.ms", "3600000");
     if cc.get("statistics.interval.ms").is_none() {
-        cc.set("statistics.interval.ms", "5000");
+        cc.set("statistics.interval.ms", headroom_runtime::kafka::STATISTICS_INTERVAL_MS);
     }
     let consumer: BaseConsumer<LagCtx> = cc.create_with_context(lag)?;
     consumer.subscribe(&[cfg.topics.alerts.as_str()])?;
