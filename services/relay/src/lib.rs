@@ -44,8 +44,24 @@ pub struct Output {
 }
 
 impl Config {
+    /// Defaults, then `file`, then `HEADROOM_RELAY__*` variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        load_config(include_str!("../default.toml"), file, "HEADROOM_RELAY__")
+        let c: Config = load_config(include_str!("../default.toml"), file, "HEADROOM_RELAY__")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.common().validate()?;
+        // The padding is allocated once at start: a value no output could carry is a mistake,
+        // not a reason to allocate it.
+        if self.output.pad_bytes > self.runtime.max_output_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "key `output.pad_bytes`: {} is more than runtime.max_output_bytes ({})",
+                self.output.pad_bytes, self.runtime.max_output_bytes
+            )));
+        }
+        Ok(())
     }
 
     pub fn common(&self) -> CommonConfig {
@@ -112,6 +128,7 @@ impl Processor for Relay {
 }
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
+    config.validate()?;
     let output = config.topics.output.clone();
     let pad_bytes = config.output.pad_bytes;
     service::start(
@@ -144,6 +161,20 @@ mod tests {
     fn defaults_load_without_padding() {
         let c = Config::load(None).expect("defaults");
         assert_eq!(c.output.pad_bytes, 0);
+    }
+
+    #[test]
+    fn padding_beyond_the_largest_output_is_refused_naming_the_key() {
+        let mut c = Config::load(None).expect("defaults");
+        c.output.pad_bytes = c.runtime.max_output_bytes;
+        c.validate().expect("as large as an output may be");
+        c.output.pad_bytes = 1 << 40;
+        let err = c.validate().expect_err("a terabyte of padding").to_string();
+        assert!(err.contains("output.pad_bytes"), "{err}");
+        std::env::set_var("HEADROOM_RELAY__OUTPUT__PAD_BYTES", "-1");
+        let err = Config::load(None).expect_err("negative").to_string();
+        std::env::remove_var("HEADROOM_RELAY__OUTPUT__PAD_BYTES");
+        assert!(err.contains("pad_bytes"), "{err}");
     }
 
     #[test]
