@@ -20,7 +20,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    const SYMBOLS: [&'static str; 4] = ["CPU", "MEMORY", "NETWORK", "DISK"];
+    pub(crate) const SYMBOLS: [&'static str; 4] = ["CPU", "MEMORY", "NETWORK", "DISK"];
 
     /// From the short names the models use (`cpu`, `mem`, `net`, `disk`).
     pub fn from_short(s: &str) -> Option<Metric> {
@@ -33,7 +33,7 @@ impl Metric {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 

@@ -15,7 +15,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use headroom_schemas::drift::alert_id;
-use headroom_schemas::{AlertState, DriftAlert, DriftKind, Forecast, Metric, Severity};
+use headroom_schemas::drift_state::{EpisodeState, HeadState, PendingPoint};
+use headroom_schemas::{AlertState, DriftAlert, DriftEntityState, DriftKind, Forecast, Metric, Severity};
 use rustc_hash::FxHashMap;
 
 use crate::config::ModelError;
@@ -57,13 +58,32 @@ struct Pending {
     p50: f64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct EntityState {
     version: String,
     partition: i32,
     heads: Vec<Head>,
     pending: VecDeque<Pending>,
     last_ts: i64,
+    /// Offset of the last forecast applied (records at or below it are already in the state:
+    /// a restored state can be ahead of the committed offset).
+    applied: i64,
+    /// Changed since the last [`ErrorMonitor::drain_changes`].
+    dirty: bool,
+}
+
+impl Default for EntityState {
+    fn default() -> EntityState {
+        EntityState {
+            version: String::new(),
+            partition: 0,
+            heads: Vec::new(),
+            pending: VecDeque::new(),
+            last_ts: 0,
+            applied: -1,
+            dirty: false,
+        }
+    }
 }
 
 /// Counters of what the join saw.
@@ -87,7 +107,13 @@ pub struct ErrorMonitor {
     /// Newest event time per input partition (idle expiry is judged on the entity's own
     /// partition's clock: partitions of a backlog are read at different paces).
     newest: FxHashMap<i32, i64>,
+    /// Entities changed (or expired) since the last [`ErrorMonitor::drain_changes`], with their
+    /// partition; kept only when `track_changes` is on.
+    changed: Vec<(String, i32)>,
+    track_changes: bool,
     pub stats: JoinStats,
+    /// Forecasts skipped because a restored state already included them.
+    pub already_applied: u64,
 }
 
 fn observed(f: &Forecast, m: Metric) -> Option<f64> {
@@ -123,8 +149,17 @@ impl ErrorMonitor {
             references: FxHashMap::default(),
             entities: FxHashMap::default(),
             newest: FxHashMap::default(),
+            changed: Vec::new(),
+            track_changes: false,
             stats: JoinStats::default(),
+            already_applied: 0,
         }
+    }
+
+    /// Keeps the list of changed entities that [`ErrorMonitor::drain_changes`] hands out (for a
+    /// state changelog).
+    pub fn track_changes(&mut self) {
+        self.track_changes = true;
     }
 
     /// Makes a version's validation errors known (its forecasts are then judged against them).
@@ -144,9 +179,15 @@ impl ErrorMonitor {
         (ts_ms + self.interval_ms / 2).div_euclid(self.interval_ms)
     }
 
-    /// Handles one forecast of input `partition`: joins the entity's waiting predictions with
-    /// what it observed, then queues its own points. Alerts go to `out`.
-    pub fn add(&mut self, partition: i32, f: &Forecast, out: &mut Vec<DriftAlert>) {
+    /// Handles one forecast of input `partition` at `offset`: joins the entity's waiting
+    /// predictions with what it observed, then queues its own points. Alerts go to `out`. A
+    /// forecast at or below the offset the entity's (restored) state already includes is
+    /// skipped.
+    pub fn add(&mut self, partition: i32, offset: i64, f: &Forecast, out: &mut Vec<DriftAlert>) {
+        if self.entities.get(&f.entity_id).is_some_and(|e| e.partition == partition && offset <= e.applied) {
+            self.already_applied += 1;
+            return;
+        }
         let newest = self.newest.entry(partition).or_insert(i64::MIN);
         *newest = (*newest).max(f.ts_ms);
         let Some(first) = f.points.first() else {
@@ -173,11 +214,17 @@ impl ErrorMonitor {
             }
             *e = EntityState {
                 version: version.to_owned(),
+                dirty: e.dirty,
                 ..EntityState::default()
             };
         }
         e.partition = partition;
         e.last_ts = e.last_ts.max(f.ts_ms);
+        e.applied = offset;
+        if self.track_changes && !e.dirty {
+            e.dirty = true;
+            self.changed.push((f.entity_id.clone(), partition));
+        }
 
         // 1. Join: predictions for this slot meet their actuals.
         while let Some(p) = e.pending.front().copied() {
@@ -242,21 +289,149 @@ impl ErrorMonitor {
         }
     }
 
-    /// Forgets entities idle for `idle_expiry` of their partition's event time.
+    /// Forgets entities idle for `idle_expiry` of their partition's event time (with change
+    /// tracking on, each is handed out by the next [`ErrorMonitor::drain_changes`] as gone).
     pub fn expire(&mut self) -> usize {
         let horizon = self.cfg.idle_expiry.as_millis() as i64;
         let before = self.entities.len();
         let newest = &self.newest;
-        self.entities
-            .retain(|_, e| e.last_ts.saturating_add(horizon) >= newest.get(&e.partition).copied().unwrap_or(i64::MIN));
+        let (track, changed) = (self.track_changes, &mut self.changed);
+        self.entities.retain(|id, e| {
+            let keep = e.last_ts.saturating_add(horizon) >= newest.get(&e.partition).copied().unwrap_or(i64::MIN);
+            if !keep && track && !e.dirty {
+                changed.push((id.clone(), e.partition));
+            }
+            keep
+        });
         before - self.entities.len()
     }
 
-    /// A partition left this instance: its entities go (the next owner judges them).
+    /// A partition left this instance: its entities go (the next owner judges them, from the
+    /// changelog when there is one; changes not yet drained belong to records the next owner
+    /// processes again).
     pub fn forget_partition(&mut self, partition: i32) {
         self.entities.retain(|_, e| e.partition != partition);
+        self.changed.retain(|(_, p)| *p != partition);
         self.newest.remove(&partition);
     }
+
+    /// Hands out every entity changed since the last call, with its partition: its state, or
+    /// `None` when it expired (a tombstone for the changelog).
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&str, i32, Option<&DriftEntityState>)) {
+        let mut snap = DriftEntityState::default();
+        for (id, partition) in std::mem::take(&mut self.changed) {
+            match self.entities.get_mut(&id) {
+                Some(e) if e.partition == partition => {
+                    e.dirty = false;
+                    snapshot_into(&id, e, &mut snap);
+                    f(&id, partition, Some(&snap));
+                }
+                // Moved to another partition (the topic was repartitioned): its new
+                // partition's entry hands it out.
+                Some(_) => {}
+                None => f(&id, partition, None),
+            }
+        }
+    }
+
+    /// The state of `entity` as its changelog record holds it.
+    pub fn snapshot(&self, entity: &str) -> Option<DriftEntityState> {
+        let e = self.entities.get(entity)?;
+        let mut snap = DriftEntityState::default();
+        snapshot_into(entity, e, &mut snap);
+        Some(snap)
+    }
+
+    /// Takes an entity's state back from its changelog record (the detectors' thresholds and
+    /// half-life are the current configuration's).
+    pub fn restore(&mut self, s: &DriftEntityState) {
+        let cfg = &self.cfg;
+        let heads = s
+            .heads
+            .iter()
+            .map(|h| Head {
+                metric: h.metric,
+                horizon_min: h.horizon_min,
+                ph: PageHinkley::from_parts(cfg.ph_delta, cfg.ph_lambda, h.ph_n, h.ph_mean, h.ph_cum, h.ph_min),
+                live: Ewma::from_parts(cfg.ewma_half_life, h.live_mae, h.live_n),
+                validation: h.validation_mae,
+                baseline: h.baseline_mae,
+                base_sum: h.baseline_sum,
+                n: h.errors,
+                alarm_at: h.alarm_at,
+                run_start_ms: h.run_start_ms,
+                open: h.episode.as_ref().map(|e| Episode {
+                    id: e.alert_id.clone(),
+                    opened_ms: e.opened_ms,
+                    last_emit_ms: e.last_emit_ms,
+                    ph_statistic: e.ph_statistic,
+                }),
+            })
+            .collect();
+        let pending = s
+            .pending
+            .iter()
+            .map(|p| Pending { target_slot: p.target_slot, head: p.head as usize, p50: p.p50 })
+            .collect();
+        let newest = self.newest.entry(s.partition).or_insert(i64::MIN);
+        *newest = (*newest).max(s.last_ts_ms);
+        self.entities.insert(
+            s.entity_id.clone(),
+            EntityState {
+                version: s.model_version.clone(),
+                partition: s.partition,
+                heads,
+                pending,
+                last_ts: s.last_ts_ms,
+                applied: s.applied_offset,
+                dirty: false,
+            },
+        );
+    }
+
+    /// Forgets one entity of `partition` (its changelog record was a tombstone).
+    pub fn remove(&mut self, entity: &str, partition: i32) {
+        if self.entities.get(entity).is_some_and(|e| e.partition == partition) {
+            self.entities.remove(entity);
+        }
+    }
+}
+
+fn snapshot_into(id: &str, e: &EntityState, s: &mut DriftEntityState) {
+    s.entity_id.clear();
+    s.entity_id.push_str(id);
+    s.model_version.clone_from(&e.version);
+    s.partition = e.partition;
+    s.applied_offset = e.applied;
+    s.last_ts_ms = e.last_ts;
+    s.heads.clear();
+    s.heads.extend(e.heads.iter().map(|h| {
+        let (ph_n, ph_mean, ph_cum, ph_min) = h.ph.parts();
+        HeadState {
+            metric: h.metric,
+            horizon_min: h.horizon_min,
+            ph_n,
+            ph_mean,
+            ph_cum,
+            ph_min,
+            live_mae: h.live.value(),
+            live_n: h.live.samples(),
+            validation_mae: h.validation,
+            baseline_mae: h.baseline,
+            baseline_sum: h.base_sum,
+            errors: h.n,
+            alarm_at: h.alarm_at,
+            run_start_ms: h.run_start_ms,
+            episode: h.open.as_ref().map(|ep| EpisodeState {
+                alert_id: ep.id.clone(),
+                opened_ms: ep.opened_ms,
+                last_emit_ms: ep.last_emit_ms,
+                ph_statistic: ep.ph_statistic,
+            }),
+        }
+    }));
+    s.pending.clear();
+    s.pending.extend(e.pending.iter().map(|p| PendingPoint { target_slot: p.target_slot, head: p.head as i32, p50: p.p50 }));
 }
 
 fn observed_kind(m: Metric) -> Option<()> {

@@ -117,6 +117,16 @@ impl PageHinkley {
     pub fn reset(&mut self) {
         *self = PageHinkley::new(self.delta, self.lambda);
     }
+
+    /// (samples, running mean, cumulative sum, its minimum): the state a changelog keeps.
+    pub fn parts(&self) -> (u64, f64, f64, f64) {
+        (self.n, self.mean, self.cum, self.min)
+    }
+
+    /// A test in the state [`PageHinkley::parts`] gave, with the given thresholds.
+    pub fn from_parts(delta: f64, lambda: f64, n: u64, mean: f64, cum: f64, min: f64) -> PageHinkley {
+        PageHinkley { delta, lambda, n, mean, cum, min }
+    }
 }
 
 /// Exponentially weighted mean with a half-life in samples.
@@ -150,5 +160,10 @@ impl Ewma {
 
     pub fn samples(&self) -> u64 {
         self.n
+    }
+
+    /// A mean in the state `value` and `samples` gave.
+    pub fn from_parts(half_life: f64, value: f64, n: u64) -> Ewma {
+        Ewma { value, n, ..Ewma::new(half_life) }
     }
 }

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use headroom_schemas::{AlertState, DriftAlert, DriftKind, Forecast, ForecastPoint, Metric, Observed, Severity};
+use headroom_schemas::{AlertState, DriftAlert, DriftEntityState, DriftKind, Forecast, ForecastPoint, Metric, Observed, Severity};
 use proptest::prelude::*;
 
 use crate::config::DriftConfig;
@@ -194,10 +194,10 @@ fn run_errors(m: &mut ErrorMonitor, steps: i64, shift_at: i64, jump: f64, versio
     let mut noise = Noise(7);
     let mut out = Vec::new();
     for s in start..start + steps {
-        for e in ["stable", "shifted"] {
+        for (i, e) in ["stable", "shifted"].into_iter().enumerate() {
             let level = 0.5;
             let actual = level + 0.05 * noise.next() + if e == "shifted" && s >= shift_at { jump } else { 0.0 };
-            m.add(0, &forecast(e, s * 5 * MIN, version, level, actual), &mut out);
+            m.add(0, s * 2 + i as i64, &forecast(e, s * 5 * MIN, version, level, actual), &mut out);
         }
     }
     out
@@ -235,7 +235,7 @@ fn a_shifted_entity_alerts_once_and_a_stable_one_never() {
     // level, raises nothing.
     let mut out2 = Vec::new();
     let ts = 900 * 5 * MIN;
-    m.add(0, &forecast("shifted", ts, "v2", 0.8, 0.8), &mut out2);
+    m.add(0, 1_800, &forecast("shifted", ts, "v2", 0.8, 0.8), &mut out2);
     assert_eq!(out2.len(), 1);
     assert_eq!(out2[0].state, AlertState::Resolved);
     assert_eq!(out2[0].detail("superseded"), Some(1.0));
@@ -269,25 +269,118 @@ fn resolves_when_the_error_returns() {
     assert_eq!(out.iter().filter(|a| a.state == AlertState::Open).count(), 1);
 }
 
+/// Every entity's changelog record, through the wire format, into a fresh monitor.
+fn restart(m: &mut ErrorMonitor, version: &str) -> ErrorMonitor {
+    let mut next = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+    next.add_reference(Arc::new(uniform_reference(version, true)));
+    next.track_changes();
+    let mut n = 0;
+    m.drain_changes(|id, partition, s| {
+        let s = s.expect("no entity expired");
+        assert_eq!((s.entity_id.as_str(), s.partition), (id, partition));
+        let mut buf = Vec::new();
+        s.encode_framed(&mut buf);
+        next.restore(&DriftEntityState::decode(&buf).unwrap());
+        n += 1;
+    });
+    assert_eq!(n, 2, "both entities changed");
+    next
+}
+
+#[test]
+fn a_restored_monitor_continues_exactly_like_an_uninterrupted_one() {
+    let cfg = DriftConfig::default().model_error;
+    let mut whole = ErrorMonitor::new(cfg.clone(), 5 * MIN);
+    whole.add_reference(Arc::new(uniform_reference("v1", true)));
+    let mut expected = run_errors(&mut whole, 560, 500, 0.5, "v1", 0);
+    expected.extend(run_errors(&mut whole, 440, i64::MAX, 0.0, "v1", 560));
+
+    // Restarted at step 560: after the baseline (day one) and with an episode open.
+    let mut first = ErrorMonitor::new(cfg, 5 * MIN);
+    first.add_reference(Arc::new(uniform_reference("v1", true)));
+    first.track_changes();
+    let mut got = run_errors(&mut first, 560, 500, 0.5, "v1", 0);
+    assert_eq!(first.open_alerts(), 1, "an episode is open at the restart: {got:?}");
+    let mut second = restart(&mut first, "v1");
+    assert_eq!(second.open_alerts(), 1);
+    got.extend(run_errors(&mut second, 440, i64::MAX, 0.0, "v1", 560));
+    // Same alerts, ids and figures: the episode opened before the restart resolves after it.
+    assert_eq!(format!("{got:?}"), format!("{expected:?}"));
+    assert_eq!(got.last().map(|a| a.state), Some(AlertState::Resolved));
+    assert_eq!(got.iter().filter(|a| a.state == AlertState::Open).count(), 1);
+    assert_eq!(format!("{:?}", second.snapshot("shifted")), format!("{:?}", whole.snapshot("shifted")));
+
+    // Without the restored state the episode is lost: the second half alerts nothing and the
+    // entity would wait a day for a new baseline.
+    let mut cold = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+    cold.add_reference(Arc::new(uniform_reference("v1", true)));
+    assert!(run_errors(&mut cold, 440, i64::MAX, 0.0, "v1", 560).is_empty());
+}
+
+#[test]
+fn forecasts_a_restored_state_already_holds_are_skipped() {
+    // A crash after the changelog was written but before the offsets were committed: the
+    // records since the commit come again and must not count twice.
+    let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+    m.add_reference(Arc::new(uniform_reference("v1", true)));
+    m.track_changes();
+    run_errors(&mut m, 560, 500, 0.5, "v1", 0);
+    let before = format!("{:?}", m.snapshot("shifted"));
+    let mut restored = restart(&mut m, "v1");
+    let again = run_errors(&mut restored, 10, 500, 0.5, "v1", 550);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(restored.already_applied, 20);
+    assert_eq!(format!("{:?}", restored.snapshot("shifted")), before);
+    let mut changed = 0;
+    restored.drain_changes(|_, _, _| changed += 1);
+    assert_eq!(changed, 0, "skipped records change nothing");
+}
+
+#[test]
+fn the_changelog_gets_changes_once_tombstones_for_expired_entities_and_nothing_for_revoked_ones() {
+    let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+    m.track_changes();
+    let mut out = Vec::new();
+    for (i, e) in ["a", "a", "b"].into_iter().enumerate() {
+        m.add(if e == "a" { 0 } else { 1 }, i as i64, &forecast(e, 0, "v1", 0.5, 0.5), &mut out);
+    }
+    let mut seen = Vec::new();
+    m.drain_changes(|id, p, s| seen.push((id.to_owned(), p, s.map(|s| s.applied_offset))));
+    assert_eq!(seen, vec![("a".to_owned(), 0, Some(1)), ("b".to_owned(), 1, Some(2))]);
+    m.drain_changes(|_, _, _| panic!("nothing changed since"));
+    // "a" idles for longer than idle_expiry on its partition's clock: a tombstone.
+    m.add(0, 3, &forecast("c", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
+    assert_eq!(m.expire(), 1);
+    let mut seen = Vec::new();
+    m.drain_changes(|id, p, s| seen.push((id.to_owned(), p, s.is_some())));
+    seen.sort();
+    assert_eq!(seen, vec![("a".to_owned(), 0, false), ("c".to_owned(), 0, true)]);
+    // Changes of a revoked partition are not written: its records are processed again by
+    // the next owner, from the changelog as it stands.
+    m.add(1, 4, &forecast("b", 5 * MIN, "v1", 0.5, 0.5), &mut out);
+    m.forget_partition(1);
+    m.drain_changes(|id, _, _| panic!("{id} was revoked"));
+}
+
 #[test]
 fn unusable_forecasts_are_counted_not_fatal() {
     let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
     let mut out = Vec::new();
     let mut f = forecast("e", 0, "v1", f64::NAN, f64::NAN);
     f.observed = Observed::default();
-    m.add(0, &f, &mut out);
-    m.add(0, &Forecast::default(), &mut out);
+    m.add(0, 0, &f, &mut out);
+    m.add(0, 1, &Forecast::default(), &mut out);
     let mut g = forecast("e", 15 * MIN, "v1", 0.5, f64::INFINITY);
     g.points[0].horizon_min = -5;
-    m.add(0, &g, &mut out);
+    m.add(0, 2, &g, &mut out);
     assert!(out.is_empty());
     assert!(m.stats.unusable >= 2, "{:?}", m.stats);
     assert_eq!(m.expire(), 0, "the partition's clock has not moved on");
     // Partition 1 racing ahead (a backlog) does not expire partition 0's entity…
-    m.add(1, &forecast("other", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
+    m.add(1, 0, &forecast("other", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
     assert_eq!(m.expire(), 0);
     // …its own partition's clock does.
-    m.add(0, &forecast("late", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
+    m.add(0, 3, &forecast("late", 1_000 * 86_400_000, "v1", 0.5, 0.5), &mut out);
     assert_eq!(m.expire(), 1);
     m.forget_partition(1);
     assert_eq!(m.entities(), 1);
@@ -343,10 +436,10 @@ proptest! {
         let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
         m.add_reference(Arc::new(uniform_reference("v1", true)));
         let mut out = Vec::new();
-        for (p50, obs, h, step) in values {
+        for (i, (p50, obs, h, step)) in values.into_iter().enumerate() {
             let mut f = forecast("e", step * 5 * MIN, "v1", p50, obs);
             f.points[0].horizon_min = h;
-            m.add(0, &f, &mut out);
+            m.add(0, i as i64, &f, &mut out);
         }
         for a in &out {
             prop_assert_eq!(a.kind, DriftKind::ModelError);

@@ -22,7 +22,13 @@
 //!   suppressed up to the committed offset, which rebuilds exactly the state an uninterrupted
 //!   run would hold. Revoke flushes the producer and commits synchronously before the
 //!   partition is released.
+//! - **Or restored from a changelog.** State that depends on more history than a replay can
+//!   cover (the drift monitor's detectors) is written, per key, to a compacted changelog topic
+//!   at the end of each batch ([`Flush::emit_state`]), before the batch's offsets are
+//!   committed, and read back from the same partition number on assignment
+//!   ([`changelog::restore`]).
 
+pub mod changelog;
 pub mod config;
 pub mod kafka;
 pub mod metrics;

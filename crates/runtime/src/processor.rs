@@ -91,6 +91,23 @@ impl<'a> Flush<'a> {
     pub fn metrics(&self) -> &Metrics {
         self.metrics
     }
+
+    /// Sends a record of the processor's own state changelog (a compacted topic) to an explicit
+    /// `partition`, the input partition whose state it is; `None` is a tombstone that forgets
+    /// `key`. Like every output of the batch it is acknowledged before the batch's offsets are
+    /// committed, so the changelog always holds at least the state of what was committed. No
+    /// trace headers and no latency sample: it is not a result of one input record.
+    pub fn emit_state(&self, topic: &str, partition: i32, key: &[u8], payload: Option<&[u8]>) {
+        let opaque = crate::kafka::pack_opaque(self.epoch_slot, 0);
+        let mut rec = BaseRecord::with_opaque_to(topic, opaque)
+            .key(key)
+            .partition(partition);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        self.outstanding.add(self.epoch_slot);
+        send(self.producer, rec);
+    }
 }
 
 /// Where a processor's outputs go. In replay mode everything is suppressed.

@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use headroom_drift::config::{FeatureDrift, ModelError};
 use headroom_drift::DriftConfig;
@@ -17,6 +18,21 @@ pub struct Topics {
     pub output: String,
     pub models: String,
     pub dlq: String,
+    /// The model-error detectors' changelog (compacted, as many partitions as `forecasts`).
+    pub state: String,
+}
+
+/// Where the model-error detectors' state lives across restarts and rebalances.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Write each changed entity's detectors to `topics.state` at the end of every batch and
+    /// read them back when a forecasts partition is assigned. Off: in memory only, and a
+    /// restarted monitor warms up again (a day before it can alarm).
+    pub enabled: bool,
+    /// How long reading one partition's changelog back may take.
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +59,7 @@ pub struct Config {
     pub models: Models,
     pub features: FeatureDrift,
     pub model_error: ModelError,
+    pub state: StateConfig,
 }
 
 impl Config {
@@ -62,13 +79,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.common().validate()?;
         let t = &self.topics;
-        let all = [&t.features, &t.forecasts, &t.output, &t.models, &t.dlq];
+        let all = [&t.features, &t.forecasts, &t.output, &t.models, &t.dlq, &t.state];
         for (i, a) in all.iter().enumerate() {
             if all[i + 1..].contains(a) {
                 return Err(ConfigError::Invalid(format!(
-                    "key `topics`: `{a}` is named twice; features, forecasts, output, models and dlq must be different topics"
+                    "key `topics`: `{a}` is named twice; features, forecasts, output, models, dlq and state must be different topics"
                 )));
             }
+        }
+        if self.state.enabled && t.state.is_empty() {
+            return Err(ConfigError::Invalid("key `topics.state` must name the changelog topic while `state.enabled` is true".into()));
+        }
+        if self.state.restore_timeout.is_zero() {
+            return Err(ConfigError::Invalid("key `state.restore_timeout` must be above 0".into()));
         }
         if self.models.family.is_empty() {
             return Err(ConfigError::Invalid("key `models.family` must not be empty".into()));
@@ -123,5 +146,12 @@ mod tests {
         std::env::set_var("HEADROOM_DRIFT_TEST4__TOPICS__OUTPUT", "features");
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST4__").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("topics"));
+        assert!(c.state.enabled, "the changelog is on by default");
+        std::env::set_var("HEADROOM_DRIFT_TEST5__STATE__RESTORE_TIMEOUT", "0s");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST5__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("state.restore_timeout"));
+        std::env::set_var("HEADROOM_DRIFT_TEST6__TOPICS__STATE", "drift.alerts");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST6__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("named twice"));
     }
 }

@@ -11,14 +11,17 @@
 //! References come from the serving version's manifest (the version the PostgreSQL registry
 //! names when `models.registry_url` is set, registry.json in the models directory otherwise); the monitor
 //! follows the models topic and switches to a promoted version's references without a restart.
-//! Detector state is in memory and is not rebuilt by replay: after a restart the detectors warm
-//! up again (see `docs/design/drift.md`).
+//! The model-error detectors' state is kept in a compacted changelog (`drift.state`): each batch's
+//! changed entities are written before its offsets are committed and read back when a forecasts
+//! partition is assigned, so a restart or a rebalance resumes them, open episodes included. The
+//! feature windows are not kept: the hour open at a restart starts again (see
+//! `docs/design/drift.md`).
 
 mod config;
 mod processor;
 
 pub use config::{Config, Models, Topics};
-pub use processor::{DriftMetrics, DriftStage, NextReference};
+pub use processor::{DriftMetrics, DriftStage, NextReference, StateStore};
 
 use std::sync::{Arc, Mutex};
 
@@ -59,7 +62,24 @@ pub async fn load_serving(models: &Models) -> anyhow::Result<ModelReference> {
 /// Starts the drift monitor with `config` until `shutdown` triggers.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<ServiceHandle> {
     config.validate()?;
-    Topology::builtin().check_service(SERVICE, &["features", "forecasts", "models"], &["drift.alerts", "telemetry.dlq"])?;
+    Topology::builtin().check_service(
+        SERVICE,
+        &["features", "forecasts", "models", "drift.state"],
+        &["drift.alerts", "telemetry.dlq", "drift.state"],
+    )?;
+    let state = (config.state.enabled && config.model_error.enabled).then(|| StateStore {
+        kafka: config.kafka.clone(),
+        topic: config.topics.state.clone(),
+        restore_timeout: config.state.restore_timeout,
+    });
+    if let Some(st) = &state {
+        let (kafka, input, topic) = (st.kafka.clone(), config.topics.forecasts.clone(), st.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            headroom_runtime::changelog::check_copartitioned(&kafka, &input, &topic, std::time::Duration::from_secs(10))
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("key `topics.state`: {e:#}"))?;
+    }
     let reference = Arc::new(load_serving(&config.models).await?);
     tracing::info!(
         version = %reference.version, features = reference.features.len(),
@@ -117,6 +137,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
                 (topics.features, topics.forecasts, topics.output),
                 next,
                 m,
+                state,
             ))
         },
     )

@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// headroom drift monitor: features + forecasts -> drift.alerts (+ telemetry.dlq)
+/// headroom drift monitor: features + forecasts -> drift.alerts (+ telemetry.dlq, and its
+/// detectors' changelog drift.state)
 #[derive(Parser)]
 #[command(version)]
 struct Args {

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use headroom_drift::{DriftConfig, ErrorMonitor, FeatureMonitor, JoinStats, ModelReference};
-use headroom_runtime::{Emitter, InputRecord, Metrics, Processor};
-use headroom_schemas::{DlqReason, DriftAlert, FeaturesRecord, Forecast};
+use headroom_runtime::{Emitter, Flush, InputRecord, KafkaConfig, Metrics, Processor};
+use headroom_schemas::{DlqReason, DriftAlert, DriftEntityState, FeaturesRecord, Forecast};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 /// A newly promoted version's references, handed over by the model watcher.
@@ -25,6 +26,12 @@ pub struct DriftMetrics {
     pub skipped: IntCounterVec,
     /// Reference versions loaded (startup, promoted) and failed loads.
     pub references: IntCounterVec,
+    /// Changelog records written, by kind (state, tombstone).
+    pub state_written: IntCounterVec,
+    /// Changelog records read back at assignment, by outcome (restored, forgotten, skipped).
+    pub state_restored: IntCounterVec,
+    /// Changelog partitions read back, by outcome (ok, failed).
+    pub state_restores: IntCounterVec,
 }
 
 impl DriftMetrics {
@@ -38,6 +45,22 @@ impl DriftMetrics {
         let join = vec("drift_join_total", "Forecast points by what the join with later actuals made of them.", &["outcome"]);
         let skipped = vec("drift_skipped_total", "Records not judged, by reason.", &["reason"]);
         let references = vec("drift_reference_loads_total", "Model references loaded, by outcome.", &["outcome"]);
+        let state_written = vec("drift_state_records_written_total", "Model-error state changelog records written, by kind.", &["kind"]);
+        let state_restored = vec(
+            "drift_state_records_restored_total",
+            "Model-error state changelog records read back at assignment, by outcome.",
+            &["outcome"],
+        );
+        let state_restores = vec("drift_state_restores_total", "Changelog partitions read back at assignment, by outcome.", &["outcome"]);
+        for k in ["state", "tombstone"] {
+            let _ = state_written.with_label_values(&[k]);
+        }
+        for o in ["restored", "forgotten", "skipped"] {
+            let _ = state_restored.with_label_values(&[o]);
+        }
+        for o in ["ok", "failed"] {
+            let _ = state_restores.with_label_values(&[o]);
+        }
         let open = IntGaugeVec::new(Opts::new("drift_open_alerts", "Open drift episodes, by kind."), &["kind"]).expect("metric");
         let _ = m.registry.register(Box::new(open.clone()));
         for k in ["FEATURE_DISTRIBUTION", "MODEL_ERROR"] {
@@ -50,8 +73,16 @@ impl DriftMetrics {
             let _ = join.with_label_values(&[o]);
         }
         let _ = skipped.with_label_values(&["feature_schema_mismatch"]);
-        DriftMetrics { alerts, open, join, skipped, references }
+        DriftMetrics { alerts, open, join, skipped, references, state_written, state_restored, state_restores }
     }
+}
+
+/// The changelog the model-error detectors are kept in across restarts and rebalances.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    pub kafka: KafkaConfig,
+    pub topic: String,
+    pub restore_timeout: Duration,
 }
 
 pub struct DriftStage {
@@ -70,6 +101,7 @@ pub struct DriftStage {
     metrics: DriftMetrics,
     alerts: Vec<DriftAlert>,
     buf: Vec<u8>,
+    state: Option<StateStore>,
 }
 
 impl DriftStage {
@@ -79,12 +111,16 @@ impl DriftStage {
         topics: (String, String, String),
         next: NextReference,
         metrics: DriftMetrics,
+        state: Option<StateStore>,
     ) -> DriftStage {
         let (features_topic, forecasts_topic, output) = topics;
         let features = cfg.features.enabled.then(|| FeatureMonitor::new(cfg.features.clone(), reference.clone()));
         let errors = cfg.model_error.enabled.then(|| {
             let mut e = ErrorMonitor::new(cfg.model_error.clone(), reference.interval_ms);
             e.add_reference(reference.clone());
+            if state.is_some() {
+                e.track_changes();
+            }
             e
         });
         DriftStage {
@@ -102,6 +138,53 @@ impl DriftStage {
             metrics,
             alerts: Vec::new(),
             buf: Vec::with_capacity(512),
+            state,
+        }
+    }
+
+    /// Reads the changelog partition of an assigned forecasts partition back into the
+    /// detectors. A failed read keeps what it read and says so: the remaining entities warm
+    /// up again, as without a changelog.
+    fn restore(&mut self, partition: i32) {
+        let (Some(st), Some(em)) = (&self.state, &mut self.errors) else { return };
+        let started = Instant::now();
+        let m = &self.metrics;
+        let (mut restored, mut forgotten, mut skipped) = (0u64, 0u64, 0u64);
+        let res = headroom_runtime::changelog::restore(&st.kafka, &st.topic, partition, st.restore_timeout, |key, value, offset| {
+            match value.map(DriftEntityState::decode) {
+                Some(Ok(s)) if s.partition == partition => {
+                    em.restore(&s);
+                    restored += 1;
+                }
+                Some(Ok(s)) => {
+                    tracing::warn!(entity = %s.entity_id, partition, found = s.partition, offset, "changelog record of another partition skipped");
+                    skipped += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, partition, offset, "undecodable changelog record skipped; the entity warms up again");
+                    skipped += 1;
+                }
+                None => {
+                    em.remove(&String::from_utf8_lossy(key), partition);
+                    forgotten += 1;
+                }
+            }
+        });
+        for (outcome, n) in [("restored", restored), ("forgotten", forgotten), ("skipped", skipped)] {
+            m.state_restored.with_label_values(&[outcome]).inc_by(n);
+        }
+        match res {
+            Ok(r) => {
+                m.state_restores.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    topic = %st.topic, partition, records = r.records, end = r.end, entities = em.entities(),
+                    open = em.open_alerts(), ms = started.elapsed().as_millis() as u64, "model-error state restored"
+                );
+            }
+            Err(e) => {
+                m.state_restores.with_label_values(&["failed"]).inc();
+                tracing::error!(error = format!("{e:#}"), topic = %st.topic, partition, restored, "model-error state only partly restored");
+            }
         }
     }
 
@@ -176,7 +259,7 @@ impl Processor for DriftStage {
                 out.dead_letter(DlqReason::KeyMismatch, "record key differs from entity_id");
                 return;
             }
-            em.add(rec.partition, &f, &mut self.alerts);
+            em.add(rec.partition, rec.offset, &f, &mut self.alerts);
         }
         if !self.alerts.is_empty() {
             self.publish(out);
@@ -184,6 +267,9 @@ impl Processor for DriftStage {
     }
 
     fn on_assign(&mut self, topic: &str, partition: i32) {
+        if topic == self.forecasts_topic {
+            self.restore(partition);
+        }
         if topic == self.features_topic {
             self.partitions.insert(partition);
             self.rescope();
@@ -205,6 +291,25 @@ impl Processor for DriftStage {
                 e.forget_partition(partition);
             }
         }
+    }
+
+    /// The end of a batch: every entity the batch changed goes to the changelog (acknowledged
+    /// before the batch's offsets are committed).
+    fn flush(&mut self, out: &mut Flush<'_>) {
+        let (Some(st), Some(em)) = (&self.state, &mut self.errors) else { return };
+        let (buf, m) = (&mut self.buf, &self.metrics);
+        em.drain_changes(|entity, partition, state| match state {
+            Some(s) => {
+                buf.clear();
+                s.encode_framed(buf);
+                out.emit_state(&st.topic, partition, entity.as_bytes(), Some(buf));
+                m.state_written.with_label_values(&["state"]).inc();
+            }
+            None => {
+                out.emit_state(&st.topic, partition, entity.as_bytes(), None);
+                m.state_written.with_label_values(&["tombstone"]).inc();
+            }
+        });
     }
 
     fn on_commit(&mut self, metrics: &Metrics) {

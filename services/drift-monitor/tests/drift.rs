@@ -42,6 +42,7 @@ fn config(brokers: &str, prefix: &str, models: &Path) -> Config {
     c.topics.output = format!("{prefix}drift.alerts");
     c.topics.models = format!("{prefix}models");
     c.topics.dlq = format!("{prefix}telemetry.dlq");
+    c.topics.state = format!("{prefix}drift.state");
     c.models.dir = models.to_owned();
     c.features.min_samples = 50;
     c.model_error.warmup = 12;
@@ -215,6 +216,89 @@ async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_lette
     .await;
     assert!(ok, "the v1 episode is resolved as superseded");
     headroom_testkit::ops::check_exposition("drift-monitor", &h.metrics.render());
+    h.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&models);
+}
+
+/// A restarted monitor resumes its model-error detectors from the changelog (`drift.state`): an
+/// episode opened before the restart is resolved after it under the same id, with no second
+/// OPEN and no new day of warm-up. Without the changelog the second instance would know no
+/// episode and alert nothing (the unit test `a_restored_monitor_continues_exactly_like_an_
+/// uninterrupted_one` shows that counterfactual).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("drift-restart"));
+    create_topics(&brokers, &prefix).await;
+    let models = std::env::temp_dir().join(unique("drift-models"));
+    write_version(&models, "v1", 0.05);
+    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
+    let mut cfg = config(&brokers, &prefix, &models);
+    cfg.features.enabled = false;
+    let t0 = 1_700_000_000_000 / (60 * MIN) * (60 * MIN);
+    let mut noise = 7u64;
+    let mut next = move || {
+        noise = noise.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((noise >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    };
+    // "shifted" leaves its forecasts by 0.4 from step 60 to step 99, then meets them again.
+    let mut steps = |range: std::ops::Range<i64>| -> Vec<Rec> {
+        let mut v = Vec::new();
+        for step in range {
+            for e in ["stable", "shifted"] {
+                let jump = if e == "shifted" && (60..100).contains(&step) { 0.4 } else { 0.0 };
+                v.push(rec(&forecast(e, step, t0, "v1", 0.5, 0.5 + 0.05 * next() + jump)));
+            }
+        }
+        v
+    };
+    let model_errors = |brokers: &str, topic: &str| -> Vec<DriftAlert> {
+        consume(brokers, topic, 1, Duration::from_secs(5), Duration::from_millis(300))
+            .iter()
+            .map(|m| DriftAlert::decode(m.payload().unwrap()).unwrap())
+            .filter(|a| a.kind == DriftKind::ModelError)
+            .collect()
+    };
+
+    // First instance: through the shift, until the episode is open and its batch committed.
+    produce(&brokers, &cfg.topics.forecasts, &steps(0..90));
+    let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let guard = StopOnDrop(h.shutdown.clone());
+    let mut alerts = Vec::new();
+    let opened = eventually(Duration::from_secs(60), || {
+        alerts = model_errors(&brokers, &cfg.topics.output);
+        alerts.iter().any(|a| a.state == AlertState::Open)
+    })
+    .await;
+    assert!(opened, "alerts so far: {alerts:#?}");
+    assert!(eventually(Duration::from_secs(30), || counter(&h, "records_in_total", "forecasts") >= 180.0).await);
+    assert!(counter(&h, "drift_state_records_written_total", "\"state\"") >= 2.0);
+    headroom_testkit::ops::check_exposition("drift-monitor", &h.metrics.render());
+    h.stop().await.unwrap();
+    drop(guard);
+
+    // Second instance, same group: it reads both entities back, then the shifted one returns
+    // to its forecasts and the episode opened by the first instance resolves.
+    let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let _guard = StopOnDrop(h.shutdown.clone());
+    produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
+    let resolved = eventually(Duration::from_secs(60), || {
+        alerts = model_errors(&brokers, &cfg.topics.output);
+        alerts.iter().any(|a| a.state == AlertState::Resolved)
+    })
+    .await;
+    assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
+    assert!(counter(&h, "drift_state_records_restored_total", "restored") >= 2.0);
+    assert_eq!(counter(&h, "drift_state_restores_total", "failed"), 0.0);
+    assert!(alerts.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{alerts:#?}");
+    assert_eq!(alerts.iter().filter(|a| a.state == AlertState::Open).count(), 1, "{alerts:#?}");
+    assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
+    let resolved = alerts.iter().find(|a| a.state == AlertState::Resolved).unwrap();
+    assert!(resolved.ts_ms >= t0 + 100 * STEP, "resolved after the actuals came back: {resolved:?}");
+    // The detectors were not warmed up again: the resolution's error count runs on from the
+    // first instance's (the test's warm-up plus baseline is 36 errors).
+    assert!(resolved.detail("n").unwrap() > 90.0, "{resolved:?}");
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }

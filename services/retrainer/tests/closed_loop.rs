@@ -173,6 +173,7 @@ async fn start_loop(l: &Loop, margin: f64) -> Vec<headroom_runtime::service::Ser
     d.topics.output = l.topic("drift.alerts");
     d.topics.models = l.topic("models");
     d.topics.dlq = l.topic("telemetry.dlq");
+    d.topics.state = l.topic("drift.state");
     d.models.dir = l.models.clone();
     d.features.idle_partition_grace = Duration::from_secs(2);
 
