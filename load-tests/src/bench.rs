@@ -899,3 +899,119 @@ pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Re
         Ok(())
     })
 }
+
+/// Arguments of `loadgen bench-drift`.
+#[derive(clap::Args, Debug)]
+pub struct DriftBenchArgs {
+    /// Forecasts (the model-error detectors' input).
+    #[arg(long, default_value_t = 400_000)]
+    records: u64,
+    #[arg(long, default_value_t = 1000)]
+    entities: u32,
+    /// Rounds; each runs the monitor without and with its changelog, alternating which first.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+}
+
+/// The cost of the drift monitor's changelog: the model-error detectors over the same
+/// preloaded forecasts with `state.enabled = false` (the reference: in memory only) and `true`
+/// (every changed entity written to `drift.state` at the end of each batch), side by side.
+/// Clock: from the first forecast consumed to the last; with the changelog, until the last of
+/// its records is acknowledged as well. From a preloaded topic a batch holds several forecasts
+/// of each of its entities and writes one record per entity; with many entities (each entity
+/// once per batch, as in a live stream at a 5-minute interval) it writes one per forecast.
+pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let forecasts = format!("{prefix}forecasts");
+        let (b, f, e, r) = (brokers.to_owned(), forecasts.clone(), args.entities, args.records);
+        tokio::task::spawn_blocking(move || preload_forecasts(&b, &f, e, r)).await??;
+        // The serving version's manifest: the drift monitor needs one; these forecasts are
+        // version v0's, judged against each entity's own baseline.
+        let models = std::env::temp_dir().join(format!("{prefix}models"));
+        std::fs::create_dir_all(models.join("v0"))?;
+        let manifest = serde_json::json!({
+            "version": "v0", "family": "bench", "feature_schema": "bench", "feature_names": ["cpu_now"],
+            "interval_ms": 300_000, "training_rows": 1000,
+            "reference": [{"feature": "cpu_now", "edges": [0.5], "shares": [0.5, 0.5], "missing_share": 0.0}],
+            "metrics": {"rows": []}
+        });
+        std::fs::write(models.join("v0/manifest.json"), serde_json::to_vec(&manifest)?)?;
+        std::fs::write(models.join("registry.json"), br#"{"serving":{"bench":"v0"}}"#)?;
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        let mut state_records = 0u64;
+        for round in 0..args.rounds {
+            for changelog in if round % 2 == 0 { [false, true] } else { [true, false] } {
+                let mut c = headroom_drift_monitor::Config::load(None)?;
+                c.kafka.brokers = brokers.into();
+                c.kafka.group_id = format!("{prefix}drift-{round}-{changelog}");
+                c.http.listen = "127.0.0.1:0".into();
+                c.topics.features = format!("{prefix}features");
+                c.topics.forecasts = forecasts.clone();
+                c.topics.output = format!("{prefix}drift.alerts");
+                c.topics.models = format!("{prefix}models");
+                c.topics.dlq = format!("{prefix}telemetry.dlq");
+                // A changelog of its own: one left by an earlier run would be restored, and the
+                // forecasts it holds skipped.
+                let own = format!("{prefix}run{round}{changelog}.");
+                topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &own, Duration::from_secs(30)).await?;
+                c.topics.state = format!("{own}drift.state");
+                c.models.dir = models.clone();
+                c.models.family = "bench".into();
+                c.models.watch = false;
+                c.features.enabled = false;
+                c.state.enabled = changelog;
+                let handle = headroom_drift_monitor::start(c, Shutdown::new()).await?;
+                let consumed = handle.metrics.records_in.with_label_values(&[&forecasts]);
+                let written = handle.metrics.records_out.with_label_values(&[&format!("{prefix}run{round}{changelog}.drift.state")]);
+                let records = args.records;
+                let (rate, states) = tokio::task::spawn_blocking(move || {
+                    let first = wait_count(|| consumed.get(), 1, Duration::from_secs(120))
+                        .map_err(|_| anyhow::anyhow!("the drift monitor consumed nothing within 120 s"))?;
+                    let mut last = wait_count(|| consumed.get(), records, Duration::from_secs(600))
+                        .map_err(|n| anyhow::anyhow!("the drift monitor consumed {n} of {records} forecasts"))?;
+                    // With the changelog, the run is over when its records are acknowledged too
+                    // (written at each batch's end: the count stops growing).
+                    let mut seen = written.get();
+                    while changelog {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let now = written.get();
+                        if now == seen {
+                            break;
+                        }
+                        seen = now;
+                        last = Instant::now();
+                    }
+                    let secs = last.saturating_duration_since(first).as_secs_f64().max(1e-6);
+                    anyhow::Ok(((records - 1) as f64 / secs, seen))
+                })
+                .await??;
+                handle.stop().await?;
+                eprintln!("  round {round}: changelog {changelog}: {rate:.0} forecasts/s, {states} state records");
+                if changelog {
+                    on.push(rate);
+                    state_records = state_records.max(states);
+                } else {
+                    off.push(rate);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&models);
+        let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        println!(
+            "RESULT drift-changelog records={} entities={} without_changelog_fps={:.0} with_changelog_fps={:.0} ratio={:.3} state_records={}",
+            args.records,
+            args.entities,
+            best(&off),
+            best(&on),
+            best(&on) / best(&off).max(1e-9),
+            state_records
+        );
+        Ok(())
+    })
+}

@@ -120,6 +120,9 @@ enum Command {
     BenchScorer(bench::ScorerBenchArgs),
     /// The recommender through the broker against the featurizer in the same run, and its state per entity.
     BenchRecommender(bench::RecommenderBenchArgs),
+    /// The drift monitor's changelog cost: its model-error detectors over the same forecasts
+    /// without and with `drift.state`, side by side.
+    BenchDrift(bench::DriftBenchArgs),
     /// The sink's ingest rate into PostgreSQL through the broker against `psql \copy` of the
     /// same rows into an identical table in the same run.
     BenchSink(sink_bench::SinkBenchArgs),
@@ -223,6 +226,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&cli.brokers, &args),
         Command::BenchScorer(args) => bench::run_scorer(&cli.brokers, &args),
         Command::BenchRecommender(args) => bench::run_recommender(&cli.brokers, &args),
+        Command::BenchDrift(args) => bench::run_drift(&cli.brokers, &args),
         Command::BenchSink(args) => sink_bench::run(&cli.brokers, &args),
         Command::BenchOlap(args) => olap_bench::run(&args),
         Command::Tail {
