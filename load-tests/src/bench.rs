@@ -320,13 +320,10 @@ pub struct ScorerBenchArgs {
 /// rate from the same run as the reference: telemetry is preloaded, the featurizer turns it into
 /// features (timed), then the scorer turns those into forecasts (timed).
 pub fn run_scorer(brokers: &str, args: &ScorerBenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     rt.block_on(async {
-        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let prefix = new_prefix();
+        apply_topics(brokers, &prefix).await?;
         let input = format!("{prefix}telemetry.raw");
         let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
         tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
@@ -398,24 +395,31 @@ fn output_sizes(entities: u32) -> anyhow::Result<(usize, usize, usize)> {
     Ok((relay, featurizer, pad))
 }
 
+/// The two-worker runtime every benchmark runs its services in.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// A topic prefix of the run's own, so runs never read each other's records.
+pub(crate) fn new_prefix() -> String {
+    format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// Creates the built-in topology's topics under `prefix`.
+pub(crate) async fn apply_topics(brokers: &str, prefix: &str) -> anyhow::Result<()> {
+    topology::apply(&Topology::builtin(), &kafka_cfg(brokers), prefix, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
 pub fn run(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     rt.block_on(run_async(brokers, args))
 }
 
 async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
-    let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = new_prefix();
     let kcfg = kafka_cfg(brokers);
-    topology::apply(
-        &Topology::builtin(),
-        &kcfg,
-        &prefix,
-        Duration::from_secs(30),
-    )
-    .await?;
+    apply_topics(brokers, &prefix).await?;
     let mut extra = Vec::new();
     for round in 0..args.rounds.max(1) {
         extra.push(format!("r{round}.telemetry.relayed"));
@@ -855,13 +859,10 @@ fn preload_forecasts(
 /// featurizer's rate on as many telemetry records from the same run as the reference; and the
 /// recommender's state memory per entity from its own gauges.
 pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     rt.block_on(async {
-        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let prefix = new_prefix();
+        apply_topics(brokers, &prefix).await?;
         let input = format!("{prefix}telemetry.raw");
         let forecasts = format!("{prefix}forecasts");
         let (b, i, f, e, r) = (brokers.to_owned(), input.clone(), forecasts.clone(), args.entities, args.records);
@@ -921,13 +922,10 @@ pub struct DriftBenchArgs {
 /// of each of its entities and writes one record per entity; with many entities (each entity
 /// once per batch, as in a live stream at a 5-minute interval) it writes one per forecast.
 pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     rt.block_on(async {
-        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let prefix = new_prefix();
+        apply_topics(brokers, &prefix).await?;
         let forecasts = format!("{prefix}forecasts");
         let (b, f, e, r) = (brokers.to_owned(), forecasts.clone(), args.entities, args.records);
         tokio::task::spawn_blocking(move || preload_forecasts(&b, &f, e, r)).await??;
@@ -959,7 +957,7 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                 // A changelog of its own: one left by an earlier run would be restored, and the
                 // forecasts it holds skipped.
                 let own = format!("{prefix}run{round}{changelog}.");
-                topology::apply(&Topology::builtin(), &kafka_cfg(brokers), &own, Duration::from_secs(30)).await?;
+                apply_topics(brokers, &own).await?;
                 c.topics.state = format!("{own}drift.state");
                 c.models.dir = models.clone();
                 c.models.family = "bench".into();

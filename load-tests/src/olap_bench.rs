@@ -120,7 +120,7 @@ async fn fill(url: &str, entities: u32, rows: u64) -> anyhow::Result<(i64, f64)>
 }
 
 pub fn run(args: &OlapBenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = crate::bench::runtime()?;
     rt.block_on(async {
         let mut summary = Vec::new();
         for &rows in &args.rows {

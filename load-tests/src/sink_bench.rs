@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use headroom_runtime::topology::{self, Topology};
 use headroom_runtime::Shutdown;
 use headroom_sources::{GenConfig, Generator};
 use headroom_store::partitions::{self, format_utc_ms, PartitionCache};
@@ -108,7 +107,7 @@ fn csv(rows: &[headroom_schemas::Telemetry]) -> Vec<u8> {
 }
 
 pub fn run(brokers: &str, args: &SinkBenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = crate::bench::runtime()?;
     rt.block_on(async {
         let rows = fleet(args.entities, args.records);
         let n = rows.len() as u64;
@@ -136,8 +135,8 @@ pub fn run(brokers: &str, args: &SinkBenchArgs) -> anyhow::Result<()> {
 
         // The sink: the same rows through the broker, decoded, validated, COPY'd in binary,
         // rolled up (1 min, 1 h) and committed with the offsets.
-        let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        topology::apply(&Topology::builtin(), &crate::bench::kafka_cfg(brokers), &prefix, Duration::from_secs(30)).await?;
+        let prefix = crate::bench::new_prefix();
+        crate::bench::apply_topics(brokers, &prefix).await?;
         let topic = format!("{prefix}telemetry.raw");
         let p = crate::kafka::producer(brokers)?;
         let mut buf = Vec::new();
