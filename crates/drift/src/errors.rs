@@ -184,10 +184,6 @@ impl ErrorMonitor {
     /// forecast at or below the offset the entity's (restored) state already includes is
     /// skipped.
     pub fn add(&mut self, partition: i32, offset: i64, f: &Forecast, out: &mut Vec<DriftAlert>) {
-        if self.entities.get(&f.entity_id).is_some_and(|e| e.partition == partition && offset <= e.applied) {
-            self.already_applied += 1;
-            return;
-        }
         let newest = self.newest.entry(partition).or_insert(i64::MIN);
         *newest = (*newest).max(f.ts_ms);
         let Some(first) = f.points.first() else {
@@ -205,6 +201,12 @@ impl ErrorMonitor {
             self.entities.insert(f.entity_id.clone(), EntityState::default());
         }
         let e = self.entities.get_mut(&f.entity_id).expect("entity just ensured");
+        // A new entity's default partition is 0 and applied offset -1: neither test holds.
+        let moved = e.partition != partition;
+        if !moved && offset <= e.applied {
+            self.already_applied += 1;
+            return;
+        }
         if e.version != version {
             // Another model: the old episodes end, the detectors start again.
             for h in &mut e.heads {
@@ -221,7 +223,9 @@ impl ErrorMonitor {
         e.partition = partition;
         e.last_ts = e.last_ts.max(f.ts_ms);
         e.applied = offset;
-        if self.track_changes && !e.dirty {
+        // Listed once per batch, and again under its new partition when it moved (the entry
+        // of the old one is skipped by the drain, or dropped with that partition).
+        if self.track_changes && (!e.dirty || moved) {
             e.dirty = true;
             self.changed.push((f.entity_id.clone(), partition));
         }

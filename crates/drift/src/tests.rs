@@ -360,6 +360,13 @@ fn the_changelog_gets_changes_once_tombstones_for_expired_entities_and_nothing_f
     m.add(1, 4, &forecast("b", 5 * MIN, "v1", 0.5, 0.5), &mut out);
     m.forget_partition(1);
     m.drain_changes(|id, _, _| panic!("{id} was revoked"));
+    // An entity whose forecasts move to another partition (the topic was repartitioned) is
+    // written under the new one, even when it moved within a batch.
+    m.add(2, 0, &forecast("d", 0, "v1", 0.5, 0.5), &mut out);
+    m.add(3, 0, &forecast("d", 5 * MIN, "v1", 0.5, 0.5), &mut out);
+    let mut seen = Vec::new();
+    m.drain_changes(|id, p, s| seen.push((id.to_owned(), p, s.map(|s| s.partition))));
+    assert_eq!(seen, vec![("d".to_owned(), 3, Some(3))]);
 }
 
 #[test]
