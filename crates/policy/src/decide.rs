@@ -192,6 +192,12 @@ pub struct EntityState {
     /// any of them must make that action again: the floor keeps its `depends_on` while
     /// `recent` reaches back before `seq`.
     expired: Option<(i64, i64)>,
+    /// Decisions, within the longest cooldown, whose outcome the recent-actuals window decided
+    /// (a decrease it held or limited): `(the window's first seq, event time)`. Re-made in a
+    /// replay with a shorter window, such a decision could act where the uninterrupted run
+    /// held, and that action would cool the decisions after it; so the floor keeps each one's
+    /// window for as long as an action made there would still be cooling.
+    window_uses: VecDeque<(i64, i64)>,
     last_ts: Option<i64>,
 }
 
@@ -211,7 +217,8 @@ impl EntityState {
             .expired
             .filter(|&(_, at)| r.is_some_and(|r| at > r))
             .map(|(dep, _)| dep);
-        [r, a, e].into_iter().flatten().min()
+        let w = self.window_uses.iter().map(|&(w, _)| w).min();
+        [r, a, e, w].into_iter().flatten().min()
     }
 
     /// Event time of the latest observation.
@@ -222,6 +229,7 @@ impl EntityState {
     /// Approximate heap bytes held (for the state-size gauge).
     pub fn heap_bytes(&self) -> usize {
         self.recent.capacity() * std::mem::size_of::<Recent>()
+            + self.window_uses.capacity() * std::mem::size_of::<(i64, i64)>()
     }
 
     fn observe(&mut self, ts_ms: i64, seq: i64, cpu: f64, mem: Option<f64>, p: &Policy) {
@@ -243,11 +251,19 @@ impl EntityState {
             self.recent.pop_front();
         }
         let cooldown = p.scale_in_cooldown.max(p.scale_out_cooldown).as_millis() as i64;
+        self.window_uses.retain(|&(_, ts)| ts >= newest - cooldown);
         if let Some(a) = self.last_action.filter(|a| a.ts_ms < newest - cooldown) {
             self.expired = Some((a.depends_on, seq));
             self.last_action = None;
         }
         self.last_ts = Some(newest);
+    }
+
+    /// The decision being made depends on the whole recent window (see `window_uses`).
+    fn record_window_use(&mut self, ts_ms: i64) {
+        if let Some(first) = self.recent.iter().map(|r| r.seq).min() {
+            self.window_uses.push_back((first, ts_ms));
+        }
     }
 
     fn record_action(&mut self, ts_ms: i64) {
@@ -291,6 +307,9 @@ struct Need {
     want: f64,
     /// True when the forecast alone would allow going below the band but recent actuals do not.
     held_by_recent: bool,
+    /// True when recent actuals raised `want` above what the forecast asks for (a decrease they
+    /// limited or held): the decision depends on the whole recent window.
+    limited_by_recent: bool,
     /// Demand now, in units.
     now: f64,
 }
@@ -418,12 +437,12 @@ impl Recommender {
             let (demand_q, h) = best;
             let required = demand_q / target;
             let floor = recent / target;
-            let (want, held_by_recent) = if required >= current {
-                (required, false)
+            let (want, held_by_recent, limited_by_recent) = if required >= current {
+                (required, false, false)
             } else {
                 // Recent actuals only ever limit a decrease.
                 let w = required.max(floor).min(current);
-                (w, floor > required && w > current * (1.0 - p.hysteresis))
+                (w, floor > required && w > current * (1.0 - p.hysteresis), floor > required)
             };
             Some(Need {
                 current,
@@ -433,6 +452,7 @@ impl Recommender {
                 target,
                 want,
                 held_by_recent,
+                limited_by_recent,
                 now: util_now * current,
             })
         };
@@ -457,6 +477,9 @@ impl Recommender {
                 recent_mem.unwrap_or(0.0),
             )
         });
+        if cpu.limited_by_recent || memn.is_some_and(|m| m.limited_by_recent) {
+            state.record_window_use(obs.ts_ms);
+        }
         let horizontal = match p.scaling {
             Scaling::Horizontal => obs.replicas.is_some_and(|r| r > 0),
             Scaling::Vertical => false,

@@ -689,3 +689,43 @@ fn the_embedded_defaults_load_and_a_file_overlays_them_key_by_key() {
         .to_string();
     assert!(e.contains("quantile"), "{e}");
 }
+
+/// A replay must not scale in where the uninterrupted run held because of recent actuals.
+/// Found by the property test below (saved in `proptest-regressions/tests.txt`): a burst at
+/// minute 28 held the scale-in at minute 65 ("recent actuals"); the floor at minute 89 reached
+/// back only to minute 56, so a replay from there re-made the minute-65 decision without the
+/// burst in its window, scaled in, and its cooldown turned the minute-90 scale-in of the
+/// uninterrupted run into a hold. Decisions the window decided now keep their window in the
+/// floor while an action made there would still be cooling.
+#[test]
+fn a_replay_keeps_the_window_of_decisions_recent_actuals_held() {
+    let mut stream: Vec<(i64, f64, i32)> = vec![(1, 0.0, 1); 27];
+    stream.extend([(1, 0.82, 2), (28, 0.0, 1), (9, 0.0, 2), (24, 0.0, 1), (1, 0.0, 2)]);
+    let p = Policy { rebalance_to: vec!["cheap".into()], rebalance_interval: Duration::from_secs(3600), ..Policy::default() };
+    let forecast = flat(0.0, 0.0);
+    let mut inputs = Vec::new();
+    let mut ts = 1_700_000_000_000i64;
+    for (gap, util, replicas) in stream {
+        ts += gap * MIN;
+        inputs.push((ts, util, replicas));
+    }
+    let decide = |r: &mut Recommender, s: &mut EntityState, range: std::ops::Range<usize>| -> Vec<Decision> {
+        range
+            .map(|i| {
+                let (ts, util, rp) = inputs[i];
+                r.decide(s, &obs(ts, util, f64::from(rp), Some(rp)), &ForecastView { cpu: &forecast, mem: &[] }, i as i64)
+            })
+            .collect()
+    };
+    let cut = 31;
+    let all = decide(&mut rec(p.clone()), &mut EntityState::default(), 0..inputs.len());
+    assert_eq!(all[29].hold, Some(HoldReason::RecentActuals), "{:?}", all[29]);
+    assert_eq!(all[31].action, Action::ScaleIn, "{:?}", all[31]);
+    let mut before = EntityState::default();
+    decide(&mut rec(p.clone()), &mut before, 0..cut);
+    let floor = before.floor().expect("a floor") as usize;
+    assert!(floor <= 4, "the floor keeps the window of the minute-65 hold: {floor}");
+    let (mut r, mut s) = (rec(p), EntityState::default());
+    decide(&mut r, &mut s, floor..cut);
+    assert_eq!(decide(&mut r, &mut s, cut..inputs.len()), all[cut..].to_vec());
+}
