@@ -60,16 +60,29 @@ fn topic_topology(names: &[&str]) -> Topology {
     Topology::parse(&s).expect("bench topology")
 }
 
+/// The benchmarks' telemetry generator: the first seed's patterns over `entities` entities.
+fn generator(entities: u32, seed: Option<u64>) -> Generator {
+    let d = GenConfig::default();
+    Generator::new(GenConfig {
+        entities: Some(entities),
+        seed: seed.unwrap_or(d.seed),
+        ..d
+    })
+}
+
+/// Entity count, sampling interval and a start time (on the interval grid) early enough that
+/// `records` samples, one per entity per interval, end before now.
+fn backdated(g: &Generator, records: u64) -> (u64, i64, i64) {
+    let n = g.entity_count() as u64;
+    let iv = g.interval_ms();
+    let rounds = records.div_ceil(n) as i64;
+    (n, iv, (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv)
+}
+
 /// Publishes `records` generated samples as fast as possible; returns the rate.
 fn preload(brokers: &str, topic: &str, entities: u32, records: u64) -> anyhow::Result<f64> {
-    let mut g = Generator::new(GenConfig {
-        entities: Some(entities),
-        ..GenConfig::default()
-    });
-    let n = g.entity_count() as u64;
-    let rounds = records.div_ceil(n) as i64;
-    let iv = g.interval_ms();
-    let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
+    let mut g = generator(entities, None);
+    let (n, iv, start_ts) = backdated(&g, records);
     let p = kafka::producer(brokers)?;
     let t0 = Instant::now();
     let mut buf = Vec::new();
@@ -345,10 +358,7 @@ pub fn run_scorer(brokers: &str, args: &ScorerBenchArgs) -> anyhow::Result<()> {
 /// and the padding that makes the relay's as large as the featurizer's (the `relay-sized`
 /// reference: same bytes on the wire, none of the feature work).
 fn output_sizes(entities: u32) -> anyhow::Result<(usize, usize, usize)> {
-    let mut g = Generator::new(GenConfig {
-        entities: Some(entities),
-        ..GenConfig::default()
-    });
+    let mut g = generator(entities, None);
     let t = g.sample(0, headroom_runtime::observe::now_ms());
     let mut buf = Vec::new();
     t.encode_framed(&mut buf);
@@ -618,15 +628,8 @@ async fn latency_run(
     let b = brokers.to_owned();
     let out_topic = output.clone();
     let reader = kafka::reader(brokers, &out_topic, true)?;
-    let mut g = Generator::new(GenConfig {
-        entities: Some(entities),
-        seed: 11,
-        ..GenConfig::default()
-    });
-    let n = g.entity_count() as u64;
-    let iv = g.interval_ms();
-    let rounds = total.div_ceil(n) as i64;
-    let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
+    let mut g = generator(entities, Some(11));
+    let (n, iv, start_ts) = backdated(&g, total);
     let ids: HashMap<String, u64> = (0..n)
         .map(|i| (g.entity_id(i as usize).to_owned(), i))
         .collect();
@@ -751,11 +754,7 @@ async fn warmup(brokers: &str, input: &str, output: &str) -> anyhow::Result<()> 
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let reader = kafka::reader(&b, &o, false)?;
         let p = kafka::producer(&b)?;
-        let mut g = Generator::new(GenConfig {
-            entities: Some(1),
-            seed: 99,
-            ..GenConfig::default()
-        });
+        let mut g = generator(1, Some(99));
         let mut buf = Vec::new();
         let t = g.sample(0, headroom_runtime::observe::now_ms() - 86_400_000 * 30);
         let mut t = t;
@@ -794,14 +793,8 @@ fn preload_forecasts(
     records: u64,
 ) -> anyhow::Result<()> {
     use headroom_schemas::{Forecast, ForecastPoint, Metric, Observed};
-    let mut g = Generator::new(GenConfig {
-        entities: Some(entities),
-        ..GenConfig::default()
-    });
-    let n = g.entity_count() as u64;
-    let iv = g.interval_ms();
-    let rounds = records.div_ceil(n) as i64;
-    let start_ts = (headroom_runtime::observe::now_ms() - (rounds + 1) * iv) / iv * iv;
+    let mut g = generator(entities, None);
+    let (n, iv, start_ts) = backdated(&g, records);
     let p = kafka::producer(brokers)?;
     let mut buf = Vec::new();
     for k in 0..records {
@@ -943,6 +936,7 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
         std::fs::write(models.join("registry.json"), br#"{"serving":{"bench":"v0"}}"#)?;
         let (mut off, mut on) = (Vec::new(), Vec::new());
         let mut state_records = 0u64;
+        let mut state_topic = None;
         for round in 0..args.rounds {
             for changelog in if round % 2 == 0 { [false, true] } else { [true, false] } {
                 let mut c = headroom_drift_monitor::Config::load(None)?;
@@ -994,22 +988,92 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                 if changelog {
                     on.push(rate);
                     state_records = state_records.max(states);
+                    state_topic = Some(format!("{own}drift.state"));
                 } else {
                     off.push(rate);
                 }
             }
         }
         let _ = std::fs::remove_dir_all(&models);
+        let restore = match state_topic {
+            Some(topic) => {
+                let (b, rounds) = (brokers.to_owned(), args.rounds.max(1));
+                tokio::task::spawn_blocking(move || time_restores(&b, &topic, rounds)).await??
+            }
+            None => RestoreTimes::default(),
+        };
         let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         println!(
-            "RESULT drift-changelog records={} entities={} without_changelog_fps={:.0} with_changelog_fps={:.0} ratio={:.3} state_records={}",
+            "RESULT drift-changelog records={} entities={} without_changelog_fps={:.0} with_changelog_fps={:.0} ratio={:.3} state_records={} \
+             restore_records={} restore_entities={} restore_one_reader_ms={:.0} restore_per_partition_ms={:.0} restore_speedup={:.2}",
             args.records,
             args.entities,
             best(&off),
             best(&on),
             best(&on) / best(&off).max(1e-9),
-            state_records
+            state_records,
+            restore.records,
+            restore.entities,
+            restore.one_reader_ms,
+            restore.per_partition_ms,
+            restore.per_partition_ms / restore.one_reader_ms.max(1e-9)
         );
         Ok(())
     })
+}
+
+/// How long reading a changelog back takes: best of `rounds` reads each way.
+#[derive(Debug, Default)]
+struct RestoreTimes {
+    records: u64,
+    entities: usize,
+    /// All partitions with one reader, as the drift monitor reads them at an assignment.
+    one_reader_ms: f64,
+    /// One reader per partition, one partition after the other (the reference: how it was read
+    /// until 2026-12-06).
+    per_partition_ms: f64,
+}
+
+/// Reads the changelog `topic` back the way a drift monitor assigned every partition would,
+/// and, as the reference, one partition after another; alternating which goes first.
+fn time_restores(brokers: &str, topic: &str, rounds: u32) -> anyhow::Result<RestoreTimes> {
+    use headroom_runtime::changelog;
+    let topology = Topology::builtin();
+    let def = topology
+        .topic("drift.state")
+        .ok_or_else(|| anyhow::anyhow!("the topology has no drift.state"))?;
+    let partitions: Vec<i32> = (0..def.partitions(&topology.defaults)).collect();
+    let kafka = kafka_cfg(brokers);
+    let timeout = Duration::from_secs(600);
+    let mut t = RestoreTimes { one_reader_ms: f64::MAX, per_partition_ms: f64::MAX, ..RestoreTimes::default() };
+    for round in 0..rounds * 2 {
+        // Pairs of reads, the first pair one reader first, the next the other way round.
+        let one_reader = (round % 2 == 0) == (round / 2 % 2 == 0);
+        let started = Instant::now();
+        if one_reader {
+            let mut keys = std::collections::HashSet::new();
+            let r = changelog::restore(&kafka, topic, &partitions, timeout, |_, k, v, _| {
+                if v.is_some() {
+                    keys.insert(k.to_vec());
+                } else {
+                    keys.remove(k);
+                }
+            })?;
+            t.one_reader_ms = t.one_reader_ms.min(started.elapsed().as_secs_f64() * 1e3);
+            t.records = r.records;
+            t.entities = keys.len();
+        } else {
+            let mut records = 0;
+            for p in &partitions {
+                records += changelog::restore(&kafka, topic, &[*p], timeout, |_, _, _, _| {})?.records;
+            }
+            anyhow::ensure!(t.records == 0 || records == t.records, "the two reads saw {records} and {} records", t.records);
+            t.per_partition_ms = t.per_partition_ms.min(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    eprintln!(
+        "  changelog read back: {} records, {} entities: one reader {:.0} ms, one per partition {:.0} ms",
+        t.records, t.entities, t.one_reader_ms, t.per_partition_ms
+    );
+    Ok(t)
 }

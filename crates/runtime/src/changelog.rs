@@ -1,8 +1,10 @@
 //! Reading back a processor's state changelog: a compacted topic, keyed like the input and
 //! written to the input's partition numbers ([`crate::processor::Flush::emit_state`]). When a
-//! processor is assigned an input partition it reads the changelog partition of the same number
-//! from its beginning to its end, newest record per key last, and rebuilds its state from it.
+//! processor is assigned input partitions it reads the changelog partitions of the same numbers
+//! from their beginning to their end, newest record per key last, and rebuilds its state from
+//! them: all the partitions of one assignment with one reader, whose fetches cover them together.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,21 +18,23 @@ use crate::KafkaConfig;
 pub struct Restored {
     /// Records read (values and tombstones).
     pub records: u64,
-    /// The partition's end offset when the read finished.
-    pub end: i64,
+    /// Partitions read to their end (empty ones included).
+    pub partitions: usize,
 }
 
-/// Reads `topic`'s `partition` from its beginning to its end offset, calling `apply(key, value,
-/// offset)` for every record in offset order (`None` for a tombstone). Blocking. The end is the
-/// high watermark, asked again once reached (a broker whose watermark lags what it stored, as
-/// tansu 0.6's can, is read until two asks agree); an end not reached within `timeout` is an
-/// error naming what was read.
+/// Reads `topic`'s `partitions` from their beginning to their end offsets with one reader,
+/// calling `apply(partition, key, value, offset)` for every record, in offset order within a
+/// partition (`None` for a tombstone). Blocking. A partition's end is its high watermark;
+/// once every partition reached its end the reader goes on until nothing arrives for
+/// `TRAILING_QUIET` and the watermarks, asked again, have not grown (tansu 0.6's watermark can
+/// lag the records it stored). Ends not reached within `timeout` are an error naming the
+/// partitions left and what was read.
 pub fn restore(
     kafka: &KafkaConfig,
     topic: &str,
-    partition: i32,
+    partitions: &[i32],
     timeout: Duration,
-    mut apply: impl FnMut(&[u8], Option<&[u8]>, i64),
+    mut apply: impl FnMut(i32, &[u8], Option<&[u8]>, i64),
 ) -> anyhow::Result<Restored> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -44,43 +48,82 @@ pub fn restore(
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .context("creating the changelog reader")?;
-    let watermark = || {
+    let watermark = |p: i32| {
         consumer
-            .fetch_watermarks(topic, partition, left())
-            .with_context(|| format!("changelog {topic}[{partition}]: watermarks"))
+            .fetch_watermarks(topic, p, left())
+            .with_context(|| format!("changelog {topic}[{p}]: watermarks"))
     };
-    let (low, mut high) = watermark()?;
-    let mut done = Restored { records: 0, end: high };
-    if high <= low {
+    let mut done = Restored { records: 0, partitions: partitions.len() };
+    // partition -> (next offset to read, end offset)
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        let (low, high) = watermark(p)?;
+        if high > low {
+            ranges.insert(p, (low, high));
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .with_context(|| format!("changelog {topic}[{p}]"))?;
+        }
+    }
+    if ranges.is_empty() {
         return Ok(done);
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .with_context(|| format!("changelog {topic}[{partition}]"))?;
-    consumer.assign(&tpl).with_context(|| format!("changelog {topic}[{partition}]: assign"))?;
-    let mut next = low;
+    consumer.assign(&tpl).with_context(|| format!("changelog {topic}: assign"))?;
     loop {
-        while next < high {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "changelog {topic}[{partition}]: read {} records up to offset {next} of {high} in {timeout:?}",
-                done.records
-            );
+        while ranges.values().any(|(next, end)| next < end) {
+            if Instant::now() >= deadline {
+                let open: Vec<String> = ranges
+                    .iter()
+                    .filter(|(_, (next, end))| next < end)
+                    .map(|(p, (next, end))| format!("[{p}] at {next} of {end}"))
+                    .collect();
+                anyhow::bail!(
+                    "changelog {topic}: read {} records in {timeout:?}; not at their end: {}",
+                    done.records,
+                    open.join(", ")
+                );
+            }
             let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-            let msg = msg.with_context(|| format!("changelog {topic}[{partition}]: fetch"))?;
-            apply(msg.key().unwrap_or_default(), msg.payload(), msg.offset());
+            let msg = msg.with_context(|| format!("changelog {topic}: fetch"))?;
+            apply(msg.partition(), msg.key().unwrap_or_default(), msg.payload(), msg.offset());
             done.records += 1;
-            next = msg.offset() + 1;
+            if let Some((next, _)) = ranges.get_mut(&msg.partition()) {
+                *next = msg.offset() + 1;
+            }
         }
-        let (_, again) = watermark()?;
-        if again <= high {
+        // At the ends: records past them (a broker whose watermark lags what it stored) arrive
+        // within a quiet period or not at all.
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < TRAILING_QUIET && Instant::now() < deadline {
+            let Some(msg) = consumer.poll(Duration::from_millis(20)) else { continue };
+            let msg = msg.with_context(|| format!("changelog {topic}: fetch"))?;
+            apply(msg.partition(), msg.key().unwrap_or_default(), msg.payload(), msg.offset());
+            done.records += 1;
+            if let Some((next, end)) = ranges.get_mut(&msg.partition()) {
+                *next = msg.offset() + 1;
+                *end = (*end).max(*next);
+            }
+            quiet_since = Instant::now();
+        }
+        let mut grew = false;
+        for (&p, (_, end)) in ranges.iter_mut() {
+            let (_, again) = watermark(p)?;
+            if again > *end {
+                *end = again;
+                grew = true;
+            }
+        }
+        if !grew {
             break;
         }
-        high = again;
     }
-    done.end = high;
     Ok(done)
 }
+
+/// How long a restore keeps reading after every partition reached its high watermark. tansu
+/// 0.6 reports a watermark behind the records of a partition's last batch, and a fetch at the
+/// watermark still returns them; a broker with exact watermarks sends nothing more.
+const TRAILING_QUIET: Duration = Duration::from_millis(250);
 
 /// Checks that `changelog` has a partition for every partition of `input` (a state record is
 /// written to its input partition's number), naming both topics when it does not.

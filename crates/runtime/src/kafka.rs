@@ -788,6 +788,7 @@ impl LoopState {
             Ok(mut q) if !q.is_empty() => q.drain(..).collect(),
             _ => return,
         };
+        let mut assigned = false;
         for ev in drained {
             match ev {
                 Event::Assign {
@@ -797,6 +798,7 @@ impl LoopState {
                 } => {
                     processor.on_revoke(&topic, partition);
                     processor.on_assign(&topic, partition);
+                    assigned = true;
                     self.assigned
                         .retain(|a| !(a.0 == topic && a.1 == partition));
                     self.assigned.push((
@@ -823,6 +825,9 @@ impl LoopState {
                     }
                 }
             }
+        }
+        if assigned {
+            processor.on_assigned();
         }
         metrics.assigned_partitions.set(self.assigned.len() as i64);
     }

@@ -25,8 +25,9 @@
 //! - **Or restored from a changelog.** State that depends on more history than a replay can
 //!   cover (the drift monitor's detectors) is written, per key, to a compacted changelog topic
 //!   at the end of each batch ([`Flush::emit_state`]), before the batch's offsets are
-//!   committed, and read back from the same partition number on assignment
-//!   ([`changelog::restore`]).
+//!   committed, and read back from the same partition numbers on assignment
+//!   ([`Processor::on_assigned`], [`changelog::restore`]: every partition of a rebalance in one
+//!   read).
 
 pub mod changelog;
 pub mod config;

@@ -34,6 +34,11 @@ pub trait Processor: Send + 'static {
     /// A partition was assigned; a replay of its recent records may follow.
     fn on_assign(&mut self, _topic: &str, _partition: i32) {}
 
+    /// Called once after the partitions of one rebalance were handed to
+    /// [`Processor::on_assign`], before any of their records: a processor that restores state
+    /// for them (a changelog) reads them all here, in one pass.
+    fn on_assigned(&mut self) {}
+
     /// A partition was revoked: drop its state.
     fn on_revoke(&mut self, _topic: &str, _partition: i32) {}
 

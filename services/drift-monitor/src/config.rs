@@ -27,10 +27,10 @@ pub struct Topics {
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Write each changed entity's detectors to `topics.state` at the end of every batch and
-    /// read them back when a forecasts partition is assigned. Off: in memory only, and a
+    /// read them back when forecasts partitions are assigned. Off: in memory only, and a
     /// restarted monitor warms up again (a day before it can alarm).
     pub enabled: bool,
-    /// How long reading one partition's changelog back may take.
+    /// How long reading the changelog back at one rebalance may take (all its partitions).
     #[serde(with = "humantime_serde")]
     pub restore_timeout: Duration,
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use headroom_drift::{DriftConfig, ErrorMonitor, FeatureMonitor, JoinStats, ModelReference};
 use headroom_runtime::{Emitter, Flush, InputRecord, KafkaConfig, Metrics, Processor};
 use headroom_schemas::{DlqReason, DriftAlert, DriftEntityState, FeaturesRecord, Forecast};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 
 /// A newly promoted version's references, handed over by the model watcher.
 pub type NextReference = Arc<Mutex<Option<Arc<ModelReference>>>>;
@@ -32,6 +32,8 @@ pub struct DriftMetrics {
     pub state_restored: IntCounterVec,
     /// Changelog partitions read back, by outcome (ok, failed).
     pub state_restores: IntCounterVec,
+    /// Duration of one read-back (all the partitions of a rebalance).
+    pub state_restore_seconds: Histogram,
 }
 
 impl DriftMetrics {
@@ -61,6 +63,15 @@ impl DriftMetrics {
         for o in ["ok", "failed"] {
             let _ = state_restores.with_label_values(&[o]);
         }
+        let state_restore_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "drift_state_restore_seconds",
+                "Time to read the changelog back at an assignment (all its partitions in one read).",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+        )
+        .expect("metric");
+        let _ = m.registry.register(Box::new(state_restore_seconds.clone()));
         let open = IntGaugeVec::new(Opts::new("drift_open_alerts", "Open drift episodes, by kind."), &["kind"]).expect("metric");
         let _ = m.registry.register(Box::new(open.clone()));
         for k in ["FEATURE_DISTRIBUTION", "MODEL_ERROR"] {
@@ -73,7 +84,7 @@ impl DriftMetrics {
             let _ = join.with_label_values(&[o]);
         }
         let _ = skipped.with_label_values(&["feature_schema_mismatch"]);
-        DriftMetrics { alerts, open, join, skipped, references, state_written, state_restored, state_restores }
+        DriftMetrics { alerts, open, join, skipped, references, state_written, state_restored, state_restores, state_restore_seconds }
     }
 }
 
@@ -102,6 +113,8 @@ pub struct DriftStage {
     alerts: Vec<DriftAlert>,
     buf: Vec<u8>,
     state: Option<StateStore>,
+    /// Forecasts partitions assigned and not yet read back from the changelog.
+    pending_restore: BTreeSet<i32>,
 }
 
 impl DriftStage {
@@ -139,18 +152,23 @@ impl DriftStage {
             alerts: Vec::new(),
             buf: Vec::with_capacity(512),
             state,
+            pending_restore: BTreeSet::new(),
         }
     }
 
-    /// Reads the changelog partition of an assigned forecasts partition back into the
-    /// detectors. A failed read keeps what it read and says so: the remaining entities warm
-    /// up again, as without a changelog.
-    fn restore(&mut self, partition: i32) {
+    /// Reads the changelog partitions of the forecasts partitions just assigned back into the
+    /// detectors, all with one reader. A failed read keeps what it read and says so: the
+    /// remaining entities warm up again, as without a changelog.
+    fn restore(&mut self) {
+        let partitions: Vec<i32> = std::mem::take(&mut self.pending_restore).into_iter().collect();
         let (Some(st), Some(em)) = (&self.state, &mut self.errors) else { return };
+        if partitions.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let m = &self.metrics;
         let (mut restored, mut forgotten, mut skipped) = (0u64, 0u64, 0u64);
-        let res = headroom_runtime::changelog::restore(&st.kafka, &st.topic, partition, st.restore_timeout, |key, value, offset| {
+        let res = headroom_runtime::changelog::restore(&st.kafka, &st.topic, &partitions, st.restore_timeout, |partition, key, value, offset| {
             match value.map(DriftEntityState::decode) {
                 Some(Ok(s)) if s.partition == partition => {
                     em.restore(&s);
@@ -173,17 +191,19 @@ impl DriftStage {
         for (outcome, n) in [("restored", restored), ("forgotten", forgotten), ("skipped", skipped)] {
             m.state_restored.with_label_values(&[outcome]).inc_by(n);
         }
+        m.state_restore_seconds.observe(started.elapsed().as_secs_f64());
+        let n = partitions.len() as u64;
         match res {
             Ok(r) => {
-                m.state_restores.with_label_values(&["ok"]).inc();
+                m.state_restores.with_label_values(&["ok"]).inc_by(n);
                 tracing::info!(
-                    topic = %st.topic, partition, records = r.records, end = r.end, entities = em.entities(),
+                    topic = %st.topic, partitions = ?partitions, records = r.records, entities = em.entities(),
                     open = em.open_alerts(), ms = started.elapsed().as_millis() as u64, "model-error state restored"
                 );
             }
             Err(e) => {
-                m.state_restores.with_label_values(&["failed"]).inc();
-                tracing::error!(error = format!("{e:#}"), topic = %st.topic, partition, restored, "model-error state only partly restored");
+                m.state_restores.with_label_values(&["failed"]).inc_by(n);
+                tracing::error!(error = format!("{e:#}"), topic = %st.topic, partitions = ?partitions, restored, "model-error state only partly restored");
             }
         }
     }
@@ -267,8 +287,8 @@ impl Processor for DriftStage {
     }
 
     fn on_assign(&mut self, topic: &str, partition: i32) {
-        if topic == self.forecasts_topic {
-            self.restore(partition);
+        if topic == self.forecasts_topic && self.state.is_some() {
+            self.pending_restore.insert(partition);
         }
         if topic == self.features_topic {
             self.partitions.insert(partition);
@@ -287,10 +307,17 @@ impl Processor for DriftStage {
                 f.forget_partition(partition);
             }
         } else if topic == self.forecasts_topic {
+            self.pending_restore.remove(&partition);
             if let Some(e) = &mut self.errors {
                 e.forget_partition(partition);
             }
         }
+    }
+
+    /// Every forecasts partition of the rebalance is read back from the changelog in one
+    /// pass, before any of their forecasts.
+    fn on_assigned(&mut self) {
+        self.restore();
     }
 
     /// The end of a batch: every entity the batch changed goes to the changelog (acknowledged

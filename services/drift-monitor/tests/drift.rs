@@ -291,6 +291,17 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
     assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
     assert!(counter(&h, "drift_state_records_restored_total", "restored") >= 2.0);
     assert_eq!(counter(&h, "drift_state_restores_total", "failed"), 0.0);
+    // Every forecasts partition was read back, all of them in one read.
+    let topology = headroom_runtime::topology::Topology::builtin();
+    let partitions = topology.topic("forecasts").unwrap().partitions(&topology.defaults);
+    assert_eq!(counter(&h, "drift_state_restores_total", "\"ok\""), f64::from(partitions));
+    let reads = h
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("headroom_drift_state_restore_seconds_count"))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(reads, Some(1.0), "one read for the whole assignment");
     assert!(alerts.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{alerts:#?}");
     assert_eq!(alerts.iter().filter(|a| a.state == AlertState::Open).count(), 1, "{alerts:#?}");
     assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
