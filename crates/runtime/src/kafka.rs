@@ -204,6 +204,11 @@ fn unpack_opaque(v: usize) -> (usize, i64) {
 struct Sealed {
     slot: usize,
     positions: Vec<((String, i32), i64, Option<i64>)>,
+    /// Changelog records written by the batch's flush, held until the outputs of this epoch and
+    /// of every earlier one are acknowledged.
+    state: Vec<crate::processor::StateRecord>,
+    /// The outputs were acknowledged and the state records (if any) sent.
+    state_sent: bool,
 }
 
 /// Consumer side: replays on assignment, flushes and commits on revoke, exports lag.
@@ -365,15 +370,19 @@ impl ConsumerContext for ConsumerCtx {
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                 // Finish the in-flight batch: everything processed so far becomes durable, and
                 // its offsets are committed before the partitions go to another member.
-                let flushed = self.producer.flush(self.timeout).is_ok()
-                    && self.producer.context().failures() == 0;
+                // Changelog records wait for their batch's outputs: flush, send them, flush again.
+                let lost = consumer.assignment_lost();
+                let flushed = if lost {
+                    self.producer.flush(self.timeout).is_ok() && self.producer.context().failures() == 0
+                } else {
+                    flush_and_promote(&self.sealed, &self.outstanding, &self.durable, &self.producer, self.timeout)
+                };
                 let revoked: Vec<(String, i32)> = tpl
                     .elements()
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                if flushed && !consumer.assignment_lost() {
-                    promote_complete(&self.sealed, &self.outstanding, &self.durable);
+                if flushed && !lost {
                     if let Ok(durable) = self.durable.lock() {
                         if let Some(list) = commit_list(&durable, Some(&revoked)) {
                             match consumer.commit(&list, CommitMode::Sync) {
@@ -670,7 +679,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
             st.seal(&mut processor, &sealed, &outstanding, &producer, &flush_ctx);
         }
         if now.saturating_duration_since(last_commit) >= rt.commit_interval {
-            promote_complete(&sealed, &outstanding, &durable);
+            promote_complete(&sealed, &outstanding, &durable, &producer);
             commit(&consumer, &durable, CommitMode::Async, &opts.metrics);
             processor.on_commit(&opts.metrics);
             st.refresh_floors(&mut processor);
@@ -684,12 +693,12 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
             // Drain: seal what was processed, wait for its outputs, commit, leave the group.
             let deadline = Instant::now() + rt.drain_deadline;
             st.seal(&mut processor, &sealed, &outstanding, &producer, &flush_ctx);
-            match producer.flush(rt.drain_deadline) {
-                Ok(()) if delivery_failure(&producer).is_none() => {
-                    promote_complete(&sealed, &outstanding, &durable);
-                    commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
-                }
-                _ => tracing::error!("outputs not acknowledged within the drain deadline; uncommitted records will be reprocessed"),
+            if flush_and_promote(&sealed, &outstanding, &durable, &producer, rt.drain_deadline)
+                && delivery_failure(&producer).is_none()
+            {
+                commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
+            } else {
+                tracing::error!("outputs not acknowledged within the drain deadline; uncommitted records will be reprocessed");
             }
             consumer.unsubscribe();
             // Serve the final revoke callback so the group rebalances promptly.
@@ -851,8 +860,10 @@ impl LoopState {
             outstanding,
             epoch_slot: self.epoch_slot(),
             spans: ctx.spans,
+            state: Vec::new(),
         };
         processor.flush(&mut flush);
+        let state = std::mem::take(&mut flush.state);
         let mut positions = Vec::new();
         for (topic, partition, part) in self.assigned.iter_mut() {
             if part.touched {
@@ -869,7 +880,10 @@ impl LoopState {
             s.push_back(Sealed {
                 slot: self.epoch_slot(),
                 positions,
+                state,
+                state_sent: false,
             });
+            send_ready_state(&mut s, outstanding, producer);
         }
         self.epoch += 1;
         self.in_epoch = 0;
@@ -884,23 +898,71 @@ impl LoopState {
     }
 }
 
-/// Moves every leading sealed epoch whose outputs are all acknowledged into the durable
-/// positions (the ones commits use).
+/// Sends the held changelog records of the sealed epochs whose outputs, and every earlier
+/// epoch's, are acknowledged, in epoch order. True when it sent any.
+fn send_ready_state(
+    sealed: &mut VecDeque<Sealed>,
+    outstanding: &Outstanding,
+    producer: &ThreadedProducer<ProducerCtx>,
+) -> bool {
+    let mut sent = false;
+    for e in sealed.iter_mut() {
+        if e.state_sent {
+            // Only its own state records can still be in flight.
+            continue;
+        }
+        if outstanding.get(e.slot) != 0 {
+            break;
+        }
+        for r in e.state.drain(..) {
+            r.send(producer, outstanding, e.slot);
+            sent = true;
+        }
+        e.state_sent = true;
+    }
+    sent
+}
+
+/// Sends the changelog records that became ready, then moves every leading sealed epoch whose
+/// outputs and changelog records are all acknowledged into the durable positions (the ones
+/// commits use). True when it sent changelog records (not acknowledged yet).
 fn promote_complete(
     sealed: &Mutex<VecDeque<Sealed>>,
     outstanding: &Outstanding,
     durable: &Mutex<Durable>,
-) {
+    producer: &ThreadedProducer<ProducerCtx>,
+) -> bool {
     let (Ok(mut s), Ok(mut d)) = (sealed.lock(), durable.lock()) else {
-        return;
+        return false;
     };
+    let sent = send_ready_state(&mut s, outstanding, producer);
     while let Some(front) = s.front() {
-        if outstanding.get(front.slot) != 0 {
+        if !front.state_sent || outstanding.get(front.slot) != 0 {
             break;
         }
         let e = s.pop_front().expect("front exists");
         for (tp, next, floor) in e.positions {
             d.positions.insert(tp, (next, floor));
+        }
+    }
+    sent
+}
+
+/// Flushes the producer and promotes, again while that sent changelog records (each round
+/// waits for the records the previous one sent). False when the flush failed or timed out.
+fn flush_and_promote(
+    sealed: &Mutex<VecDeque<Sealed>>,
+    outstanding: &Outstanding,
+    durable: &Mutex<Durable>,
+    producer: &ThreadedProducer<ProducerCtx>,
+    timeout: Duration,
+) -> bool {
+    loop {
+        if producer.flush(timeout).is_err() || producer.context().failures() > 0 {
+            return false;
+        }
+        if !promote_complete(sealed, outstanding, durable, producer) {
+            return true;
         }
     }
 }
@@ -961,6 +1023,67 @@ mod tests {
         assert!(s[0].contains("partition=\"1\"") && s[0].ends_with(" 3"), "{s:?}");
         set_lag(&m, &[]);
         assert!(lag_series(&m).is_empty());
+    }
+
+    /// A changelog record is sent only once the outputs of its batch and of every earlier batch
+    /// are acknowledged, and its batch's offsets become committable only once it is
+    /// acknowledged as well. (The producer points at a closed port: records queue, and
+    /// acknowledgements are played by hand on the epoch counters.)
+    #[test]
+    fn changelog_records_wait_for_the_outputs_of_their_batch_and_every_earlier_one() {
+        use rdkafka::producer::{PurgeConfig, Producer};
+        let outstanding = Arc::new(Outstanding::new());
+        let ctx = ProducerCtx {
+            metrics: Metrics::new("test"),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            out_counters: Mutex::new(Vec::new()),
+            outstanding: outstanding.clone(),
+        };
+        let producer: ThreadedProducer<ProducerCtx> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create_with_context(ctx)
+            .expect("producer");
+        let state = |key: &str| crate::processor::StateRecord {
+            topic: "drift.state".into(),
+            partition: 0,
+            key: key.as_bytes().to_vec(),
+            payload: Some(b"s".to_vec()),
+        };
+        let tp = ("forecasts".to_owned(), 0);
+        let durable = Mutex::new(Durable::default());
+        let committable = || durable.lock().unwrap().positions.get(&tp).map(|p| p.0);
+        // Epoch 0 (slot 0): two outputs in flight and a state record; epoch 1 (slot 1): its
+        // outputs acknowledged, and a state record.
+        outstanding.add(0);
+        outstanding.add(0);
+        let sealed = Mutex::new(VecDeque::from([
+            Sealed { slot: 0, positions: vec![(tp.clone(), 10, None)], state: vec![state("a")], state_sent: false },
+            Sealed { slot: 1, positions: vec![(tp.clone(), 20, None)], state: vec![state("b")], state_sent: false },
+        ]));
+        assert!(!promote_complete(&sealed, &outstanding, &durable, &producer), "nothing may go yet");
+        assert_eq!(producer.in_flight_count(), 0);
+        assert_eq!(committable(), None);
+
+        // Epoch 0's outputs acknowledged: both state records go, in epoch order; neither
+        // epoch is committable before its record is acknowledged.
+        outstanding.done(0);
+        outstanding.done(0);
+        assert!(promote_complete(&sealed, &outstanding, &durable, &producer));
+        assert_eq!(producer.in_flight_count(), 2);
+        assert_eq!((outstanding.get(0), outstanding.get(1)), (1, 1));
+        assert_eq!(committable(), None);
+        assert!(!promote_complete(&sealed, &outstanding, &durable, &producer), "sent once");
+        assert_eq!(producer.in_flight_count(), 2);
+
+        outstanding.done(0);
+        promote_complete(&sealed, &outstanding, &durable, &producer);
+        assert_eq!(committable(), Some(10));
+        outstanding.done(1);
+        promote_complete(&sealed, &outstanding, &durable, &producer);
+        assert_eq!(committable(), Some(20));
+        assert!(sealed.lock().unwrap().is_empty());
+        let _ = producer.purge(PurgeConfig::default().queue().inflight());
     }
 
     #[test]

@@ -24,8 +24,10 @@
 //!   partition is released.
 //! - **Or restored from a changelog.** State that depends on more history than a replay can
 //!   cover (the drift monitor's detectors) is written, per key, to a compacted changelog topic
-//!   at the end of each batch ([`Flush::emit_state`]), before the batch's offsets are
-//!   committed, and read back from the same partition numbers on assignment
+//!   at the end of each batch ([`Flush::emit_state`]): sent once the outputs of the batch and
+//!   of every earlier one are acknowledged, and acknowledged before the batch's offsets are
+//!   committed. So the changelog holds at least what was committed and never the state of an
+//!   undelivered output. It is read back from the same partition numbers on assignment
 //!   ([`Processor::on_assigned`], [`changelog::restore`]: every partition of a rebalance in one
 //!   read).
 

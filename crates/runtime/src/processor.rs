@@ -70,6 +70,8 @@ pub struct Flush<'a> {
     pub(crate) outstanding: &'a crate::kafka::Outstanding,
     pub(crate) epoch_slot: usize,
     pub(crate) spans: Option<&'a trace::Spans>,
+    /// Changelog records of this batch, sent once its outputs are acknowledged.
+    pub(crate) state: Vec<StateRecord>,
 }
 
 impl<'a> Flush<'a> {
@@ -97,21 +99,45 @@ impl<'a> Flush<'a> {
         self.metrics
     }
 
-    /// Sends a record of the processor's own state changelog (a compacted topic) to an explicit
+    /// Writes a record of the processor's own state changelog (a compacted topic) to an explicit
     /// `partition`, the input partition whose state it is; `None` is a tombstone that forgets
-    /// `key`. Like every output of the batch it is acknowledged before the batch's offsets are
-    /// committed, so the changelog always holds at least the state of what was committed. No
-    /// trace headers and no latency sample: it is not a result of one input record.
-    pub fn emit_state(&self, topic: &str, partition: i32, key: &[u8], payload: Option<&[u8]>) {
-        let opaque = crate::kafka::pack_opaque(self.epoch_slot, 0);
-        let mut rec = BaseRecord::with_opaque_to(topic, opaque)
-            .key(key)
-            .partition(partition);
-        if let Some(p) = payload {
-            rec = rec.payload(p);
+    /// `key`. The record is held back until every output of this batch and of the batches
+    /// before it is acknowledged, then sent; the batch's offsets are committed once it is
+    /// acknowledged too. So the changelog always holds at least the state of what was
+    /// committed, and never the state of an output that was not delivered: a restore that
+    /// skips the inputs its state already holds loses none of their outputs. No trace headers
+    /// and no latency sample: it is not a result of one input record.
+    pub fn emit_state(&mut self, topic: &str, partition: i32, key: &[u8], payload: Option<&[u8]>) {
+        self.state.push(StateRecord {
+            topic: topic.to_owned(),
+            partition,
+            key: key.to_vec(),
+            payload: payload.map(<[u8]>::to_vec),
+        });
+    }
+}
+
+/// A changelog record held until its batch's outputs are acknowledged.
+#[derive(Debug)]
+pub(crate) struct StateRecord {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) key: Vec<u8>,
+    pub(crate) payload: Option<Vec<u8>>,
+}
+
+impl StateRecord {
+    /// Sends it, counted in the epoch `slot` (its batch's).
+    pub(crate) fn send(&self, producer: &ThreadedProducer<ProducerCtx>, outstanding: &crate::kafka::Outstanding, slot: usize) {
+        let opaque = crate::kafka::pack_opaque(slot, 0);
+        let mut rec = BaseRecord::with_opaque_to(self.topic.as_str(), opaque)
+            .key(self.key.as_slice())
+            .partition(self.partition);
+        if let Some(p) = &self.payload {
+            rec = rec.payload(p.as_slice());
         }
-        self.outstanding.add(self.epoch_slot);
-        send(self.producer, rec);
+        outstanding.add(slot);
+        send(producer, rec);
     }
 }
 
