@@ -967,17 +967,20 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                         .map_err(|_| anyhow::anyhow!("the drift monitor consumed nothing within 120 s"))?;
                     let mut last = wait_count(|| consumed.get(), records, Duration::from_secs(600))
                         .map_err(|n| anyhow::anyhow!("the drift monitor consumed {n} of {records} forecasts"))?;
-                    // With the changelog, the run is over when its records are acknowledged too
-                    // (written at each batch's end: the count stops growing).
+                    // With the changelog, the run is over when its records are acknowledged too:
+                    // the count stops growing. They leave once their batch's alerts are
+                    // acknowledged, at a batch's end or a commit tick (1 s), so the count is
+                    // watched for longer than a tick before it counts as settled.
                     let mut seen = written.get();
-                    while changelog {
-                        std::thread::sleep(Duration::from_millis(200));
+                    let mut settled = Instant::now();
+                    while changelog && settled.elapsed() < Duration::from_millis(1500) {
+                        std::thread::sleep(Duration::from_millis(50));
                         let now = written.get();
-                        if now == seen {
-                            break;
+                        if now != seen {
+                            seen = now;
+                            last = Instant::now();
+                            settled = last;
                         }
-                        seen = now;
-                        last = Instant::now();
                     }
                     let secs = last.saturating_duration_since(first).as_secs_f64().max(1e-6);
                     anyhow::Ok(((records - 1) as f64 / secs, seen))
