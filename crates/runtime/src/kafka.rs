@@ -373,6 +373,13 @@ impl ConsumerContext for ConsumerCtx {
                 // Changelog records wait for their batch's outputs: flush, send them, flush again.
                 let lost = consumer.assignment_lost();
                 let flushed = if lost {
+                    // Another member owns these partitions already and may be writing their
+                    // changelog: state records not sent yet would land after its own.
+                    if let Ok(mut s) = self.sealed.lock() {
+                        for e in s.iter_mut() {
+                            e.state.clear();
+                        }
+                    }
                     self.producer.flush(self.timeout).is_ok() && self.producer.context().failures() == 0
                 } else {
                     flush_and_promote(&self.sealed, &self.outstanding, &self.durable, &self.producer, self.timeout)
