@@ -69,53 +69,46 @@ pub fn restore(
         return Ok(done);
     }
     consumer.assign(&tpl).with_context(|| format!("changelog {topic}: assign"))?;
+    // Records past the ends (a broker whose watermark lags what it stored) arrive within a
+    // quiet period after the last record, or not at all.
+    let mut last_record = Instant::now();
     loop {
-        while ranges.values().any(|(next, end)| next < end) {
-            if Instant::now() >= deadline {
-                let open: Vec<String> = ranges
-                    .iter()
-                    .filter(|(_, (next, end))| next < end)
-                    .map(|(p, (next, end))| format!("[{p}] at {next} of {end}"))
-                    .collect();
-                anyhow::bail!(
-                    "changelog {topic}: read {} records in {timeout:?}; not at their end: {}",
-                    done.records,
-                    open.join(", ")
-                );
+        let at_ends = ranges.values().all(|(next, end)| next >= end);
+        if at_ends && (last_record.elapsed() >= TRAILING_QUIET || Instant::now() >= deadline) {
+            let mut grew = false;
+            for (&p, (_, end)) in ranges.iter_mut() {
+                let (_, again) = watermark(p)?;
+                if again > *end {
+                    *end = again;
+                    grew = true;
+                }
             }
-            let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-            let msg = msg.with_context(|| format!("changelog {topic}: fetch"))?;
-            apply(msg.partition(), msg.key().unwrap_or_default(), msg.payload(), msg.offset());
-            done.records += 1;
-            if let Some((next, _)) = ranges.get_mut(&msg.partition()) {
-                *next = msg.offset() + 1;
+            if !grew {
+                break;
             }
         }
-        // At the ends: records past them (a broker whose watermark lags what it stored) arrive
-        // within a quiet period or not at all.
-        let mut quiet_since = Instant::now();
-        while quiet_since.elapsed() < TRAILING_QUIET && Instant::now() < deadline {
-            let Some(msg) = consumer.poll(Duration::from_millis(20)) else { continue };
-            let msg = msg.with_context(|| format!("changelog {topic}: fetch"))?;
-            apply(msg.partition(), msg.key().unwrap_or_default(), msg.payload(), msg.offset());
-            done.records += 1;
-            if let Some((next, end)) = ranges.get_mut(&msg.partition()) {
-                *next = msg.offset() + 1;
-                *end = (*end).max(*next);
-            }
-            quiet_since = Instant::now();
+        if !at_ends && Instant::now() >= deadline {
+            let open: Vec<String> = ranges
+                .iter()
+                .filter(|(_, (next, end))| next < end)
+                .map(|(p, (next, end))| format!("[{p}] at {next} of {end}"))
+                .collect();
+            anyhow::bail!(
+                "changelog {topic}: read {} records in {timeout:?}; not at their end: {}",
+                done.records,
+                open.join(", ")
+            );
         }
-        let mut grew = false;
-        for (&p, (_, end)) in ranges.iter_mut() {
-            let (_, again) = watermark(p)?;
-            if again > *end {
-                *end = again;
-                grew = true;
-            }
+        let wait = if at_ends { 20 } else { 100 };
+        let Some(msg) = consumer.poll(Duration::from_millis(wait)) else { continue };
+        let msg = msg.with_context(|| format!("changelog {topic}: fetch"))?;
+        apply(msg.partition(), msg.key().unwrap_or_default(), msg.payload(), msg.offset());
+        done.records += 1;
+        if let Some((next, end)) = ranges.get_mut(&msg.partition()) {
+            *next = msg.offset() + 1;
+            *end = (*end).max(*next);
         }
-        if !grew {
-            break;
-        }
+        last_record = Instant::now();
     }
     Ok(done)
 }
