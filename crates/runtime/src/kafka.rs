@@ -1090,7 +1090,7 @@ mod tests {
         promote_complete(&sealed, &outstanding, &durable, &producer);
         assert_eq!(committable(), Some(20));
         assert!(sealed.lock().unwrap().is_empty());
-        let _ = producer.purge(PurgeConfig::default().queue().inflight());
+        producer.purge(PurgeConfig::default().queue().inflight());
     }
 
     #[test]
