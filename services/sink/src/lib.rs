@@ -330,14 +330,69 @@ enum Kind {
 }
 
 /// Per partition: the offset stored in PostgreSQL, and the next offset of the batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Position {
     /// The next offset PostgreSQL holds (stored with the rows).
     stored: Option<i64>,
     /// The next offset after the batch being built.
     batch_next: Option<i64>,
+    /// The offset PostgreSQL must hold when the batch being built is written: the position its
+    /// first record of the partition followed (set with that record).
+    batch_from: Option<i64>,
     /// The next offset after the batch in flight.
     inflight_next: Option<i64>,
+}
+
+/// What [`Position::take`] makes of a record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Taken {
+    /// Into the batch.
+    Batched,
+    /// Into the batch, after a gap from the expected offset.
+    AfterGap { expected: i64 },
+    /// Below the stored offset: already in PostgreSQL.
+    Duplicate,
+}
+
+impl Position {
+    /// A partition assigned (or re-read) at the offset PostgreSQL holds.
+    fn resumed(stored: Option<i64>) -> Position {
+        Position { stored, batch_next: None, batch_from: None, inflight_next: None }
+    }
+
+    /// A record of the partition at `offset`.
+    fn take(&mut self, offset: i64) -> Taken {
+        if self.stored.is_some_and(|s| offset < s) {
+            return Taken::Duplicate;
+        }
+        let expected = self.batch_next.or(self.inflight_next).or(self.stored);
+        if self.batch_next.is_none() {
+            // The batch's first record of the partition: PostgreSQL will hold this when the
+            // batch is written (the batch in flight, if it has the partition, commits first).
+            self.batch_from = self.inflight_next.or(self.stored);
+        }
+        self.batch_next = Some(offset + 1);
+        match expected {
+            Some(x) if offset > x => Taken::AfterGap { expected: x },
+            _ => Taken::Batched,
+        }
+    }
+
+    /// The batch being built leaves for PostgreSQL: `(expected, next)` of its advance (the
+    /// offset the transaction checks PostgreSQL still holds, and the one it stores).
+    fn start_flush(&mut self) -> Option<(Option<i64>, i64)> {
+        let next = self.batch_next.take()?;
+        self.inflight_next = Some(next);
+        Some((self.batch_from.take(), next))
+    }
+
+    /// A batch that advanced the partition to `next` was committed.
+    fn committed(&mut self, next: i64) {
+        self.stored = Some(next);
+        if self.inflight_next == Some(next) {
+            self.inflight_next = None;
+        }
+    }
 }
 
 /// The batch being written while the loop consumes the next one.
@@ -523,7 +578,7 @@ impl Loop {
                 }
                 Assignment::Assigned(parts) => {
                     for (tp, stored) in parts {
-                        self.positions.insert(tp, Position { stored, batch_next: None, inflight_next: None });
+                        self.positions.insert(tp, Position::resumed(stored));
                     }
                 }
             }
@@ -548,23 +603,20 @@ impl Loop {
             // Not (or no longer) ours: a message fetched before a revoke.
             return;
         };
-        let expected = pos.batch_next.or(pos.inflight_next).or(pos.stored);
-        if let Some(s) = pos.stored {
-            if m.offset() < s {
+        match pos.take(m.offset()) {
+            Taken::Batched => {}
+            Taken::Duplicate => {
                 // Already in PostgreSQL (fetched before a seek took effect).
                 self.metrics.duplicates.inc();
                 return;
             }
-        }
-        if let Some(x) = expected {
-            if m.offset() > x {
+            Taken::AfterGap { expected } => {
                 // Normal on the compacted models topic; elsewhere the records in between are
                 // gone from the broker (retention ran while the sink was behind).
                 self.sm.offset_gaps.with_label_values(&[topic]).inc();
-                tracing::warn!(topic, partition = m.partition(), expected = x, got = m.offset(), "offset gap");
+                tracing::warn!(topic, partition = m.partition(), expected, got = m.offset(), "offset gap");
             }
         }
-        pos.batch_next = Some(m.offset() + 1);
         self.count_in(topic);
         if self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
@@ -707,9 +759,8 @@ impl Loop {
         );
         let mut advances = Vec::new();
         for ((t, p), pos) in self.positions.iter_mut() {
-            if let Some(next) = pos.batch_next.take() {
-                advances.push(Advance { topic: t.clone(), partition: *p, expected: pos.stored, next });
-                pos.inflight_next = Some(next);
+            if let Some((expected, next)) = pos.start_flush() {
+                advances.push(Advance { topic: t.clone(), partition: *p, expected, next });
             }
         }
         let fresh = self.new_batch();
@@ -798,10 +849,7 @@ impl Loop {
                     self.mirror_offsets(&advances);
                     for a in advances {
                         if let Some(p) = self.positions.get_mut(&(a.topic, a.partition)) {
-                            p.stored = Some(a.next);
-                            if p.inflight_next == Some(a.next) {
-                                p.inflight_next = None;
-                            }
+                            p.committed(a.next);
                         }
                     }
                     self.update_raw_floor();
@@ -866,7 +914,7 @@ impl Loop {
             if let Err(e) = self.consumer.seek(&tp.0, tp.1, off, Duration::from_secs(10)) {
                 tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "seek failed");
             }
-            self.positions.insert(tp, Position { stored: s, batch_next: None, inflight_next: None });
+            self.positions.insert(tp, Position::resumed(s));
         }
         Ok(())
     }
@@ -962,4 +1010,59 @@ impl Loop {
 /// The set of topics the sink reads (for tests and tools).
 pub fn input_topics(t: &Topics) -> HashSet<String> {
     t.all().iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Position, Taken};
+
+    /// Takes offsets `from..to` into the batch being built.
+    fn take(p: &mut Position, from: i64, to: i64) {
+        for o in from..to {
+            assert_eq!(p.take(o), Taken::Batched, "offset {o}");
+        }
+    }
+
+    /// Batches follow each other: each one's transaction expects what the one before stored.
+    #[test]
+    fn a_batch_expects_what_the_batch_before_it_stores() {
+        let mut p = Position::resumed(Some(100));
+        take(&mut p, 100, 150);
+        assert_eq!(p.start_flush(), Some((Some(100), 150)));
+        // The next batch is built while that one is in flight.
+        take(&mut p, 150, 170);
+        p.committed(150);
+        assert_eq!(p.start_flush(), Some((Some(150), 170)));
+        assert_eq!(p.start_flush(), None, "nothing taken since");
+        p.committed(170);
+        assert_eq!(p.take(120), Taken::Duplicate, "below what PostgreSQL holds");
+        assert_eq!(p.take(175), Taken::AfterGap { expected: 170 });
+        // A partition never written: the first batch expects no row.
+        let mut fresh = Position::resumed(None);
+        take(&mut fresh, 0, 10);
+        assert_eq!(fresh.start_flush(), Some((None, 10)));
+    }
+
+    /// The race CI found (a second instance joining and leaving: 24,046 rows for 24,000): a
+    /// batch in flight when the partition is revoked and assigned back to the same instance,
+    /// which read the stored offset before that batch committed and so re-reads its records.
+    /// Once the batch commits, the batch built from the stale offset must still expect the
+    /// stale offset, so that PostgreSQL's fence refuses it; expecting the offset just committed
+    /// (what the position held by then) wrote those records twice.
+    #[test]
+    fn a_batch_built_from_a_stale_offset_expects_that_offset() {
+        let mut p = Position::resumed(Some(100));
+        take(&mut p, 100, 150);
+        let (_, next) = p.start_flush().expect("in flight");
+        // Revoked and assigned back; PostgreSQL still said 100 (the transaction had not
+        // committed), and the consumer seeks there.
+        let mut again = Position::resumed(Some(100));
+        take(&mut again, 100, 130);
+        // The batch in flight commits.
+        again.committed(next);
+        assert_eq!(again.start_flush(), Some((Some(100), 130)), "fenced by PostgreSQL's 150, not written again");
+        // After the fence the position is read again: records below it are skipped.
+        let mut reread = Position::resumed(Some(150));
+        assert_eq!(reread.take(140), Taken::Duplicate);
+    }
 }
