@@ -953,6 +953,7 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                 let own = format!("{prefix}run{round}{changelog}.");
                 apply_topics(brokers, &own).await?;
                 c.topics.state = format!("{own}drift.state");
+                c.topics.windows = format!("{own}drift.windows");
                 c.models.dir = models.clone();
                 c.models.family = "bench".into();
                 c.models.watch = false;

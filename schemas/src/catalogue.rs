@@ -44,6 +44,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../avro/drift_state/v1.avsc"),
     ),
     (
+        "avro/drift_windows/v1.avsc",
+        include_str!("../avro/drift_windows/v1.avsc"),
+    ),
+    (
         "avro/model_events/v1.avsc",
         include_str!("../avro/model_events/v1.avsc"),
     ),

@@ -3,14 +3,20 @@
 //! and a binned two-sample KS test compare it with the reference. A window breaches when PSI
 //! reaches the threshold *and* the KS test rejects at `ks_alpha`. Episodes: the first breaching
 //! window opens an alert, each further one updates it, the first clean window resolves it.
+//!
+//! Counts are kept per partition, so that each partition's share of the open windows can be
+//! written to a changelog ([`FeatureMonitor::track_changes`], [`FeatureMonitor::drain_changes`])
+//! and read back by whichever instance is assigned the partition next
+//! ([`FeatureMonitor::restore`]); a window is judged on the sum of its partitions' counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use headroom_schemas::drift::alert_id;
-use headroom_schemas::{AlertState, DriftAlert, DriftKind, Severity};
+use headroom_schemas::drift_windows::WindowCounts;
+use headroom_schemas::{AlertState, DriftAlert, DriftKind, FeatureWindowsState, Severity};
 
 use crate::config::FeatureDrift;
 use crate::reference::ModelReference;
@@ -33,6 +39,35 @@ struct Window {
     missing: Vec<u64>,
 }
 
+impl Window {
+    fn empty(watched: &[Watched], reference: &ModelReference) -> Window {
+        Window {
+            counts: watched.iter().map(|w| vec![0; reference.features[w.reference].shares.len()]).collect(),
+            missing: vec![0; watched.len()],
+        }
+    }
+
+    fn add(&mut self, other: &Window) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (x, y) in self.missing.iter_mut().zip(&other.missing) {
+            *x += y;
+        }
+    }
+}
+
+/// Why a changelog record was not read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreSkip {
+    #[error("counts binned on version `{found}`, the references are `{serving}`'s")]
+    OtherVersion { found: String, serving: String },
+    #[error("window of {found} ms, this monitor's is {configured} ms")]
+    OtherWindow { found: i64, configured: i64 },
+}
+
 /// Windows of live feature values against one reference. One per drift-monitor instance: the
 /// values of all its partitions (a hash sample of the fleet) go into the same windows, and a
 /// window closes when every active partition's event time has passed its end: the watermark is
@@ -46,13 +81,22 @@ pub struct FeatureMonitor {
     reference: Arc<ModelReference>,
     watched: Vec<Watched>,
     window_ms: i64,
-    windows: BTreeMap<i64, Window>,
+    /// Open windows by start: each partition's counts.
+    windows: BTreeMap<i64, FxHashMap<i32, Window>>,
     partitions: FxHashMap<i32, PartitionClock>,
+    /// Per partition, the offset of the last record added (records at or below it are already
+    /// counted: they are skipped, as after a restore ahead of the committed offset).
+    applied: FxHashMap<i32, i64>,
     closed_until: i64,
+    /// Partitions whose changelog record changed since the last drain (when tracking).
+    changed: BTreeSet<i32>,
+    track: bool,
     /// Vectors of another feature set than the reference's (not judged).
     pub schema_mismatches: u64,
     /// Vectors for a window that had already closed.
     pub late: u64,
+    /// Records at or below their partition's restored offset (already counted).
+    pub already_applied: u64,
 }
 
 /// At most this many windows are open at once (the oldest is closed first).
@@ -89,10 +133,21 @@ impl FeatureMonitor {
             watched,
             windows: BTreeMap::new(),
             partitions: FxHashMap::default(),
+            applied: FxHashMap::default(),
             closed_until: i64::MIN,
+            changed: BTreeSet::new(),
+            track: false,
             schema_mismatches: 0,
             late: 0,
+            already_applied: 0,
         }
+    }
+
+    /// Keeps the set of partitions whose changelog record changed, for
+    /// [`FeatureMonitor::drain_changes`]; a revoked partition's counts then leave with it (its
+    /// next owner reads them back from the changelog).
+    pub fn track_changes(&mut self) {
+        self.track = true;
     }
 
     pub fn reference(&self) -> &ModelReference {
@@ -112,18 +167,40 @@ impl FeatureMonitor {
         });
     }
 
-    /// A partition left this instance: it no longer holds the watermark back.
+    /// A partition left this instance: it no longer holds the watermark back. When tracking
+    /// changes, its counts leave too (the changelog has them as of the last committed batch);
+    /// otherwise they stay in the windows.
     pub fn forget_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.applied.remove(&partition);
+        if self.track {
+            self.changed.remove(&partition);
+            self.drop_counts(partition);
+        }
     }
 
-    /// Adds one feature vector of `partition` at event time `ts_ms`, read at wall-clock
-    /// `now_ms`; alerts of the windows this closes go to `out`. `scope` names what the windows
-    /// cover (for ids and the alert's scope).
+    /// Drops what this monitor holds of `partition` (its counts and offset) but keeps it
+    /// assigned: a changelog record that cannot be used makes the partition start afresh.
+    pub fn reset_partition(&mut self, partition: i32) {
+        self.applied.remove(&partition);
+        self.drop_counts(partition);
+    }
+
+    fn drop_counts(&mut self, partition: i32) {
+        for parts in self.windows.values_mut() {
+            parts.remove(&partition);
+        }
+        self.windows.retain(|_, parts| !parts.is_empty());
+    }
+
+    /// Adds one feature vector of `partition` (its record at `offset`) at event time `ts_ms`,
+    /// read at wall-clock `now_ms`; alerts of the windows this closes go to `out`. `scope`
+    /// names what the windows cover (for ids and the alert's scope).
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         partition: i32,
+        offset: i64,
         feature_set: &str,
         values: &[f32],
         ts_ms: i64,
@@ -131,6 +208,15 @@ impl FeatureMonitor {
         scope: &str,
         out: &mut Vec<DriftAlert>,
     ) {
+        let applied = self.applied.entry(partition).or_insert(-1);
+        if offset <= *applied {
+            self.already_applied += 1;
+            return;
+        }
+        *applied = offset;
+        if self.track {
+            self.changed.insert(partition);
+        }
         if feature_set != self.reference.feature_schema {
             self.schema_mismatches += 1;
             return;
@@ -139,11 +225,13 @@ impl FeatureMonitor {
         if start < self.closed_until {
             self.late += 1;
         } else {
-            if !self.windows.contains_key(&start) {
-                let counts = self.watched.iter().map(|w| vec![0; self.reference.features[w.reference].shares.len()]).collect();
-                self.windows.insert(start, Window { counts, missing: vec![0; self.watched.len()] });
-            }
-            let win = self.windows.get_mut(&start).expect("window just ensured");
+            let (watched, reference) = (&self.watched, &self.reference);
+            let win = self
+                .windows
+                .entry(start)
+                .or_default()
+                .entry(partition)
+                .or_insert_with(|| Window::empty(watched, reference));
             for (k, w) in self.watched.iter().enumerate() {
                 match values.get(w.index) {
                     Some(x) if x.is_finite() => win.counts[k][self.reference.features[w.reference].bin(*x)] += 1,
@@ -171,9 +259,127 @@ impl FeatureMonitor {
             if ws + self.window_ms > watermark && self.windows.len() <= MAX_OPEN_WINDOWS {
                 break;
             }
-            let win = self.windows.remove(&ws).expect("first window");
+            let parts = self.windows.remove(&ws).expect("first window");
+            let mut win = Window::empty(&self.watched, &self.reference);
+            // Summed in partition order: the same counts whatever the order they arrived in.
+            let mut ps: Vec<_> = parts.into_iter().collect();
+            ps.sort_unstable_by_key(|(p, _)| *p);
+            for (_, w) in &ps {
+                win.add(w);
+            }
             self.close(ws, win, scope, out);
+            if self.track {
+                // Every partition's record holds the closed mark and the episodes.
+                self.changed.extend(self.partitions.keys().copied());
+                self.changed.extend(ps.iter().map(|(p, _)| *p));
+            }
         }
+    }
+
+    /// Hands out the changelog record of every partition changed since the last call.
+    pub fn drain_changes(&mut self, topic: &str, mut f: impl FnMut(i32, &FeatureWindowsState)) {
+        for p in std::mem::take(&mut self.changed) {
+            f(p, &self.snapshot(topic, p));
+        }
+    }
+
+    /// `partition`'s changelog record: its counts in the open windows, its clock and offset, the
+    /// instance's closed mark and open episodes.
+    pub fn snapshot(&self, topic: &str, partition: i32) -> FeatureWindowsState {
+        let names = self.watched();
+        FeatureWindowsState {
+            topic: topic.to_owned(),
+            partition,
+            model_version: self.reference.version.clone(),
+            feature_schema: self.reference.feature_schema.clone(),
+            window_ms: self.window_ms,
+            applied_offset: self.applied.get(&partition).copied().unwrap_or(-1),
+            newest_ts_ms: self.partitions.get(&partition).map(|c| c.newest).filter(|n| *n != i64::MIN),
+            closed_until_ms: (self.closed_until != i64::MIN).then_some(self.closed_until),
+            features: names.iter().map(|n| (*n).to_owned()).collect(),
+            windows: self
+                .windows
+                .iter()
+                .filter_map(|(ws, parts)| {
+                    let w = parts.get(&partition)?;
+                    Some(WindowCounts { start_ms: *ws, counts: w.counts.clone(), missing: w.missing.clone() })
+                })
+                .collect(),
+            episodes: self
+                .watched
+                .iter()
+                .zip(&names)
+                .filter_map(|(w, n)| Some(((*n).to_owned(), w.open.clone()?)))
+                .collect(),
+        }
+    }
+
+    /// Reads one changelog record back (at wall-clock `now_ms`): it replaces whatever this
+    /// monitor holds of its partition. The closed mark only moves forward; the open episodes
+    /// are those of the records with the newest closed mark. A record of another version or window length is not
+    /// used, and the partition starts afresh (the newest record of a partition is the one that
+    /// counts).
+    pub fn restore(&mut self, s: &FeatureWindowsState, now_ms: i64) -> Result<(), RestoreSkip> {
+        let p = s.partition;
+        self.reset_partition(p);
+        if s.model_version != self.reference.version || s.feature_schema != self.reference.feature_schema {
+            return Err(RestoreSkip::OtherVersion { found: s.model_version.clone(), serving: self.reference.version.clone() });
+        }
+        if s.window_ms != self.window_ms {
+            return Err(RestoreSkip::OtherWindow { found: s.window_ms, configured: self.window_ms });
+        }
+        self.applied.insert(p, s.applied_offset);
+        let clock = self.partitions.entry(p).or_insert(PartitionClock { newest: i64::MIN, active_ms: now_ms });
+        clock.newest = clock.newest.max(s.newest_ts_ms.unwrap_or(i64::MIN));
+        clock.active_ms = now_ms;
+        // The record's features by name: a feature no longer watched is left out, one newly
+        // watched starts at zero.
+        let names: Vec<String> = self.watched().into_iter().map(str::to_owned).collect();
+        // Episodes change only when a window closes: those of the record with the newest closed
+        // mark are the instance's.
+        let closed = s.closed_until_ms.unwrap_or(i64::MIN);
+        if closed > self.closed_until {
+            self.closed_until = closed;
+            self.windows.retain(|ws, _| *ws >= closed);
+            for w in &mut self.watched {
+                w.open = None;
+            }
+        }
+        if closed == self.closed_until {
+            for (f, id) in &s.episodes {
+                if let Some(k) = names.iter().position(|n| n == f) {
+                    let w = &mut self.watched[k];
+                    if w.open.is_none() {
+                        w.open = Some(id.clone());
+                    }
+                }
+            }
+        }
+        let slot: Vec<Option<usize>> = s
+            .features
+            .iter()
+            .map(|f| names.iter().position(|n| n == f))
+            .collect();
+        for wc in &s.windows {
+            if wc.start_ms < self.closed_until || wc.start_ms.rem_euclid(self.window_ms) != 0 {
+                continue;
+            }
+            let mut win = Window::empty(&self.watched, &self.reference);
+            for (j, k) in slot.iter().enumerate() {
+                let Some(k) = *k else { continue };
+                if wc.counts[j].len() == win.counts[k].len() {
+                    win.counts[k].copy_from_slice(&wc.counts[j]);
+                    win.missing[k] = wc.missing[j];
+                }
+            }
+            self.windows.entry(wc.start_ms).or_default().insert(p, win);
+        }
+        Ok(())
+    }
+
+    /// Windows open now (for tests and logs).
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
     }
 
     /// Judges one window.

@@ -100,7 +100,7 @@ fn feed(m: &mut FeatureMonitor, hour: i64, gen: impl Fn(usize) -> f32, out: &mut
         } else {
             (1, hour * 60 * MIN + minute * MIN - 10 * MIN)
         };
-        m.add(p, "fs1", &[gen(i), 0.0], ts, 0, "partitions:0,1", out);
+        m.add(p, hour * 1_000 + i as i64, "fs1", &[gen(i), 0.0], ts, 0, "partitions:0,1", out);
     }
 }
 
@@ -137,7 +137,7 @@ fn feature_windows_open_update_and_resolve_one_episode() {
     assert!(open.value > 0.5 && open.detail("ks_p").unwrap() < 1e-6);
     assert_eq!(open.detail("live_n"), Some(600.0));
     // Another feature set is not judged.
-    m.add(0, "fs2", &[5.0], 9 * 60 * MIN, 0, "p", &mut out);
+    m.add(0, 1_000_000, "fs2", &[5.0], 9 * 60 * MIN, 0, "p", &mut out);
     assert_eq!(m.schema_mismatches, 1);
 }
 
@@ -155,17 +155,184 @@ fn a_backlog_read_partition_by_partition_is_windowed_exactly() {
             for i in 0..300 {
                 let u = ((i * 7919) % 300) as f32 / 300.0;
                 let v = if hour == 2 { 0.8 + 0.2 * u } else { u };
-                m.add(p, "fs1", &[v, 0.0], hour * 60 * MIN + (i as i64 / 5) * MIN, 1_000 + i as i64, "s", &mut out);
+                m.add(p, hour * 300 + i as i64, "fs1", &[v, 0.0], hour * 60 * MIN + (i as i64 / 5) * MIN, 1_000 + i as i64, "s", &mut out);
             }
         }
     }
     assert_eq!(m.late, 0);
     assert!(out.is_empty(), "nothing closes while partition 2 may still deliver: {out:?}");
     // Past the grace, the silent partition no longer holds the windows.
-    m.add(1, "fs1", &[0.5, 0.0], 6 * 60 * MIN, 1_000 + 30_001, "s", &mut out);
+    m.add(1, 1_000_000, "fs1", &[0.5, 0.0], 6 * 60 * MIN, 1_000 + 30_001, "s", &mut out);
     let states: Vec<AlertState> = out.iter().map(|a| a.state).collect();
     assert_eq!(states, vec![AlertState::Open, AlertState::Resolved], "{out:?}");
     assert_eq!(out[0].detail("live_n"), Some(600.0), "both partitions' values in one window");
+}
+
+/// Ten hours of vectors from two partitions (partition 1 ten minutes behind), shifted in
+/// hours 3-5: `(partition, offset, event time, value)` in arrival order.
+fn feature_stream() -> Vec<(i32, i64, i64, f32)> {
+    let uniform = |i: usize| ((i * 7919) % 600) as f32 / 600.0;
+    let mut next = [0i64; 2];
+    let mut recs = Vec::new();
+    for hour in 0..10 {
+        for i in 0..600 {
+            let minute = i as i64 / 10;
+            let p = i % 2;
+            let ts = hour * 60 * MIN + minute * MIN - if p == 1 { 10 * MIN } else { 0 };
+            let v = if (3..6).contains(&hour) { 0.7 + 0.3 * uniform(i) } else { uniform(i) };
+            recs.push((p as i32, next[p], ts, v));
+            next[p] += 1;
+        }
+    }
+    recs
+}
+
+/// Through the wire format, as the drift monitor writes and reads its changelog.
+fn through_the_wire(s: &headroom_schemas::FeatureWindowsState) -> headroom_schemas::FeatureWindowsState {
+    let mut buf = Vec::new();
+    s.encode_framed(&mut buf);
+    headroom_schemas::FeatureWindowsState::decode(&buf).expect("decodes")
+}
+
+/// What a crash and a restart from the feature windows' changelog give. Batches end at `ends`;
+/// the changelog holds the batches up to `written`, the offsets are committed up to `committed`
+/// (the changelog can be ahead: the crash came between a changelog's acknowledgement and the
+/// offset commit), and the monitor dies at `died`, in a batch it never finished. Returns the
+/// alerts sent before the crash (those of the batches the changelog holds: the runtime sends a
+/// batch's changelog once its alerts are acknowledged), the same followed by the restarted
+/// monitor's, the uninterrupted run's alerts, and the restarted monitor.
+type Restart = (Vec<DriftAlert>, Vec<DriftAlert>, Vec<DriftAlert>, FeatureMonitor);
+fn crash_and_restore(ends: &[usize], committed: usize, written: usize, died: usize) -> Restart {
+    let cfg = DriftConfig::default().features;
+    let reference = Arc::new(uniform_reference("v1", false));
+    let recs = feature_stream();
+    let scope = "features:partitions:0,1";
+    let mut whole = FeatureMonitor::new(cfg.clone(), reference.clone());
+    let mut expected = Vec::new();
+    for &(p, off, ts, v) in &recs {
+        whole.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut expected);
+    }
+    let mut first = FeatureMonitor::new(cfg.clone(), reference.clone());
+    first.track_changes();
+    let mut changelog = Vec::new();
+    let mut alerts = Vec::new();
+    let mut sent = 0;
+    for (n, &(p, off, ts, v)) in recs[..died].iter().enumerate() {
+        first.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut alerts);
+        if ends.contains(&(n + 1)) && n < written {
+            first.drain_changes("features", |_, s| changelog.push(through_the_wire(s)));
+        }
+        if n + 1 == written {
+            sent = alerts.len();
+        }
+    }
+    let mut second = FeatureMonitor::new(cfg, reference);
+    second.track_changes();
+    second.assign_partition(0, 0);
+    second.assign_partition(1, 0);
+    for s in &changelog {
+        second.restore(s, 0).expect("same version and window");
+    }
+    let resume = |p: i32| recs[..committed].iter().filter(|r| r.0 == p).map(|r| r.1).max().unwrap_or(-1);
+    let (r0, r1) = (resume(0), resume(1));
+    let before = alerts[..sent].to_vec();
+    let mut joined = before.clone();
+    for &(p, off, ts, v) in &recs {
+        if off > if p == 0 { r0 } else { r1 } {
+            second.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut joined);
+        }
+    }
+    (before, joined, expected, second)
+}
+
+/// A monitor restarted from its changelog mid-window and mid-episode continues exactly like an
+/// uninterrupted one: the same alerts, ids and figures, with its changelog two batches ahead of
+/// the committed offsets and a batch it never finished.
+#[test]
+fn a_restored_feature_monitor_continues_exactly_like_an_uninterrupted_one() {
+    let (committed, written, died) = (2_870, 3_370, 3_470);
+    let ends: Vec<usize> = (1..=11).map(|k| k * 250).chain([committed, 3_120, written]).collect();
+    let (before, joined, expected, second) = crash_and_restore(&ends, committed, written, died);
+    // The crash falls inside the episode (hours 3 and 4 closed, shifted) and half-way through hour 5.
+    assert_eq!(before.iter().map(|a| a.state).collect::<Vec<_>>(), vec![AlertState::Open, AlertState::Update]);
+    let states: Vec<AlertState> = expected.iter().map(|a| a.state).collect();
+    assert_eq!(states, vec![AlertState::Open, AlertState::Update, AlertState::Update, AlertState::Resolved]);
+    assert_eq!(second.already_applied, (written - committed) as u64, "vectors the changelog holds are not counted twice");
+    assert_eq!(second.late, 0);
+    assert_eq!(joined, expected);
+}
+
+#[test]
+fn a_windows_record_of_another_version_or_window_is_not_used_and_the_newest_record_wins() {
+    let cfg = DriftConfig::default().features;
+    let recs = feature_stream();
+    let mut old = FeatureMonitor::new(cfg.clone(), Arc::new(uniform_reference("v1", false)));
+    old.track_changes();
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    for &(p, off, ts, v) in &recs[..900] {
+        old.add(p, off, "fs1", &[v, 0.0], ts, 0, "s", &mut out);
+        if off % 100 == 99 {
+            old.drain_changes("features", |_, s| records.push(through_the_wire(s)));
+        }
+    }
+    old.drain_changes("features", |_, s| records.push(through_the_wire(s)));
+    let last0 = records.iter().rposition(|s| s.partition == 0).unwrap();
+    // A promoted version's monitor does not take counts binned on the old deciles.
+    let mut promoted = FeatureMonitor::new(cfg.clone(), Arc::new(uniform_reference("v2", false)));
+    let e = promoted.restore(&records[last0], 0).unwrap_err();
+    assert!(e.to_string().contains("v1") && e.to_string().contains("v2"), "{e}");
+    assert_eq!(promoted.open_windows(), 0);
+    assert_eq!(promoted.snapshot("features", 0).applied_offset, -1, "the partition starts afresh");
+    // Another window length neither.
+    let mut hourly = cfg.clone();
+    hourly.window = Duration::from_secs(1800);
+    let mut other = FeatureMonitor::new(hourly, Arc::new(uniform_reference("v1", false)));
+    assert!(matches!(other.restore(&records[last0], 0), Err(crate::features::RestoreSkip::OtherWindow { .. })));
+    // Read in offset order, the newest record of a partition is what the monitor holds.
+    let mut same = FeatureMonitor::new(cfg, Arc::new(uniform_reference("v1", false)));
+    for s in &records {
+        same.restore(s, 0).unwrap();
+    }
+    for p in [0, 1] {
+        assert_eq!(same.snapshot("features", p), old.snapshot("features", p), "partition {p}");
+    }
+    // An older record read after a newer one replaces it too (a rejected one empties it).
+    let first0 = records.iter().position(|s| s.partition == 0).unwrap();
+    same.restore(&records[first0], 0).unwrap();
+    assert_eq!(same.snapshot("features", 0).applied_offset, records[first0].applied_offset);
+}
+
+/// A revoked partition's counts leave with it when the changelog is kept (the next owner reads
+/// them back); without a changelog they stay.
+#[test]
+fn a_revoked_partition_takes_its_counts_along_only_with_a_changelog() {
+    let cfg = DriftConfig::default().features;
+    let recs = feature_stream();
+    for track in [true, false] {
+        let mut m = FeatureMonitor::new(cfg.clone(), Arc::new(uniform_reference("v1", false)));
+        if track {
+            m.track_changes();
+        }
+        let mut out = Vec::new();
+        for &(p, off, ts, v) in &recs[..400] {
+            m.add(p, off, "fs1", &[v, 0.0], ts, 0, "s", &mut out);
+        }
+        let mut changed = Vec::new();
+        m.forget_partition(1);
+        m.drain_changes("features", |p, _| changed.push(p));
+        let held: u64 = m.snapshot("features", 1).windows.iter().flat_map(|w| w.counts[0].iter()).sum();
+        // Partition 1 runs ten minutes behind: its vectors before hour 0 are in a closed window.
+        let open1 = recs[..400].iter().filter(|r| r.0 == 1 && r.2 >= 0).count() as u64;
+        assert_eq!(held, if track { 0 } else { open1 }, "track {track}");
+        if track {
+            assert_eq!(changed, vec![0], "only the partition kept is written");
+        } else {
+            assert!(changed.is_empty(), "nothing tracked without a changelog");
+        }
+        let all: u64 = m.snapshot("features", 0).windows.iter().flat_map(|w| w.counts[0].iter()).sum();
+        assert_eq!(all, 200, "partition 0's own counts stay");
+    }
 }
 
 fn forecast(entity: &str, ts: i64, version: &str, p50: f64, observed_cpu: f64) -> Forecast {
@@ -436,6 +603,21 @@ proptest! {
         } else {
             prop_assert!(p.is_nan() && d.is_nan());
         }
+    }
+
+    /// Wherever the crash falls, and however far the changelog is ahead of the committed
+    /// offsets, the restarted feature windows give the uninterrupted run's alerts.
+    #[test]
+    fn feature_windows_restored_anywhere_give_the_uninterrupted_alerts(
+        batch in 40usize..400, committed in 0usize..6_000, ahead in 0usize..4, tail in 0usize..400,
+    ) {
+        let committed = committed / batch * batch;
+        let written = (committed + ahead * batch).min(6_000 / batch * batch);
+        let died = (written + tail % batch).min(6_000);
+        let ends: Vec<usize> = (1..=6_000 / batch).map(|k| k * batch).collect();
+        let (_, joined, expected, second) = crash_and_restore(&ends, committed, written, died);
+        prop_assert_eq!(second.already_applied, (written - committed) as u64);
+        prop_assert_eq!(joined, expected);
     }
 
     #[test]

@@ -20,15 +20,18 @@ pub struct Topics {
     pub dlq: String,
     /// The model-error detectors' changelog (compacted, as many partitions as `forecasts`).
     pub state: String,
+    /// The feature windows' changelog (compacted, as many partitions as `features`).
+    pub windows: String,
 }
 
 /// Where the model-error detectors' state lives across restarts and rebalances.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// Write each changed entity's detectors to `topics.state` at the end of every batch and
-    /// read them back when forecasts partitions are assigned. Off: in memory only, and a
-    /// restarted monitor warms up again (a day before it can alarm).
+    /// Write each changed entity's detectors to `topics.state`, and each changed features
+    /// partition's share of the open windows to `topics.windows`, at the end of every batch, and
+    /// read them back when partitions are assigned. Off: in memory only, and a restarted monitor
+    /// warms up again (a day before it can alarm) and starts its feature windows afresh.
     pub enabled: bool,
     /// How long reading the changelog back at one rebalance may take (all its partitions).
     #[serde(with = "humantime_serde")]
@@ -79,16 +82,21 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.common().validate()?;
         let t = &self.topics;
-        let all = [&t.features, &t.forecasts, &t.output, &t.models, &t.dlq, &t.state];
+        let all = [&t.features, &t.forecasts, &t.output, &t.models, &t.dlq, &t.state, &t.windows];
         for (i, a) in all.iter().enumerate() {
             if all[i + 1..].contains(a) {
                 return Err(ConfigError::Invalid(format!(
-                    "key `topics`: `{a}` is named twice; features, forecasts, output, models, dlq and state must be different topics"
+                    "key `topics`: `{a}` is named twice; features, forecasts, output, models, dlq, state and windows must be different topics"
                 )));
             }
         }
         if self.state.enabled && t.state.is_empty() {
             return Err(ConfigError::Invalid("key `topics.state` must name the changelog topic while `state.enabled` is true".into()));
+        }
+        if self.state.enabled && t.windows.is_empty() {
+            return Err(ConfigError::Invalid(
+                "key `topics.windows` must name the feature windows' changelog topic while `state.enabled` is true".into(),
+            ));
         }
         if self.state.restore_timeout.is_zero() {
             return Err(ConfigError::Invalid("key `state.restore_timeout` must be above 0".into()));
@@ -153,5 +161,11 @@ mod tests {
         std::env::set_var("HEADROOM_DRIFT_TEST6__TOPICS__STATE", "drift.alerts");
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST6__").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("named twice"));
+        std::env::set_var("HEADROOM_DRIFT_TEST7__TOPICS__WINDOWS", "drift.state");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST7__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("named twice"));
+        std::env::set_var("HEADROOM_DRIFT_TEST8__TOPICS__WINDOWS", "");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST8__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("topics.windows"));
     }
 }

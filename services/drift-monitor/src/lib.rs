@@ -11,10 +11,10 @@
 //! References come from the serving version's manifest (the version the PostgreSQL registry
 //! names when `models.registry_url` is set, registry.json in the models directory otherwise); the monitor
 //! follows the models topic and switches to a promoted version's references without a restart.
-//! The model-error detectors' state is kept in a compacted changelog (`drift.state`): each batch's
-//! changed entities are written before its offsets are committed and read back when a forecasts
-//! partition is assigned, so a restart or a rebalance resumes them, open episodes included. The
-//! feature windows are not kept: the hour open at a restart starts again (see
+//! The detectors' state is kept in compacted changelogs: the model-error detectors per entity in
+//! `drift.state`, the feature windows per features partition in `drift.windows`. Each batch's
+//! changes are written before its offsets are committed and read back when a partition is
+//! assigned, so a restart or a rebalance resumes them, open windows and episodes included (see
 //! `docs/design/drift.md`).
 
 mod config;
@@ -64,21 +64,32 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
     config.validate()?;
     Topology::builtin().check_service(
         SERVICE,
-        &["features", "forecasts", "models", "drift.state"],
-        &["drift.alerts", "telemetry.dlq", "drift.state"],
+        &["features", "forecasts", "models", "drift.state", "drift.windows"],
+        &["drift.alerts", "telemetry.dlq", "drift.state", "drift.windows"],
     )?;
-    let state = (config.state.enabled && config.model_error.enabled).then(|| StateStore {
+    let state = config.state.enabled.then(|| StateStore {
         kafka: config.kafka.clone(),
         topic: config.topics.state.clone(),
+        windows_topic: config.topics.windows.clone(),
         restore_timeout: config.state.restore_timeout,
     });
     if let Some(st) = &state {
-        let (kafka, input, topic) = (st.kafka.clone(), config.topics.forecasts.clone(), st.topic.clone());
-        tokio::task::spawn_blocking(move || {
-            headroom_runtime::changelog::check_copartitioned(&kafka, &input, &topic, std::time::Duration::from_secs(10))
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!("key `topics.state`: {e:#}"))?;
+        let t = &config.topics;
+        let pairs = [
+            (config.model_error.enabled, "topics.state", t.forecasts.clone(), st.topic.clone()),
+            (config.features.enabled, "topics.windows", t.features.clone(), st.windows_topic.clone()),
+        ];
+        for (on, key, input, topic) in pairs {
+            if !on {
+                continue;
+            }
+            let kafka = st.kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                headroom_runtime::changelog::check_copartitioned(&kafka, &input, &topic, std::time::Duration::from_secs(10))
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("key `{key}`: {e:#}"))?;
+        }
     }
     let reference = Arc::new(load_serving(&config.models).await?);
     tracing::info!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use headroom_drift::{DriftConfig, ErrorMonitor, FeatureMonitor, JoinStats, ModelReference};
 use headroom_runtime::{Emitter, Flush, InputRecord, KafkaConfig, Metrics, Processor};
-use headroom_schemas::{DlqReason, DriftAlert, DriftEntityState, FeaturesRecord, Forecast};
+use headroom_schemas::{DlqReason, DriftAlert, DriftEntityState, FeatureWindowsState, FeaturesRecord, Forecast};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 
 /// A newly promoted version's references, handed over by the model watcher.
@@ -30,9 +30,11 @@ pub struct DriftMetrics {
     pub state_written: IntCounterVec,
     /// Changelog records read back at assignment, by outcome (restored, forgotten, skipped).
     pub state_restored: IntCounterVec,
+    /// Feature-window changelog records read back, by outcome (restored, stale, skipped).
+    pub windows_restored: IntCounterVec,
     /// Changelog partitions read back, by outcome (ok, failed).
     pub state_restores: IntCounterVec,
-    /// Duration of one read-back (all the partitions of a rebalance).
+    /// Duration of one read-back of one changelog (all the partitions of a rebalance).
     pub state_restore_seconds: Histogram,
 }
 
@@ -53,8 +55,16 @@ impl DriftMetrics {
             "Model-error state changelog records read back at assignment, by outcome.",
             &["outcome"],
         );
+        let windows_restored = vec(
+            "drift_window_records_restored_total",
+            "Feature-window changelog records read back at assignment, by outcome.",
+            &["outcome"],
+        );
         let state_restores = vec("drift_state_restores_total", "Changelog partitions read back at assignment, by outcome.", &["outcome"]);
-        for k in ["state", "tombstone"] {
+        for o in ["restored", "stale", "skipped"] {
+            let _ = windows_restored.with_label_values(&[o]);
+        }
+        for k in ["state", "tombstone", "windows"] {
             let _ = state_written.with_label_values(&[k]);
         }
         for o in ["restored", "forgotten", "skipped"] {
@@ -66,7 +76,7 @@ impl DriftMetrics {
         let state_restore_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "drift_state_restore_seconds",
-                "Time to read the changelog back at an assignment (all its partitions in one read).",
+                "Time to read a changelog back at an assignment (all its partitions in one read; one read per changelog).",
             )
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
         )
@@ -84,15 +94,29 @@ impl DriftMetrics {
             let _ = join.with_label_values(&[o]);
         }
         let _ = skipped.with_label_values(&["feature_schema_mismatch"]);
-        DriftMetrics { alerts, open, join, skipped, references, state_written, state_restored, state_restores, state_restore_seconds }
+        DriftMetrics {
+            alerts,
+            open,
+            join,
+            skipped,
+            references,
+            state_written,
+            state_restored,
+            windows_restored,
+            state_restores,
+            state_restore_seconds,
+        }
     }
 }
 
-/// The changelog the model-error detectors are kept in across restarts and rebalances.
+/// The changelogs the detectors are kept in across restarts and rebalances.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     pub kafka: KafkaConfig,
+    /// The model-error detectors' (per entity, co-partitioned with `forecasts`).
     pub topic: String,
+    /// The feature windows' (per features partition, co-partitioned with `features`).
+    pub windows_topic: String,
     pub restore_timeout: Duration,
 }
 
@@ -115,6 +139,8 @@ pub struct DriftStage {
     state: Option<StateStore>,
     /// Forecasts partitions assigned and not yet read back from the changelog.
     pending_restore: BTreeSet<i32>,
+    /// Features partitions assigned and not yet read back from the windows changelog.
+    pending_windows: BTreeSet<i32>,
 }
 
 impl DriftStage {
@@ -127,7 +153,13 @@ impl DriftStage {
         state: Option<StateStore>,
     ) -> DriftStage {
         let (features_topic, forecasts_topic, output) = topics;
-        let features = cfg.features.enabled.then(|| FeatureMonitor::new(cfg.features.clone(), reference.clone()));
+        let features = cfg.features.enabled.then(|| {
+            let mut f = FeatureMonitor::new(cfg.features.clone(), reference.clone());
+            if state.is_some() {
+                f.track_changes();
+            }
+            f
+        });
         let errors = cfg.model_error.enabled.then(|| {
             let mut e = ErrorMonitor::new(cfg.model_error.clone(), reference.interval_ms);
             e.add_reference(reference.clone());
@@ -153,6 +185,7 @@ impl DriftStage {
             buf: Vec::with_capacity(512),
             state,
             pending_restore: BTreeSet::new(),
+            pending_windows: BTreeSet::new(),
         }
     }
 
@@ -208,6 +241,65 @@ impl DriftStage {
         }
     }
 
+    /// Reads the windows changelog partitions of the features partitions just assigned back
+    /// into the feature windows, with one reader. A partition whose record cannot be used (another
+    /// version's deciles, another window length, undecodable) starts its windows afresh.
+    fn restore_windows(&mut self) {
+        let partitions: Vec<i32> = std::mem::take(&mut self.pending_windows).into_iter().collect();
+        let (Some(st), Some(fm)) = (&self.state, &mut self.features) else { return };
+        if partitions.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let m = &self.metrics;
+        let topic = &self.features_topic;
+        let now = headroom_runtime::observe::now_ms();
+        let (mut restored, mut stale, mut skipped) = (0u64, 0u64, 0u64);
+        let res = headroom_runtime::changelog::restore(&st.kafka, &st.windows_topic, &partitions, st.restore_timeout, |partition, _key, value, offset| {
+            match value.map(FeatureWindowsState::decode) {
+                Some(Ok(s)) if s.partition == partition && &s.topic == topic => match fm.restore(&s, now) {
+                    Ok(()) => restored += 1,
+                    Err(e) => {
+                        tracing::debug!(reason = %e, partition, offset, "feature-window record not used; the partition's windows start afresh");
+                        stale += 1;
+                    }
+                },
+                Some(Ok(s)) => {
+                    tracing::warn!(topic = %s.topic, partition, found = s.partition, offset, "feature-window record of another partition or topic skipped");
+                    skipped += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, partition, offset, "undecodable feature-window record; the partition's windows start afresh");
+                    fm.reset_partition(partition);
+                    skipped += 1;
+                }
+                None => {
+                    fm.reset_partition(partition);
+                    skipped += 1;
+                }
+            }
+        });
+        for (outcome, n) in [("restored", restored), ("stale", stale), ("skipped", skipped)] {
+            m.windows_restored.with_label_values(&[outcome]).inc_by(n);
+        }
+        m.state_restore_seconds.observe(started.elapsed().as_secs_f64());
+        let n = partitions.len() as u64;
+        match res {
+            Ok(r) => {
+                m.state_restores.with_label_values(&["ok"]).inc_by(n);
+                tracing::info!(
+                    topic = %st.windows_topic, partitions = ?partitions, records = r.records, stale,
+                    windows = fm.open_windows(), open = fm.open_alerts(), ms = started.elapsed().as_millis() as u64,
+                    "feature windows restored"
+                );
+            }
+            Err(e) => {
+                m.state_restores.with_label_values(&["failed"]).inc_by(n);
+                tracing::error!(error = format!("{e:#}"), topic = %st.windows_topic, partitions = ?partitions, restored, "feature windows only partly restored");
+            }
+        }
+    }
+
     /// What the feature windows cover: `features:partitions:0,1,2`.
     fn rescope(&mut self) {
         let list: Vec<String> = self.partitions.iter().map(i32::to_string).collect();
@@ -219,6 +311,9 @@ impl DriftStage {
         tracing::info!(version = %r.version, "drift references switched to the promoted version");
         if let Some(f) = &mut self.features {
             *f = FeatureMonitor::new(self.cfg.features.clone(), r.clone());
+            if self.state.is_some() {
+                f.track_changes();
+            }
             let now = headroom_runtime::observe::now_ms();
             for p in &self.partitions {
                 f.assign_partition(*p, now);
@@ -261,7 +356,7 @@ impl Processor for DriftStage {
                     return;
                 }
             };
-            fm.add(rec.partition, &f.feature_set, &f.values, f.ts_ms, rec.now_ms, &self.scope, &mut self.alerts);
+            fm.add(rec.partition, rec.offset, &f.feature_set, &f.values, f.ts_ms, rec.now_ms, &self.scope, &mut self.alerts);
         } else if rec.topic == self.forecasts_topic {
             let Some(em) = self.errors.as_mut() else { return };
             let f = match Forecast::decode(payload) {
@@ -291,6 +386,9 @@ impl Processor for DriftStage {
             self.pending_restore.insert(partition);
         }
         if topic == self.features_topic {
+            if self.state.is_some() {
+                self.pending_windows.insert(partition);
+            }
             self.partitions.insert(partition);
             self.rescope();
             if let Some(f) = &mut self.features {
@@ -301,6 +399,7 @@ impl Processor for DriftStage {
 
     fn on_revoke(&mut self, topic: &str, partition: i32) {
         if topic == self.features_topic {
+            self.pending_windows.remove(&partition);
             self.partitions.remove(&partition);
             self.rescope();
             if let Some(f) = &mut self.features {
@@ -314,17 +413,30 @@ impl Processor for DriftStage {
         }
     }
 
-    /// Every forecasts partition of the rebalance is read back from the changelog in one
-    /// pass, before any of their forecasts.
+    /// Every partition of the rebalance is read back from its changelog (forecasts partitions
+    /// from the detectors', features partitions from the windows') in one pass each, before any
+    /// of their records.
     fn on_assigned(&mut self) {
         self.restore();
+        self.restore_windows();
     }
 
-    /// The end of a batch: every entity the batch changed goes to the changelog (acknowledged
-    /// before the batch's offsets are committed).
+    /// The end of a batch: every entity and features partition the batch changed goes to its
+    /// changelog (sent once the batch's alerts are acknowledged, and acknowledged before the
+    /// batch's offsets are committed).
     fn flush(&mut self, out: &mut Flush<'_>) {
-        let (Some(st), Some(em)) = (&self.state, &mut self.errors) else { return };
+        let Some(st) = &self.state else { return };
         let (buf, m) = (&mut self.buf, &self.metrics);
+        if let Some(fm) = &mut self.features {
+            fm.drain_changes(&self.features_topic, |partition, s| {
+                buf.clear();
+                s.encode_framed(buf);
+                let key = FeatureWindowsState::key(&s.topic, partition);
+                out.emit_state(&st.windows_topic, partition, key.as_bytes(), Some(buf));
+                m.state_written.with_label_values(&["windows"]).inc();
+            });
+        }
+        let Some(em) = &mut self.errors else { return };
         em.drain_changes(|entity, partition, state| match state {
             Some(s) => {
                 buf.clear();

@@ -43,6 +43,7 @@ fn config(brokers: &str, prefix: &str, models: &Path) -> Config {
     c.topics.models = format!("{prefix}models");
     c.topics.dlq = format!("{prefix}telemetry.dlq");
     c.topics.state = format!("{prefix}drift.state");
+    c.topics.windows = format!("{prefix}drift.windows");
     c.models.dir = models.to_owned();
     c.features.min_samples = 50;
     c.model_error.warmup = 12;
@@ -310,6 +311,89 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
     // The detectors were not warmed up again: the resolution's error count runs on from the
     // first instance's (the test's warm-up plus baseline is 36 errors).
     assert!(resolved.detail("n").unwrap() > 90.0, "{resolved:?}");
+    h.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&models);
+}
+
+/// A restarted monitor resumes its feature windows from their changelog (`drift.windows`): the
+/// hour open at the restart is judged on the values both instances read (each read half of it,
+/// fewer than `min_samples`, so without the changelog it would not be judged at all), and the
+/// episode the first instance opened is updated and resolved by the second under the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_monitor_resumes_its_feature_windows_from_the_changelog() {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("drift-windows"));
+    create_topics(&brokers, &prefix).await;
+    let models = std::env::temp_dir().join(unique("drift-models"));
+    write_version(&models, "v1", 0.05);
+    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
+    let mut cfg = config(&brokers, &prefix, &models);
+    cfg.model_error.enabled = false;
+    let t0 = 1_700_000_000_000 / (60 * MIN) * (60 * MIN);
+    // 8 entities x 12 vectors an hour (96, min_samples 50); cpu_now above 0.7 in hours 3 and 4.
+    let slots = |entities: std::ops::Range<usize>, slots: std::ops::Range<i64>| -> Vec<Rec> {
+        let mut v = Vec::new();
+        for slot in slots {
+            for e in entities.clone() {
+                let u = (((slot * 8 + e as i64) * 7919) % 96) as f32 / 96.0;
+                let cpu = if (36..60).contains(&slot) { 0.7 + 0.3 * u } else { u };
+                v.push(features(e, slot, t0, cpu, u));
+            }
+        }
+        v
+    };
+    let feature_alerts = |brokers: &str, topic: &str| -> Vec<DriftAlert> {
+        consume(brokers, topic, 1, Duration::from_secs(5), Duration::from_millis(300))
+            .iter()
+            .map(|m| DriftAlert::decode(m.payload().unwrap()).unwrap())
+            .filter(|a| a.kind == DriftKind::FeatureDistribution)
+            .collect()
+    };
+
+    // First instance: hours 0-3 and the first half of hour 4. Entity 0's half comes after the
+    // partitions without entities stopped holding the windows; it closes hour 3 (OPEN).
+    produce(&brokers, &cfg.topics.features, &slots(0..8, 0..48));
+    produce(&brokers, &cfg.topics.features, &slots(1..8, 48..54));
+    let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let guard = StopOnDrop(h.shutdown.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    produce(&brokers, &cfg.topics.features, &slots(0..1, 48..54));
+    let mut alerts = Vec::new();
+    let opened = eventually(Duration::from_secs(60), || {
+        alerts = feature_alerts(&brokers, &cfg.topics.output);
+        alerts.iter().any(|a| a.state == AlertState::Open)
+    })
+    .await;
+    assert!(opened, "alerts so far: {alerts:#?}");
+    assert!(eventually(Duration::from_secs(30), || counter(&h, "records_in_total", "features") >= 8.0 * 54.0).await);
+    assert!(counter(&h, "drift_state_records_written_total", "windows") >= 1.0);
+    h.stop().await.unwrap();
+    drop(guard);
+
+    // Second instance, same group: the second half of hour 4, hours 5-6, and a record of hour 7
+    // once the empty partitions' grace has passed.
+    let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let _guard = StopOnDrop(h.shutdown.clone());
+    produce(&brokers, &cfg.topics.features, &slots(0..8, 54..84));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    produce(&brokers, &cfg.topics.features, &slots(0..1, 84..85));
+    let resolved = eventually(Duration::from_secs(60), || {
+        alerts = feature_alerts(&brokers, &cfg.topics.output);
+        alerts.iter().any(|a| a.state == AlertState::Resolved)
+    })
+    .await;
+    assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
+    assert!(counter(&h, "drift_window_records_restored_total", "restored") >= 1.0);
+    assert_eq!(counter(&h, "drift_window_records_restored_total", "stale"), 0.0);
+    assert_eq!(counter(&h, "drift_state_restores_total", "failed"), 0.0);
+    let states: Vec<AlertState> = alerts.iter().map(|a| a.state).collect();
+    assert_eq!(states, vec![AlertState::Open, AlertState::Update, AlertState::Resolved], "{alerts:#?}");
+    assert!(alerts.iter().all(|a| a.subject == "cpu_now" && a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
+    // Hour 4, read half by each instance, judged on all of its 96 values, none twice.
+    let update = &alerts[1];
+    assert_eq!(update.window_start_ms, t0 + 4 * 60 * MIN);
+    assert_eq!(update.detail("live_n"), Some(96.0), "{update:?}");
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }

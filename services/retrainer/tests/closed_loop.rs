@@ -174,6 +174,7 @@ async fn start_loop(l: &Loop, margin: f64) -> Vec<headroom_runtime::service::Ser
     d.topics.models = l.topic("models");
     d.topics.dlq = l.topic("telemetry.dlq");
     d.topics.state = l.topic("drift.state");
+    d.topics.windows = l.topic("drift.windows");
     d.models.dir = l.models.clone();
     d.features.idle_partition_grace = Duration::from_secs(2);
 
