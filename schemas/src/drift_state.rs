@@ -5,7 +5,7 @@
 use apache_avro::types::Value;
 
 use crate::avro::{write_block, write_f64, write_int, write_long, write_opt, write_str};
-use crate::generic::decode_fields;
+use crate::generic::{decode_fields, field, field_count as count, field_double as double, field_long as long, union_value as opt};
 use crate::{framing, Catalogue, DecodeError, Metric};
 
 pub const SUBJECT: &str = "drift.state-value";
@@ -57,38 +57,6 @@ pub struct DriftEntityState {
     pub last_ts_ms: i64,
     pub heads: Vec<HeadState>,
     pub pending: Vec<PendingPoint>,
-}
-
-fn field(field: &'static str, detail: impl Into<String>) -> DecodeError {
-    DecodeError::Field { field, detail: detail.into() }
-}
-
-fn long(v: &Value, name: &'static str) -> Result<i64, DecodeError> {
-    match v {
-        Value::Long(x) | Value::TimestampMillis(x) => Ok(*x),
-        Value::Int(x) => Ok(i64::from(*x)),
-        other => Err(field(name, format!("expected a long, found {other:?}"))),
-    }
-}
-
-fn count(v: &Value, name: &'static str) -> Result<u64, DecodeError> {
-    u64::try_from(long(v, name)?).map_err(|_| field(name, "negative count"))
-}
-
-fn double(v: &Value, name: &'static str) -> Result<f64, DecodeError> {
-    match v {
-        Value::Double(x) => Ok(*x),
-        other => Err(field(name, format!("expected a double, found {other:?}"))),
-    }
-}
-
-/// A `["null", T]` union's value, `None` for null.
-fn opt(v: Value) -> Option<Value> {
-    match v {
-        Value::Union(_, inner) => opt(*inner),
-        Value::Null => None,
-        other => Some(other),
-    }
 }
 
 impl DriftEntityState {

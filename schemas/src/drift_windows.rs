@@ -6,7 +6,7 @@
 use apache_avro::types::Value;
 
 use crate::avro::{write_block, write_int, write_long, write_opt, write_str};
-use crate::generic::decode_fields;
+use crate::generic::{decode_fields, field, field_count as count, field_long as long, union_value as opt};
 use crate::{framing, Catalogue, DecodeError};
 
 pub const SUBJECT: &str = "drift.windows-value";
@@ -132,31 +132,6 @@ impl FeatureWindowsState {
             ));
         }
         Ok(s)
-    }
-}
-
-fn field(field: &'static str, detail: impl Into<String>) -> DecodeError {
-    DecodeError::Field { field, detail: detail.into() }
-}
-
-fn long(v: &Value, name: &'static str) -> Result<i64, DecodeError> {
-    match v {
-        Value::Long(x) | Value::TimestampMillis(x) => Ok(*x),
-        Value::Int(x) => Ok(i64::from(*x)),
-        other => Err(field(name, format!("expected a long, found {other:?}"))),
-    }
-}
-
-fn count(v: &Value, name: &'static str) -> Result<u64, DecodeError> {
-    u64::try_from(long(v, name)?).map_err(|_| field(name, "negative count"))
-}
-
-/// A `["null", T]` union's value, `None` for null.
-fn opt(v: Value) -> Option<Value> {
-    match v {
-        Value::Union(_, inner) => opt(*inner),
-        Value::Null => None,
-        other => Some(other),
     }
 }
 

@@ -87,3 +87,38 @@ pub fn string_map(m: std::collections::HashMap<String, Value>) -> Vec<(String, S
     v.sort();
     v
 }
+
+/// Field helpers of the reference decoders (typed codecs read the generic reader's values).
+pub(crate) fn field(field: &'static str, detail: impl Into<String>) -> DecodeError {
+    DecodeError::Field { field, detail: detail.into() }
+}
+
+/// A long (or an int, or a timestamp) field.
+pub(crate) fn field_long(v: &Value, name: &'static str) -> Result<i64, DecodeError> {
+    match v {
+        Value::Long(x) | Value::TimestampMillis(x) => Ok(*x),
+        Value::Int(x) => Ok(i64::from(*x)),
+        other => Err(field(name, format!("expected a long, found {other:?}"))),
+    }
+}
+
+/// A count: a long that is not negative.
+pub(crate) fn field_count(v: &Value, name: &'static str) -> Result<u64, DecodeError> {
+    u64::try_from(field_long(v, name)?).map_err(|_| field(name, "negative count"))
+}
+
+pub(crate) fn field_double(v: &Value, name: &'static str) -> Result<f64, DecodeError> {
+    match v {
+        Value::Double(x) => Ok(*x),
+        other => Err(field(name, format!("expected a double, found {other:?}"))),
+    }
+}
+
+/// A `["null", T]` union's value, `None` for null.
+pub(crate) fn union_value(v: Value) -> Option<Value> {
+    match v {
+        Value::Union(_, inner) => union_value(*inner),
+        Value::Null => None,
+        other => Some(other),
+    }
+}
