@@ -109,6 +109,18 @@ impl DriftMetrics {
     }
 }
 
+impl DriftMetrics {
+    /// Counts one changelog read-back: its records by outcome (into `records`), its partitions
+    /// as read or failed, and its duration.
+    fn read_back(&self, records: &IntCounterVec, outcomes: [(&str, u64); 3], partitions: usize, started: Instant, ok: bool) {
+        for (outcome, n) in outcomes {
+            records.with_label_values(&[outcome]).inc_by(n);
+        }
+        self.state_restore_seconds.observe(started.elapsed().as_secs_f64());
+        self.state_restores.with_label_values(&[if ok { "ok" } else { "failed" }]).inc_by(partitions as u64);
+    }
+}
+
 /// The changelogs the detectors are kept in across restarts and rebalances.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -221,21 +233,16 @@ impl DriftStage {
                 }
             }
         });
-        for (outcome, n) in [("restored", restored), ("forgotten", forgotten), ("skipped", skipped)] {
-            m.state_restored.with_label_values(&[outcome]).inc_by(n);
-        }
-        m.state_restore_seconds.observe(started.elapsed().as_secs_f64());
-        let n = partitions.len() as u64;
+        let outcomes = [("restored", restored), ("forgotten", forgotten), ("skipped", skipped)];
+        m.read_back(&m.state_restored, outcomes, partitions.len(), started, res.is_ok());
         match res {
             Ok(r) => {
-                m.state_restores.with_label_values(&["ok"]).inc_by(n);
                 tracing::info!(
                     topic = %st.topic, partitions = ?partitions, records = r.records, entities = em.entities(),
                     open = em.open_alerts(), ms = started.elapsed().as_millis() as u64, "model-error state restored"
                 );
             }
             Err(e) => {
-                m.state_restores.with_label_values(&["failed"]).inc_by(n);
                 tracing::error!(error = format!("{e:#}"), topic = %st.topic, partitions = ?partitions, restored, "model-error state only partly restored");
             }
         }
@@ -279,14 +286,10 @@ impl DriftStage {
                 }
             }
         });
-        for (outcome, n) in [("restored", restored), ("stale", stale), ("skipped", skipped)] {
-            m.windows_restored.with_label_values(&[outcome]).inc_by(n);
-        }
-        m.state_restore_seconds.observe(started.elapsed().as_secs_f64());
-        let n = partitions.len() as u64;
+        let outcomes = [("restored", restored), ("stale", stale), ("skipped", skipped)];
+        m.read_back(&m.windows_restored, outcomes, partitions.len(), started, res.is_ok());
         match res {
             Ok(r) => {
-                m.state_restores.with_label_values(&["ok"]).inc_by(n);
                 tracing::info!(
                     topic = %st.windows_topic, partitions = ?partitions, records = r.records, stale,
                     windows = fm.open_windows(), open = fm.open_alerts(), ms = started.elapsed().as_millis() as u64,
@@ -294,7 +297,6 @@ impl DriftStage {
                 );
             }
             Err(e) => {
-                m.state_restores.with_label_values(&["failed"]).inc_by(n);
                 tracing::error!(error = format!("{e:#}"), topic = %st.windows_topic, partitions = ?partitions, restored, "feature windows only partly restored");
             }
         }
