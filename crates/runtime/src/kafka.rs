@@ -699,6 +699,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         Ok(()) => {
             // Drain: seal what was processed, wait for its outputs, commit, leave the group.
             let deadline = Instant::now() + rt.drain_deadline;
+            st.draining = true;
             st.seal(&mut processor, &sealed, &outstanding, &producer, &flush_ctx);
             if flush_and_promote(&sealed, &outstanding, &durable, &producer, rt.drain_deadline)
                 && delivery_failure(&producer).is_none()
@@ -776,6 +777,8 @@ struct LoopState {
     assigned: Vec<(String, i32, PartitionPos)>,
     epoch: u64,
     in_epoch: usize,
+    /// The service is stopping: the next seal is the last ([`crate::processor::Flush::is_last`]).
+    draining: bool,
 }
 
 impl LoopState {
@@ -868,6 +871,7 @@ impl LoopState {
             epoch_slot: self.epoch_slot(),
             spans: ctx.spans,
             state: Vec::new(),
+            last: self.draining,
         };
         processor.flush(&mut flush);
         let state = std::mem::take(&mut flush.state);
@@ -876,9 +880,12 @@ impl LoopState {
             if part.touched {
                 part.touched = false;
                 if let Some(next) = part.next {
-                    let floor = *part
-                        .floor
-                        .get_or_insert_with(|| processor.replay_floor(topic, *partition));
+                    // A floor read at an earlier commit is still safe (floors only grow), but
+                    // "no state" is not: state may have appeared since, so it is read again.
+                    let floor = match part.floor {
+                        Some(Some(f)) => Some(f),
+                        _ => *part.floor.insert(processor.replay_floor(topic, *partition)),
+                    };
                     positions.push(((topic.clone(), *partition), next, floor));
                 }
             }

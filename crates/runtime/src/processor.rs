@@ -43,7 +43,9 @@ pub trait Processor: Send + 'static {
     fn on_revoke(&mut self, _topic: &str, _partition: i32) {}
 
     /// The smallest input offset this partition's state depends on, or `None` when the
-    /// processor keeps no state for it. Stored with each commit and used to replay.
+    /// processor keeps no state for it. Stored with each commit and used to replay. It must
+    /// not decrease while the partition stays assigned: the runtime reads it at a commit and
+    /// keeps it for the batches sealed until the next one (a `None` is read again at each).
     fn replay_floor(&mut self, _topic: &str, _partition: i32) -> Option<i64> {
         None
     }
@@ -72,6 +74,7 @@ pub struct Flush<'a> {
     pub(crate) spans: Option<&'a trace::Spans>,
     /// Changelog records of this batch, sent once its outputs are acknowledged.
     pub(crate) state: Vec<StateRecord>,
+    pub(crate) last: bool,
 }
 
 impl<'a> Flush<'a> {
@@ -97,6 +100,13 @@ impl<'a> Flush<'a> {
 
     pub fn metrics(&self) -> &Metrics {
         self.metrics
+    }
+
+    /// The service is stopping and this is its last batch: a processor that writes its
+    /// changelog less often than every batch writes all of it now, so that a clean restart
+    /// replays nothing.
+    pub fn is_last(&self) -> bool {
+        self.last
     }
 
     /// Writes a record of the processor's own state changelog (a compacted topic) to an explicit
