@@ -5,9 +5,11 @@
 //! window opens an alert, each further one updates it, the first clean window resolves it.
 //!
 //! Counts are kept per partition, so that each partition's share of the open windows can be
-//! written to a changelog ([`FeatureMonitor::track_changes`], [`FeatureMonitor::drain_changes`])
-//! and read back by whichever instance is assigned the partition next
-//! ([`FeatureMonitor::restore`]); a window is judged on the sum of its partitions' counts.
+//! written to a changelog ([`FeatureMonitor::track_changes`], [`FeatureMonitor::drain_due`], at
+//! most once per interval) and read back by whichever instance is assigned the partition next
+//! ([`FeatureMonitor::restore`]), which replays what the last record does not hold from the
+//! partition's [`FeatureMonitor::replay_floor`]; a window is judged on the sum of its
+//! partitions' counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -90,6 +92,13 @@ pub struct FeatureMonitor {
     closed_until: i64,
     /// Partitions whose changelog record changed since the last drain (when tracking).
     changed: BTreeSet<i32>,
+    /// Per partition, the offset through which the changelog holds its counts (that of the last
+    /// record written or read back).
+    saved_to: FxHashMap<i32, i64>,
+    /// Per partition, the first offset seen since it was assigned (before anything was saved).
+    first_seen: FxHashMap<i32, i64>,
+    /// Per partition, the wall clock of its last changelog record.
+    written_ms: FxHashMap<i32, i64>,
     track: bool,
     /// Vectors of another feature set than the reference's (not judged).
     pub schema_mismatches: u64,
@@ -136,6 +145,9 @@ impl FeatureMonitor {
             applied: FxHashMap::default(),
             closed_until: i64::MIN,
             changed: BTreeSet::new(),
+            saved_to: FxHashMap::default(),
+            first_seen: FxHashMap::default(),
+            written_ms: FxHashMap::default(),
             track: false,
             schema_mismatches: 0,
             late: 0,
@@ -173,16 +185,40 @@ impl FeatureMonitor {
     pub fn forget_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
         self.applied.remove(&partition);
+        self.saved_to.remove(&partition);
+        self.first_seen.remove(&partition);
+        self.written_ms.remove(&partition);
         if self.track {
             self.changed.remove(&partition);
             self.drop_counts(partition);
         }
     }
 
+    /// A record of `partition` at `offset` reached the monitor (whether or not it could be
+    /// decoded): the replay floor of a partition with nothing saved yet starts there.
+    pub fn saw(&mut self, partition: i32, offset: i64) {
+        self.first_seen.entry(partition).or_insert(offset);
+    }
+
+    /// The smallest offset of `partition` whose counts the changelog may not hold yet: a
+    /// restart replays the partition from there (the runtime keeps it with each commit). It
+    /// only grows, so a floor read earlier is still a safe one. `None` before any record of
+    /// the partition was seen or read back, and when not tracking changes.
+    pub fn replay_floor(&self, partition: i32) -> Option<i64> {
+        if !self.track {
+            return None;
+        }
+        self.saved_to
+            .get(&partition)
+            .map(|o| o + 1)
+            .or_else(|| self.first_seen.get(&partition).copied())
+    }
+
     /// Drops what this monitor holds of `partition` (its counts and offset) but keeps it
     /// assigned: a changelog record that cannot be used makes the partition start afresh.
     pub fn reset_partition(&mut self, partition: i32) {
         self.applied.remove(&partition);
+        self.saved_to.remove(&partition);
         self.drop_counts(partition);
     }
 
@@ -208,6 +244,7 @@ impl FeatureMonitor {
         scope: &str,
         out: &mut Vec<DriftAlert>,
     ) {
+        self.first_seen.entry(partition).or_insert(offset);
         let applied = self.applied.entry(partition).or_insert(-1);
         if offset <= *applied {
             self.already_applied += 1;
@@ -277,9 +314,27 @@ impl FeatureMonitor {
     }
 
     /// Hands out the changelog record of every partition changed since the last call.
-    pub fn drain_changes(&mut self, topic: &str, mut f: impl FnMut(i32, &FeatureWindowsState)) {
-        for p in std::mem::take(&mut self.changed) {
-            f(p, &self.snapshot(topic, p));
+    pub fn drain_changes(&mut self, topic: &str, f: impl FnMut(i32, &FeatureWindowsState)) {
+        self.drain_due(topic, 0, 0, f);
+    }
+
+    /// Hands out the changelog record of every partition changed since its last record, if that
+    /// record is at least `every_ms` old at wall-clock `now_ms` (0: every changed partition).
+    /// The others wait: what they hold beyond their last record is covered by
+    /// [`FeatureMonitor::replay_floor`].
+    pub fn drain_due(&mut self, topic: &str, now_ms: i64, every_ms: i64, mut f: impl FnMut(i32, &FeatureWindowsState)) {
+        let due: Vec<i32> = self
+            .changed
+            .iter()
+            .copied()
+            .filter(|p| every_ms <= 0 || self.written_ms.get(p).is_none_or(|w| now_ms - w >= every_ms))
+            .collect();
+        for p in due {
+            self.changed.remove(&p);
+            let s = self.snapshot(topic, p);
+            self.saved_to.insert(p, s.applied_offset);
+            self.written_ms.insert(p, now_ms);
+            f(p, &s);
         }
     }
 
@@ -329,6 +384,7 @@ impl FeatureMonitor {
             return Err(RestoreSkip::OtherWindow { found: s.window_ms, configured: self.window_ms });
         }
         self.applied.insert(p, s.applied_offset);
+        self.saved_to.insert(p, s.applied_offset);
         let clock = self.partitions.entry(p).or_insert(PartitionClock { newest: i64::MIN, active_ms: now_ms });
         clock.newest = clock.newest.max(s.newest_ts_ms.unwrap_or(i64::MIN));
         clock.active_ms = now_ms;

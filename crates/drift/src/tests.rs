@@ -262,6 +262,138 @@ fn a_restored_feature_monitor_continues_exactly_like_an_uninterrupted_one() {
     assert_eq!(joined, expected);
 }
 
+/// A crash with the changelog written at most every `every` batches per partition
+/// (`state.windows_every`), as the runtime replays it. Batches of `batch` records end once a
+/// second (the wall clock of the changelog's interval); the offsets committed at batch end
+/// `committed` carry the replay floors read at batch end `floors_at` (the runtime keeps a floor
+/// read at an earlier commit: never a later one); every batch up to `acked` had its alerts and
+/// changelog records acknowledged; the monitor dies at `died`. The restarted monitor reads the
+/// changelog back and each partition is replayed from its floor, the alerts of records below
+/// the committed offset suppressed (the runtime's replay). Returns the alerts sent before the
+/// crash followed by the restarted monitor's, the uninterrupted run's alerts, and the
+/// restarted monitor.
+fn crash_and_replay(batch: usize, every: i64, floors_at: usize, committed: usize, acked: usize, died: usize) -> Restart {
+    let cfg = DriftConfig::default().features;
+    let reference = Arc::new(uniform_reference("v1", false));
+    let recs = feature_stream();
+    let scope = "features:partitions:0,1";
+    let mut whole = FeatureMonitor::new(cfg.clone(), reference.clone());
+    let mut expected = Vec::new();
+    for &(p, off, ts, v) in &recs {
+        whole.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut expected);
+    }
+    let mut first = FeatureMonitor::new(cfg.clone(), reference.clone());
+    first.track_changes();
+    let (mut changelog, mut alerts, mut sent, mut floors) = (Vec::new(), Vec::new(), 0, [None, None]);
+    for (n, &(p, off, ts, v)) in recs[..died].iter().enumerate() {
+        first.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut alerts);
+        let end = n + 1;
+        if end % batch == 0 {
+            let now = (end / batch) as i64 * 1_000;
+            first.drain_due("features", now, every * 1_000, |_, s| {
+                if end <= acked {
+                    changelog.push(through_the_wire(s));
+                }
+            });
+            if end == floors_at {
+                floors = [first.replay_floor(0), first.replay_floor(1)];
+            }
+            if end == acked {
+                sent = alerts.len();
+            }
+        }
+    }
+    let next = |p: i32| recs[..committed].iter().filter(|r| r.0 == p).map(|r| r.1 + 1).max().unwrap_or(0);
+    let committed_at = [next(0), next(1)];
+    let mut second = FeatureMonitor::new(cfg, reference);
+    second.track_changes();
+    second.assign_partition(0, 0);
+    second.assign_partition(1, 0);
+    for s in &changelog {
+        second.restore(s, 0).expect("same version and window");
+    }
+    let from = |p: usize| floors[p].map_or(committed_at[p], |f: i64| f.min(committed_at[p]));
+    let resume = [from(0), from(1)];
+    let mut joined = alerts[..sent].to_vec();
+    let mut suppressed = Vec::new();
+    for &(p, off, ts, v) in &recs {
+        let p_ = p as usize;
+        if off < resume[p_] {
+            continue;
+        }
+        let out = if off < committed_at[p_] { &mut suppressed } else { &mut joined };
+        second.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, out);
+    }
+    (suppressed, joined, expected, second)
+}
+
+/// What a consumer that de-duplicates by content keeps: at-least-once outputs after the
+/// committed offsets may repeat, with the same ids and figures.
+fn deduplicated(alerts: Vec<DriftAlert>) -> Vec<DriftAlert> {
+    let mut out: Vec<DriftAlert> = Vec::new();
+    for a in alerts {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// With the changelog written every 10th batch only, a crash mid-window and mid-episode
+/// (the changelog behind the committed offsets) is made exact by the replay floors.
+#[test]
+fn feature_windows_written_every_few_batches_are_made_exact_by_the_replay_floor() {
+    let (batch, every) = (50, 10);
+    let (committed, died) = (3_350, 3_470);
+    let (suppressed, joined, expected, second) = crash_and_replay(batch, every, committed, committed, committed, died);
+    assert_eq!(expected.len(), 4);
+    assert_eq!(joined, expected, "the same alerts, ids and figures, none twice");
+    assert!(second.already_applied == 0, "nothing the changelog holds is replayed");
+    assert!(suppressed.is_empty() || expected.contains(&suppressed[0]), "{suppressed:?}");
+    // The floor was needed: without it the restarted monitor misses the unsaved vectors.
+    let (_, without, _, _) = crash_and_replay(batch, every, 0, committed, committed, died);
+    assert_ne!(without, expected, "a replay from the committed offsets alone loses counts");
+}
+
+#[test]
+fn the_replay_floor_only_grows_and_writes_wait_for_their_interval() {
+    let cfg = DriftConfig::default().features;
+    let mut m = FeatureMonitor::new(cfg.clone(), Arc::new(uniform_reference("v1", false)));
+    assert_eq!(m.replay_floor(0), None, "nothing tracked");
+    m.track_changes();
+    assert_eq!(m.replay_floor(0), None, "nothing seen");
+    let (mut out, mut written, mut floors) = (Vec::new(), 0, Vec::new());
+    for (n, &(p, off, ts, v)) in feature_stream().iter().enumerate() {
+        if p == 0 && n == 0 {
+            m.saw(0, off);
+        }
+        m.add(p, off, "fs1", &[v, 0.0], ts, 0, "s", &mut out);
+        if (n + 1) % 50 == 0 {
+            m.drain_due("features", (n as i64 + 1) / 50 * 1_000, 10_000, |_, _| written += 1);
+            floors.push(m.replay_floor(0).expect("seen"));
+        }
+    }
+    assert!(floors.windows(2).all(|w| w[0] <= w[1]), "{floors:?}");
+    // A partition's first record is written at once (partition 0 has 25 of the first 50
+    // vectors), then every 10 batches: the floor moves by 250 of its offsets at a time.
+    assert_eq!(floors[0], 25, "{floors:?}");
+    assert_eq!(floors[10] - floors[9], 250, "{floors:?}");
+    assert_eq!(floors[11], floors[10], "{floors:?}");
+    // 120 batches: every partition at most once per 10 batches (window closes included).
+    assert!(written <= 2 * 12 + 2, "{written} records");
+    let mut every_batch = FeatureMonitor::new(cfg, Arc::new(uniform_reference("v1", false)));
+    every_batch.track_changes();
+    let mut all = 0;
+    for (n, &(p, off, ts, v)) in feature_stream().iter().enumerate() {
+        every_batch.add(p, off, "fs1", &[v, 0.0], ts, 0, "s", &mut out);
+        if (n + 1) % 50 == 0 {
+            every_batch.drain_changes("features", |_, _| all += 1);
+        }
+    }
+    assert_eq!(all, 240, "both partitions in every batch");
+    assert_eq!(every_batch.replay_floor(0), Some(3_000), "all saved: the next offset");
+}
+
 #[test]
 fn a_windows_record_of_another_version_or_window_is_not_used_and_the_newest_record_wins() {
     let cfg = DriftConfig::default().features;
@@ -618,6 +750,25 @@ proptest! {
         let (_, joined, expected, second) = crash_and_restore(&ends, committed, written, died);
         prop_assert_eq!(second.already_applied, (written - committed) as u64);
         prop_assert_eq!(joined, expected);
+    }
+
+    /// With the changelog written at most every few batches, wherever the crash falls, however
+    /// old the committed floors and however far the acknowledged batches run past the commit,
+    /// the restarted monitor gives the uninterrupted run's alerts (repeats after the committed
+    /// offsets aside, which carry the same ids and figures).
+    #[test]
+    fn feature_windows_written_every_few_batches_and_replayed_give_the_uninterrupted_alerts(
+        batch in 40usize..400, every in 1i64..20, committed in 0usize..6_000, older in 0usize..3,
+        ahead in 0usize..4, tail in 0usize..400,
+    ) {
+        let last = 6_000 / batch * batch;
+        let committed = (committed / batch * batch).min(last);
+        // A floor is read at a batch end (the first one at the latest), never after the commit.
+        let floors_at = committed.saturating_sub(older * batch).max(batch);
+        let acked = (committed + ahead * batch).min(last);
+        let died = (acked + tail % batch).min(6_000);
+        let (_, joined, expected, _) = crash_and_replay(batch, every, floors_at, committed, acked, died);
+        prop_assert_eq!(deduplicated(joined), expected);
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub struct StateConfig {
     /// How long reading the changelog back at one rebalance may take (all its partitions).
     #[serde(with = "humantime_serde")]
     pub restore_timeout: Duration,
+    /// A features partition's windows record is written at most this often (wall clock; 0s:
+    /// at the end of every batch that changed it). What a partition counted since its last
+    /// record is replayed from the features topic after a restart or a rebalance (its replay
+    /// floor is committed with the offsets), so the windows stay exact either way; the interval
+    /// bounds the changelog's volume (a record is about 6 KB with the default vector).
+    #[serde(with = "humantime_serde")]
+    pub windows_every: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +107,12 @@ impl Config {
         }
         if self.state.restore_timeout.is_zero() {
             return Err(ConfigError::Invalid("key `state.restore_timeout` must be above 0".into()));
+        }
+        // Replayed after a restart: more than the features topic's retention would lose counts.
+        if self.state.windows_every > Duration::from_secs(3_600) {
+            return Err(ConfigError::Invalid(
+                "key `state.windows_every` must be at most 1h (what it leaves unsaved is replayed from the features topic)".into(),
+            ));
         }
         if self.models.family.is_empty() {
             return Err(ConfigError::Invalid("key `models.family` must not be empty".into()));

@@ -72,6 +72,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
         topic: config.topics.state.clone(),
         windows_topic: config.topics.windows.clone(),
         restore_timeout: config.state.restore_timeout,
+        windows_every: config.state.windows_every,
     });
     if let Some(st) = &state {
         let t = &config.topics;

@@ -130,6 +130,8 @@ pub struct StateStore {
     /// The feature windows' (per features partition, co-partitioned with `features`).
     pub windows_topic: String,
     pub restore_timeout: Duration,
+    /// A features partition's windows record is written at most this often.
+    pub windows_every: Duration,
 }
 
 pub struct DriftStage {
@@ -345,6 +347,13 @@ impl DriftStage {
 impl Processor for DriftStage {
     fn process(&mut self, rec: &InputRecord<'_>, out: &mut Emitter<'_>) {
         self.swap_reference();
+        if rec.topic == self.features_topic {
+            if let Some(fm) = &mut self.features {
+                // Even a record that is dead-lettered below: the partition's replay floor
+                // starts at the first record seen.
+                fm.saw(rec.partition, rec.offset);
+            }
+        }
         let Some(payload) = rec.payload else {
             out.dead_letter(DlqReason::Truncated, "record has no value");
             return;
@@ -399,6 +408,16 @@ impl Processor for DriftStage {
         }
     }
 
+    /// A features partition replays what its windows counted since their last changelog record
+    /// (`state.windows_every`); the model-error detectors are written every batch and need no
+    /// replay.
+    fn replay_floor(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        if topic != self.features_topic || self.state.is_none() {
+            return None;
+        }
+        self.features.as_ref()?.replay_floor(partition)
+    }
+
     fn on_revoke(&mut self, topic: &str, partition: i32) {
         if topic == self.features_topic {
             self.pending_windows.remove(&partition);
@@ -423,14 +442,17 @@ impl Processor for DriftStage {
         self.restore_windows();
     }
 
-    /// The end of a batch: every entity and features partition the batch changed goes to its
-    /// changelog (sent once the batch's alerts are acknowledged, and acknowledged before the
-    /// batch's offsets are committed).
+    /// The end of a batch: every entity the batch changed goes to its changelog, and every
+    /// features partition changed since its last record if that record is `windows_every` old
+    /// (sent once the batch's alerts are acknowledged, and acknowledged before the batch's
+    /// offsets are committed; what waits is covered by the partition's replay floor).
     fn flush(&mut self, out: &mut Flush<'_>) {
         let Some(st) = &self.state else { return };
         let (buf, m) = (&mut self.buf, &self.metrics);
         if let Some(fm) = &mut self.features {
-            fm.drain_changes(&self.features_topic, |partition, s| {
+            // The last batch before a clean stop writes every changed partition: nothing to replay.
+            let every = if out.is_last() { 0 } else { st.windows_every.as_millis() as i64 };
+            fm.drain_due(&self.features_topic, headroom_runtime::observe::now_ms(), every, |partition, s| {
                 buf.clear();
                 s.encode_framed(buf);
                 let key = FeatureWindowsState::key(&s.topic, partition);
