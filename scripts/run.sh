@@ -8,24 +8,43 @@
 #   scripts/run.sh                         synthetic fleet, 20 services x 5 clusters, 500 rec/s
 #   scripts/run.sh --rate 2000 --entities 10000
 #   scripts/run.sh --trace ../shared/data/bitbrains-rnd-2013-7.tar.gz --max-vms 50
+#   --duration 15m stops the generator after 15 minutes (default 1h; a replay runs to the
+#   trace's end unless --duration is given); the services keep running until Ctrl-C.
+CALLER_DIR="$PWD"
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 RATE=500
 DURATION=1h
+DURATION_GIVEN=""
 TRACE=""
 MAX_VMS=""
 ENTITIES=""
 while [ $# -gt 0 ]; do
     case "$1" in
+        --rate|--duration|--entities|--trace|--max-vms) [ $# -ge 2 ] || die "$1 needs a value (see --help)" ;;
+    esac
+    case "$1" in
         --rate) RATE=$2; shift 2 ;;
-        --duration) DURATION=$2; shift 2 ;;
+        --duration) DURATION=$2; DURATION_GIVEN=1; shift 2 ;;
         --entities) ENTITIES=$2; shift 2 ;;
         --trace) TRACE=$2; shift 2 ;;
         --max-vms) MAX_VMS=$2; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
+done
+# Checked before the set-up, which can take minutes on a new machine.
+if [ -n "$TRACE" ]; then
+    # Relative to where the script was called from, not to the repository.
+    case "$TRACE" in /*) ;; *) TRACE="$CALLER_DIR/$TRACE" ;; esac
+    [ -e "$TRACE" ] || die "--trace: no such file or directory: $TRACE"
+fi
+[[ "$RATE" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--rate must be a number of records per second, not '$RATE'"
+[[ "$DURATION" =~ ^([0-9]+(s|sec|secs|m|min|mins|h|hr|hrs|hours|d|days))+$ ]] \
+    || die "--duration must look like 30s, 15m, 1h or 1h30m, not '$DURATION'"
+for v in "--max-vms:$MAX_VMS" "--entities:$ENTITIES"; do
+    [[ "${v#*:}" =~ ^[0-9]*$ ]] || die "${v%%:*} must be a whole number, not '${v#*:}'"
 done
 
 "$REPO_ROOT/scripts/setup.sh"
@@ -91,6 +110,7 @@ pids+=($!)
 if [ -n "$TRACE" ]; then
     args=(replay --topic telemetry.raw --trace "$TRACE" --rate "$RATE")
     [ -n "$MAX_VMS" ] && args+=(--max-vms "$MAX_VMS")
+    [ -n "$DURATION_GIVEN" ] && args+=(--duration "$DURATION")
 else
     args=(generate --topic telemetry.raw --rate "$RATE" --duration "$DURATION")
     [ -n "$ENTITIES" ] && args+=(--entities "$ENTITIES")
@@ -120,6 +140,11 @@ cat >&2 <<TXT
   Ctrl-C stops the services and the generator.
 
 TXT
-wait "$loadgen" || true
+status=0
+wait "$loadgen" || status=$?
+if [ "$status" -ne 0 ]; then
+    # cleanup (the EXIT trap) stops the services: running them with no input helps no one.
+    die "the generator failed (exit $status; its error is above); stopping the services"
+fi
 log "generator finished; the services keep running until Ctrl-C"
 wait "${pids[0]}" || true

@@ -111,6 +111,9 @@ enum Command {
         speed: Option<f64>,
         #[arg(long)]
         max_records: Option<usize>,
+        /// Stop publishing after this much wall-clock time (e.g. 15m); the whole trace otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
     },
     /// Throughput of the featurizer against the relay (same runtime, pass-through), and the
     /// end-to-end latency at 70 % of the featurizer's maximum rate.
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             speed,
             max_records,
+            duration,
         } => {
             let started = Instant::now();
             let mut rows = match trace_format.as_str() {
@@ -199,7 +203,12 @@ fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(s > 0.0, "--speed must be positive");
             }
             let mut buf = Vec::new();
+            let mut published = 0usize;
             for (k, t) in rows.iter().enumerate() {
+                if k % 256 == 0 && duration.is_some_and(|d| pacer.start.elapsed() >= d) {
+                    eprintln!("--duration reached after {k} of {} records", rows.len());
+                    break;
+                }
                 match speed {
                     Some(s) => {
                         let due = pacer.start
@@ -213,13 +222,13 @@ fn main() -> anyhow::Result<()> {
                 }
                 t.encode_framed(&mut buf);
                 kafka::send(&p, &topic, t.entity_id.as_bytes(), &buf)?;
+                published += 1;
             }
             kafka::flush(&p)?;
             let secs = pacer.start.elapsed().as_secs_f64();
             println!(
-                "RESULT loadgen-replay records={} seconds={secs:.2} rate={:.0}",
-                rows.len(),
-                rows.len() as f64 / secs
+                "RESULT loadgen-replay records={published} seconds={secs:.2} rate={:.0}",
+                published as f64 / secs
             );
             Ok(())
         }
