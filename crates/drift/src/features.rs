@@ -200,6 +200,20 @@ impl FeatureMonitor {
         self.first_seen.entry(partition).or_insert(offset);
     }
 
+    /// A record of `partition` at `offset` that could not be counted (dead-lettered): the
+    /// partition's offset moves past it all the same, so that its next changelog record
+    /// includes it and a restart does not replay it (a partition receiving nothing but bad
+    /// records would otherwise keep its replay floor at the first of them).
+    pub fn skip(&mut self, partition: i32, offset: i64) {
+        let applied = self.applied.entry(partition).or_insert(-1);
+        if offset > *applied {
+            *applied = offset;
+            if self.track {
+                self.changed.insert(partition);
+            }
+        }
+    }
+
     /// The smallest offset of `partition` whose counts the changelog may not hold yet: a
     /// restart replays the partition from there (the runtime keeps it with each commit). It
     /// only grows, so a floor read earlier is still a safe one. `None` before any record of

@@ -355,6 +355,31 @@ fn feature_windows_written_every_few_batches_are_made_exact_by_the_replay_floor(
     assert_ne!(without, expected, "a replay from the committed offsets alone loses counts");
 }
 
+/// A partition that receives nothing but records the monitor cannot count still moves its
+/// floor on: a restart does not replay them again and again.
+#[test]
+fn records_that_cannot_be_counted_move_the_replay_floor_on() {
+    let mut m = FeatureMonitor::new(DriftConfig::default().features, Arc::new(uniform_reference("v1", false)));
+    m.track_changes();
+    for off in 0..100 {
+        m.saw(3, off);
+        m.skip(3, off);
+    }
+    assert_eq!(m.replay_floor(3), Some(0), "nothing written yet");
+    let mut records = Vec::new();
+    m.drain_due("features", 1_000, 10_000, |_, s| records.push(s.clone()));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].applied_offset, 99);
+    assert!(records[0].windows.is_empty());
+    assert_eq!(m.replay_floor(3), Some(100));
+    // A skipped offset is never counted afterwards, and a counted one is not skipped back.
+    let mut out = Vec::new();
+    m.add(3, 99, "fs1", &[0.5, 0.0], 0, 0, "s", &mut out);
+    assert_eq!(m.already_applied, 1);
+    m.skip(3, 50);
+    assert_eq!(m.snapshot("features", 3).applied_offset, 99);
+}
+
 #[test]
 fn the_replay_floor_only_grows_and_writes_wait_for_their_interval() {
     let cfg = DriftConfig::default().features;

@@ -356,6 +356,11 @@ impl Processor for DriftStage {
         }
         let Some(payload) = rec.payload else {
             out.dead_letter(DlqReason::Truncated, "record has no value");
+            if rec.topic == self.features_topic {
+                if let Some(fm) = &mut self.features {
+                    fm.skip(rec.partition, rec.offset);
+                }
+            }
             return;
         };
         if rec.topic == self.features_topic {
@@ -364,6 +369,7 @@ impl Processor for DriftStage {
                 Ok(f) => f,
                 Err(e) => {
                     out.dead_letter(e.reason(), &e.to_string());
+                    fm.skip(rec.partition, rec.offset);
                     return;
                 }
             };
