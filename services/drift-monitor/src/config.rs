@@ -180,5 +180,11 @@ mod tests {
         std::env::set_var("HEADROOM_DRIFT_TEST8__TOPICS__WINDOWS", "");
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST8__").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("topics.windows"));
+        std::env::set_var("HEADROOM_DRIFT_TEST9__STATE__WINDOWS_EVERY", "2h");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST9__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("state.windows_every"));
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST10__").unwrap();
+        assert_eq!(c.state.windows_every, Duration::from_secs(10), "the default interval");
+        c.validate().expect("defaults are valid");
     }
 }
