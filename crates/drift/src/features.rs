@@ -195,7 +195,8 @@ impl FeatureMonitor {
     }
 
     /// A record of `partition` at `offset` reached the monitor (whether or not it could be
-    /// decoded): the replay floor of a partition with nothing saved yet starts there.
+    /// decoded): the replay floor of a partition with nothing saved yet starts there. The
+    /// service calls it for every features record, before [`FeatureMonitor::add`].
     pub fn saw(&mut self, partition: i32, offset: i64) {
         self.first_seen.entry(partition).or_insert(offset);
     }
@@ -258,7 +259,6 @@ impl FeatureMonitor {
         scope: &str,
         out: &mut Vec<DriftAlert>,
     ) {
-        self.first_seen.entry(partition).or_insert(offset);
         let applied = self.applied.entry(partition).or_insert(-1);
         if offset <= *applied {
             self.already_applied += 1;

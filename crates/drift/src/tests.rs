@@ -194,6 +194,16 @@ fn through_the_wire(s: &headroom_schemas::FeatureWindowsState) -> headroom_schem
     headroom_schemas::FeatureWindowsState::decode(&buf).expect("decodes")
 }
 
+/// The alerts of one monitor reading `recs` without interruption.
+fn uninterrupted(cfg: &crate::config::FeatureDrift, reference: &Arc<ModelReference>, recs: &[(i32, i64, i64, f32)], scope: &str) -> Vec<DriftAlert> {
+    let mut whole = FeatureMonitor::new(cfg.clone(), reference.clone());
+    let mut expected = Vec::new();
+    for &(p, off, ts, v) in recs {
+        whole.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut expected);
+    }
+    expected
+}
+
 /// What a crash and a restart from the feature windows' changelog give. Batches end at `ends`;
 /// the changelog holds the batches up to `written`, the offsets are committed up to `committed`
 /// (the changelog can be ahead: the crash came between a changelog's acknowledgement and the
@@ -207,11 +217,7 @@ fn crash_and_restore(ends: &[usize], committed: usize, written: usize, died: usi
     let reference = Arc::new(uniform_reference("v1", false));
     let recs = feature_stream();
     let scope = "features:partitions:0,1";
-    let mut whole = FeatureMonitor::new(cfg.clone(), reference.clone());
-    let mut expected = Vec::new();
-    for &(p, off, ts, v) in &recs {
-        whole.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut expected);
-    }
+    let expected = uninterrupted(&cfg, &reference, &recs, scope);
     let mut first = FeatureMonitor::new(cfg.clone(), reference.clone());
     first.track_changes();
     let mut changelog = Vec::new();
@@ -277,15 +283,12 @@ fn crash_and_replay(batch: usize, every: i64, floors_at: usize, committed: usize
     let reference = Arc::new(uniform_reference("v1", false));
     let recs = feature_stream();
     let scope = "features:partitions:0,1";
-    let mut whole = FeatureMonitor::new(cfg.clone(), reference.clone());
-    let mut expected = Vec::new();
-    for &(p, off, ts, v) in &recs {
-        whole.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut expected);
-    }
+    let expected = uninterrupted(&cfg, &reference, &recs, scope);
     let mut first = FeatureMonitor::new(cfg.clone(), reference.clone());
     first.track_changes();
     let (mut changelog, mut alerts, mut sent, mut floors) = (Vec::new(), Vec::new(), 0, [None, None]);
     for (n, &(p, off, ts, v)) in recs[..died].iter().enumerate() {
+        first.saw(p, off);
         first.add(p, off, "fs1", &[v, 0.0], ts, 0, scope, &mut alerts);
         let end = n + 1;
         if end % batch == 0 {
