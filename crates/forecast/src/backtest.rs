@@ -7,6 +7,7 @@
 //! the predicted change, for each quantile.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -82,11 +83,26 @@ pub struct ModelSet {
     pub classifier: Option<Classifier>,
 }
 
-/// Progress of a fit, for a progress bar.
+/// Progress of a fit, for a progress bar, and the way to stop one.
 pub trait Progress {
     fn model_started(&mut self, name: &str, rounds: u32);
     fn round(&mut self, round: u32, validation_loss: Option<f64>);
     fn model_done(&mut self, name: &str, seconds: f64);
+    /// Asked after every boosting round and every neural training batch: `true` ends the fit
+    /// with a [`Stopped`] error (a service shutting down does not wait for a long fit).
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+/// The error of a fit ended by [`Progress::should_stop`] (find it with `downcast_ref`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the fit was stopped before it finished")]
+pub struct Stopped;
+
+/// Whether `e` is (or wraps) a [`Stopped`] fit.
+pub fn is_stopped(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Stopped>().is_some())
 }
 
 /// No progress output.
@@ -189,7 +205,10 @@ pub fn fit(ds: &Dataset, opts: &FitOptions, progress: &mut dyn Progress) -> anyh
                 &Objective::Quantiles(opts.quantiles.clone()),
                 &opts.xgb,
                 device,
-                &mut |r, l| progress.round(r, l),
+                &mut |r, l| {
+                    progress.round(r, l);
+                    if progress.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                },
             )?;
             let seconds = started.elapsed().as_secs_f64();
             progress.model_done(&name, seconds);
@@ -226,7 +245,10 @@ pub fn fit(ds: &Dataset, opts: &FitOptions, progress: &mut dyn Progress) -> anyh
                 ..opts.xgb.clone()
             },
             device,
-            &mut |r, l| progress.round(r, l),
+            &mut |r, l| {
+                progress.round(r, l);
+                if progress.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            },
         )?;
         let seconds = started.elapsed().as_secs_f64();
         progress.model_done("peak_classifier", seconds);

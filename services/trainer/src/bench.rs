@@ -76,7 +76,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             ..XgbParams::default()
         },
         Device::Cpu,
-        &mut |_, _| {},
+        &mut |_, _| std::ops::ControlFlow::Continue(()),
     )?;
     let dir = tempfile::tempdir()?;
     let model_path = dir.path().join("model.ubj");
@@ -175,7 +175,7 @@ pub fn train(a: &TrainBenchArgs) -> anyhow::Result<()> {
     let mut d = xgb::matrix(&rows.x, rows.len())?;
     let rust_dmatrix = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let trained = xgb::train(&mut d, Labels { y: &y, w: &w }, None, &Objective::Quantiles(quantiles.clone()), &params, Device::Cpu, &mut |_, _| {})?;
+    let trained = xgb::train(&mut d, Labels { y: &y, w: &w }, None, &Objective::Quantiles(quantiles.clone()), &params, Device::Cpu, &mut |_, _| std::ops::ControlFlow::Continue(()))?;
     let rust_train = t.elapsed().as_secs_f64();
     drop(d);
 

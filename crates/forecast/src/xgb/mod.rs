@@ -84,7 +84,8 @@ pub fn matrix(x: &[f32], n_rows: usize) -> anyhow::Result<DMatrix> {
     DMatrix::from_dense(x, n_rows).map_err(xerr)
 }
 
-/// Trains one model. `on_round(round, validation_loss)` reports progress.
+/// Trains one model. `on_round(round, validation_loss)` reports progress after every round;
+/// `ControlFlow::Break` ends the training with a [`crate::backtest::Stopped`] error.
 pub fn train(
     dtrain: &mut DMatrix,
     train: Labels<'_>,
@@ -92,7 +93,7 @@ pub fn train(
     objective: &Objective,
     params: &XgbParams,
     device: Device,
-    on_round: &mut dyn FnMut(u32, Option<f64>),
+    on_round: &mut dyn FnMut(u32, Option<f64>) -> std::ops::ControlFlow<()>,
 ) -> anyhow::Result<Trained> {
     dtrain.set_labels(train.y).map_err(xerr)?;
     dtrain.set_weights(train.w).map_err(xerr)?;
@@ -156,7 +157,9 @@ pub fn train(
                 .map(|v| f64::from(*v)),
             None => None,
         };
-        on_round(it, loss);
+        if on_round(it, loss).is_break() {
+            return Err(crate::backtest::Stopped.into());
+        }
         if let Some(l) = loss {
             let better = best.is_nan() || if higher_is_better { l > best } else { l < best };
             if better {
@@ -223,7 +226,10 @@ mod tests {
             &Objective::Quantiles(vec![0.5, 0.9]),
             &params,
             Device::Cpu,
-            &mut |_, _| seen += 1,
+            &mut |_, _| {
+                seen += 1;
+                std::ops::ControlFlow::Continue(())
+            },
         )
         .unwrap();
         assert_eq!((seen, t.rounds), (150, 150));
@@ -269,7 +275,7 @@ mod tests {
             &Objective::Binary { pos_weight: 19.0 },
             &params,
             Device::Cpu,
-            &mut |_, _| {},
+            &mut |_, _| std::ops::ControlFlow::Continue(()),
         )
         .unwrap();
         assert!(t.rounds < 200, "early stopping never fired");
@@ -278,6 +284,36 @@ mod tests {
         let mut out = Vec::new();
         b.predict(&[0.99, 0.5, 0.2, 0.5], 2, &mut out).unwrap();
         assert!(out[0] > 0.5 && out[1] < 0.5, "{out:?}");
+    }
+
+    /// A stop asked for after round 4 ends the training there with `Stopped`, not with a model.
+    #[test]
+    fn a_stop_between_rounds_ends_the_training_with_stopped() {
+        let n = 500;
+        let x: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
+        let y: Vec<f32> = x.iter().map(|v| 3.0 * v).collect();
+        let w = vec![1.0; n];
+        let mut d = matrix(&x, n).unwrap();
+        let mut rounds = Vec::new();
+        let e = train(
+            &mut d,
+            Labels { y: &y, w: &w },
+            None,
+            &Objective::Quantiles(vec![0.5]),
+            &XgbParams { rounds: 100, max_depth: 2, nthread: 1, early_stopping_rounds: 0, ..XgbParams::default() },
+            Device::Cpu,
+            &mut |r, _| {
+                rounds.push(r);
+                if r == 4 {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            },
+        )
+        .unwrap_err();
+        assert_eq!(rounds, vec![0, 1, 2, 3, 4]);
+        assert!(crate::backtest::is_stopped(&e), "{e:#}");
     }
 
     #[test]
