@@ -57,6 +57,9 @@ pub struct NeuralOptions {
     pub valid_fraction: f64,
     pub seed: u64,
     pub device: DeviceChoice,
+    /// A time budget in seconds (0: none): no epoch starts once it is spent, and the fit keeps
+    /// its best epoch so far, as early stopping does. At least one epoch always runs.
+    pub max_seconds: u64,
 }
 
 impl Default for NeuralOptions {
@@ -79,6 +82,7 @@ impl Default for NeuralOptions {
             valid_fraction: 0.1,
             seed: 7,
             device: DeviceChoice::Auto,
+            max_seconds: 0,
         }
     }
 }
@@ -287,6 +291,9 @@ pub(crate) fn fit_on<B: AutodiffBackend>(
     for epoch in 0..opts.max_epochs {
         order.shuffle(&mut rng);
         for chunk in order[..per_epoch].chunks(opts.batch_size) {
+            if progress.should_stop() {
+                return Err(headroom_forecast::backtest::Stopped.into());
+            }
             let b = sampler.batch(&fit_rows, chunk, true);
             let (x, s) = tensors::<B>(&b, opts.input_len, device);
             let (y, mask, taus) = label_tensors::<B>(b, &taus_row, device);
@@ -317,6 +324,9 @@ pub(crate) fn fit_on<B: AutodiffBackend>(
             std::fs::write(dir.join(format!("{name}-progress.json")), serde_json::to_vec_pretty(&p)?)?;
         }
         if stale >= opts.patience {
+            break;
+        }
+        if opts.max_seconds > 0 && started.elapsed().as_secs() >= opts.max_seconds {
             break;
         }
     }

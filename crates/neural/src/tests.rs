@@ -401,3 +401,48 @@ fn neural_models_carry_into_a_new_version_unchanged() {
     assert_eq!(artifact::carry_neural(&d2, ds.interval_ms).unwrap()[0].entry.carried_from.as_deref(), Some(v1.version.as_str()));
     assert!(artifact::carry_neural(&d2, 2 * ds.interval_ms).unwrap().is_empty());
 }
+
+/// Stops after `after` questions; counts the batches it was asked about.
+struct StopAfter {
+    asked: std::cell::Cell<usize>,
+    after: usize,
+}
+
+impl headroom_forecast::backtest::Progress for StopAfter {
+    fn model_started(&mut self, _: &str, _: u32) {}
+    fn round(&mut self, _: u32, _: Option<f64>) {}
+    fn model_done(&mut self, _: &str, _: f64) {}
+    fn should_stop(&self) -> bool {
+        self.asked.set(self.asked.get() + 1);
+        self.asked.get() > self.after
+    }
+}
+
+/// A stop asked for mid-epoch ends the fit within a batch, as `Stopped`; a time budget ends it
+/// after the epoch that spends it, with the best epoch so far and far fewer epochs than allowed.
+#[test]
+fn a_stop_ends_the_fit_within_a_batch_and_a_time_budget_keeps_the_best_epoch() {
+    let ds = dataset(3, 4, 3.0);
+    // 4,000 samples in batches of 64: 63 batches an epoch; stop in the second epoch.
+    let mut stop = StopAfter { asked: std::cell::Cell::new(0), after: 70 };
+    let e = fit(&ds, &small(Cell::Gru), None, &mut stop).unwrap_err();
+    assert!(headroom_forecast::backtest::is_stopped(&e), "{e:#}");
+    assert_eq!(stop.asked.get(), 71, "no batch after the stop");
+
+    let opts = NeuralOptions {
+        max_epochs: 1_000_000,
+        patience: 1_000_000,
+        samples_per_epoch: 256,
+        max_seconds: 1,
+        ..small(Cell::Gru)
+    };
+    let t = std::time::Instant::now();
+    let f = fit(&ds, &opts, None, &mut Quiet).unwrap();
+    let took = t.elapsed().as_secs_f64();
+    assert!(took >= 1.0, "ended before its budget: {took} s");
+    assert!(f.meta.epochs >= 1 && f.meta.epochs < 1_000_000, "{} epochs", f.meta.epochs);
+    assert!(f.meta.best_epoch >= 1 && f.meta.best_epoch <= f.meta.epochs);
+    assert!(f.meta.best_validation_loss.is_finite());
+    // The budget's overshoot is at most one epoch of 4 batches.
+    assert!(took < 30.0, "{took} s");
+}
