@@ -240,5 +240,15 @@ mod tests {
         std::env::set_var("HEADROOM_RETRAIN_TEST5__TRAINING__CLASSIFIER_ETA", "0");
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST5__").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("training.classifier_eta"));
+        // The neural refit's time budget: 30 minutes by default, none with "0s", never a blink.
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST6__").unwrap();
+        assert_eq!(c.training.neural.max_duration, std::time::Duration::from_secs(1800));
+        assert_eq!(c.training.neural.options(headroom_neural::Cell::Lstm, &[0], headroom_forecast::DeviceChoice::Cpu).max_seconds, 1800);
+        std::env::set_var("HEADROOM_RETRAIN_TEST7__TRAINING__NEURAL__MAX_DURATION", "500ms");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST7__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("training.neural.max_duration"));
+        std::env::set_var("HEADROOM_RETRAIN_TEST8__TRAINING__NEURAL__MAX_DURATION", "0s");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_RETRAIN_TEST8__").unwrap();
+        c.validate().unwrap();
     }
 }

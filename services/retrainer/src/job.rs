@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use headroom_forecast::artifact::{self, Registry};
-use headroom_forecast::backtest::{self, Backtest, FitOptions, ModelSet, Quiet};
+use headroom_forecast::backtest::{self, is_stopped, Backtest, FitOptions, ModelSet, Stopped};
 use headroom_forecast::baselines::BaselineOptions;
 use headroom_forecast::xgb::XgbParams;
 use headroom_forecast::{Dataset, DatasetOptions, Split};
@@ -67,6 +67,9 @@ pub enum Outcome {
     Failed { reason: String },
     /// Another run holds the lock.
     Busy,
+    /// A stop request (the service shutting down) ended the run before it finished: recorded
+    /// as `interrupted`, nothing promoted, and its alerts trigger it again after a restart.
+    Stopped,
 }
 
 impl Outcome {
@@ -76,6 +79,7 @@ impl Outcome {
             Outcome::Rejected { .. } => "rejected",
             Outcome::Failed { .. } => "failed",
             Outcome::Busy => "busy",
+            Outcome::Stopped => "stopped",
         }
     }
 }
@@ -394,6 +398,16 @@ impl Retrainer {
 
     /// Runs one retrain (blocking; call from a thread that is not a runtime worker).
     pub fn run(&self, trigger: &Trigger) -> Outcome {
+        self.run_stoppable(trigger, &|| false)
+    }
+
+    /// [`Retrainer::run`], ended early as [`Outcome::Stopped`] once `stop` returns true: it is
+    /// asked between the run's steps, after every boosting round and every neural training
+    /// batch, so a stop takes effect within seconds. A stopped run writes no candidate.
+    pub fn run_stoppable(&self, trigger: &Trigger, stop: &(dyn Fn() -> bool + Sync)) -> Outcome {
+        // The run may be on a thread of its own (the service's): its pooled connections are
+        // returned to the pool through the runtime when dropped.
+        let _rt = self.rt.enter();
         let started = Instant::now();
         let mut lock = match self.rt.block_on(self.pool.acquire()) {
             Ok(c) => c,
@@ -438,8 +452,9 @@ impl Retrainer {
                 let mut rec = RunRecord::default();
                 let outcome = match serving_err {
                     Some(reason) => Outcome::Failed { reason },
-                    None => match self.run_inner(serving.as_deref(), &mut rec) {
+                    None => match self.run_inner(serving.as_deref(), &mut rec, stop) {
                         Ok(o) => o,
+                        Err(e) if is_stopped(&e) => Outcome::Stopped,
                         Err(e) => Outcome::Failed { reason: format!("{e:#}") },
                     },
                 };
@@ -451,6 +466,12 @@ impl Retrainer {
                     Outcome::Rejected { version, improvement, reason } => ("rejected", Some(reason.clone()), Some(*improvement), Some(version.clone())),
                     Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, rec.candidate.clone()),
                     Outcome::Busy => ("failed", Some("busy".into()), None, None),
+                    Outcome::Stopped => (
+                        "interrupted",
+                        Some("stopped by a shutdown request before it finished; the serving version was not changed by it".into()),
+                        None,
+                        None,
+                    ),
                 };
                 let finished = self.rt.block_on(
                     sqlx::query(
@@ -516,11 +537,13 @@ impl Retrainer {
         }
     }
 
-    fn run_inner(&self, serving: Option<&str>, rec: &mut RunRecord) -> anyhow::Result<Outcome> {
+    fn run_inner(&self, serving: Option<&str>, rec: &mut RunRecord, stop: &(dyn Fn() -> bool + Sync)) -> anyhow::Result<Outcome> {
         let c = &self.cfg;
+        let check = || if stop() { Err(anyhow::Error::new(Stopped)) } else { Ok(()) };
         let t = Instant::now();
         let archive = (!c.data.archive_root.is_empty()).then(|| std::path::Path::new(&c.data.archive_root));
         let data = self.rt.block_on(data::load(&self.pool, c.data.window, archive))?;
+        check()?;
         rec.source = Some(data.source);
         rec.from_ms = Some(data.from_ms);
         rec.to_ms = Some(data.to_ms);
@@ -565,8 +588,9 @@ impl Retrainer {
             classifier_eta: c.training.classifier_eta,
             ..FitOptions::default()
         };
+        check()?;
         let t = Instant::now();
-        let candidate = backtest::fit(&ds, &opts, &mut Quiet)?;
+        let candidate = backtest::fit(&ds, &opts, &mut crate::neural::StopWhen(stop))?;
         tracing::info!(models = candidate.regressors.len(), seconds = t.elapsed().as_secs_f64(), "candidate fitted");
         let slots = |d: Duration| (d.as_millis() / c.features.sampling_interval.as_millis().max(1)).max(1) as usize;
         let baselines = BaselineOptions {
@@ -586,10 +610,12 @@ impl Retrainer {
             None => Vec::new(),
         };
         let t = Instant::now();
-        let (neural, neural_report) = crate::neural::refit(&ds, &c.training.neural, &opts.targets, c.training.device, carried);
+        let (neural, neural_report) = crate::neural::refit(&ds, &c.training.neural, &opts.targets, c.training.device, carried, stop)?;
         if !c.training.neural.families.is_empty() {
             tracing::info!(seconds = t.elapsed().as_secs_f64(), "neural models done");
         }
+        // The last point a stop is taken: from here the run writes, registers and decides.
+        check()?;
         let (_, dir) = artifact::write_with(&c.models.dir, &ds, &candidate, &neural, Some(&cand_bt), now_ms())?;
         let version = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         rec.candidate = Some(version.clone());
@@ -761,6 +787,7 @@ impl Retrainer {
             Outcome::Rejected { reason, .. } => (RunStatus::Finished, reason.clone()),
             Outcome::Failed { reason } => (RunStatus::Failed, reason.clone()),
             Outcome::Busy => (RunStatus::Killed, "busy".to_owned()),
+            Outcome::Stopped => (RunStatus::Killed, "stopped by a shutdown request".to_owned()),
         };
         let mut metrics = rec.flat_metrics.clone();
         metrics.push(("duration_s".into(), seconds));

@@ -7,8 +7,13 @@
 //! command's code, validates the candidate against the serving version on the same temporal
 //! holdout, promotes it only when it is better by `promotion.margin`, announces promotions on
 //! the `models` topic (scorers and the drift monitor switch without a restart), and records
-//! every run in PostgreSQL's `retrain_runs`. Alert offsets are committed once the run they
-//! triggered has finished, so a retrainer stopped mid-run runs again after its restart.
+//! every run in PostgreSQL's `retrain_runs`.
+//!
+//! A run goes on a thread of its own while the consumer keeps polling (the group never evicts
+//! the retrainer for a long run). The alerts' positions at the start of a run are committed
+//! once it has finished; a stop request ends a run within a boosting round or a neural batch
+//! (recorded `interrupted`, nothing committed), so a retrainer stopped mid-run runs again
+//! after its restart.
 
 pub mod config;
 pub mod data;
@@ -111,6 +116,16 @@ impl rdkafka::ClientContext for LagCtx {
 
 impl rdkafka::consumer::ConsumerContext for LagCtx {}
 
+/// A retrain run in progress on its own thread.
+struct Running<'s> {
+    thread: std::thread::ScopedJoinHandle<'s, Outcome>,
+    trigger: Trigger,
+    /// The alerts' consumer positions when the run started: committed once it has finished.
+    positions: Option<rdkafka::TopicPartitionList>,
+    /// The version serving when it started.
+    serving: Option<String>,
+}
+
 fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut retrainer = Retrainer::connect(cfg.clone(), rt)?;
     retrainer.mlflow_errors = m.mlflow_errors.clone();
@@ -121,8 +136,9 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
     cc.set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        // A run blocks the poll loop; the group must not evict the retrainer meanwhile.
-        .set("max.poll.interval.ms", "3600000");
+        // Runs go on their own thread and this loop keeps polling: the group's default bound on
+        // the time between polls holds however long a run takes.
+        .set("max.poll.interval.ms", "300000");
     if cc.get("statistics.interval.ms").is_none() {
         cc.set("statistics.interval.ms", headroom_runtime::kafka::STATISTICS_INTERVAL_MS);
     }
@@ -135,77 +151,130 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
     let mut last_commit = Instant::now();
     let root = cfg.models.dir.clone();
     let known = move |v: &str| root.join(v).join(headroom_forecast::artifact::MANIFEST).exists();
+    let retrainer = &retrainer;
+    let stop = || shutdown.is_triggered();
     tracing::info!(topic = %cfg.topics.alerts, "waiting for drift alerts");
-    while !shutdown.is_triggered() {
-        health.beat();
-        if let Some(msg) = consumer.poll(Duration::from_millis(250)) {
-            match msg {
-                Err(e) => tracing::warn!(error = %e, "consumer error"),
-                Ok(msg) => match msg.payload().map(DriftAlert::decode) {
-                    Some(Ok(a)) => {
-                        let serving = retrainer.serving().ok().flatten();
-                        let what = classify(&a, serving.as_deref(), &known, cfg.triggers.min_severity);
-                        m.alerts.with_label_values(&[what]).inc();
-                        if what == "unknown_model" {
-                            tracing::warn!(alert = %a.alert_id, version = ?a.model_version, "drift alert for a model version this registry does not know; ignored");
-                        }
-                        if what == "trigger" {
-                            let (_, t) = pending.get_or_insert_with(|| {
-                                (Instant::now(), Trigger { kind: TriggerKind::Drift, reason: String::new(), alert_ids: Vec::new() })
-                            });
-                            if t.alert_ids.len() < 1000 && !t.alert_ids.contains(&a.alert_id) {
-                                t.alert_ids.push(a.alert_id.clone());
+    std::thread::scope(|s| {
+        // The run in progress, on its own thread: this loop keeps polling meanwhile (the group
+        // keeps the retrainer however long the run takes, and a stop request reaches the run).
+        let mut running: Option<Running<'_>> = None;
+        loop {
+            if shutdown.is_triggered() && running.is_none() {
+                break;
+            }
+            health.beat();
+            if let Some(msg) = consumer.poll(Duration::from_millis(250)) {
+                match msg {
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    Ok(msg) => match msg.payload().map(DriftAlert::decode) {
+                        Some(Ok(a)) => {
+                            // During a run, alerts are judged against the version serving when it
+                            // started (the run may be promoting another one).
+                            let serving = match &running {
+                                Some(r) => r.serving.clone(),
+                                None => retrainer.serving().ok().flatten(),
+                            };
+                            let what = classify(&a, serving.as_deref(), &known, cfg.triggers.min_severity);
+                            m.alerts.with_label_values(&[what]).inc();
+                            if what == "unknown_model" {
+                                tracing::warn!(alert = %a.alert_id, version = ?a.model_version, "drift alert for a model version this registry does not know; ignored");
                             }
-                            t.reason = format!("{} drift alert(s), latest {} on {} ({})", t.alert_ids.len(), a.kind.as_str(), a.subject, a.entity_id.as_deref().unwrap_or("fleet"));
+                            if what == "trigger" {
+                                let (_, t) = pending.get_or_insert_with(|| {
+                                    (Instant::now(), Trigger { kind: TriggerKind::Drift, reason: String::new(), alert_ids: Vec::new() })
+                                });
+                                if t.alert_ids.len() < 1000 && !t.alert_ids.contains(&a.alert_id) {
+                                    t.alert_ids.push(a.alert_id.clone());
+                                }
+                                t.reason = format!("{} drift alert(s), latest {} on {} ({})", t.alert_ids.len(), a.kind.as_str(), a.subject, a.entity_id.as_deref().unwrap_or("fleet"));
+                            }
+                        }
+                        _ => {
+                            m.alerts.with_label_values(&["undecodable"]).inc();
+                            tracing::warn!(offset = msg.offset(), "undecodable drift alert skipped");
+                        }
+                    },
+                }
+            }
+            if running.as_ref().is_some_and(|r| r.thread.is_finished()) {
+                let r = running.take().expect("running");
+                let outcome = r.thread.join().unwrap_or_else(|_| Outcome::Failed { reason: "the run's thread panicked".into() });
+                m.runs.with_label_values(&[r.trigger.kind.as_str(), outcome.label()]).inc();
+                match outcome {
+                    Outcome::Busy => {
+                        // Another run (a manual one, another retrainer) holds the lock: try again
+                        // later, with the alerts kept, and without committing them.
+                        tracing::info!("another retrain run is in progress; this trigger waits");
+                        match &mut pending {
+                            Some((_, t)) => {
+                                let mut ids = r.trigger.alert_ids;
+                                ids.retain(|id| !t.alert_ids.contains(id));
+                                t.alert_ids.extend(ids);
+                            }
+                            None => pending = Some((Instant::now(), r.trigger)),
                         }
                     }
-                    _ => {
-                        m.alerts.with_label_values(&["undecodable"]).inc();
-                        tracing::warn!(offset = msg.offset(), "undecodable drift alert skipped");
+                    Outcome::Stopped => {
+                        // Nothing committed: the alerts that led to this run trigger it again
+                        // after a restart.
+                        tracing::info!("the retrain run was stopped; its alerts stay uncommitted");
                     }
-                },
-            }
-        }
-        let since_last = last_run.map_or(started.elapsed() + cfg.triggers.min_interval, |t| t.elapsed());
-        if pending.is_none() && !cfg.triggers.schedule.is_zero() && last_run.map_or(started.elapsed(), |t| t.elapsed()) >= cfg.triggers.schedule {
-            pending = Some((Instant::now() - cfg.triggers.coalesce, Trigger { kind: TriggerKind::Schedule, reason: "scheduled".into(), alert_ids: Vec::new() }));
-        }
-        let due = pending.as_ref().is_some_and(|(at, _)| at.elapsed() >= cfg.triggers.coalesce) && since_last >= cfg.triggers.min_interval;
-        if due {
-            let (_, trigger) = pending.take().expect("pending");
-            tracing::info!(trigger = trigger.kind.as_str(), reason = %trigger.reason, "retrain run starting");
-            // The run blocks this loop: keep the liveness beat going meanwhile.
-            let done = std::sync::atomic::AtomicBool::new(false);
-            let outcome = std::thread::scope(|s| {
-                s.spawn(|| {
-                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                        health.beat();
-                        std::thread::sleep(Duration::from_secs(1));
+                    outcome => {
+                        last_run = Some(Instant::now());
+                        // The alerts that led here are handled: commit what was consumed when
+                        // the run started (what came in since waits for the next run).
+                        if let Some(at) = &r.positions {
+                            if let Err(e) = consumer.commit(at, CommitMode::Sync) {
+                                tracing::warn!(error = %e, "the alerts of the finished run could not be committed; they may trigger another run");
+                            }
+                        }
+                        if matches!(outcome, Outcome::Promoted { .. }) {
+                            // Alerts that came in during the run concern the version just retired.
+                            if let Some((_, t)) = pending.take_if(|(_, t)| t.kind == TriggerKind::Drift) {
+                                tracing::info!(alerts = t.alert_ids.len(), "alerts on the replaced version dropped");
+                            }
+                        }
                     }
-                });
-                let o = retrainer.run(&trigger);
-                done.store(true, std::sync::atomic::Ordering::Relaxed);
-                o
-            });
-            m.runs.with_label_values(&[trigger.kind.as_str(), outcome.label()]).inc();
-            if outcome == Outcome::Busy {
-                // Another run (a manual one, another retrainer) holds the lock: try again later,
-                // with the alerts kept, and without committing them.
-                tracing::info!("another retrain run is in progress; this trigger waits");
-                pending = Some((Instant::now(), trigger));
-                continue;
+                }
             }
-            last_run = Some(Instant::now());
-            // The alerts that led here are handled: commit what was consumed up to now.
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %e, "nothing to commit");
+            if running.is_none() && !shutdown.is_triggered() {
+                let since_last = last_run.map_or(started.elapsed() + cfg.triggers.min_interval, |t| t.elapsed());
+                if pending.is_none() && !cfg.triggers.schedule.is_zero() && last_run.map_or(started.elapsed(), |t| t.elapsed()) >= cfg.triggers.schedule {
+                    pending = Some((Instant::now() - cfg.triggers.coalesce, Trigger { kind: TriggerKind::Schedule, reason: "scheduled".into(), alert_ids: Vec::new() }));
+                }
+                let due = pending.as_ref().is_some_and(|(at, _)| at.elapsed() >= cfg.triggers.coalesce) && since_last >= cfg.triggers.min_interval;
+                if due {
+                    let (_, trigger) = pending.take().expect("pending");
+                    tracing::info!(trigger = trigger.kind.as_str(), reason = %trigger.reason, "retrain run starting");
+                    let positions = match consumer.position() {
+                        // Only partitions something was read from (no position: nothing to commit).
+                        Ok(p) => {
+                            let mut at = rdkafka::TopicPartitionList::new();
+                            for e in p.elements() {
+                                if let rdkafka::Offset::Offset(o) = e.offset() {
+                                    let _ = at.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(o));
+                                }
+                            }
+                            (at.count() > 0).then_some(at)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the alerts' positions are unknown; they are not committed after this run");
+                            None
+                        }
+                    };
+                    let serving = retrainer.serving().ok().flatten();
+                    let t = trigger.clone();
+                    let stop = &stop;
+                    let thread = s.spawn(move || retrainer.run_stoppable(&t, stop));
+                    running = Some(Running { thread, trigger, positions, serving });
+                } else if pending.is_none() && last_commit.elapsed() >= Duration::from_secs(5) {
+                    // Nothing waits for a run: what was consumed needs no replay.
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    last_commit = Instant::now();
+                }
             }
-        } else if pending.is_none() && last_commit.elapsed() >= Duration::from_secs(5) {
-            // Nothing waits for a run: what was consumed needs no replay.
-            let _ = consumer.commit_consumer_state(CommitMode::Async);
-            last_commit = Instant::now();
         }
-    }
+    });
     health.set_ready(false);
     Ok(())
 }

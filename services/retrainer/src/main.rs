@@ -50,12 +50,16 @@ fn main() -> anyhow::Result<()> {
             let r = Retrainer::connect(config, rt.handle().clone())?;
             match cmd {
                 Command::Run { reason } => {
-                    let outcome = r.run(&Trigger { kind: TriggerKind::Manual, reason, alert_ids: Vec::new() });
+                    // Ctrl-C or SIGTERM ends the run within a round, recorded as interrupted.
+                    let stop = headroom_runtime::Shutdown::new();
+                    rt.block_on(async { stop.install_signal_handlers() });
+                    let outcome = r.run_stoppable(&Trigger { kind: TriggerKind::Manual, reason, alert_ids: Vec::new() }, &|| stop.is_triggered());
                     println!("{outcome:?}");
                     match outcome {
                         Outcome::Promoted { .. } | Outcome::Rejected { .. } => Ok(()),
                         Outcome::Busy => anyhow::bail!("another retrain run is in progress"),
                         Outcome::Failed { reason } => anyhow::bail!("retrain failed: {reason}"),
+                        Outcome::Stopped => anyhow::bail!("the run was stopped before it finished (recorded as interrupted)"),
                     }
                 }
                 Command::Rollback { to } => {

@@ -5,10 +5,10 @@
 //! a refit that fails or scores non-finite is replaced by the carried model (the run goes on:
 //! the XGBoost gate decides the promotion).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use headroom_forecast::artifact::NeuralArtifact;
-use headroom_forecast::backtest::Quiet;
+use headroom_forecast::backtest::{is_stopped, Progress, Stopped};
 use headroom_forecast::{Dataset, DeviceChoice};
 use headroom_neural::{Cell, Fitted, NeuralMeta, NeuralOptions, Predictor};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,10 @@ pub struct NeuralTraining {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: u64,
+    /// Each family's time budget ("0s": none): no epoch starts once it is spent, and the best
+    /// epoch so far is kept. Bounds a run on a busy machine.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
 }
 
 impl NeuralTraining {
@@ -49,6 +53,7 @@ impl NeuralTraining {
             learning_rate: self.learning_rate,
             seed: self.seed,
             device,
+            max_seconds: self.max_duration.as_secs(),
             ..NeuralOptions::default()
         }
     }
@@ -60,6 +65,9 @@ impl NeuralTraining {
                 return Err(format!("key `training.neural.families` names {} twice", f.name()));
             }
             seen.push(*f);
+        }
+        if !self.max_duration.is_zero() && self.max_duration < Duration::from_secs(1) {
+            return Err("key `training.neural.max_duration` must be 0s (no budget) or at least 1s".into());
         }
         self.options(Cell::Lstm, &[0], DeviceChoice::Cpu)
             .validate()
@@ -99,15 +107,29 @@ fn carried_fitted(a: &NeuralArtifact) -> Option<Fitted> {
     Some(Fitted { meta, weights })
 }
 
+/// A fit's progress that only asks `stop` whether to go on.
+pub struct StopWhen<'a>(pub &'a (dyn Fn() -> bool + Sync));
+
+impl Progress for StopWhen<'_> {
+    fn model_started(&mut self, _: &str, _: u32) {}
+    fn round(&mut self, _: u32, _: Option<f64>) {}
+    fn model_done(&mut self, _: &str, _: f64) {}
+    fn should_stop(&self) -> bool {
+        (self.0)()
+    }
+}
+
 /// The candidate's neural artifacts: refitted families where the refit is no worse than the
 /// serving one, the serving version's (`carried`) otherwise; and what happened per family.
+/// `stop` returning true ends the fits within a batch, and the refit with [`Stopped`].
 pub fn refit(
     ds: &Dataset,
     cfg: &NeuralTraining,
     targets: &[usize],
     device: DeviceChoice,
     carried: Vec<NeuralArtifact>,
-) -> (Vec<NeuralArtifact>, Vec<FamilyOutcome>) {
+    stop: &(dyn Fn() -> bool + Sync),
+) -> anyhow::Result<(Vec<NeuralArtifact>, Vec<FamilyOutcome>)> {
     let fits: Vec<(Cell, f64, anyhow::Result<Fitted>)> = std::thread::scope(|s| {
         let handles: Vec<_> = cfg
             .families
@@ -116,7 +138,7 @@ pub fn refit(
                 let opts = cfg.options(cell, targets, device);
                 s.spawn(move || {
                     let t = Instant::now();
-                    let r = headroom_neural::fit(ds, &opts, None, &mut Quiet);
+                    let r = headroom_neural::fit(ds, &opts, None, &mut StopWhen(stop));
                     (cell, t.elapsed().as_secs_f64(), r)
                 })
             })
@@ -127,6 +149,9 @@ pub fn refit(
             .map(|(h, &cell)| h.join().unwrap_or_else(|_| (cell, 0.0, Err(anyhow::anyhow!("the {} training thread panicked", cell.name())))))
             .collect()
     });
+    if fits.iter().any(|(_, _, r)| r.as_ref().is_err_and(is_stopped)) {
+        return Err(Stopped.into());
+    }
     let mut out = Vec::new();
     let mut report = Vec::new();
     let mut carried: Vec<Option<NeuralArtifact>> = carried.into_iter().map(Some).collect();
@@ -157,7 +182,7 @@ pub fn refit(
                 ("failed", None, Some(format!("{e:#}")))
             }
         };
-        tracing::info!(family = fam, outcome, candidate_mase = ?candidate_mase, serving_mase = ?serving_mase, seconds, "neural model refitted");
+        tracing::info!(family = fam, outcome, candidate_mase = ?candidate_mase, serving_mase = ?serving_mase, seconds, budget_s = cfg.max_duration.as_secs(), "neural model refitted");
         report.push(FamilyOutcome { family: fam.to_owned(), outcome, candidate_mase, serving_mase, seconds, detail });
     }
     // Families not refitted: carried unchanged.
@@ -165,5 +190,5 @@ pub fn refit(
         report.push(FamilyOutcome { family: a.entry.family.clone(), outcome: "carried", candidate_mase: None, serving_mase: None, seconds: 0.0, detail: None });
         out.push(a);
     }
-    (out, report)
+    Ok((out, report))
 }

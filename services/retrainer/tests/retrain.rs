@@ -3,7 +3,8 @@
 //! (registry, models topic, recorded run); a run that cannot beat the margin is rejected and
 //! the serving version stays; an empty training set fails cleanly; a rollback returns to the
 //! previous version; drift alerts for the serving version trigger the service, others do not;
-//! a run a crash left `running` is marked interrupted at start-up.
+//! a run a crash left `running` is marked interrupted at start-up; a stop request ends a run
+//! within a boosting round, and the stopped service runs its alerts again after a restart.
 
 use std::path::Path;
 use std::time::Duration;
@@ -173,6 +174,26 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     sqlx::query(&format!("SELECT pg_advisory_unlock({key})")).execute(&mut holder).await.unwrap();
     assert_eq!(runs(&url).await.len(), 1, "a busy run records nothing");
 
+    // 0b. A stop request ends a run inside the XGBoost fit (it is asked twice before the fit,
+    // then after every boosting round): recorded interrupted, no candidate written, v0 serves.
+    let dirs = || std::fs::read_dir(&models).unwrap().count();
+    let before = dirs();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r0, a0) = (r.clone(), asked.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let stop = move || a0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= 5;
+        r0.run_stoppable(&Trigger { kind: TriggerKind::Manual, reason: "test".into(), alert_ids: vec![] }, &stop)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out, Outcome::Stopped);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 5, "nothing more is asked (nor done) once stopped");
+    let rows = runs(&url).await;
+    assert_eq!((rows.len(), rows[1].1.as_str()), (2, "interrupted"), "{rows:?}");
+    assert!(rows[1].3.as_deref().is_some_and(|d| d.contains("stopped")), "{rows:?}");
+    assert_eq!(dirs(), before, "a stopped run writes no candidate");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v0);
+
     // 1. A manual run beats the weak version by far and is promoted.
     let Outcome::Promoted { version: v1, improvement } = run(&r, TriggerKind::Manual).await else {
         panic!("expected a promotion: {:?}", runs(&url).await)
@@ -188,8 +209,8 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let reg = headroom_store::pool(&url, 1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(headroom_store::registry::serving(&reg, "xgboost").await.unwrap().map(|(v, _)| v), Some(v1.clone()));
     let rows = runs(&url).await;
-    assert_eq!(rows[1].1, "promoted");
-    assert_eq!(rows[1].2.as_deref(), Some("postgres:telemetry_raw"));
+    assert_eq!(rows[2].1, "promoted");
+    assert_eq!(rows[2].2.as_deref(), Some("postgres:telemetry_raw"));
 
     // 2. The same data again cannot beat the new version by 50 %: rejected, v1 keeps serving.
     let mut strict = cfg.clone();
@@ -199,7 +220,7 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let out = run(&rs, TriggerKind::Manual).await;
     assert!(matches!(&out, Outcome::Rejected { reason, .. } if reason.contains("margin")), "{out:?}");
     assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v1);
-    assert_eq!(runs(&url).await[2].1, "rejected");
+    assert_eq!(runs(&url).await[3].1, "rejected");
     let listed = headroom_store::registry::versions(&reg, "xgboost").await.unwrap();
     assert_eq!(listed.iter().filter(|v| v.status == "rejected").count(), 1, "{listed:?}");
 
@@ -213,7 +234,7 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     let out = run(&r, TriggerKind::Manual).await;
     assert!(matches!(&out, Outcome::Failed { reason } if reason.contains("no such version") && reason.contains(&v1)), "{out:?}");
     assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v0);
-    assert_eq!(runs(&url).await[3].1, "failed", "the failed run is recorded");
+    assert_eq!(runs(&url).await[4].1, "failed", "the failed run is recorded");
     assert_eq!(headroom_store::registry::serving(&reg, "xgboost").await.unwrap().map(|(v, _)| v), Some(v1.clone()));
     // With v1 back, registry.json is corrected from PostgreSQL.
     std::fs::rename(models.join(format!(".{v1}.moved")), models.join(&v1)).unwrap();
@@ -248,29 +269,10 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     cfg.kafka.group_id = unique("retrainer-svc");
     let h = headroom_retrainer::start(cfg.clone(), Shutdown::new()).await.unwrap();
     let _g = StopOnDrop(h.shutdown.clone());
-    let alert = |version: &str, entity: &str| {
-        let a = DriftAlert {
-            alert_id: alert_id(DriftKind::ModelError, "cpu@15m", entity, version, 0),
-            entity_id: Some(entity.into()),
-            ts_ms: 1,
-            kind: DriftKind::ModelError,
-            subject: "cpu@15m".into(),
-            statistic: "page_hinkley".into(),
-            value: 30.0,
-            threshold: 20.0,
-            severity: Severity::Critical,
-            model_version: Some(version.into()),
-            state: AlertState::Open,
-            ..DriftAlert::default()
-        };
-        let mut payload = Vec::new();
-        a.encode_framed(&mut payload);
-        Rec { key: Some(entity.as_bytes().to_vec()), payload, headers: vec![] }
-    };
     produce(
         &brokers,
         &cfg.topics.alerts,
-        &[alert(&v0, "vm-1"), alert(&v0, "vm-2"), alert("v-unknown", "vm-3"), Rec { key: None, payload: vec![1, 2, 3], headers: vec![] }],
+        &[alert_rec(&v0, "vm-1"), alert_rec(&v0, "vm-2"), alert_rec("v-unknown", "vm-3"), Rec { key: None, payload: vec![1, 2, 3], headers: vec![] }],
     );
     let ok = eventually(Duration::from_secs(240), || {
         let text = h.metrics.render();
@@ -303,6 +305,90 @@ async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     assert!(caught_up, "the retrainer exports its lag: {:?}", lag_lines(&h.metrics.render()));
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
+}
+
+/// An open drift alert on `version`, Confluent-framed.
+fn alert_rec(version: &str, entity: &str) -> Rec {
+    let a = DriftAlert {
+        alert_id: alert_id(DriftKind::ModelError, "cpu@15m", entity, version, 0),
+        entity_id: Some(entity.into()),
+        ts_ms: 1,
+        kind: DriftKind::ModelError,
+        subject: "cpu@15m".into(),
+        statistic: "page_hinkley".into(),
+        value: 30.0,
+        threshold: 20.0,
+        severity: Severity::Critical,
+        model_version: Some(version.into()),
+        state: AlertState::Open,
+        ..DriftAlert::default()
+    };
+    let mut payload = Vec::new();
+    a.encode_framed(&mut payload);
+    Rec { key: Some(entity.as_bytes().to_vec()), payload, headers: vec![] }
+}
+
+/// The service stopped during a long drift-triggered run: the stop ends the run within
+/// seconds (not when the fit would have ended), the run is recorded interrupted, the alert
+/// stays uncommitted, and the restarted service runs again on it, to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_run_ends_it_promptly_and_its_alerts_run_again_after_a_restart() {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("retrain-stop"));
+    create_topics(&brokers, &prefix).await;
+    let url = scratch_schema(&pg_url()).await;
+    let models = std::env::temp_dir().join(unique("retrain-stop-models"));
+    std::fs::create_dir_all(&models).unwrap();
+    let mut cfg = config(&url, &brokers, &prefix, &models);
+    store_telemetry(&url, &generate(8, 3, 11)).await;
+    let v0 = weak_version(&cfg);
+    produce(&brokers, &cfg.topics.alerts, &[alert_rec(&v0, "vm-1")]);
+
+    // A fit of 100 000 rounds without early stopping: hours, unless the stop ends it.
+    let mut long = cfg.clone();
+    long.training.rounds = 100_000;
+    long.training.early_stopping_rounds = 0;
+    let h = headroom_retrainer::start(long, Shutdown::new()).await.unwrap();
+    let guard = StopOnDrop(h.shutdown.clone());
+    let fitting = rows_until(&url, Duration::from_secs(120), |rows| rows.iter().any(|r| r.0 == "drift" && r.1 == "running")).await;
+    assert!(fitting, "a drift-triggered run started: {:?}", runs(&url).await);
+    // Into the fit (the data is loaded in well under a second here).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), h.stop()).await.expect("the service stops within a minute of the request").unwrap();
+    let took = t.elapsed();
+    drop(guard);
+    let rows = runs(&url).await;
+    assert_eq!(rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect::<Vec<_>>(), vec![("drift", "interrupted")], "{rows:?}");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v0, "the serving version was not changed");
+
+    // Restarted in the same group: the alert was not committed, so it triggers a run again.
+    cfg.training.rounds = 20;
+    let h = headroom_retrainer::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let _g = StopOnDrop(h.shutdown.clone());
+    let finished = rows_until(&url, Duration::from_secs(240), |rows| rows.iter().any(|r| r.0 == "drift" && r.1 != "running" && r.1 != "interrupted")).await;
+    let rows = runs(&url).await;
+    assert!(finished, "the alert ran again after the restart: {rows:?}");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(matches!(rows[1].1.as_str(), "promoted" | "rejected"), "{rows:?}");
+    h.stop().await.unwrap();
+    eprintln!("RESULT retrain_stop stop_s={:.2}", took.as_secs_f64());
+    let _ = std::fs::remove_dir_all(&models);
+}
+
+/// Whether `ok` holds of the recorded runs within `timeout`.
+async fn rows_until(url: &str, timeout: Duration, ok: impl Fn(&[(String, String, Option<String>, Option<String>)]) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if ok(&runs(url).await) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// With the sink's Parquet archive reaching further back than the raw table, the training
