@@ -4,7 +4,8 @@
 //! the serving version stays; an empty training set fails cleanly; a rollback returns to the
 //! previous version; drift alerts for the serving version trigger the service, others do not;
 //! a run a crash left `running` is marked interrupted at start-up; a stop request ends a run
-//! within a boosting round, and the stopped service runs its alerts again after a restart.
+//! within a boosting round (the service's and `headroom-retrain run`'s), and the stopped
+//! service runs its alerts again after a restart.
 
 use std::path::Path;
 use std::time::Duration;
@@ -389,6 +390,58 @@ async fn rows_until(url: &str, timeout: Duration, ok: impl Fn(&[(String, String,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `headroom-retrain run` on a long fit, then Ctrl-C (SIGINT): the command ends within seconds,
+/// exits non-zero saying the run was stopped, and the run is recorded interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_stops_on_ctrl_c_and_records_the_run_interrupted() {
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("retrain-cli"));
+    create_topics(&brokers, &prefix).await;
+    let url = scratch_schema(&pg_url()).await;
+    let models = std::env::temp_dir().join(unique("retrain-cli-models"));
+    std::fs::create_dir_all(&models).unwrap();
+    let cfg = config(&url, &brokers, &prefix, &models);
+    store_telemetry(&url, &generate(8, 3, 13)).await;
+    let v0 = weak_version(&cfg);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-retrain"))
+        .arg("run")
+        .env("HEADROOM_RETRAIN__POSTGRES__URL", &url)
+        .env("HEADROOM_RETRAIN__KAFKA__BROKERS", &brokers)
+        .env("HEADROOM_RETRAIN__TOPICS__MODELS", &cfg.topics.models)
+        .env("HEADROOM_RETRAIN__MODELS__DIR", &models)
+        .env("HEADROOM_RETRAIN__DATA__WINDOW", "3d")
+        .env("HEADROOM_RETRAIN__DATA__MIN_TRAIN_ROWS", "1000")
+        .env("HEADROOM_RETRAIN__DATA__MIN_HOLDOUT_ROWS", "200")
+        .env("HEADROOM_RETRAIN__TRAINING__ROUNDS", "100000")
+        .env("HEADROOM_RETRAIN__TRAINING__EARLY_STOPPING_ROUNDS", "0")
+        .env("HEADROOM_RETRAIN__TRAINING__THREADS", "2")
+        .env("HEADROOM_RETRAIN__TRAINING__CLASSIFIER", "false")
+        .env("HEADROOM_RETRAIN__TRAINING__DEVICE", "cpu")
+        .env("HEADROOM_RETRAIN__TRAINING__NEURAL__FAMILIES", "[]")
+        .env("HEADROOM_RETRAIN__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn headroom-retrain");
+    let fitting = rows_until(&url, Duration::from_secs(120), |rows| rows.iter().any(|r| r.0 == "manual" && r.1 == "running")).await;
+    assert!(fitting, "the run started: {:?}", runs(&url).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = std::time::Instant::now();
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stopped run is not a success");
+    assert!(stderr.contains("stopped before it finished"), "{stderr}");
+    assert!(took < Duration::from_secs(60), "the command took {took:?} to stop");
+    let rows = runs(&url).await;
+    assert_eq!(rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect::<Vec<_>>(), vec![("manual", "interrupted")], "{rows:?}");
+    assert_eq!(Registry::read(&models).unwrap().serving["xgboost"], v0);
+    eprintln!("RESULT retrain_cli_stop stop_s={:.2}", took.as_secs_f64());
+    let _ = std::fs::remove_dir_all(&models);
 }
 
 /// With the sink's Parquet archive reaching further back than the raw table, the training
