@@ -48,6 +48,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../avro/drift_windows/v1.avsc"),
     ),
     (
+        "avro/drift_windows/v2.avsc",
+        include_str!("../avro/drift_windows/v2.avsc"),
+    ),
+    (
         "avro/model_events/v1.avsc",
         include_str!("../avro/model_events/v1.avsc"),
     ),

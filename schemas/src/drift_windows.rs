@@ -37,6 +37,9 @@ pub struct FeatureWindowsState {
     pub windows: Vec<WindowCounts>,
     /// `(feature, alert id)` of the open episodes.
     pub episodes: Vec<(String, String)>,
+    /// The monitor instance that wrote the record (empty in version 1 records): closed marks are
+    /// merged among one writer's records only.
+    pub writer: String,
 }
 
 impl FeatureWindowsState {
@@ -67,6 +70,7 @@ impl FeatureWindowsState {
             write_str(o, f);
             write_str(o, id);
         });
+        write_str(out, &self.writer);
     }
 
     /// Decodes a framed record. A record that does not decode, or whose windows do not hold one
@@ -79,6 +83,7 @@ impl FeatureWindowsState {
                 ("partition", Value::Int(x)) => s.partition = x,
                 ("model_version", Value::String(x)) => s.model_version = x,
                 ("feature_schema", Value::String(x)) => s.feature_schema = x,
+                ("writer", Value::String(x)) => s.writer = x,
                 ("window_ms", v) => s.window_ms = long(&v, "window_ms")?,
                 ("applied_offset", v) => s.applied_offset = long(&v, "applied_offset")?,
                 ("newest_ts_ms", v) => s.newest_ts_ms = opt(v).map(|v| long(&v, "newest_ts_ms")).transpose()?,
@@ -180,6 +185,7 @@ mod tests {
                 WindowCounts { start_ms: 1_700_003_600_000, counts: vec![vec![3, 0, 0], vec![0, 0]], missing: vec![0, 0] },
             ],
             episodes: vec![("mem_last".into(), "cd".repeat(16))],
+            writer: "0123456789abcdef".into(),
         }
     }
 
@@ -188,7 +194,7 @@ mod tests {
         let s = sample();
         let mut buf = Vec::new();
         s.encode_framed(&mut buf);
-        assert_eq!(&buf[1..5], &1701u32.to_be_bytes(), "pinned id");
+        assert_eq!(&buf[1..5], &1702u32.to_be_bytes(), "pinned id");
         assert_eq!(FeatureWindowsState::decode(&buf).unwrap(), s);
         // A partition that has seen nothing yet: no clock, no mark, no windows.
         let empty = FeatureWindowsState { newest_ts_ms: None, closed_until_ms: None, windows: vec![], episodes: vec![], ..sample() };
@@ -196,6 +202,18 @@ mod tests {
         empty.encode_framed(&mut buf);
         assert_eq!(FeatureWindowsState::decode(&buf).unwrap(), empty);
         assert_eq!(FeatureWindowsState::key("features", 3), "features:3");
+    }
+
+    /// A record of version 1 (an earlier monitor's) reads with an empty writer.
+    #[test]
+    fn version_1_records_read_with_no_writer() {
+        let s = FeatureWindowsState { writer: String::new(), ..sample() };
+        let mut buf = Vec::new();
+        s.encode_framed(&mut buf);
+        // Version 2 is version 1 with the writer appended: here one byte, the empty string.
+        assert_eq!(buf.pop(), Some(0));
+        buf[1..5].copy_from_slice(&1701u32.to_be_bytes());
+        assert_eq!(FeatureWindowsState::decode(&buf).unwrap(), s);
     }
 
     #[test]
