@@ -89,7 +89,25 @@ pub struct FeatureMonitor {
     /// Per partition, the offset of the last record added (records at or below it are already
     /// counted: they are skipped, as after a restore ahead of the committed offset).
     applied: FxHashMap<i32, i64>,
+    /// Windows ending at or before this were judged by this instance.
     closed_until: i64,
+    /// This instance's name in its changelog records (random per monitor).
+    writer: String,
+    /// Whether this instance has counted or judged anything itself (restores aside): until it
+    /// has, it continues the instances whose records it reads.
+    started: bool,
+    /// The closed mark this instance took over from the records it restored while it had not
+    /// started (a restart): its own partitions' vectors before it are late.
+    own_floor: i64,
+    /// Per writer of restored records (another instance, or an earlier run of this one), the
+    /// newest closed mark of its records.
+    lineages: FxHashMap<String, i64>,
+    /// Per partition restored from another writer's record, that writer: the partition's
+    /// vectors are late against that writer's mark (another replica's mark never closes this
+    /// instance's windows).
+    origin: FxHashMap<i32, String>,
+    /// Per watched feature, the writer whose record its open episode was taken from.
+    adopted_from: Vec<Option<String>>,
     /// Partitions whose changelog record changed since the last drain (when tracking).
     changed: BTreeSet<i32>,
     /// Per partition, the offset through which the changelog holds its counts (that of the last
@@ -108,6 +126,13 @@ pub struct FeatureMonitor {
     pub already_applied: u64,
 }
 
+/// A name for this monitor's changelog records, different for every monitor of every process.
+fn new_writer() -> String {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:016x}", std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos)))
+}
+
 /// At most this many windows are open at once (the oldest is closed first).
 const MAX_OPEN_WINDOWS: usize = 168;
 
@@ -121,7 +146,7 @@ struct PartitionClock {
 
 impl FeatureMonitor {
     pub fn new(cfg: FeatureDrift, reference: Arc<ModelReference>) -> FeatureMonitor {
-        let watched = reference
+        let watched: Vec<Watched> = reference
             .feature_names
             .iter()
             .enumerate()
@@ -135,6 +160,7 @@ impl FeatureMonitor {
                 })
             })
             .collect();
+        let adopted_from = vec![None; watched.len()];
         FeatureMonitor {
             window_ms: cfg.window.as_millis().max(1) as i64,
             cfg,
@@ -144,6 +170,12 @@ impl FeatureMonitor {
             partitions: FxHashMap::default(),
             applied: FxHashMap::default(),
             closed_until: i64::MIN,
+            writer: new_writer(),
+            started: false,
+            own_floor: i64::MIN,
+            lineages: FxHashMap::default(),
+            origin: FxHashMap::default(),
+            adopted_from,
             changed: BTreeSet::new(),
             saved_to: FxHashMap::default(),
             first_seen: FxHashMap::default(),
@@ -188,6 +220,7 @@ impl FeatureMonitor {
         self.saved_to.remove(&partition);
         self.first_seen.remove(&partition);
         self.written_ms.remove(&partition);
+        self.origin.remove(&partition);
         if self.track {
             self.changed.remove(&partition);
             self.drop_counts(partition);
@@ -206,6 +239,7 @@ impl FeatureMonitor {
     /// includes it and a restart does not replay it (a partition receiving nothing but bad
     /// records would otherwise keep its replay floor at the first of them).
     pub fn skip(&mut self, partition: i32, offset: i64) {
+        self.started = true;
         let applied = self.applied.entry(partition).or_insert(-1);
         if offset > *applied {
             *applied = offset;
@@ -234,7 +268,28 @@ impl FeatureMonitor {
     pub fn reset_partition(&mut self, partition: i32) {
         self.applied.remove(&partition);
         self.saved_to.remove(&partition);
+        self.origin.remove(&partition);
         self.drop_counts(partition);
+    }
+
+    /// The mark `partition`'s vectors are late against: this instance's own, or that of the
+    /// writer its restored record came from, whichever is further.
+    fn late_before(&self, partition: i32) -> i64 {
+        let inherited = match self.origin.get(&partition) {
+            Some(w) => self.lineages.get(w).copied().unwrap_or(i64::MIN),
+            None => self.own_floor,
+        };
+        self.closed_until.max(inherited)
+    }
+
+    /// The writer's name in this monitor's changelog records.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Names this monitor's changelog records (tests: two replicas, or one restarted).
+    pub fn set_writer(&mut self, writer: &str) {
+        self.writer = writer.to_owned();
     }
 
     fn drop_counts(&mut self, partition: i32) {
@@ -265,6 +320,7 @@ impl FeatureMonitor {
             return;
         }
         *applied = offset;
+        self.started = true;
         if self.track {
             self.changed.insert(partition);
         }
@@ -273,7 +329,7 @@ impl FeatureMonitor {
             return;
         }
         let start = ts_ms.div_euclid(self.window_ms) * self.window_ms;
-        if start < self.closed_until {
+        if start < self.late_before(partition) {
             self.late += 1;
         } else {
             let (watched, reference) = (&self.watched, &self.reference);
@@ -364,7 +420,7 @@ impl FeatureMonitor {
             window_ms: self.window_ms,
             applied_offset: self.applied.get(&partition).copied().unwrap_or(-1),
             newest_ts_ms: self.partitions.get(&partition).map(|c| c.newest).filter(|n| *n != i64::MIN),
-            closed_until_ms: (self.closed_until != i64::MIN).then_some(self.closed_until),
+            closed_until_ms: self.written_mark(),
             features: names.iter().map(|n| (*n).to_owned()).collect(),
             windows: self
                 .windows
@@ -380,7 +436,17 @@ impl FeatureMonitor {
                 .zip(&names)
                 .filter_map(|(w, n)| Some(((*n).to_owned(), w.open.clone()?)))
                 .collect(),
+            writer: self.writer.clone(),
         }
+    }
+
+    /// The closed mark the records say: the instance's, but never past a window still open
+    /// here (one of a partition taken over from another writer, which closed less): every
+    /// window before it was judged.
+    fn written_mark(&self) -> Option<i64> {
+        let mark = self.closed_until.max(self.own_floor);
+        let mark = self.windows.first_key_value().map_or(mark, |(ws, _)| mark.min(*ws));
+        (mark != i64::MIN).then_some(mark)
     }
 
     /// Reads one changelog record back (at wall-clock `now_ms`): it replaces whatever this
@@ -405,33 +471,57 @@ impl FeatureMonitor {
         // The record's features by name: a feature no longer watched is left out, one newly
         // watched starts at zero.
         let names: Vec<String> = self.watched().into_iter().map(str::to_owned).collect();
-        // Episodes change only when a window closes: those of the record with the newest closed
-        // mark are the instance's.
+        // Closed marks are merged by writer: a newer record of a writer says its older ones'
+        // windows are judged (a restart reads records of different ages), while another
+        // replica's mark says nothing of this instance's windows. An instance that has not
+        // started continues the writers it reads (their marks hold its own partitions too).
         let closed = s.closed_until_ms.unwrap_or(i64::MIN);
-        if closed > self.closed_until {
-            self.closed_until = closed;
-            self.windows.retain(|ws, _| *ws >= closed);
-            for w in &mut self.watched {
-                w.open = None;
+        if s.writer.is_empty() || s.writer != self.writer {
+            let writer = s.writer.clone();
+            self.origin.insert(p, writer.clone());
+            let mark = self.lineages.entry(writer.clone()).or_insert(i64::MIN);
+            if closed > *mark {
+                *mark = closed;
+                let theirs: Vec<i32> = self.origin.iter().filter(|(_, w)| **w == writer).map(|(q, _)| *q).collect();
+                for (ws, parts) in self.windows.iter_mut() {
+                    if *ws < closed {
+                        for q in &theirs {
+                            parts.remove(q);
+                        }
+                    }
+                }
+                self.windows.retain(|_, parts| !parts.is_empty());
+                for (w, from) in self.watched.iter_mut().zip(&mut self.adopted_from) {
+                    if from.as_deref() == Some(writer.as_str()) {
+                        w.open = None;
+                        *from = None;
+                    }
+                }
             }
-        }
-        if closed == self.closed_until {
-            for (f, id) in &s.episodes {
-                if let Some(k) = names.iter().position(|n| n == f) {
-                    let w = &mut self.watched[k];
-                    if w.open.is_none() {
-                        w.open = Some(id.clone());
+            if !self.started {
+                self.own_floor = self.own_floor.max(closed);
+            }
+            // Episodes change only when a window closes: those of a writer's newest records are
+            // taken where this instance has none open.
+            if closed == self.lineages[&writer] {
+                for (f, id) in &s.episodes {
+                    if let Some(k) = names.iter().position(|n| n == f) {
+                        if self.watched[k].open.is_none() {
+                            self.watched[k].open = Some(id.clone());
+                            self.adopted_from[k] = Some(writer.clone());
+                        }
                     }
                 }
             }
         }
+        let floor = self.late_before(p);
         let slot: Vec<Option<usize>> = s
             .features
             .iter()
             .map(|f| names.iter().position(|n| n == f))
             .collect();
         for wc in &s.windows {
-            if wc.start_ms < self.closed_until || wc.start_ms.rem_euclid(self.window_ms) != 0 {
+            if wc.start_ms < floor || wc.start_ms.rem_euclid(self.window_ms) != 0 {
                 continue;
             }
             let mut win = Window::empty(&self.watched, &self.reference);
@@ -454,6 +544,7 @@ impl FeatureMonitor {
 
     /// Judges one window.
     fn close(&mut self, ws: i64, win: Window, scope: &str, out: &mut Vec<DriftAlert>) {
+        self.started = true;
         self.closed_until = self.closed_until.max(ws + self.window_ms);
         let we = ws + self.window_ms;
         for (k, w) in self.watched.iter_mut().enumerate() {

@@ -454,13 +454,92 @@ fn a_windows_record_of_another_version_or_window_is_not_used_and_the_newest_reco
     for s in &records {
         same.restore(s, 0).unwrap();
     }
+    // (Each monitor names its own records.)
+    let unnamed = |s: headroom_schemas::FeatureWindowsState| headroom_schemas::FeatureWindowsState { writer: String::new(), ..s };
     for p in [0, 1] {
-        assert_eq!(same.snapshot("features", p), old.snapshot("features", p), "partition {p}");
+        assert_eq!(unnamed(same.snapshot("features", p)), unnamed(old.snapshot("features", p)), "partition {p}");
     }
+    assert_ne!(same.writer(), old.writer());
     // An older record read after a newer one replaces it too (a rejected one empties it).
     let first0 = records.iter().position(|s| s.partition == 0).unwrap();
     same.restore(&records[first0], 0).unwrap();
     assert_eq!(same.snapshot("features", 0).applied_offset, records[first0].applied_offset);
+}
+
+/// Two replicas share the features partitions: A holds partition 0 and B partition 1, and B is
+/// an hour ahead (it has closed hour 4, A has not; hour 4 is shifted on A's partition). B
+/// leaves and A takes partition 1 over from B's record: A still judges its own hour 4 (OPEN, on
+/// its 600 vectors), and hour 5 with both partitions' counts (RESOLVED, 1,200). A monitor C that
+/// starts from both replicas' records (both gone), in either order, judges the same. With one
+/// closed mark for all records (before the records named their writer), B's mark closed A's
+/// open hour unjudged and neither alert came.
+#[test]
+fn another_replicas_closed_mark_does_not_close_this_ones_open_window() {
+    let cfg = DriftConfig::default().features;
+    let reference = Arc::new(uniform_reference("v1", false));
+    let uniform = |i: usize| ((i * 7919) % 600) as f32 / 600.0;
+    // Hour `h` of partition `p`: 600 vectors, shifted in hour 4 of partition 0.
+    let hour = |p: i32, h: i64| -> Vec<(i32, i64, i64, f32)> {
+        (0..600)
+            .map(|i| {
+                let v = if p == 0 && h == 4 { 0.7 + 0.3 * uniform(i) } else { uniform(i) };
+                (p, h * 600 + i as i64, h * 60 * MIN + (i as i64 / 10) * MIN, v)
+            })
+            .collect()
+    };
+    let feed = |m: &mut FeatureMonitor, p: i32, hours: std::ops::Range<i64>, out: &mut Vec<DriftAlert>| {
+        for h in hours {
+            for (p, off, ts, v) in hour(p, h) {
+                m.add(p, off, "fs1", &[v, 0.0], ts, 0, "s", out);
+            }
+        }
+    };
+    let judged = |out: &[DriftAlert]| -> Vec<(i64, AlertState, f64)> {
+        out.iter().map(|a| (a.window_start_ms / (60 * MIN), a.state, a.detail("live_n").unwrap_or(0.0))).collect()
+    };
+    let mut a = FeatureMonitor::new(cfg.clone(), reference.clone());
+    let mut b = FeatureMonitor::new(cfg.clone(), reference.clone());
+    a.track_changes();
+    b.track_changes();
+    a.assign_partition(0, 0);
+    b.assign_partition(1, 0);
+    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+    feed(&mut a, 0, 0..5, &mut out_a);
+    feed(&mut b, 1, 0..6, &mut out_b);
+    assert!(out_a.is_empty() && out_b.is_empty(), "hours 0-3 are unshifted: {out_a:?} {out_b:?}");
+    let (mut rec_a, mut rec_b) = (None, None);
+    a.drain_changes("features", |_, s| rec_a = Some(through_the_wire(s)));
+    b.drain_changes("features", |_, s| rec_b = Some(through_the_wire(s)));
+    let (rec_a, rec_b) = (rec_a.unwrap(), rec_b.unwrap());
+    assert_eq!((rec_a.closed_until_ms, rec_b.closed_until_ms), (Some(4 * 60 * MIN), Some(5 * 60 * MIN)));
+    assert_ne!(rec_a.writer, rec_b.writer);
+    let want = vec![(4, AlertState::Open, 600.0), (5, AlertState::Resolved, 1_200.0)];
+
+    // B leaves; A takes partition 1 over.
+    a.assign_partition(1, 0);
+    a.restore(&rec_b, 0).unwrap();
+    feed(&mut a, 0, 5..7, &mut out_a);
+    feed(&mut a, 1, 6..7, &mut out_a);
+    assert_eq!(judged(&out_a), want, "{out_a:?}");
+    assert_eq!(a.late, 0);
+
+    // Both gone: C starts from their records.
+    for order in [[&rec_a, &rec_b], [&rec_b, &rec_a]] {
+        let mut c = FeatureMonitor::new(cfg.clone(), reference.clone());
+        c.track_changes();
+        c.assign_partition(0, 0);
+        c.assign_partition(1, 0);
+        for r in order {
+            c.restore(r, 0).unwrap();
+        }
+        // Its records say what it has judged: not past A's open hour.
+        assert_eq!(c.snapshot("features", 1).closed_until_ms, Some(4 * 60 * MIN));
+        let mut out_c = Vec::new();
+        feed(&mut c, 0, 5..7, &mut out_c);
+        feed(&mut c, 1, 6..7, &mut out_c);
+        assert_eq!(judged(&out_c), want, "{out_c:?}");
+        assert_eq!(c.late, 0);
+    }
 }
 
 /// A revoked partition's counts leave with it when the changelog is kept (the next owner reads
