@@ -222,6 +222,10 @@ struct NeuralArgs {
     nn_lr: f64,
     #[arg(long, default_value_t = 7)]
     nn_seed: u64,
+    /// Each model's time budget ("0s": none): no epoch starts once it is spent, and the best
+    /// epoch so far is kept.
+    #[arg(long, default_value = "0s", value_parser = budget)]
+    nn_max_duration: std::time::Duration,
     /// Where the best weights so far and the loss history are written during training
     /// (default: `<out>/checkpoints`).
     #[arg(long)]
@@ -232,6 +236,15 @@ struct NeuralArgs {
     /// must be this run's.
     #[arg(long)]
     neural_from: Option<PathBuf>,
+}
+
+/// A time budget: "0s" (none) or at least a second.
+fn budget(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !d.is_zero() && d < std::time::Duration::from_secs(1) {
+        return Err(format!("`{s}` is under a second (0s: no budget)"));
+    }
+    Ok(d)
 }
 
 struct Bar {
@@ -552,6 +565,7 @@ fn fit_neural(args: &Common, ds: &Dataset) -> anyhow::Result<Vec<headroom_neural
                     learning_rate: n.nn_lr,
                     seed: n.nn_seed,
                     device: args.device,
+                    max_seconds: n.nn_max_duration.as_secs(),
                     ..NeuralOptions::default()
                 };
                 let dir = checkpoints.clone();

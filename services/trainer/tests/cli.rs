@@ -28,7 +28,7 @@ fn evaluate_writes_a_report_and_a_loadable_model_version() {
     let out = train(
         dir.path(),
         "evaluate",
-        &["--train-days", "4", "--nn-epochs", "6", "--nn-samples-per-epoch", "4000", "--nn-hidden", "24", "--nn-batch", "64"],
+        &["--train-days", "4", "--nn-epochs", "6", "--nn-samples-per-epoch", "4000", "--nn-hidden", "24", "--nn-batch", "64", "--nn-max-duration", "10m"],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("MASE, one-step scale"), "{stdout}");
@@ -132,6 +132,8 @@ fn train_fits_on_everything_and_bad_arguments_are_clear_errors() {
         (vec!["evaluate", "--trace", "/nonexistent/trace.csv", "--trace-format", "generic"], "nonexistent"),
         (vec!["evaluate", "--generate-entities", "2", "--device", "gpu"], "auto, cpu or cuda"),
         (vec!["evaluate", "--generate-entities", "2", "--generate-days", "2", "--models", "xgboost,transformer"], "unknown model family `transformer`"),
+        (vec!["evaluate", "--generate-entities", "2", "--nn-max-duration", "500ms"], "under a second"),
+        (vec!["evaluate", "--generate-entities", "2", "--nn-max-duration", "soon"], "--nn-max-duration"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_headroom-train"))
             .current_dir(dir.path())
