@@ -114,6 +114,17 @@ impl Progress for Quiet {
     fn model_done(&mut self, _: &str, _: f64) {}
 }
 
+/// No progress output; the fit stops once the closure returns true (a service's shutdown).
+pub struct StopWhen<'a>(pub &'a (dyn Fn() -> bool + Sync));
+impl Progress for StopWhen<'_> {
+    fn model_started(&mut self, _: &str, _: u32) {}
+    fn round(&mut self, _: u32, _: Option<f64>) {}
+    fn model_done(&mut self, _: &str, _: f64) {}
+    fn should_stop(&self) -> bool {
+        (self.0)()
+    }
+}
+
 /// The training rows split in time into a fit part and an early-stopping part.
 struct FitData {
     fit: Rows,

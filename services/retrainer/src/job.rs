@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use headroom_forecast::artifact::{self, Registry};
-use headroom_forecast::backtest::{self, is_stopped, Backtest, FitOptions, ModelSet, Stopped};
+use headroom_forecast::backtest::{self, is_stopped, Backtest, FitOptions, ModelSet, StopWhen, Stopped};
 use headroom_forecast::baselines::BaselineOptions;
 use headroom_forecast::xgb::XgbParams;
 use headroom_forecast::{Dataset, DatasetOptions, Split};
@@ -590,7 +590,7 @@ impl Retrainer {
         };
         check()?;
         let t = Instant::now();
-        let candidate = backtest::fit(&ds, &opts, &mut crate::neural::StopWhen(stop))?;
+        let candidate = backtest::fit(&ds, &opts, &mut StopWhen(stop))?;
         tracing::info!(models = candidate.regressors.len(), seconds = t.elapsed().as_secs_f64(), "candidate fitted");
         let slots = |d: Duration| (d.as_millis() / c.features.sampling_interval.as_millis().max(1)).max(1) as usize;
         let baselines = BaselineOptions {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use headroom_forecast::artifact::NeuralArtifact;
-use headroom_forecast::backtest::{is_stopped, Progress, Stopped};
+use headroom_forecast::backtest::{is_stopped, StopWhen, Stopped};
 use headroom_forecast::{Dataset, DeviceChoice};
 use headroom_neural::{Cell, Fitted, NeuralMeta, NeuralOptions, Predictor};
 use serde::{Deserialize, Serialize};
@@ -105,18 +105,6 @@ fn carried_fitted(a: &NeuralArtifact) -> Option<Fitted> {
     let weights = a.files.iter().find(|(n, _)| *n == a.entry.weights_file)?.1.clone();
     let meta: NeuralMeta = serde_json::from_slice(meta_bytes).ok()?;
     Some(Fitted { meta, weights })
-}
-
-/// A fit's progress that only asks `stop` whether to go on.
-pub struct StopWhen<'a>(pub &'a (dyn Fn() -> bool + Sync));
-
-impl Progress for StopWhen<'_> {
-    fn model_started(&mut self, _: &str, _: u32) {}
-    fn round(&mut self, _: u32, _: Option<f64>) {}
-    fn model_done(&mut self, _: &str, _: f64) {}
-    fn should_stop(&self) -> bool {
-        (self.0)()
-    }
 }
 
 /// The candidate's neural artifacts: refitted families where the refit is no worse than the
