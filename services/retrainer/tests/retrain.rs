@@ -118,6 +118,19 @@ fn config(pg: &str, brokers: &str, prefix: &str, models: &Path) -> Config {
     c
 }
 
+/// A test's own topics (named after `name`), PostgreSQL schema and models directory, and the
+/// configuration over them: `(brokers, url, models, cfg)`.
+async fn scratch(name: &str) -> (String, String, std::path::PathBuf, Config) {
+    let brokers = brokers();
+    let prefix = format!("{}.", unique(name));
+    create_topics(&brokers, &prefix).await;
+    let url = scratch_schema(&pg_url()).await;
+    let models = std::env::temp_dir().join(unique(&format!("{name}-models")));
+    std::fs::create_dir_all(&models).unwrap();
+    let cfg = config(&url, &brokers, &prefix, &models);
+    (brokers, url, models, cfg)
+}
+
 fn models_events(brokers: &str, topic: &str, n: usize) -> Vec<ModelEvent> {
     consume(brokers, topic, n, Duration::from_secs(30), Duration::from_millis(300))
         .iter()
@@ -141,14 +154,8 @@ async fn runs(url: &str) -> Vec<(String, String, Option<String>, Option<String>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrains_validates_promotes_rejects_rolls_back_and_follows_alerts() {
     headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("retrain"));
-    create_topics(&brokers, &prefix).await;
     let base = pg_url();
-    let url = scratch_schema(&base).await;
-    let models = std::env::temp_dir().join(unique("retrain-models"));
-    std::fs::create_dir_all(&models).unwrap();
-    let mut cfg = config(&url, &brokers, &prefix, &models);
+    let (brokers, url, models, mut cfg) = scratch("retrain").await;
 
     // Three days of 12 generated entities in PostgreSQL, as the sink stores them.
     store_telemetry(&url, &generate(12, 3, 7)).await;
@@ -335,13 +342,7 @@ fn alert_rec(version: &str, entity: &str) -> Rec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_a_run_ends_it_promptly_and_its_alerts_run_again_after_a_restart() {
     headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("retrain-stop"));
-    create_topics(&brokers, &prefix).await;
-    let url = scratch_schema(&pg_url()).await;
-    let models = std::env::temp_dir().join(unique("retrain-stop-models"));
-    std::fs::create_dir_all(&models).unwrap();
-    let mut cfg = config(&url, &brokers, &prefix, &models);
+    let (brokers, url, models, mut cfg) = scratch("retrain-stop").await;
     store_telemetry(&url, &generate(8, 3, 11)).await;
     let v0 = weak_version(&cfg);
     produce(&brokers, &cfg.topics.alerts, &[alert_rec(&v0, "vm-1")]);
@@ -396,13 +397,7 @@ async fn rows_until(url: &str, timeout: Duration, ok: impl Fn(&[(String, String,
 /// exits non-zero saying the run was stopped, and the run is recorded interrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_command_stops_on_ctrl_c_and_records_the_run_interrupted() {
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("retrain-cli"));
-    create_topics(&brokers, &prefix).await;
-    let url = scratch_schema(&pg_url()).await;
-    let models = std::env::temp_dir().join(unique("retrain-cli-models"));
-    std::fs::create_dir_all(&models).unwrap();
-    let cfg = config(&url, &brokers, &prefix, &models);
+    let (brokers, url, models, cfg) = scratch("retrain-cli").await;
     store_telemetry(&url, &generate(8, 3, 13)).await;
     let v0 = weak_version(&cfg);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-retrain"))
@@ -526,14 +521,8 @@ async fn every_run_is_tracked_in_mlflow_and_a_dead_tracking_server_changes_nothi
     headroom_testkit::init_test_logging();
     let server = tokio::task::spawn_blocking(|| headroom_testkit::mlflow::MlflowServer::start(Duration::from_secs(180))).await.unwrap();
     let ml = server.url();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("retrain-mlflow"));
-    create_topics(&brokers, &prefix).await;
     let base = pg_url();
-    let url = scratch_schema(&base).await;
-    let models = std::env::temp_dir().join(unique("retrain-mlflow-models"));
-    std::fs::create_dir_all(&models).unwrap();
-    let mut cfg = config(&url, &brokers, &prefix, &models);
+    let (brokers, url, models, mut cfg) = scratch("retrain-mlflow").await;
     cfg.mlflow.tracking_url = ml.clone();
     cfg.mlflow.experiment = unique("headroom retrain");
     store_telemetry(&url, &generate(12, 3, 7)).await;
@@ -672,13 +661,7 @@ async fn neural_report(url: &str, candidate: &str) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neural_models_are_refitted_and_replace_the_serving_ones_only_when_no_worse() {
     headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("retrain-nn"));
-    create_topics(&brokers, &prefix).await;
-    let url = scratch_schema(&pg_url()).await;
-    let models = std::env::temp_dir().join(unique("retrain-nn-models"));
-    std::fs::create_dir_all(&models).unwrap();
-    let mut cfg = config(&url, &brokers, &prefix, &models);
+    let (brokers, url, models, mut cfg) = scratch("retrain-nn").await;
     store_telemetry(&url, &generate(12, 3, 7)).await;
     // v0: weak XGBoost and a weak LSTM (one epoch of 256 samples, hidden 2, another fleet).
     let other = Dataset::build(
