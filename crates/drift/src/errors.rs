@@ -10,6 +10,11 @@
 //! MAE is at least `ratio_warning` times the reference; it is updated at most every `update_interval` while the ratio stays above
 //! `resolve_ratio`, and resolved when it drops below, or when the entity's forecasts come from
 //! another model version (the episode belonged to the old one).
+//!
+//! With change tracking on, each entity's detectors go to a changelog: every entity a partition
+//! changed, at most once per interval per partition ([`ErrorMonitor::drain_due`]); a restart reads
+//! them back ([`ErrorMonitor::restore`]) and replays the partition from its
+//! [`ErrorMonitor::replay_floor`], skipping the forecasts a restored entity already holds.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -86,6 +91,19 @@ impl Default for EntityState {
     }
 }
 
+/// What the changelog holds of one input partition.
+#[derive(Debug, Clone, Copy)]
+struct PartitionOffsets {
+    /// The first record of the partition this monitor saw (a replay starts there).
+    first_seen: i64,
+    /// The last record of the partition this monitor saw.
+    seen_to: i64,
+    /// The last record whose changes the partition's last drain handed out.
+    saved_to: Option<i64>,
+    /// Wall clock of that drain.
+    written_ms: Option<i64>,
+}
+
 /// Counters of what the join saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JoinStats {
@@ -107,10 +125,12 @@ pub struct ErrorMonitor {
     /// Newest event time per input partition (idle expiry is judged on the entity's own
     /// partition's clock: partitions of a backlog are read at different paces).
     newest: FxHashMap<i32, i64>,
-    /// Entities changed (or expired) since the last [`ErrorMonitor::drain_changes`], with their
+    /// Entities changed (or expired) since their partition's last drain, with their
     /// partition; kept only when `track_changes` is on.
     changed: Vec<(String, i32)>,
     track_changes: bool,
+    /// Per input partition: the changelog position ([`ErrorMonitor::replay_floor`]).
+    offsets: FxHashMap<i32, PartitionOffsets>,
     pub stats: JoinStats,
     /// Forecasts skipped because a restored state already included them.
     pub already_applied: u64,
@@ -151,13 +171,14 @@ impl ErrorMonitor {
             newest: FxHashMap::default(),
             changed: Vec::new(),
             track_changes: false,
+            offsets: FxHashMap::default(),
             stats: JoinStats::default(),
             already_applied: 0,
         }
     }
 
-    /// Keeps the list of changed entities that [`ErrorMonitor::drain_changes`] hands out (for a
-    /// state changelog).
+    /// Keeps the list of changed entities that [`ErrorMonitor::drain_due`] hands out (for a
+    /// state changelog), and each partition's [`ErrorMonitor::replay_floor`].
     pub fn track_changes(&mut self) {
         self.track_changes = true;
     }
@@ -184,6 +205,7 @@ impl ErrorMonitor {
     /// forecast at or below the offset the entity's (restored) state already includes is
     /// skipped.
     pub fn add(&mut self, partition: i32, offset: i64, f: &Forecast, out: &mut Vec<DriftAlert>) {
+        self.saw(partition, offset);
         let newest = self.newest.entry(partition).or_insert(i64::MIN);
         *newest = (*newest).max(f.ts_ms);
         let Some(first) = f.points.first() else {
@@ -317,23 +339,69 @@ impl ErrorMonitor {
         self.entities.retain(|_, e| e.partition != partition);
         self.changed.retain(|(_, p)| *p != partition);
         self.newest.remove(&partition);
+        self.offsets.remove(&partition);
+    }
+
+    /// A forecast of `partition` at `offset` reached the monitor, whether or not it could be
+    /// decoded or used: the partition's replay floor starts at the first one, and its next
+    /// drain covers everything seen (the service calls it for every forecasts record, before
+    /// [`ErrorMonitor::add`]).
+    pub fn saw(&mut self, partition: i32, offset: i64) {
+        let o = self.offsets.entry(partition).or_insert(PartitionOffsets {
+            first_seen: offset,
+            seen_to: offset,
+            saved_to: None,
+            written_ms: None,
+        });
+        o.seen_to = o.seen_to.max(offset);
+    }
+
+    /// The smallest offset of `partition` whose changes the changelog may not hold yet: a
+    /// restart replays the partition from there (the runtime keeps it with each commit). It
+    /// only grows while the partition stays assigned. `None` before any record of the partition
+    /// was seen, and when not tracking changes.
+    pub fn replay_floor(&self, partition: i32) -> Option<i64> {
+        if !self.track_changes {
+            return None;
+        }
+        let o = self.offsets.get(&partition)?;
+        Some(o.saved_to.map_or(o.first_seen, |s| s + 1))
     }
 
     /// Hands out every entity changed since the last call, with its partition: its state, or
     /// `None` when it expired (a tombstone for the changelog).
-    pub fn drain_changes(&mut self, mut f: impl FnMut(&str, i32, Option<&DriftEntityState>)) {
+    pub fn drain_changes(&mut self, f: impl FnMut(&str, i32, Option<&DriftEntityState>)) {
+        self.drain_due(0, 0, f);
+    }
+
+    /// Like [`ErrorMonitor::drain_changes`], for the partitions whose last drain is at least
+    /// `every_ms` old at wall-clock `now_ms` (0: every partition): each due partition hands out
+    /// every entity it changed since then, and its replay floor moves past every record seen.
+    /// The others wait; what they hold beyond their last drain is covered by their floor.
+    pub fn drain_due(&mut self, now_ms: i64, every_ms: i64, mut f: impl FnMut(&str, i32, Option<&DriftEntityState>)) {
+        let due = |o: Option<&PartitionOffsets>| every_ms <= 0 || o.and_then(|o| o.written_ms).is_none_or(|w| now_ms - w >= every_ms);
+        let offsets = &self.offsets;
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.changed).into_iter().partition(|(_, p)| due(offsets.get(p)));
+        self.changed = later;
         let mut snap = DriftEntityState::default();
-        for (id, partition) in std::mem::take(&mut self.changed) {
+        for (id, partition) in now {
             match self.entities.get_mut(&id) {
-                Some(e) if e.partition == partition => {
+                Some(e) if e.partition == partition && e.dirty => {
                     e.dirty = false;
                     snapshot_into(&id, e, &mut snap);
                     f(&id, partition, Some(&snap));
                 }
-                // Moved to another partition (the topic was repartitioned): its new
-                // partition's entry hands it out.
+                // Handed out by an earlier entry of this drain (an entity that expired and came
+                // back is listed twice), or moved to another partition (the topic was
+                // repartitioned): its new partition's entry hands it out.
                 Some(_) => {}
                 None => f(&id, partition, None),
+            }
+        }
+        for o in self.offsets.values_mut() {
+            if due(Some(o)) && o.saved_to.is_none_or(|s| s < o.seen_to) {
+                o.saved_to = Some(o.seen_to);
+                o.written_ms = Some(now_ms);
             }
         }
     }

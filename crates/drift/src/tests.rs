@@ -829,6 +829,186 @@ fn manifests_parse_and_bad_ones_are_named() {
     assert!(ModelReference::from_manifest_json(b"{", "d").is_err());
 }
 
+/// Four entities on two forecasts partitions (`e0`, `e2` on 0; `e1`, `e3` on 1), 900 steps of
+/// 5 minutes: `e1`'s actual jumps by 0.5 from step 500 and comes back at 700, `e2`'s by 0.4
+/// from step 600. Records are (partition, offset, forecast), offsets counted per partition.
+fn forecast_stream() -> Vec<(i32, i64, Forecast)> {
+    let mut noise = Noise(11);
+    let mut next = [0i64; 2];
+    let mut recs = Vec::new();
+    for s in 0..900i64 {
+        for i in 0..4 {
+            let jump = match i {
+                1 if (500..700).contains(&s) => 0.5,
+                2 if s >= 600 => 0.4,
+                _ => 0.0,
+            };
+            let p = i % 2;
+            let actual = 0.5 + 0.05 * noise.next() + jump;
+            recs.push((p as i32, next[p], forecast(&format!("e{i}"), s * 5 * MIN, "v1", 0.5, actual)));
+            next[p] += 1;
+        }
+    }
+    recs
+}
+
+fn error_monitor() -> ErrorMonitor {
+    let mut m = ErrorMonitor::new(DriftConfig::default().model_error, 5 * MIN);
+    m.add_reference(Arc::new(uniform_reference("v1", true)));
+    m
+}
+
+/// What a crash and a restart from the detectors' changelog give, with each forecasts
+/// partition's changed entities written at most every `every` batches
+/// (`state.detectors_every`), as the runtime replays it. Batches of `batch` records end once a
+/// second; the offsets committed at batch end `committed` carry the floors read at batch end
+/// `floors_at`; every batch up to `acked` had its alerts and changelog records acknowledged;
+/// the monitor dies at `died`. The restarted monitor reads the changelog back, then each
+/// partition is replayed from its floor, the alerts of records below the committed offset
+/// suppressed. Returns the suppressed alerts, the alerts sent before the crash followed by the
+/// restarted monitor's, the uninterrupted run's, and the restarted monitor.
+type ErrorRestart = (Vec<DriftAlert>, Vec<DriftAlert>, Vec<DriftAlert>, ErrorMonitor);
+fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed: usize, acked: usize, died: usize) -> ErrorRestart {
+    let recs = forecast_stream();
+    let mut whole = error_monitor();
+    let mut expected = Vec::new();
+    for (p, off, f) in &recs {
+        whole.add(*p, *off, f, &mut expected);
+    }
+    let mut first = error_monitor();
+    first.track_changes();
+    let (mut changelog, mut alerts, mut sent, mut floors) = (Vec::new(), Vec::new(), 0, [None, None]);
+    for (n, (p, off, f)) in recs[..died].iter().enumerate() {
+        first.saw(*p, *off);
+        first.add(*p, *off, f, &mut alerts);
+        let end = n + 1;
+        if end % batch == 0 {
+            let now = (end / batch) as i64 * 1_000;
+            first.drain_due(now, every * 1_000, |id, p, st| {
+                if end <= acked {
+                    let wire = st.map(|st| {
+                        let mut buf = Vec::new();
+                        st.encode_framed(&mut buf);
+                        DriftEntityState::decode(&buf).expect("decodes")
+                    });
+                    changelog.push((id.to_owned(), p, wire));
+                }
+            });
+            if end == floors_at {
+                floors = [first.replay_floor(0), first.replay_floor(1)];
+            }
+            if end == acked {
+                sent = alerts.len();
+            }
+        }
+    }
+    let next = |p: i32| recs[..committed].iter().filter(|r| r.0 == p).map(|r| r.1 + 1).max().unwrap_or(0);
+    let committed_at = [next(0), next(1)];
+    let mut second = error_monitor();
+    second.track_changes();
+    for (id, p, st) in &changelog {
+        match st {
+            Some(st) => second.restore(st),
+            None => second.remove(id, *p),
+        }
+    }
+    let from = |p: usize| floors[p].map_or(committed_at[p], |f: i64| f.min(committed_at[p]));
+    let resume = [from(0), from(1)];
+    let mut joined = alerts[..sent].to_vec();
+    let mut suppressed = Vec::new();
+    for (p, off, f) in &recs {
+        let p_ = *p as usize;
+        if *off < resume[p_] {
+            continue;
+        }
+        let out = if *off < committed_at[p_] { &mut suppressed } else { &mut joined };
+        second.saw(*p, *off);
+        second.add(*p, *off, f, out);
+    }
+    (suppressed, joined, expected, second)
+}
+
+/// With the detectors written every 10th batch only, a crash with episodes open (the changelog
+/// behind the committed offsets) is made exact by the replay floors.
+#[test]
+fn detectors_written_every_few_batches_are_made_exact_by_the_replay_floor() {
+    let (batch, every) = (40, 10);
+    // Step 650 (four records a step): e1's episode and e2's are open.
+    let (committed, died) = (2_600, 2_630);
+    let (suppressed, joined, expected, second) = errors_crash_and_replay(batch, every, committed, committed, committed, died);
+    let opens: Vec<_> = expected.iter().filter(|a| a.state == AlertState::Open).collect();
+    assert_eq!(opens.len(), 2, "e1 and e2 open an episode: {expected:?}");
+    assert!(expected.iter().any(|a| a.state == AlertState::Resolved && a.entity_id.as_deref() == Some("e1")));
+    assert!(expected.iter().filter(|a| a.ts_ms > 650 * 5 * MIN).count() > 10, "alerts after the crash");
+    assert_eq!(joined, expected, "the same alerts, ids and figures, none twice");
+    assert!(suppressed.iter().all(|a| expected.contains(a)), "a replay repeats alerts that were sent: {suppressed:?}");
+    assert_eq!(second.already_applied, 0, "nothing the changelog holds is replayed");
+    // A floor read at an older commit replays more: what the changelog holds is skipped.
+    let older = committed - 12 * batch;
+    let (_, joined, _, second) = errors_crash_and_replay(batch, every, older, committed, committed, died);
+    assert_eq!(joined, expected);
+    assert!(second.already_applied > 0, "the older floor is below what the changelog holds");
+    // The floor was needed: without it the restarted monitor misses the unsaved errors.
+    let (_, without, _, _) = errors_crash_and_replay(batch, every, 0, committed, committed, died);
+    assert_ne!(without, expected, "a replay from the committed offsets alone loses errors");
+}
+
+#[test]
+fn the_detectors_replay_floor_only_grows_and_writes_wait_for_their_interval() {
+    let mut m = error_monitor();
+    assert_eq!(m.replay_floor(0), None, "nothing tracked");
+    m.track_changes();
+    assert_eq!(m.replay_floor(0), None, "nothing seen");
+    let (mut out, mut written, mut floors) = (Vec::new(), 0, Vec::new());
+    for (n, (p, off, f)) in forecast_stream().iter().enumerate().take(2_000) {
+        m.add(*p, *off, f, &mut out);
+        if (n + 1) % 40 == 0 {
+            m.drain_due((n as i64 + 1) / 40 * 1_000, 10_000, |_, _, _| written += 1);
+            floors.push(m.replay_floor(0).expect("seen"));
+        }
+    }
+    assert!(floors.windows(2).all(|w| w[0] <= w[1]), "{floors:?}");
+    // A partition's first write is at once (partition 0 has 20 of the first 40 forecasts),
+    // then every 10 batches: the floor moves by 200 of its offsets at a time.
+    assert_eq!(floors[0], 20, "{floors:?}");
+    assert_eq!(floors[10] - floors[9], 200, "{floors:?}");
+    assert_eq!(floors[11], floors[10], "{floors:?}");
+    // 50 batches (1 s apart): writes at batches 1, 11, 21, 31 and 41, each of the four entities.
+    assert_eq!(written, 4 * 5, "{written} records");
+    let mut every_batch = error_monitor();
+    every_batch.track_changes();
+    let mut all = 0;
+    for (n, (p, off, f)) in forecast_stream().iter().enumerate().take(2_000) {
+        every_batch.add(*p, *off, f, &mut out);
+        if (n + 1) % 40 == 0 {
+            every_batch.drain_changes(|_, _, _| all += 1);
+        }
+    }
+    assert_eq!(all, 4 * 50, "every entity in every batch");
+    assert_eq!(every_batch.replay_floor(0), Some(1_000), "all saved: the next offset");
+}
+
+/// Forecasts that cannot be used (dead-lettered before the detectors, or without points) still
+/// move the floor on at the partition's next write.
+#[test]
+fn forecasts_that_change_nothing_move_the_detectors_floor_on() {
+    let mut m = error_monitor();
+    m.track_changes();
+    let mut out = Vec::new();
+    for off in 0..10 {
+        m.saw(4, off);
+    }
+    m.add(4, 10, &Forecast::default(), &mut out);
+    assert_eq!(m.replay_floor(4), Some(0));
+    let mut records = 0;
+    m.drain_due(1_000, 10_000, |_, _, _| records += 1);
+    assert_eq!(records, 0, "no entity changed");
+    assert_eq!(m.replay_floor(4), Some(11));
+    // Revoked: the partition's floor goes with it.
+    m.forget_partition(4);
+    assert_eq!(m.replay_floor(4), None);
+}
+
 proptest! {
     #[test]
     fn statistics_are_bounded_for_any_counts(counts in proptest::collection::vec(0u64..10_000, 10), n_ref in 1u64..1_000_000) {
@@ -875,6 +1055,24 @@ proptest! {
         let acked = (committed + ahead * batch).min(last);
         let died = (acked + tail % batch).min(6_000);
         let (_, joined, expected, _) = crash_and_replay(batch, every, floors_at, committed, acked, died);
+        prop_assert_eq!(deduplicated(joined), expected);
+    }
+
+    /// The detectors written at most every few batches: wherever the crash falls, however old
+    /// the committed floors and however far the acknowledged batches run past the commit, the
+    /// restarted monitor gives the uninterrupted run's alerts (repeats after the committed
+    /// offsets aside, which carry the same ids and figures).
+    #[test]
+    fn detectors_written_every_few_batches_and_replayed_give_the_uninterrupted_alerts(
+        batch in 20usize..300, every in 0i64..20, committed in 0usize..3_600, older in 0usize..3,
+        ahead in 0usize..4, tail in 0usize..300,
+    ) {
+        let last = 3_600 / batch * batch;
+        let committed = (committed / batch * batch).min(last);
+        let floors_at = committed.saturating_sub(older * batch).max(batch);
+        let acked = (committed + ahead * batch).min(last);
+        let died = (acked + tail % batch).min(3_600);
+        let (_, joined, expected, _) = errors_crash_and_replay(batch, every, floors_at, committed, acked, died);
         prop_assert_eq!(deduplicated(joined), expected);
     }
 

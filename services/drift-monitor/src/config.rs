@@ -28,9 +28,9 @@ pub struct Topics {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// Write each changed entity's detectors to `topics.state`, and each changed features
-    /// partition's share of the open windows to `topics.windows`, at the end of every batch, and
-    /// read them back when partitions are assigned. Off: in memory only, and a restarted monitor
+    /// Write each changed entity's detectors to `topics.state` (`detectors_every`), and each
+    /// changed features partition's share of the open windows to `topics.windows`
+    /// (`windows_every`), at the end of a batch, and read them back when partitions are assigned. Off: in memory only, and a restarted monitor
     /// warms up again (a day before it can alarm) and starts its feature windows afresh.
     pub enabled: bool,
     /// How long reading the changelog back at one rebalance may take (all its partitions).
@@ -43,6 +43,13 @@ pub struct StateConfig {
     /// bounds the changelog's volume (a record is about 6 KB with the default vector).
     #[serde(with = "humantime_serde")]
     pub windows_every: Duration,
+    /// A forecasts partition's changed entities are written to `topics.state` at most this often
+    /// (wall clock; 0s: at the end of every batch). What they saw since is replayed from the
+    /// forecasts topic after a restart or a rebalance (the partition's replay floor is committed
+    /// with the offsets); the interval bounds the changelog to one record per changed entity
+    /// per interval instead of one per forecast.
+    #[serde(with = "humantime_serde")]
+    pub detectors_every: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +119,11 @@ impl Config {
         if self.state.windows_every > Duration::from_secs(3_600) {
             return Err(ConfigError::Invalid(
                 "key `state.windows_every` must be at most 1h (what it leaves unsaved is replayed from the features topic)".into(),
+            ));
+        }
+        if self.state.detectors_every > Duration::from_secs(3_600) {
+            return Err(ConfigError::Invalid(
+                "key `state.detectors_every` must be at most 1h (what it leaves unsaved is replayed from the forecasts topic)".into(),
             ));
         }
         if self.models.family.is_empty() {
@@ -185,6 +197,13 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("state.windows_every"));
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST10__").unwrap();
         assert_eq!(c.state.windows_every, Duration::from_secs(10), "the default interval");
+        assert_eq!(c.state.detectors_every, Duration::from_secs(10), "the default interval");
         c.validate().expect("defaults are valid");
+        std::env::set_var("HEADROOM_DRIFT_TEST11__STATE__DETECTORS_EVERY", "90m");
+        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST11__").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("state.detectors_every"));
+        std::env::set_var("HEADROOM_DRIFT_TEST12__STATE__DETECTORS_EVERY", "often");
+        let e = load_config::<Config>(DEFAULTS, None, "HEADROOM_DRIFT_TEST12__").unwrap_err();
+        assert!(e.to_string().contains("state.detectors_every"), "{e}");
     }
 }

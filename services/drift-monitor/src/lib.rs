@@ -73,6 +73,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
         windows_topic: config.topics.windows.clone(),
         restore_timeout: config.state.restore_timeout,
         windows_every: config.state.windows_every,
+        detectors_every: config.state.detectors_every,
     });
     if let Some(st) = &state {
         let t = &config.topics;

@@ -132,6 +132,8 @@ pub struct StateStore {
     pub restore_timeout: Duration,
     /// A features partition's windows record is written at most this often.
     pub windows_every: Duration,
+    /// A forecasts partition's changed entities are written at most this often.
+    pub detectors_every: Duration,
 }
 
 pub struct DriftStage {
@@ -376,6 +378,9 @@ impl Processor for DriftStage {
             fm.add(rec.partition, rec.offset, &f.feature_set, &f.values, f.ts_ms, rec.now_ms, &self.scope, &mut self.alerts);
         } else if rec.topic == self.forecasts_topic {
             let Some(em) = self.errors.as_mut() else { return };
+            // Even a record that is dead-lettered below: the partition's replay floor starts at
+            // the first record seen, and its next changelog write moves the floor past it.
+            em.saw(rec.partition, rec.offset);
             let f = match Forecast::decode(payload) {
                 Ok(f) => f,
                 Err(e) => {
@@ -415,13 +420,19 @@ impl Processor for DriftStage {
     }
 
     /// A features partition replays what its windows counted since their last changelog record
-    /// (`state.windows_every`); the model-error detectors are written every batch and need no
-    /// replay.
+    /// (`state.windows_every`), a forecasts partition what its entities' detectors saw since
+    /// the partition's last write (`state.detectors_every`).
     fn replay_floor(&mut self, topic: &str, partition: i32) -> Option<i64> {
-        if topic != self.features_topic || self.state.is_none() {
+        if self.state.is_none() {
             return None;
         }
-        self.features.as_ref()?.replay_floor(partition)
+        if topic == self.features_topic {
+            self.features.as_ref()?.replay_floor(partition)
+        } else if topic == self.forecasts_topic {
+            self.errors.as_ref()?.replay_floor(partition)
+        } else {
+            None
+        }
     }
 
     fn on_revoke(&mut self, topic: &str, partition: i32) {
@@ -448,17 +459,20 @@ impl Processor for DriftStage {
         self.restore_windows();
     }
 
-    /// The end of a batch: every entity the batch changed goes to its changelog, and every
-    /// features partition changed since its last record if that record is `windows_every` old
-    /// (sent once the batch's alerts are acknowledged, and acknowledged before the batch's
-    /// offsets are committed; what waits is covered by the partition's replay floor).
+    /// The end of a batch: every features partition changed since its last record, if that
+    /// record is `windows_every` old, and every entity changed since its forecasts partition's
+    /// last write, if that is `detectors_every` old, go to their changelogs (sent once the
+    /// batch's alerts are acknowledged, and acknowledged before the batch's offsets are
+    /// committed; what waits is covered by the partition's replay floor).
     fn flush(&mut self, out: &mut Flush<'_>) {
         let Some(st) = &self.state else { return };
         let (buf, m) = (&mut self.buf, &self.metrics);
+        let now = headroom_runtime::observe::now_ms();
+        // The last batch before a clean stop writes every change: nothing to replay.
+        let last = out.is_last();
+        let every = |d: Duration| if last { 0 } else { d.as_millis() as i64 };
         if let Some(fm) = &mut self.features {
-            // The last batch before a clean stop writes every changed partition: nothing to replay.
-            let every = if out.is_last() { 0 } else { st.windows_every.as_millis() as i64 };
-            fm.drain_due(&self.features_topic, headroom_runtime::observe::now_ms(), every, |partition, s| {
+            fm.drain_due(&self.features_topic, now, every(st.windows_every), |partition, s| {
                 buf.clear();
                 s.encode_framed(buf);
                 let key = FeatureWindowsState::key(&s.topic, partition);
@@ -467,7 +481,7 @@ impl Processor for DriftStage {
             });
         }
         let Some(em) = &mut self.errors else { return };
-        em.drain_changes(|entity, partition, state| match state {
+        em.drain_due(now, every(st.detectors_every), |entity, partition, state| match state {
             Some(s) => {
                 buf.clear();
                 s.encode_framed(buf);
