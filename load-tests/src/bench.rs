@@ -905,11 +905,16 @@ pub struct DriftBenchArgs {
     /// Rounds; each runs the monitor without and with its changelog, alternating which first.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
+    /// `state.detectors_every` of the run with the changelog (default: the monitor's default;
+    /// `0s` writes every changed entity at the end of every batch).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    detectors_every: Option<Duration>,
 }
 
 /// The cost of the drift monitor's changelog: the model-error detectors over the same
 /// preloaded forecasts with `state.enabled = false` (the reference: in memory only) and `true`
-/// (every changed entity written to `drift.state` at the end of each batch), side by side.
+/// (each changed entity written to `drift.state` at the end of a batch, at most every
+/// `state.detectors_every` per partition: `--detectors-every`), side by side.
 /// Clock: from the first forecast consumed to the last; with the changelog, until the last of
 /// its records is acknowledged as well. From a preloaded topic a batch holds several forecasts
 /// of each of its entities and writes one record per entity; with many entities (each entity
@@ -937,6 +942,7 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
         let (mut off, mut on) = (Vec::new(), Vec::new());
         let mut state_records = 0u64;
         let mut state_topic = None;
+        let mut every_s = 0.0;
         for round in 0..args.rounds {
             for changelog in if round % 2 == 0 { [false, true] } else { [true, false] } {
                 let mut c = headroom_drift_monitor::Config::load(None)?;
@@ -959,6 +965,10 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                 c.models.watch = false;
                 c.features.enabled = false;
                 c.state.enabled = changelog;
+                if let Some(every) = args.detectors_every {
+                    c.state.detectors_every = every;
+                }
+                every_s = c.state.detectors_every.as_secs_f64();
                 let handle = headroom_drift_monitor::start(c, Shutdown::new()).await?;
                 let consumed = handle.metrics.records_in.with_label_values(&[&forecasts]);
                 let written = handle.metrics.records_out.with_label_values(&[&format!("{prefix}run{round}{changelog}.drift.state")]);
@@ -1009,7 +1019,7 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
         let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         println!(
             "RESULT drift-changelog records={} entities={} without_changelog_fps={:.0} with_changelog_fps={:.0} ratio={:.3} state_records={} \
-             restore_records={} restore_entities={} restore_one_reader_ms={:.0} restore_per_partition_ms={:.0} restore_speedup={:.2}",
+             restore_records={} restore_entities={} restore_one_reader_ms={:.0} restore_per_partition_ms={:.0} restore_speedup={:.2} detectors_every_s={every_s}",
             args.records,
             args.entities,
             best(&off),
