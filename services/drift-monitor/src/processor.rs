@@ -424,9 +424,8 @@ impl Processor for DriftStage {
     /// the partition's last write (`state.detectors_every`).
     fn replay_floor(&mut self, topic: &str, partition: i32) -> Option<i64> {
         if self.state.is_none() {
-            return None;
-        }
-        if topic == self.features_topic {
+            None
+        } else if topic == self.features_topic {
             self.features.as_ref()?.replay_floor(partition)
         } else if topic == self.forecasts_topic {
             self.errors.as_ref()?.replay_floor(partition)
