@@ -1009,6 +1009,20 @@ fn forecasts_that_change_nothing_move_the_detectors_floor_on() {
     assert_eq!(m.replay_floor(4), None);
 }
 
+/// Where a crash of a stream of `total` records in batches of `batch` falls, from a property
+/// test's draws: the offsets are committed at a batch end (`committed`, rounded down), carrying
+/// floors read `older` batches before (at a batch end: the first one at the latest, never after
+/// the commit); `ahead` more batches were acknowledged; the monitor dies `tail` records into
+/// the next. Returns (floors read at, committed, acknowledged, died).
+fn crash_points(total: usize, batch: usize, committed: usize, older: usize, ahead: usize, tail: usize) -> (usize, usize, usize, usize) {
+    let last = total / batch * batch;
+    let committed = (committed / batch * batch).min(last);
+    let floors_at = committed.saturating_sub(older * batch).max(batch);
+    let acked = (committed + ahead * batch).min(last);
+    let died = (acked + tail % batch).min(total);
+    (floors_at, committed, acked, died)
+}
+
 proptest! {
     #[test]
     fn statistics_are_bounded_for_any_counts(counts in proptest::collection::vec(0u64..10_000, 10), n_ref in 1u64..1_000_000) {
@@ -1048,12 +1062,7 @@ proptest! {
         batch in 40usize..400, every in 1i64..20, committed in 0usize..6_000, older in 0usize..3,
         ahead in 0usize..4, tail in 0usize..400,
     ) {
-        let last = 6_000 / batch * batch;
-        let committed = (committed / batch * batch).min(last);
-        // A floor is read at a batch end (the first one at the latest), never after the commit.
-        let floors_at = committed.saturating_sub(older * batch).max(batch);
-        let acked = (committed + ahead * batch).min(last);
-        let died = (acked + tail % batch).min(6_000);
+        let (floors_at, committed, acked, died) = crash_points(6_000, batch, committed, older, ahead, tail);
         let (_, joined, expected, _) = crash_and_replay(batch, every, floors_at, committed, acked, died);
         prop_assert_eq!(deduplicated(joined), expected);
     }
@@ -1067,11 +1076,7 @@ proptest! {
         batch in 20usize..300, every in 0i64..20, committed in 0usize..3_600, older in 0usize..3,
         ahead in 0usize..4, tail in 0usize..300,
     ) {
-        let last = 3_600 / batch * batch;
-        let committed = (committed / batch * batch).min(last);
-        let floors_at = committed.saturating_sub(older * batch).max(batch);
-        let acked = (committed + ahead * batch).min(last);
-        let died = (acked + tail % batch).min(3_600);
+        let (floors_at, committed, acked, died) = crash_points(3_600, batch, committed, older, ahead, tail);
         let (_, joined, expected, _) = errors_crash_and_replay(batch, every, floors_at, committed, acked, died);
         prop_assert_eq!(deduplicated(joined), expected);
     }

@@ -118,6 +118,21 @@ fn shifted_entity() -> (impl FnMut(std::ops::Range<i64>) -> Vec<Rec>, i64) {
     (steps, t0)
 }
 
+/// A monitor of model error only, on topics of its own (`name` prefixes them), version v1
+/// serving (validation MAE 0.05). Returns the brokers, the configuration and the models directory.
+async fn detectors_only(name: &str) -> (String, Config, std::path::PathBuf) {
+    headroom_testkit::init_test_logging();
+    let brokers = brokers();
+    let prefix = format!("{}.", unique(name));
+    create_topics(&brokers, &prefix).await;
+    let models = std::env::temp_dir().join(unique("drift-models"));
+    write_version(&models, "v1", 0.05);
+    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
+    let mut cfg = config(&brokers, &prefix, &models);
+    cfg.features.enabled = false;
+    (brokers, cfg, models)
+}
+
 /// The model-error alerts on `topic` so far.
 fn model_errors(brokers: &str, topic: &str) -> Vec<DriftAlert> {
     consume(brokers, topic, 1, Duration::from_secs(5), Duration::from_millis(300))
@@ -260,15 +275,7 @@ async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_lette
 /// uninterrupted_one` shows that counterfactual).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
-    headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("drift-restart"));
-    create_topics(&brokers, &prefix).await;
-    let models = std::env::temp_dir().join(unique("drift-models"));
-    write_version(&models, "v1", 0.05);
-    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
-    let mut cfg = config(&brokers, &prefix, &models);
-    cfg.features.enabled = false;
+    let (brokers, cfg, models) = detectors_only("drift-restart").await;
     let (mut steps, t0) = shifted_entity();
 
     // First instance: through the shift, until the episode is open and its batch committed.
@@ -331,15 +338,7 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
 /// the same id, its error count running on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_replays_the_detectors_from_their_floor() {
-    headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("drift-floor"));
-    create_topics(&brokers, &prefix).await;
-    let models = std::env::temp_dir().join(unique("drift-models"));
-    write_version(&models, "v1", 0.05);
-    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
-    let mut cfg = config(&brokers, &prefix, &models);
-    cfg.features.enabled = false;
+    let (brokers, mut cfg, models) = detectors_only("drift-floor").await;
     cfg.state.detectors_every = Duration::from_secs(3_600);
     let (mut steps, t0) = shifted_entity();
 
