@@ -133,6 +133,16 @@ async fn detectors_only(name: &str) -> (String, Config, std::path::PathBuf) {
     (brokers, cfg, models)
 }
 
+/// Waits up to a minute for a model-error alert in `state` on `topic`; `alerts` ends with those
+/// read last.
+async fn model_error_seen(brokers: &str, topic: &str, state: AlertState, alerts: &mut Vec<DriftAlert>) -> bool {
+    eventually(Duration::from_secs(60), || {
+        *alerts = model_errors(brokers, topic);
+        alerts.iter().any(|a| a.state == state)
+    })
+    .await
+}
+
 /// The model-error alerts on `topic` so far.
 fn model_errors(brokers: &str, topic: &str) -> Vec<DriftAlert> {
     consume(brokers, topic, 1, Duration::from_secs(5), Duration::from_millis(300))
@@ -283,11 +293,7 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
     let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
     let guard = StopOnDrop(h.shutdown.clone());
     let mut alerts = Vec::new();
-    let opened = eventually(Duration::from_secs(60), || {
-        alerts = model_errors(&brokers, &cfg.topics.output);
-        alerts.iter().any(|a| a.state == AlertState::Open)
-    })
-    .await;
+    let opened = model_error_seen(&brokers, &cfg.topics.output, AlertState::Open, &mut alerts).await;
     assert!(opened, "alerts so far: {alerts:#?}");
     assert!(eventually(Duration::from_secs(30), || counter(&h, "records_in_total", "forecasts") >= 180.0).await);
     assert!(counter(&h, "drift_state_records_written_total", "\"state\"") >= 2.0);
@@ -300,11 +306,7 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
     let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
     let _guard = StopOnDrop(h.shutdown.clone());
     produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
-    let resolved = eventually(Duration::from_secs(60), || {
-        alerts = model_errors(&brokers, &cfg.topics.output);
-        alerts.iter().any(|a| a.state == AlertState::Resolved)
-    })
-    .await;
+    let resolved = model_error_seen(&brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
     assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
     assert!(counter(&h, "drift_state_records_restored_total", "restored") >= 2.0);
     assert_eq!(counter(&h, "drift_state_restores_total", "failed"), 0.0);
@@ -351,11 +353,7 @@ async fn a_rebalance_replays_the_detectors_from_their_floor() {
     // …then the shift, until the episode is open: nothing more is written for an hour.
     produce(&brokers, &cfg.topics.forecasts, &steps(10..90));
     let mut alerts = Vec::new();
-    let opened = eventually(Duration::from_secs(60), || {
-        alerts = model_errors(&brokers, &cfg.topics.output);
-        alerts.iter().any(|a| a.state == AlertState::Open)
-    })
-    .await;
+    let opened = model_error_seen(&brokers, &cfg.topics.output, AlertState::Open, &mut alerts).await;
     assert!(opened, "alerts so far: {alerts:#?}");
     assert!(eventually(Duration::from_secs(30), || counter(&first, "records_in_total", "forecasts") >= 180.0).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -370,11 +368,7 @@ async fn a_rebalance_replays_the_detectors_from_their_floor() {
     let reads = || counter(&first, "drift_state_restores_total", "\"ok\"") + counter(&joiner, "drift_state_restores_total", "\"ok\"");
     assert!(eventually(Duration::from_secs(60), || reads() >= 2.0 * partitions).await, "{} partitions read back", reads());
     produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
-    let resolved = eventually(Duration::from_secs(60), || {
-        alerts = model_errors(&brokers, &cfg.topics.output);
-        alerts.iter().any(|a| a.state == AlertState::Resolved)
-    })
-    .await;
+    let resolved = model_error_seen(&brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
     assert!(resolved, "the episode opened before the rebalance resolves after it: {alerts:#?}");
     assert!(alerts.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{alerts:#?}");
     assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
