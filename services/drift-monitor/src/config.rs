@@ -165,45 +165,39 @@ mod tests {
         assert!(matches!(c.log.format, headroom_runtime::config::LogFormat::Json));
     }
 
+    /// The message a configuration with `key` (in environment form) set to `value` is refused
+    /// with, at loading or validation. `n` keeps each case's environment prefix of its own.
+    fn refused(n: u32, key: &str, value: &str) -> String {
+        let prefix = format!("HEADROOM_DRIFT_TEST{n}__");
+        std::env::set_var(format!("{prefix}{key}"), value);
+        match load_config::<Config>(DEFAULTS, None, &prefix) {
+            Ok(c) => c.validate().expect_err("refused").to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn defaults_load_and_bad_values_name_the_key() {
         let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST1__").unwrap();
-        c.validate().unwrap();
+        c.validate().expect("defaults are valid");
         assert_eq!(c.drift(), DriftConfig::default(), "default.toml and the crate's defaults agree");
-        std::env::set_var("HEADROOM_DRIFT_TEST2__MODEL_ERROR__PH_LAMBDA", "-1");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST2__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("model_error.ph_lambda"));
-        std::env::set_var("HEADROOM_DRIFT_TEST3__FEATURES__WINDOW", "hourly");
-        let e = load_config::<Config>(DEFAULTS, None, "HEADROOM_DRIFT_TEST3__").unwrap_err();
-        assert!(e.to_string().contains("features.window"), "{e}");
-        std::env::set_var("HEADROOM_DRIFT_TEST4__TOPICS__OUTPUT", "features");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST4__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("topics"));
         assert!(c.state.enabled, "the changelog is on by default");
-        std::env::set_var("HEADROOM_DRIFT_TEST5__STATE__RESTORE_TIMEOUT", "0s");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST5__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("state.restore_timeout"));
-        std::env::set_var("HEADROOM_DRIFT_TEST6__TOPICS__STATE", "drift.alerts");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST6__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("named twice"));
-        std::env::set_var("HEADROOM_DRIFT_TEST7__TOPICS__WINDOWS", "drift.state");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST7__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("named twice"));
-        std::env::set_var("HEADROOM_DRIFT_TEST8__TOPICS__WINDOWS", "");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST8__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("topics.windows"));
-        std::env::set_var("HEADROOM_DRIFT_TEST9__STATE__WINDOWS_EVERY", "2h");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST9__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("state.windows_every"));
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST10__").unwrap();
         assert_eq!(c.state.windows_every, Duration::from_secs(10), "the default interval");
         assert_eq!(c.state.detectors_every, Duration::from_secs(10), "the default interval");
-        c.validate().expect("defaults are valid");
-        std::env::set_var("HEADROOM_DRIFT_TEST11__STATE__DETECTORS_EVERY", "90m");
-        let c: Config = load_config(DEFAULTS, None, "HEADROOM_DRIFT_TEST11__").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("state.detectors_every"));
-        std::env::set_var("HEADROOM_DRIFT_TEST12__STATE__DETECTORS_EVERY", "often");
-        let e = load_config::<Config>(DEFAULTS, None, "HEADROOM_DRIFT_TEST12__").unwrap_err();
-        assert!(e.to_string().contains("state.detectors_every"), "{e}");
+        for (n, key, value, named) in [
+            (2, "MODEL_ERROR__PH_LAMBDA", "-1", "model_error.ph_lambda"),
+            (3, "FEATURES__WINDOW", "hourly", "features.window"),
+            (4, "TOPICS__OUTPUT", "features", "topics"),
+            (5, "STATE__RESTORE_TIMEOUT", "0s", "state.restore_timeout"),
+            (6, "TOPICS__STATE", "drift.alerts", "named twice"),
+            (7, "TOPICS__WINDOWS", "drift.state", "named twice"),
+            (8, "TOPICS__WINDOWS", "", "topics.windows"),
+            (9, "STATE__WINDOWS_EVERY", "2h", "state.windows_every"),
+            (11, "STATE__DETECTORS_EVERY", "90m", "state.detectors_every"),
+            (12, "STATE__DETECTORS_EVERY", "often", "state.detectors_every"),
+        ] {
+            let e = refused(n, key, value);
+            assert!(e.contains(named), "{key}={value:?}: {e}");
+        }
     }
 }

@@ -118,9 +118,10 @@ fn shifted_entity() -> (impl FnMut(std::ops::Range<i64>) -> Vec<Rec>, i64) {
     (steps, t0)
 }
 
-/// A monitor of model error only, on topics of its own (`name` prefixes them), version v1
-/// serving (validation MAE 0.05). Returns the brokers, the configuration and the models directory.
-async fn detectors_only(name: &str) -> (String, Config, std::path::PathBuf) {
+/// A monitor on topics of its own (`name` prefixes them, all created), version v1 serving
+/// (validation MAE 0.05) from a models directory of its own. Returns the brokers, the
+/// configuration and the models directory.
+async fn own_monitor(name: &str) -> (String, Config, std::path::PathBuf) {
     headroom_testkit::init_test_logging();
     let brokers = brokers();
     let prefix = format!("{}.", unique(name));
@@ -128,8 +129,7 @@ async fn detectors_only(name: &str) -> (String, Config, std::path::PathBuf) {
     let models = std::env::temp_dir().join(unique("drift-models"));
     write_version(&models, "v1", 0.05);
     std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
-    let mut cfg = config(&brokers, &prefix, &models);
-    cfg.features.enabled = false;
+    let cfg = config(&brokers, &prefix, &models);
     (brokers, cfg, models)
 }
 
@@ -154,15 +154,8 @@ fn model_errors(brokers: &str, topic: &str) -> Vec<DriftAlert> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_letters() {
-    headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("drift"));
-    create_topics(&brokers, &prefix).await;
-    let models = std::env::temp_dir().join(unique("drift-models"));
-    write_version(&models, "v1", 0.05);
+    let (brokers, cfg, models) = own_monitor("drift").await;
     write_version(&models, "v2", 0.05);
-    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
-    let cfg = config(&brokers, &prefix, &models);
     let t0 = 1_700_000_000_000 / (60 * MIN) * (60 * MIN);
 
     // Features: 8 entities x 12 vectors an hour. Hours 0-2 on the reference distribution
@@ -285,7 +278,8 @@ async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_lette
 /// uninterrupted_one` shows that counterfactual).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
-    let (brokers, cfg, models) = detectors_only("drift-restart").await;
+    let (brokers, mut cfg, models) = own_monitor("drift-restart").await;
+    cfg.features.enabled = false;
     let (mut steps, t0) = shifted_entity();
 
     // First instance: through the shift, until the episode is open and its batch committed.
@@ -340,7 +334,8 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
 /// the same id, its error count running on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_replays_the_detectors_from_their_floor() {
-    let (brokers, mut cfg, models) = detectors_only("drift-floor").await;
+    let (brokers, mut cfg, models) = own_monitor("drift-floor").await;
+    cfg.features.enabled = false;
     cfg.state.detectors_every = Duration::from_secs(3_600);
     let (mut steps, t0) = shifted_entity();
 
@@ -392,14 +387,7 @@ async fn a_rebalance_replays_the_detectors_from_their_floor() {
 /// episode the first instance opened is updated and resolved by the second under the same id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_monitor_resumes_its_feature_windows_from_the_changelog() {
-    headroom_testkit::init_test_logging();
-    let brokers = brokers();
-    let prefix = format!("{}.", unique("drift-windows"));
-    create_topics(&brokers, &prefix).await;
-    let models = std::env::temp_dir().join(unique("drift-models"));
-    write_version(&models, "v1", 0.05);
-    std::fs::write(models.join("registry.json"), br#"{"serving":{"xgboost":"v1"}}"#).unwrap();
-    let mut cfg = config(&brokers, &prefix, &models);
+    let (brokers, mut cfg, models) = own_monitor("drift-windows").await;
     cfg.model_error.enabled = false;
     let t0 = 1_700_000_000_000 / (60 * MIN) * (60 * MIN);
     // 8 entities x 12 vectors an hour (96, min_samples 50); cpu_now above 0.7 in hours 3 and 4.
