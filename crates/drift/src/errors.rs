@@ -344,8 +344,8 @@ impl ErrorMonitor {
 
     /// A forecast of `partition` at `offset` reached the monitor, whether or not it could be
     /// decoded or used: the partition's replay floor starts at the first one, and its next
-    /// drain covers everything seen (the service calls it for every forecasts record, before
-    /// [`ErrorMonitor::add`]).
+    /// drain covers everything seen. [`ErrorMonitor::add`] notes its own records; the service
+    /// calls this for the records it dead-letters instead.
     pub fn saw(&mut self, partition: i32, offset: i64) {
         let o = self.offsets.entry(partition).or_insert(PartitionOffsets {
             first_seen: offset,

@@ -879,7 +879,6 @@ fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed
     first.track_changes();
     let (mut changelog, mut alerts, mut sent, mut floors) = (Vec::new(), Vec::new(), 0, [None, None]);
     for (n, (p, off, f)) in recs[..died].iter().enumerate() {
-        first.saw(*p, *off);
         first.add(*p, *off, f, &mut alerts);
         let end = n + 1;
         if end % batch == 0 {
@@ -922,7 +921,6 @@ fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed
             continue;
         }
         let out = if *off < committed_at[p_] { &mut suppressed } else { &mut joined };
-        second.saw(*p, *off);
         second.add(*p, *off, f, out);
     }
     (suppressed, joined, expected, second)

@@ -362,6 +362,10 @@ impl Processor for DriftStage {
                 if let Some(fm) = &mut self.features {
                     fm.skip(rec.partition, rec.offset);
                 }
+            } else if rec.topic == self.forecasts_topic {
+                if let Some(em) = &mut self.errors {
+                    em.saw(rec.partition, rec.offset);
+                }
             }
             return;
         };
@@ -378,25 +382,24 @@ impl Processor for DriftStage {
             fm.add(rec.partition, rec.offset, &f.feature_set, &f.values, f.ts_ms, rec.now_ms, &self.scope, &mut self.alerts);
         } else if rec.topic == self.forecasts_topic {
             let Some(em) = self.errors.as_mut() else { return };
-            // Even a record that is dead-lettered below: the partition's replay floor starts at
-            // the first record seen, and its next changelog write moves the floor past it.
-            em.saw(rec.partition, rec.offset);
-            let f = match Forecast::decode(payload) {
-                Ok(f) => f,
-                Err(e) => {
-                    out.dead_letter(e.reason(), &e.to_string());
-                    return;
+            let checked = Forecast::decode(payload).map_err(|e| (e.reason(), e.to_string())).and_then(|f| {
+                if f.entity_id.is_empty() {
+                    Err((DlqReason::EmptyEntity, "forecast without an entity id".to_owned()))
+                } else if rec.key.is_some_and(|k| k != f.entity_id.as_bytes()) {
+                    Err((DlqReason::KeyMismatch, "record key differs from entity_id".to_owned()))
+                } else {
+                    Ok(f)
                 }
-            };
-            if f.entity_id.is_empty() {
-                out.dead_letter(DlqReason::EmptyEntity, "forecast without an entity id");
-                return;
+            });
+            match checked {
+                Ok(f) => em.add(rec.partition, rec.offset, &f, &mut self.alerts),
+                Err((reason, why)) => {
+                    out.dead_letter(reason, &why);
+                    // The detectors' replay floor moves past it all the same (`add` notes the
+                    // records it gets).
+                    em.saw(rec.partition, rec.offset);
+                }
             }
-            if rec.key.is_some_and(|k| k != f.entity_id.as_bytes()) {
-                out.dead_letter(DlqReason::KeyMismatch, "record key differs from entity_id");
-                return;
-            }
-            em.add(rec.partition, rec.offset, &f, &mut self.alerts);
         }
         if !self.alerts.is_empty() {
             self.publish(out);
