@@ -909,6 +909,10 @@ pub struct DriftBenchArgs {
     /// `0s` writes every changed entity at the end of every batch).
     #[arg(long, value_parser = humantime::parse_duration)]
     detectors_every: Option<Duration>,
+    /// `state.rewrite_after` of the run with the changelog (default: the monitor's default;
+    /// 0 never rewrites, and the read-back reads the whole changelog).
+    #[arg(long)]
+    rewrite_after: Option<u32>,
 }
 
 /// The cost of the drift monitor's changelog: the model-error detectors over the same
@@ -943,6 +947,7 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
         let mut state_records = 0u64;
         let mut state_topic = None;
         let mut every_s = 0.0;
+        let mut rewrite_after = 0;
         for round in 0..args.rounds {
             for changelog in if round % 2 == 0 { [false, true] } else { [true, false] } {
                 let mut c = headroom_drift_monitor::Config::load(None)?;
@@ -969,6 +974,11 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                     c.state.detectors_every = every;
                 }
                 every_s = c.state.detectors_every.as_secs_f64();
+                if let Some(r) = args.rewrite_after {
+                    c.state.rewrite_after = r;
+                }
+                rewrite_after = c.state.rewrite_after;
+                let group = c.kafka.group_id.clone();
                 let handle = headroom_drift_monitor::start(c, Shutdown::new()).await?;
                 let consumed = handle.metrics.records_in.with_label_values(&[&forecasts]);
                 let written = handle.metrics.records_out.with_label_values(&[&format!("{prefix}run{round}{changelog}.drift.state")]);
@@ -1002,7 +1012,8 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
                 if changelog {
                     on.push(rate);
                     state_records = state_records.max(states);
-                    state_topic = Some(format!("{own}drift.state"));
+                    // Read back as the monitor's group would: from its restore starts.
+                    state_topic = Some((format!("{own}drift.state"), group));
                 } else {
                     off.push(rate);
                 }
@@ -1010,16 +1021,16 @@ pub fn run_drift(brokers: &str, args: &DriftBenchArgs) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_dir_all(&models);
         let restore = match state_topic {
-            Some(topic) => {
+            Some((topic, group)) => {
                 let (b, rounds) = (brokers.to_owned(), args.rounds.max(1));
-                tokio::task::spawn_blocking(move || time_restores(&b, &topic, rounds)).await??
+                tokio::task::spawn_blocking(move || time_restores(&b, &topic, &group, rounds)).await??
             }
             None => RestoreTimes::default(),
         };
         let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         println!(
             "RESULT drift-changelog records={} entities={} without_changelog_fps={:.0} with_changelog_fps={:.0} ratio={:.3} state_records={} \
-             restore_records={} restore_entities={} restore_one_reader_ms={:.0} restore_per_partition_ms={:.0} restore_speedup={:.2} detectors_every_s={every_s}",
+             restore_records={} restore_entities={} restore_one_reader_ms={:.0} restore_per_partition_ms={:.0} restore_speedup={:.2} detectors_every_s={every_s} rewrite_after={rewrite_after}",
             args.records,
             args.entities,
             best(&off),
@@ -1050,14 +1061,14 @@ struct RestoreTimes {
 
 /// Reads the changelog `topic` back the way a drift monitor assigned every partition would,
 /// and, as the reference, one partition after another; alternating which goes first.
-fn time_restores(brokers: &str, topic: &str, rounds: u32) -> anyhow::Result<RestoreTimes> {
+fn time_restores(brokers: &str, topic: &str, group: &str, rounds: u32) -> anyhow::Result<RestoreTimes> {
     use headroom_runtime::changelog;
     let topology = Topology::builtin();
     let def = topology
         .topic("drift.state")
         .ok_or_else(|| anyhow::anyhow!("the topology has no drift.state"))?;
     let partitions: Vec<i32> = (0..def.partitions(&topology.defaults)).collect();
-    let kafka = kafka_cfg(brokers);
+    let kafka = headroom_runtime::KafkaConfig { group_id: group.to_owned(), ..kafka_cfg(brokers) };
     let timeout = Duration::from_secs(600);
     let mut t = RestoreTimes { one_reader_ms: f64::MAX, per_partition_ms: f64::MAX, ..RestoreTimes::default() };
     for round in 0..rounds * 2 {

@@ -104,6 +104,18 @@ struct PartitionOffsets {
     written_ms: Option<i64>,
 }
 
+/// What a partition's changelog holds since its last complete rewrite.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rewrites {
+    /// Records of the last rewrite (entities written whole), or entities read back.
+    base: u64,
+    /// Records written (or read back) after them.
+    since: u64,
+    /// No rewrite until the partition is assigned again: its read-back was incomplete, and a
+    /// rewrite would make the unread entities' records unreachable.
+    held: bool,
+}
+
 /// Counters of what the join saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JoinStats {
@@ -131,6 +143,10 @@ pub struct ErrorMonitor {
     track_changes: bool,
     /// Per input partition: the changelog position ([`ErrorMonitor::replay_floor`]).
     offsets: FxHashMap<i32, PartitionOffsets>,
+    /// A partition is written whole once its changelog grew by this many times its last
+    /// rewrite (0: never); see [`ErrorMonitor::rewrite_after`].
+    rewrite_after: u64,
+    rewrites: FxHashMap<i32, Rewrites>,
     pub stats: JoinStats,
     /// Forecasts skipped because a restored state already included them.
     pub already_applied: u64,
@@ -172,6 +188,8 @@ impl ErrorMonitor {
             changed: Vec::new(),
             track_changes: false,
             offsets: FxHashMap::default(),
+            rewrite_after: 0,
+            rewrites: FxHashMap::default(),
             stats: JoinStats::default(),
             already_applied: 0,
         }
@@ -181,6 +199,16 @@ impl ErrorMonitor {
     /// state changelog), and each partition's [`ErrorMonitor::replay_floor`].
     pub fn track_changes(&mut self) {
         self.track_changes = true;
+    }
+
+    /// Bounds what a restore reads of a partition's changelog: once the records written after
+    /// the partition's last complete rewrite reach `ratio` times that rewrite's size, its next
+    /// drain writes every live entity of the partition (not only the changed ones) and lists
+    /// it among the rewritten partitions, whose earlier records a restore no longer needs. A
+    /// restore then reads at most about `ratio + 1` records per entity, whatever the topic's
+    /// age, for about `1 / ratio` more records written. 0 (the default): never.
+    pub fn rewrite_after(&mut self, ratio: u32) {
+        self.rewrite_after = u64::from(ratio);
     }
 
     /// Makes a version's validation errors known (its forecasts are then judged against them).
@@ -340,6 +368,7 @@ impl ErrorMonitor {
         self.changed.retain(|(_, p)| *p != partition);
         self.newest.remove(&partition);
         self.offsets.remove(&partition);
+        self.rewrites.remove(&partition);
     }
 
     /// A forecast of `partition` at `offset` reached the monitor, whether or not it could be
@@ -370,32 +399,65 @@ impl ErrorMonitor {
 
     /// Hands out every entity changed since the last call, with its partition: its state, or
     /// `None` when it expired (a tombstone for the changelog).
-    pub fn drain_changes(&mut self, f: impl FnMut(&str, i32, Option<&DriftEntityState>)) {
-        self.drain_due(0, 0, f);
+    pub fn drain_changes(&mut self, f: impl FnMut(&str, i32, Option<&DriftEntityState>)) -> Vec<i32> {
+        self.drain_due(0, 0, f)
     }
 
     /// Like [`ErrorMonitor::drain_changes`], for the partitions whose last drain is at least
     /// `every_ms` old at wall-clock `now_ms` (0: every partition): each due partition hands out
     /// every entity it changed since then, and its replay floor moves past every record seen.
     /// The others wait; what they hold beyond their last drain is covered by their floor.
-    pub fn drain_due(&mut self, now_ms: i64, every_ms: i64, mut f: impl FnMut(&str, i32, Option<&DriftEntityState>)) {
+    /// Returns the partitions this drain rewrote whole ([`ErrorMonitor::rewrite_after`]): their
+    /// records of this drain hold every live entity of the partition.
+    pub fn drain_due(&mut self, now_ms: i64, every_ms: i64, mut f: impl FnMut(&str, i32, Option<&DriftEntityState>)) -> Vec<i32> {
         let due = |o: Option<&PartitionOffsets>| every_ms <= 0 || o.and_then(|o| o.written_ms).is_none_or(|w| now_ms - w >= every_ms);
         let offsets = &self.offsets;
         let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.changed).into_iter().partition(|(_, p)| due(offsets.get(p)));
         self.changed = later;
+        let mut rewriting: Vec<i32> = Vec::new();
+        if self.rewrite_after > 0 {
+            for (_, p) in &now {
+                let r = self.rewrites.entry(*p).or_default();
+                if !rewriting.contains(p) && !r.held && r.since >= self.rewrite_after * r.base.max(1) {
+                    rewriting.push(*p);
+                }
+            }
+        }
+        let mut written: FxHashMap<i32, u64> = FxHashMap::default();
         let mut snap = DriftEntityState::default();
         for (id, partition) in now {
             match self.entities.get_mut(&id) {
+                // A partition being rewritten hands out all its entities below.
+                Some(e) if e.partition == partition && e.dirty && rewriting.contains(&partition) => {}
                 Some(e) if e.partition == partition && e.dirty => {
                     e.dirty = false;
                     snapshot_into(&id, e, &mut snap);
                     f(&id, partition, Some(&snap));
+                    *written.entry(partition).or_default() += 1;
                 }
                 // Handed out by an earlier entry of this drain (an entity that expired and came
                 // back is listed twice), or moved to another partition (the topic was
                 // repartitioned): its new partition's entry hands it out.
                 Some(_) => {}
-                None => f(&id, partition, None),
+                None => {
+                    f(&id, partition, None);
+                    *written.entry(partition).or_default() += 1;
+                }
+            }
+        }
+        for &p in &rewriting {
+            let mut whole = 0;
+            for (id, e) in self.entities.iter_mut().filter(|(_, e)| e.partition == p) {
+                e.dirty = false;
+                snapshot_into(id, e, &mut snap);
+                f(id, p, Some(&snap));
+                whole += 1;
+            }
+            self.rewrites.insert(p, Rewrites { base: whole, since: 0, held: false });
+        }
+        for (p, n) in written {
+            if !rewriting.contains(&p) {
+                self.rewrites.entry(p).or_default().since += n;
             }
         }
         for o in self.offsets.values_mut() {
@@ -403,6 +465,19 @@ impl ErrorMonitor {
                 o.saved_to = Some(o.seen_to);
                 o.written_ms = Some(now_ms);
             }
+        }
+        rewriting
+    }
+
+    /// A read-back of `partitions` ended: what it read (counted by [`ErrorMonitor::restore`]
+    /// and [`ErrorMonitor::remove`]) beyond one record per live entity counts towards their
+    /// next rewrite. After an incomplete read (`complete` false) the partitions are not
+    /// rewritten while they stay assigned: the records not read would become unreachable.
+    pub fn restored(&mut self, partitions: &[i32], complete: bool) {
+        for &p in partitions {
+            let live = self.entities.values().filter(|e| e.partition == p).count() as u64;
+            let r = self.rewrites.entry(p).or_default();
+            *r = Rewrites { base: live, since: r.since.saturating_sub(live), held: !complete };
         }
     }
 
@@ -445,6 +520,7 @@ impl ErrorMonitor {
             .iter()
             .map(|p| Pending { target_slot: p.target_slot, head: p.head as usize, p50: p.p50 })
             .collect();
+        self.rewrites.entry(s.partition).or_default().since += 1;
         let newest = self.newest.entry(s.partition).or_insert(i64::MIN);
         *newest = (*newest).max(s.last_ts_ms);
         self.entities.insert(
@@ -463,6 +539,7 @@ impl ErrorMonitor {
 
     /// Forgets one entity of `partition` (its changelog record was a tombstone).
     pub fn remove(&mut self, entity: &str, partition: i32) {
+        self.rewrites.entry(partition).or_default().since += 1;
         if self.entities.get(entity).is_some_and(|e| e.partition == partition) {
             self.entities.remove(entity);
         }

@@ -865,10 +865,13 @@ fn error_monitor() -> ErrorMonitor {
 /// `floors_at`; every batch up to `acked` had its alerts and changelog records acknowledged;
 /// the monitor dies at `died`. The restarted monitor reads the changelog back, then each
 /// partition is replayed from its floor, the alerts of records below the committed offset
-/// suppressed. Returns the suppressed alerts, the alerts sent before the crash followed by the
-/// restarted monitor's, the uninterrupted run's, and the restarted monitor.
-type ErrorRestart = (Vec<DriftAlert>, Vec<DriftAlert>, Vec<DriftAlert>, ErrorMonitor);
-fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed: usize, acked: usize, died: usize) -> ErrorRestart {
+/// suppressed. With `rewrite_after` above 0 the monitor rewrites a partition whole once its
+/// changelog grew by that ratio, and the read-back starts at the partition's latest rewrite
+/// whose records were all acknowledged (what the runtime stores as its restore start). Returns
+/// the suppressed alerts, the alerts sent before the crash followed by the restarted monitor's,
+/// the uninterrupted run's, the restarted monitor, and the records read back of those written.
+type ErrorRestart = (Vec<DriftAlert>, Vec<DriftAlert>, Vec<DriftAlert>, ErrorMonitor, (usize, usize));
+fn errors_crash_and_replay(batch: usize, every: i64, rewrite_after: u32, floors_at: usize, committed: usize, acked: usize, died: usize) -> ErrorRestart {
     let recs = forecast_stream();
     let mut whole = error_monitor();
     let mut expected = Vec::new();
@@ -877,13 +880,16 @@ fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed
     }
     let mut first = error_monitor();
     first.track_changes();
+    first.rewrite_after(rewrite_after);
     let (mut changelog, mut alerts, mut sent, mut floors) = (Vec::new(), Vec::new(), 0, [None, None]);
+    let mut starts = [0, 0];
     for (n, (p, off, f)) in recs[..died].iter().enumerate() {
         first.add(*p, *off, f, &mut alerts);
         let end = n + 1;
         if end % batch == 0 {
             let now = (end / batch) as i64 * 1_000;
-            first.drain_due(now, every * 1_000, |id, p, st| {
+            let before = changelog.len();
+            let rewritten = first.drain_due(now, every * 1_000, |id, p, st| {
                 if end <= acked {
                     let wire = st.map(|st| {
                         let mut buf = Vec::new();
@@ -893,6 +899,11 @@ fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed
                     changelog.push((id.to_owned(), p, wire));
                 }
             });
+            for p in rewritten {
+                if let Some(i) = changelog[before..].iter().position(|r| r.1 == p) {
+                    starts[p as usize] = before + i;
+                }
+            }
             if end == floors_at {
                 floors = [first.replay_floor(0), first.replay_floor(1)];
             }
@@ -905,7 +916,13 @@ fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed
     let committed_at = [next(0), next(1)];
     let mut second = error_monitor();
     second.track_changes();
-    for (id, p, st) in &changelog {
+    second.rewrite_after(rewrite_after);
+    let mut read = 0;
+    for (i, (id, p, st)) in changelog.iter().enumerate() {
+        if i < starts[*p as usize] {
+            continue;
+        }
+        read += 1;
         match st {
             Some(st) => second.restore(st),
             None => second.remove(id, *p),
@@ -923,7 +940,7 @@ fn errors_crash_and_replay(batch: usize, every: i64, floors_at: usize, committed
         let out = if *off < committed_at[p_] { &mut suppressed } else { &mut joined };
         second.add(*p, *off, f, out);
     }
-    (suppressed, joined, expected, second)
+    (suppressed, joined, expected, second, (read, changelog.len()))
 }
 
 /// With the detectors written every 10th batch only, a crash with episodes open (the changelog
@@ -933,7 +950,7 @@ fn detectors_written_every_few_batches_are_made_exact_by_the_replay_floor() {
     let (batch, every) = (40, 10);
     // Step 650 (four records a step): e1's episode and e2's are open.
     let (committed, died) = (2_600, 2_630);
-    let (suppressed, joined, expected, second) = errors_crash_and_replay(batch, every, committed, committed, committed, died);
+    let (suppressed, joined, expected, second, _) = errors_crash_and_replay(batch, every, 0, committed, committed, committed, died);
     let opens: Vec<_> = expected.iter().filter(|a| a.state == AlertState::Open).collect();
     assert_eq!(opens.len(), 2, "e1 and e2 open an episode: {expected:?}");
     assert!(expected.iter().any(|a| a.state == AlertState::Resolved && a.entity_id.as_deref() == Some("e1")));
@@ -943,11 +960,11 @@ fn detectors_written_every_few_batches_are_made_exact_by_the_replay_floor() {
     assert_eq!(second.already_applied, 0, "nothing the changelog holds is replayed");
     // A floor read at an older commit replays more: what the changelog holds is skipped.
     let older = committed - 12 * batch;
-    let (_, joined, _, second) = errors_crash_and_replay(batch, every, older, committed, committed, died);
+    let (_, joined, _, second, _) = errors_crash_and_replay(batch, every, 0, older, committed, committed, died);
     assert_eq!(joined, expected);
     assert!(second.already_applied > 0, "the older floor is below what the changelog holds");
     // The floor was needed: without it the restarted monitor misses the unsaved errors.
-    let (_, without, _, _) = errors_crash_and_replay(batch, every, 0, committed, committed, died);
+    let (_, without, _, _, _) = errors_crash_and_replay(batch, every, 0, 0, committed, committed, died);
     assert_ne!(without, expected, "a replay from the committed offsets alone loses errors");
 }
 
@@ -984,6 +1001,65 @@ fn the_detectors_replay_floor_only_grows_and_writes_wait_for_their_interval() {
     }
     assert_eq!(all, 4 * 50, "every entity in every batch");
     assert_eq!(every_batch.replay_floor(0), Some(1_000), "all saved: the next offset");
+}
+
+/// A partition whose changelog grew by `rewrite_after` times its last rewrite is written whole
+/// at its next drain (every live entity, changed or not); a restart reading from there only
+/// gives the uninterrupted run's alerts, and reads a bounded number of records.
+#[test]
+fn detectors_are_rewritten_whole_once_their_changelog_grew_and_restored_from_there() {
+    let mut m = error_monitor();
+    m.track_changes();
+    m.rewrite_after(2);
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let mut step = |m: &mut ErrorMonitor, ids: &[&str]| -> (Vec<String>, Vec<i32>) {
+        for id in ids {
+            m.add(0, offset, &forecast(id, offset * 5 * MIN, "v1", 0.5, 0.5), &mut out);
+            offset += 1;
+        }
+        let mut written = Vec::new();
+        let rewritten = m.drain_changes(|id, _, _| written.push(id.to_owned()));
+        written.sort();
+        (written, rewritten)
+    };
+    let both = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // No rewrite yet: the changes only. Then 2 records since a rewrite of none: e2 too.
+    assert_eq!(step(&mut m, &["e0", "e2"]), (both(&["e0", "e2"]), vec![]));
+    assert_eq!(step(&mut m, &["e0"]), (both(&["e0", "e2"]), vec![0]));
+    // Four records of e0 (2 × the rewrite's 2) before the next rewrite.
+    for _ in 0..4 {
+        assert_eq!(step(&mut m, &["e0"]), (both(&["e0"]), vec![]));
+    }
+    assert_eq!(step(&mut m, &["e0"]), (both(&["e0", "e2"]), vec![0]));
+    // A read-back counts what it read beyond one record per entity: 5 records of 2 entities.
+    let snap = |id: &str| m.snapshot(id).expect("known");
+    let records = [snap("e0"), snap("e0"), snap("e2"), snap("e0"), snap("e0")];
+    for complete in [true, false] {
+        let mut r = error_monitor();
+        r.track_changes();
+        r.rewrite_after(2);
+        for s in &records {
+            r.restore(s);
+        }
+        r.restored(&[0], complete);
+        let mut changed = |r: &mut ErrorMonitor, off: i64| {
+            r.add(0, off, &forecast("e0", off * 5 * MIN, "v1", 0.5, 0.5), &mut out);
+            r.drain_changes(|_, _, _| {})
+        };
+        assert_eq!(changed(&mut r, 100), Vec::<i32>::new(), "3 records past the base of 2");
+        let expected: Vec<i32> = if complete { vec![0] } else { vec![] };
+        assert_eq!(changed(&mut r, 101), expected, "complete read-back: {complete}");
+    }
+    // Through a crash: restored from the latest acknowledged rewrites, the same alerts; the
+    // read-back holds a few records per entity instead of the whole changelog.
+    let (batch, committed, died) = (40, 2_600, 2_630);
+    let (_, joined, expected, _, (read, written)) = errors_crash_and_replay(batch, 0, 2, committed, committed, committed, died);
+    assert_eq!(joined, expected);
+    let (_, _, _, _, (read_all, written_all)) = errors_crash_and_replay(batch, 0, 0, committed, committed, committed, died);
+    assert_eq!(read_all, written_all);
+    assert!(read <= (2 + 1) * 4 + 4 && read_all > 50 * read, "{read} of {written}, {read_all} without rewrites");
+    assert_eq!(written, written_all, "every entity changes in every batch: a rewrite costs nothing more");
 }
 
 /// Forecasts that cannot be used (dead-lettered before the detectors, or without points) still
@@ -1071,11 +1147,11 @@ proptest! {
     /// offsets aside, which carry the same ids and figures).
     #[test]
     fn detectors_written_every_few_batches_and_replayed_give_the_uninterrupted_alerts(
-        batch in 20usize..300, every in 0i64..20, committed in 0usize..3_600, older in 0usize..3,
-        ahead in 0usize..4, tail in 0usize..300,
+        batch in 20usize..300, every in 0i64..20, rewrite_after in 0u32..6, committed in 0usize..3_600,
+        older in 0usize..3, ahead in 0usize..4, tail in 0usize..300,
     ) {
         let (floors_at, committed, acked, died) = crash_points(3_600, batch, committed, older, ahead, tail);
-        let (_, joined, expected, _) = errors_crash_and_replay(batch, every, floors_at, committed, acked, died);
+        let (_, joined, expected, _, _) = errors_crash_and_replay(batch, every, rewrite_after, floors_at, committed, acked, died);
         prop_assert_eq!(deduplicated(joined), expected);
     }
 

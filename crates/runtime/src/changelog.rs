@@ -1,14 +1,22 @@
 //! Reading back a processor's state changelog: a compacted topic, keyed like the input and
 //! written to the input's partition numbers ([`crate::processor::Flush::emit_state`]). When a
 //! processor is assigned input partitions it reads the changelog partitions of the same numbers
-//! from their beginning to their end, newest record per key last, and rebuilds its state from
-//! them: all the partitions of one assignment with one reader, whose fetches cover them together.
+//! to their end, newest record per key last, and rebuilds its state from them: all the
+//! partitions of one assignment with one reader, whose fetches cover them together.
+//!
+//! A partition is read from its **restore start** when one is stored: the first offset of the
+//! latest complete rewrite of the partition ([`crate::processor::Flush::rewrote`]), kept as the
+//! committed offset of the changelog partition in the shadow group `<group>.changelog-start`
+//! once every record of the rewrite is acknowledged. Everything before it is older than a
+//! record at or after it (of the same key, or a tombstone). Without a start, from its
+//! beginning. So what a restore reads is bounded by the rewrites, not by the age of the topic,
+//! on a broker that never compacts (tansu 0.6) as on one that compacts only closed segments.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::KafkaConfig;
@@ -20,9 +28,47 @@ pub struct Restored {
     pub records: u64,
     /// Partitions read to their end (empty ones included).
     pub partitions: usize,
+    /// Partitions read from a stored restore start.
+    pub from_start: usize,
+    /// Records before those starts, not read.
+    pub skipped: u64,
 }
 
-/// Reads `topic`'s `partitions` from their beginning to their end offsets with one reader,
+/// The shadow group whose committed offsets on a changelog's partitions are their restore
+/// starts.
+pub fn start_group(group_id: &str) -> String {
+    format!("{group_id}.changelog-start")
+}
+
+/// Stores restore starts (written by the runtime's commits).
+pub(crate) struct StartStore {
+    shadow: BaseConsumer,
+}
+
+impl StartStore {
+    pub(crate) fn new(kafka: &KafkaConfig) -> anyhow::Result<StartStore> {
+        let shadow = crate::kafka::client_config(kafka)
+            .set("group.id", start_group(&kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating the changelog-start client")?;
+        Ok(StartStore { shadow })
+    }
+
+    /// Commits `starts` ((changelog topic, partition) -> first offset of its latest rewrite).
+    /// A failure keeps the earlier starts, from which a restore reads more but still all.
+    pub(crate) fn write(&self, starts: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in starts {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        if let Err(e) = self.shadow.commit(&tpl, mode) {
+            tracing::warn!(error = %e, "storing changelog restore starts failed; restores read from the earlier ones");
+        }
+    }
+}
+
+/// Reads `topic`'s `partitions` from their restore starts (or beginnings) to their end offsets with one reader,
 /// calling `apply(partition, key, value, offset)` for every record, in offset order within a
 /// partition (`None` for a tombstone). Blocking. A partition's end is its high watermark;
 /// once every partition reached its end the reader goes on until nothing arrives for
@@ -38,10 +84,10 @@ pub fn restore(
 ) -> anyhow::Result<Restored> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    // assign() still wants a group id; this one never joins a group nor commits.
-    let group = format!("{}.restore.{}.{}", kafka.group_id, std::process::id(), crate::observe::now_ms());
+    // The group whose committed offsets are the restore starts; the reader never joins it
+    // (assign(), not subscribe()) nor commits.
     let consumer: BaseConsumer = crate::kafka::client_config(kafka)
-        .set("group.id", &group)
+        .set("group.id", start_group(&kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "10")
@@ -53,15 +99,29 @@ pub fn restore(
             .fetch_watermarks(topic, p, left())
             .with_context(|| format!("changelog {topic}[{p}]: watermarks"))
     };
-    let mut done = Restored { records: 0, partitions: partitions.len() };
+    let mut done = Restored { partitions: partitions.len(), ..Restored::default() };
+    let starts = stored_starts(&consumer, topic, partitions, left())?;
     // partition -> (next offset to read, end offset)
     let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         let (low, high) = watermark(p)?;
+        // A start past the end belongs to an earlier topic of the same name (deleted and
+        // created again): the partition is read whole.
+        let from = match starts.get(&p) {
+            Some(&s) if s > low && s <= high => {
+                done.from_start += 1;
+                done.skipped += (s - low) as u64;
+                s
+            }
+            _ => low,
+        };
+        // A partition read from its start is assigned even when its (lagging) watermark says
+        // there is nothing left: the trailing read below picks up what the broker stored.
         if high > low {
-            ranges.insert(p, (low, high));
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
+            ranges.insert(p, (from, high));
+            let at = if from > low { Offset::Offset(from) } else { Offset::Beginning };
+            tpl.add_partition_offset(topic, p, at)
                 .with_context(|| format!("changelog {topic}[{p}]"))?;
         }
     }
@@ -111,6 +171,25 @@ pub fn restore(
         last_record = Instant::now();
     }
     Ok(done)
+}
+
+/// The restore starts stored for `topic`'s `partitions` (none: read from the beginning).
+fn stored_starts(consumer: &BaseConsumer, topic: &str, partitions: &[i32], timeout: Duration) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut q = TopicPartitionList::new();
+    for &p in partitions {
+        q.add_partition(topic, p);
+    }
+    let list = consumer
+        .committed_offsets(q, timeout)
+        .with_context(|| format!("changelog {topic}: restore starts"))?;
+    Ok(list
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// How long a restore keeps reading after every partition reached its high watermark. tansu

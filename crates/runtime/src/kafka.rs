@@ -1,7 +1,7 @@
 //! The consumer–processor–producer loop. See the crate documentation for the delivery
 //! semantics it implements.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,6 +91,18 @@ pub struct ProducerCtx {
     last_failure: Mutex<Option<String>>,
     out_counters: Mutex<Vec<(String, prometheus::IntCounter)>>,
     outstanding: Arc<Outstanding>,
+    /// Offsets of the acknowledged first records of changelog rewrites, with their epoch,
+    /// until the epoch is promoted ([`promote_complete`]).
+    rewrites: Mutex<Vec<RewriteAck>>,
+}
+
+/// The acknowledged first record of a changelog rewrite ([`crate::processor::Flush::rewrote`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RewriteAck {
+    epoch: u64,
+    topic: String,
+    partition: i32,
+    offset: i64,
 }
 
 impl ProducerCtx {
@@ -123,6 +135,13 @@ impl ProducerContext for ProducerCtx {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (slot, input_ts_ms) = unpack_opaque(opaque);
+        // Noted before the epoch's counter drops: the loop promotes an epoch whose counter
+        // reached zero, and takes its rewrites with it.
+        if let (Some(epoch), Ok(msg)) = (rewrite_epoch(opaque), result) {
+            if let Ok(mut r) = self.rewrites.lock() {
+                r.push(RewriteAck { epoch, topic: msg.topic().to_owned(), partition: msg.partition(), offset: msg.offset() });
+            }
+        }
         self.outstanding.done(slot);
         match result {
             Ok(msg) => {
@@ -159,6 +178,9 @@ enum Event {
 struct Durable {
     /// (topic, partition) -> (next offset, replay floor)
     positions: HashMap<(String, i32), (i64, Option<i64>)>,
+    /// Changelog (topic, partition) -> the first offset of its latest complete, acknowledged
+    /// rewrite, not stored yet.
+    starts: BTreeMap<(String, i32), i64>,
 }
 
 /// Outputs are tracked by epoch (a slice of `max_batch_wait` or `max_batch` records): each
@@ -197,12 +219,31 @@ pub(crate) fn pack_opaque(slot: usize, input_ts_ms: i64) -> usize {
 }
 
 fn unpack_opaque(v: usize) -> (usize, i64) {
+    if v & REWRITE_FLAG != 0 {
+        return (v & (EPOCH_RING - 1), 0);
+    }
     (v & (EPOCH_RING - 1), (v >> 12) as i64)
+}
+
+/// Marks the opaque of a changelog rewrite's first record: it carries its epoch's number
+/// instead of an input timestamp (changelog records have none).
+const REWRITE_FLAG: usize = 1 << (usize::BITS - 1);
+
+/// The delivery opaque of a changelog rewrite's first record, sent in the `epoch`-th epoch.
+pub(crate) fn pack_rewrite_opaque(slot: usize, epoch: u64) -> usize {
+    let epoch_bits = (epoch as usize) & ((REWRITE_FLAG - 1) >> 12);
+    REWRITE_FLAG | (epoch_bits << 12) | (slot & (EPOCH_RING - 1))
+}
+
+fn rewrite_epoch(v: usize) -> Option<u64> {
+    (v & REWRITE_FLAG != 0).then_some(((v & !REWRITE_FLAG) >> 12) as u64)
 }
 
 #[derive(Debug)]
 struct Sealed {
     slot: usize,
+    /// The epoch's number (its slot is this modulo [`EPOCH_RING`]).
+    epoch: u64,
     positions: Vec<((String, i32), i64, Option<i64>)>,
     /// Changelog records written by the batch's flush, held until the outputs of this epoch and
     /// of every earlier one are acknowledged.
@@ -215,6 +256,7 @@ struct Sealed {
 pub struct ConsumerCtx {
     metrics: Metrics,
     floors: FloorStore,
+    starts: crate::changelog::StartStore,
     producer: Arc<ThreadedProducer<ProducerCtx>>,
     durable: Arc<Mutex<Durable>>,
     sealed: Arc<Mutex<VecDeque<Sealed>>>,
@@ -542,6 +584,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         last_failure: Mutex::new(None),
         out_counters: Mutex::new(Vec::new()),
         outstanding: outstanding.clone(),
+        rewrites: Mutex::new(Vec::new()),
     };
     let producer: Arc<ThreadedProducer<ProducerCtx>> = Arc::new(
         pcfg.create_with_context(producer_ctx)
@@ -554,6 +597,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     let cctx = ConsumerCtx {
         metrics: opts.metrics.clone(),
         floors: FloorStore::new(&cfg.kafka)?,
+        starts: crate::changelog::StartStore::new(&cfg.kafka)?,
         producer: producer.clone(),
         durable: durable.clone(),
         sealed: sealed.clone(),
@@ -893,6 +937,7 @@ impl LoopState {
         if let Ok(mut s) = sealed.lock() {
             s.push_back(Sealed {
                 slot: self.epoch_slot(),
+                epoch: self.epoch,
                 positions,
                 state,
                 state_sent: false,
@@ -920,19 +965,30 @@ fn send_ready_state(
     producer: &ThreadedProducer<ProducerCtx>,
 ) -> bool {
     let mut sent = false;
+    // Whether every earlier epoch is acknowledged whole, its state records included.
+    let mut earlier_acked = true;
     for e in sealed.iter_mut() {
         if e.state_sent {
             // Only its own state records can still be in flight.
+            earlier_acked &= outstanding.get(e.slot) == 0;
             continue;
         }
         if outstanding.get(e.slot) != 0 {
             break;
         }
+        // A rewrite waits until no earlier changelog record is in flight, so that its first
+        // record opens a new record batch on its partition: its offset is then a batch's base
+        // offset, where every broker can start a fetch (tansu 0.6 skips the rest of a batch
+        // fetched from its middle).
+        if !earlier_acked && e.state.iter().any(|r| r.rewrite) {
+            break;
+        }
         for r in e.state.drain(..) {
-            r.send(producer, outstanding, e.slot);
+            r.send(producer, outstanding, e.slot, e.epoch);
             sent = true;
         }
         e.state_sent = true;
+        earlier_acked &= outstanding.get(e.slot) == 0;
     }
     sent
 }
@@ -957,6 +1013,19 @@ fn promote_complete(
         let e = s.pop_front().expect("front exists");
         for (tp, next, floor) in e.positions {
             d.positions.insert(tp, (next, floor));
+        }
+        // Every record of the epoch is acknowledged: its rewrites are complete.
+        let ctx = producer.context();
+        if let Ok(mut acks) = ctx.rewrites.lock() {
+            acks.retain(|a| {
+                if a.epoch != e.epoch {
+                    return true;
+                }
+                ctx.metrics.changelog_rewrites.with_label_values(&[a.topic.as_str()]).inc();
+                let start = d.starts.entry((a.topic.clone(), a.partition)).or_insert(a.offset);
+                *start = (*start).max(a.offset);
+                false
+            });
         }
     }
     sent
@@ -987,10 +1056,15 @@ fn commit(
     mode: CommitMode,
     metrics: &Metrics,
 ) {
-    let list = match durable.lock() {
-        Ok(d) => commit_list(&d, None),
-        Err(_) => None,
+    let (list, starts) = match durable.lock() {
+        Ok(mut d) => (commit_list(&d, None), std::mem::take(&mut d.starts)),
+        Err(_) => (None, BTreeMap::new()),
     };
+    // Independent of the input offsets: a start is stored once its whole rewrite is
+    // acknowledged, and an older start (a failed store) only makes a restore read more.
+    if !starts.is_empty() {
+        consumer.context().starts.write(&starts, mode);
+    }
     let Some(list) = list else { return };
     if let Ok(mut started) = consumer.context().commit_started.lock() {
         started.get_or_insert_with(Instant::now);
@@ -1039,31 +1113,108 @@ mod tests {
         assert!(lag_series(&m).is_empty());
     }
 
-    /// A changelog record is sent only once the outputs of its batch and of every earlier batch
-    /// are acknowledged, and its batch's offsets become committable only once it is
-    /// acknowledged as well. (The producer points at a closed port: records queue, and
-    /// acknowledgements are played by hand on the epoch counters.)
-    #[test]
-    fn changelog_records_wait_for_the_outputs_of_their_batch_and_every_earlier_one() {
-        use rdkafka::producer::{PurgeConfig, Producer};
-        let outstanding = Arc::new(Outstanding::new());
+    /// A producer pointed at a closed port: records queue, and acknowledgements are played by
+    /// hand on the epoch counters.
+    fn closed_port_producer(outstanding: &Arc<Outstanding>) -> ThreadedProducer<ProducerCtx> {
         let ctx = ProducerCtx {
             metrics: Metrics::new("test"),
             failures: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             out_counters: Mutex::new(Vec::new()),
             outstanding: outstanding.clone(),
+            rewrites: Mutex::new(Vec::new()),
         };
-        let producer: ThreadedProducer<ProducerCtx> = rdkafka::ClientConfig::new()
+        rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
             .create_with_context(ctx)
-            .expect("producer");
-        let state = |key: &str| crate::processor::StateRecord {
+            .expect("producer")
+    }
+
+    fn state_record(key: &str) -> crate::processor::StateRecord {
+        crate::processor::StateRecord {
             topic: "drift.state".into(),
             partition: 0,
             key: key.as_bytes().to_vec(),
             payload: Some(b"s".to_vec()),
-        };
+            rewrite: false,
+        }
+    }
+
+    /// A rewrite's first record carries its epoch in the delivery opaque, and its offset
+    /// becomes the partition's restore start only when that epoch is promoted (every record of
+    /// it acknowledged), not with an earlier epoch that shares nothing with it.
+    #[test]
+    fn a_rewrite_start_becomes_durable_only_with_its_whole_epoch() {
+        use rdkafka::producer::{PurgeConfig, Producer};
+        let o = pack_rewrite_opaque(5, 123_456);
+        assert_eq!((unpack_opaque(o), rewrite_epoch(o)), ((5, 0), Some(123_456)));
+        let plain = pack_opaque(5, 1_700_000_000_000);
+        assert_eq!((unpack_opaque(plain), rewrite_epoch(plain)), ((5, 1_700_000_000_000), None));
+
+        let outstanding = Arc::new(Outstanding::new());
+        let producer = closed_port_producer(&outstanding);
+        let tp = ("forecasts".to_owned(), 0);
+        let durable = Mutex::new(Durable::default());
+        let starts = || durable.lock().unwrap().starts.clone();
+        // Epoch 7 (slot 7) still has an output in flight; epoch 8's rewrite (two records)
+        // is sent, its first record acknowledged at offset 40, the second not yet.
+        outstanding.add(7);
+        outstanding.add(8);
+        let sealed = Mutex::new(VecDeque::from([
+            Sealed { slot: 7, epoch: 7, positions: vec![(tp.clone(), 10, None)], state: vec![], state_sent: true },
+            Sealed { slot: 8, epoch: 8, positions: vec![(tp.clone(), 20, None)], state: vec![], state_sent: true },
+        ]));
+        let ack = RewriteAck { epoch: 8, topic: "drift.state".into(), partition: 0, offset: 40 };
+        producer.context().rewrites.lock().unwrap().push(ack.clone());
+        promote_complete(&sealed, &outstanding, &durable, &producer);
+        assert!(starts().is_empty());
+        outstanding.done(7);
+        promote_complete(&sealed, &outstanding, &durable, &producer);
+        assert!(starts().is_empty(), "epoch 7 promoted, epoch 8's rewrite is not complete");
+        assert_eq!(*producer.context().rewrites.lock().unwrap(), vec![ack]);
+        outstanding.done(8);
+        promote_complete(&sealed, &outstanding, &durable, &producer);
+        assert_eq!(starts(), BTreeMap::from([(("drift.state".to_owned(), 0), 40)]));
+        assert!(producer.context().rewrites.lock().unwrap().is_empty());
+        let rewrites = producer.context().metrics.changelog_rewrites.with_label_values(&["drift.state"]).get();
+        assert_eq!(rewrites, 1);
+        producer.purge(PurgeConfig::default().queue().inflight());
+    }
+
+    /// A rewrite is sent only once no earlier changelog record is in flight (its first record
+    /// then opens a record batch); plain changelog records do not wait for earlier ones.
+    #[test]
+    fn a_rewrite_waits_for_the_earlier_changelog_records_to_be_acknowledged() {
+        use rdkafka::producer::{PurgeConfig, Producer};
+        let outstanding = Arc::new(Outstanding::new());
+        let producer = closed_port_producer(&outstanding);
+        let rewrite = crate::processor::StateRecord { rewrite: true, ..state_record("r") };
+        let mut sealed = VecDeque::from([
+            Sealed { slot: 0, epoch: 0, positions: vec![], state: vec![state_record("a")], state_sent: false },
+            Sealed { slot: 1, epoch: 1, positions: vec![], state: vec![state_record("b")], state_sent: false },
+            Sealed { slot: 2, epoch: 2, positions: vec![], state: vec![rewrite], state_sent: false },
+        ]);
+        assert!(send_ready_state(&mut sealed, &outstanding, &producer));
+        let sent = |s: &VecDeque<Sealed>| s.iter().map(|e| e.state_sent).collect::<Vec<_>>();
+        assert_eq!(sent(&sealed), [true, true, false], "the rewrite waits for a and b");
+        outstanding.done(0);
+        assert!(!send_ready_state(&mut sealed, &outstanding, &producer));
+        assert_eq!(sent(&sealed), [true, true, false], "b is still in flight");
+        outstanding.done(1);
+        assert!(send_ready_state(&mut sealed, &outstanding, &producer));
+        assert_eq!((sent(&sealed), outstanding.get(2)), (vec![true, true, true], 1));
+        producer.purge(PurgeConfig::default().queue().inflight());
+    }
+
+    /// A changelog record is sent only once the outputs of its batch and of every earlier batch
+    /// are acknowledged, and its batch's offsets become committable only once it is
+    /// acknowledged as well.
+    #[test]
+    fn changelog_records_wait_for_the_outputs_of_their_batch_and_every_earlier_one() {
+        use rdkafka::producer::{PurgeConfig, Producer};
+        let outstanding = Arc::new(Outstanding::new());
+        let producer = closed_port_producer(&outstanding);
+        let state = state_record;
         let tp = ("forecasts".to_owned(), 0);
         let durable = Mutex::new(Durable::default());
         let committable = || durable.lock().unwrap().positions.get(&tp).map(|p| p.0);
@@ -1072,8 +1223,8 @@ mod tests {
         outstanding.add(0);
         outstanding.add(0);
         let sealed = Mutex::new(VecDeque::from([
-            Sealed { slot: 0, positions: vec![(tp.clone(), 10, None)], state: vec![state("a")], state_sent: false },
-            Sealed { slot: 1, positions: vec![(tp.clone(), 20, None)], state: vec![state("b")], state_sent: false },
+            Sealed { slot: 0, epoch: 0, positions: vec![(tp.clone(), 10, None)], state: vec![state("a")], state_sent: false },
+            Sealed { slot: 1, epoch: 1, positions: vec![(tp.clone(), 20, None)], state: vec![state("b")], state_sent: false },
         ]));
         // Every record sent counts in its epoch's slot (the producer's own queue length also
         // counts the closed port's error events, so it is not what is checked).

@@ -29,7 +29,9 @@
 //!   committed. So the changelog holds at least what was committed and never the state of an
 //!   undelivered output. It is read back from the same partition numbers on assignment
 //!   ([`Processor::on_assigned`], [`changelog::restore`]: every partition of a rebalance in one
-//!   read).
+//!   read), from the partition's latest complete rewrite ([`Flush::rewrote`]) when the
+//!   processor writes its state whole from time to time: its first offset is stored once the
+//!   rewrite is acknowledged, so a restore reads a bounded tail, not the topic's history.
 
 pub mod changelog;
 pub mod config;

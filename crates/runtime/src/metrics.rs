@@ -27,6 +27,7 @@ pub struct Metrics {
     pub state_entities: IntGauge,
     pub state_bytes: IntGauge,
     pub rebalances: IntCounterVec,
+    pub changelog_rewrites: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +164,17 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("rebalances_total", "Partition assignments and revocations."),
                     &["kind"],
+                )
+                .expect("m"),
+            ),
+            changelog_rewrites: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "changelog_rewrites_total",
+                        "Complete rewrites of a changelog partition acknowledged: restores of the partition start at their first record.",
+                    ),
+                    &["topic"],
                 )
                 .expect("m"),
             ),

@@ -123,7 +123,22 @@ impl<'a> Flush<'a> {
             partition,
             key: key.to_vec(),
             payload: payload.map(<[u8]>::to_vec),
+            rewrite: false,
         });
+    }
+
+    /// Says that the records this batch emitted to changelog `topic`'s `partition` rewrite the
+    /// partition's whole state (every live key, plus the tombstones of this batch): its
+    /// earlier records are then no longer needed. Once all of them are acknowledged, the
+    /// offset of the first is kept as the partition's **restore start**
+    /// ([`crate::changelog::restore`] reads from there), in the committed offsets of the shadow
+    /// group `<group>.changelog-start`. It bounds what a restore reads on a broker that does not
+    /// compact (tansu), and on one that does, the uncompacted head. Nothing happens when the
+    /// batch emitted no record to the partition.
+    pub fn rewrote(&mut self, topic: &str, partition: i32) {
+        if let Some(first) = self.state.iter_mut().find(|r| r.partition == partition && r.topic == topic) {
+            first.rewrite = true;
+        }
     }
 }
 
@@ -134,12 +149,19 @@ pub(crate) struct StateRecord {
     pub(crate) partition: i32,
     pub(crate) key: Vec<u8>,
     pub(crate) payload: Option<Vec<u8>>,
+    /// The first record of a rewrite of its partition ([`Flush::rewrote`]).
+    pub(crate) rewrite: bool,
 }
 
 impl StateRecord {
-    /// Sends it, counted in the epoch `slot` (its batch's).
-    pub(crate) fn send(&self, producer: &ThreadedProducer<ProducerCtx>, outstanding: &crate::kafka::Outstanding, slot: usize) {
-        let opaque = crate::kafka::pack_opaque(slot, 0);
+    /// Sends it, counted in the epoch `slot` (its batch's, the `epoch`-th); the delivery report
+    /// of a rewrite's first record notes its offset for that epoch.
+    pub(crate) fn send(&self, producer: &ThreadedProducer<ProducerCtx>, outstanding: &crate::kafka::Outstanding, slot: usize, epoch: u64) {
+        let opaque = if self.rewrite {
+            crate::kafka::pack_rewrite_opaque(slot, epoch)
+        } else {
+            crate::kafka::pack_opaque(slot, 0)
+        };
         let mut rec = BaseRecord::with_opaque_to(self.topic.as_str(), opaque)
             .key(self.key.as_slice())
             .partition(self.partition);

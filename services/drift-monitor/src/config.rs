@@ -50,6 +50,14 @@ pub struct StateConfig {
     /// per interval instead of one per forecast.
     #[serde(with = "humantime_serde")]
     pub detectors_every: Duration,
+    /// Bounds what a restore reads of each changelog partition, whatever the topic's age: once
+    /// a partition's records since its last complete rewrite reach this many times that
+    /// rewrite's size, it is written whole again (every live entity; a windows record is whole
+    /// by itself, so every `rewrite_after`-th one), and restores start at the latest rewrite
+    /// (its first offset, stored by the runtime once the rewrite is acknowledged). About
+    /// `1 / rewrite_after` more records written. 0: never, and restores read the whole
+    /// (compacted) topic. At most 1,000.
+    pub rewrite_after: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +134,11 @@ impl Config {
                 "key `state.detectors_every` must be at most 1h (what it leaves unsaved is replayed from the forecasts topic)".into(),
             ));
         }
+        if self.state.rewrite_after > 1_000 {
+            return Err(ConfigError::Invalid(
+                "key `state.rewrite_after` must be at most 1000 (0: never rewrite, restores read the whole changelog)".into(),
+            ));
+        }
         if self.models.family.is_empty() {
             return Err(ConfigError::Invalid("key `models.family` must not be empty".into()));
         }
@@ -184,6 +197,7 @@ mod tests {
         assert!(c.state.enabled, "the changelog is on by default");
         assert_eq!(c.state.windows_every, Duration::from_secs(10), "the default interval");
         assert_eq!(c.state.detectors_every, Duration::from_secs(10), "the default interval");
+        assert_eq!(c.state.rewrite_after, 4, "restores read from the latest rewrite by default");
         for (n, key, value, named) in [
             (2, "MODEL_ERROR__PH_LAMBDA", "-1", "model_error.ph_lambda"),
             (3, "FEATURES__WINDOW", "hourly", "features.window"),
@@ -195,6 +209,8 @@ mod tests {
             (9, "STATE__WINDOWS_EVERY", "2h", "state.windows_every"),
             (11, "STATE__DETECTORS_EVERY", "90m", "state.detectors_every"),
             (12, "STATE__DETECTORS_EVERY", "often", "state.detectors_every"),
+            (13, "STATE__REWRITE_AFTER", "1001", "state.rewrite_after"),
+            (14, "STATE__REWRITE_AFTER", "-1", "state.rewrite_after"),
         ] {
             let e = refused(n, key, value);
             assert!(e.contains(named), "{key}={value:?}: {e}");

@@ -74,6 +74,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Service
         restore_timeout: config.state.restore_timeout,
         windows_every: config.state.windows_every,
         detectors_every: config.state.detectors_every,
+        rewrite_after: config.state.rewrite_after,
     });
     if let Some(st) = &state {
         let t = &config.topics;

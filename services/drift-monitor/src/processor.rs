@@ -2,7 +2,7 @@
 //! forecast / actual join and the error detectors; alerts are published keyed by entity (model
 //! error) or by scope (feature distributions).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,8 @@ pub struct StateStore {
     pub windows_every: Duration,
     /// A forecasts partition's changed entities are written at most this often.
     pub detectors_every: Duration,
+    /// A changelog partition is rewritten whole once it grew by this ratio (0: never).
+    pub rewrite_after: u32,
 }
 
 pub struct DriftStage {
@@ -157,6 +159,9 @@ pub struct DriftStage {
     pending_restore: BTreeSet<i32>,
     /// Features partitions assigned and not yet read back from the windows changelog.
     pending_windows: BTreeSet<i32>,
+    /// Per features partition: windows records written since the last one marked as a
+    /// rewrite (each record is whole; every `rewrite_after`-th is marked).
+    windows_since_rewrite: BTreeMap<i32, u32>,
 }
 
 impl DriftStage {
@@ -179,8 +184,9 @@ impl DriftStage {
         let errors = cfg.model_error.enabled.then(|| {
             let mut e = ErrorMonitor::new(cfg.model_error.clone(), reference.interval_ms);
             e.add_reference(reference.clone());
-            if state.is_some() {
+            if let Some(st) = &state {
                 e.track_changes();
+                e.rewrite_after(st.rewrite_after);
             }
             e
         });
@@ -202,6 +208,7 @@ impl DriftStage {
             state,
             pending_restore: BTreeSet::new(),
             pending_windows: BTreeSet::new(),
+            windows_since_rewrite: BTreeMap::new(),
         }
     }
 
@@ -239,11 +246,13 @@ impl DriftStage {
         });
         let outcomes = [("restored", restored), ("forgotten", forgotten), ("skipped", skipped)];
         m.read_back(&m.state_restored, outcomes, partitions.len(), started, res.is_ok());
+        em.restored(&partitions, res.is_ok());
         match res {
             Ok(r) => {
                 tracing::info!(
-                    topic = %st.topic, partitions = ?partitions, records = r.records, entities = em.entities(),
-                    open = em.open_alerts(), ms = started.elapsed().as_millis() as u64, "model-error state restored"
+                    topic = %st.topic, partitions = ?partitions, records = r.records, from_rewrites = r.from_start,
+                    before_rewrites = r.skipped, entities = em.entities(), open = em.open_alerts(),
+                    ms = started.elapsed().as_millis() as u64, "model-error state restored"
                 );
             }
             Err(e) => {
@@ -295,8 +304,8 @@ impl DriftStage {
         match res {
             Ok(r) => {
                 tracing::info!(
-                    topic = %st.windows_topic, partitions = ?partitions, records = r.records, stale,
-                    windows = fm.open_windows(), open = fm.open_alerts(), ms = started.elapsed().as_millis() as u64,
+                    topic = %st.windows_topic, partitions = ?partitions, records = r.records, from_rewrites = r.from_start,
+                    before_rewrites = r.skipped, stale, windows = fm.open_windows(), open = fm.open_alerts(), ms = started.elapsed().as_millis() as u64,
                     "feature windows restored"
                 );
             }
@@ -440,6 +449,7 @@ impl Processor for DriftStage {
     fn on_revoke(&mut self, topic: &str, partition: i32) {
         if topic == self.features_topic {
             self.pending_windows.remove(&partition);
+            self.windows_since_rewrite.remove(&partition);
             self.partitions.remove(&partition);
             self.rescope();
             if let Some(f) = &mut self.features {
@@ -474,16 +484,24 @@ impl Processor for DriftStage {
         let last = out.is_last();
         let every = |d: Duration| if last { 0 } else { d.as_millis() as i64 };
         if let Some(fm) = &mut self.features {
+            let since = &mut self.windows_since_rewrite;
             fm.drain_due(&self.features_topic, now, every(st.windows_every), |partition, s| {
                 buf.clear();
                 s.encode_framed(buf);
                 let key = FeatureWindowsState::key(&s.topic, partition);
                 out.emit_state(&st.windows_topic, partition, key.as_bytes(), Some(buf));
                 m.state_written.with_label_values(&["windows"]).inc();
+                // A partition's first record from this instance, then every rewrite_after-th.
+                let n = since.entry(partition).or_insert(st.rewrite_after);
+                if st.rewrite_after > 0 && *n >= st.rewrite_after {
+                    out.rewrote(&st.windows_topic, partition);
+                    *n = 0;
+                }
+                *n += 1;
             });
         }
         let Some(em) = &mut self.errors else { return };
-        em.drain_due(now, every(st.detectors_every), |entity, partition, state| match state {
+        let rewritten = em.drain_due(now, every(st.detectors_every), |entity, partition, state| match state {
             Some(s) => {
                 buf.clear();
                 s.encode_framed(buf);
@@ -495,6 +513,9 @@ impl Processor for DriftStage {
                 m.state_written.with_label_values(&["tombstone"]).inc();
             }
         });
+        for partition in rewritten {
+            out.rewrote(&st.topic, partition);
+        }
     }
 
     fn on_commit(&mut self, metrics: &Metrics) {

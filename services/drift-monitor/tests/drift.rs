@@ -327,6 +327,55 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
     let _ = std::fs::remove_dir_all(&models);
 }
 
+/// With `state.rewrite_after` set, a partition's detectors are written whole again once its
+/// changelog grew by that ratio, and the runtime stores where the latest rewrite starts once
+/// it is acknowledged: a restarted monitor reads the changelog back from there, a few records
+/// instead of every batch's, and still resolves the episode opened before the restart under
+/// its id, its error count running on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_monitor_reads_its_detectors_back_from_their_latest_rewrite() {
+    let (brokers, mut cfg, models) = own_monitor("drift-rewrite").await;
+    cfg.features.enabled = false;
+    cfg.state.detectors_every = Duration::ZERO;
+    cfg.state.rewrite_after = 1;
+    let (mut steps, t0) = shifted_entity();
+
+    // First instance: ten steps at a time, each chunk in batches of its own (a record of each
+    // entity per batch), through the shift until the episode is open.
+    let first = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let guard = StopOnDrop(first.shutdown.clone());
+    for k in 1..=9 {
+        produce(&brokers, &cfg.topics.forecasts, &steps((k - 1) * 10..k * 10));
+        let seen = || counter(&first, "records_in_total", "forecasts") >= 20.0 * k as f64;
+        assert!(eventually(Duration::from_secs(30), seen).await, "chunk {k} consumed");
+    }
+    let mut alerts = Vec::new();
+    let opened = model_error_seen(&brokers, &cfg.topics.output, AlertState::Open, &mut alerts).await;
+    assert!(opened, "alerts so far: {alerts:#?}");
+    let rewrites = || counter(&first, "changelog_rewrites_total", "drift.state");
+    assert!(eventually(Duration::from_secs(30), || rewrites() >= 2.0).await, "{} rewrites", rewrites());
+    let written = counter(&first, "drift_state_records_written_total", "\"state\"");
+    assert!(written >= 18.0, "a record of each entity for each chunk at least: {written}");
+    first.stop().await.unwrap();
+    drop(guard);
+
+    let second = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
+    let _guard = StopOnDrop(second.shutdown.clone());
+    produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
+    let resolved = model_error_seen(&brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
+    assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
+    // Read back from the latest rewrite of each partition: at most its two entities and one
+    // drain after it (rewrite_after = 1), instead of all the records written.
+    let read = counter(&second, "drift_state_records_restored_total", "restored");
+    assert!((2.0..=4.0).contains(&read), "{read} records read back of {written} written");
+    assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
+    let resolved = alerts.iter().find(|a| a.state == AlertState::Resolved).unwrap();
+    assert!(resolved.ts_ms >= t0 + 100 * STEP, "{resolved:?}");
+    assert!(resolved.detail("n").unwrap() > 90.0, "no warm-up again: {resolved:?}");
+    second.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&models);
+}
+
 /// With `state.detectors_every` long, the detectors' changelog lags the consumed forecasts;
 /// a rebalance (a second member joins: every partition is revoked and handed out again) does
 /// not write them, and the new owners replay each forecasts partition from its committed floor
