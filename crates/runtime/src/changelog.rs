@@ -34,25 +34,20 @@ pub struct Restored {
     pub skipped: u64,
 }
 
+const START_SUFFIX: &str = "changelog-start";
+
 /// The shadow group whose committed offsets on a changelog's partitions are their restore
 /// starts.
 pub fn start_group(group_id: &str) -> String {
-    format!("{group_id}.changelog-start")
+    format!("{group_id}.{START_SUFFIX}")
 }
 
 /// Stores restore starts (written by the runtime's commits).
-pub(crate) struct StartStore {
-    shadow: BaseConsumer,
-}
+pub(crate) struct StartStore(crate::kafka::ShadowGroup);
 
 impl StartStore {
     pub(crate) fn new(kafka: &KafkaConfig) -> anyhow::Result<StartStore> {
-        let shadow = crate::kafka::client_config(kafka)
-            .set("group.id", start_group(&kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .create()
-            .context("creating the changelog-start client")?;
-        Ok(StartStore { shadow })
+        Ok(StartStore(crate::kafka::ShadowGroup::new(kafka, START_SUFFIX, "changelog restore starts")?))
     }
 
     /// Commits `starts` ((changelog topic, partition) -> first offset of its latest rewrite).
@@ -62,9 +57,7 @@ impl StartStore {
         for ((topic, partition), offset) in starts {
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
         }
-        if let Err(e) = self.shadow.commit(&tpl, mode) {
-            tracing::warn!(error = %e, "storing changelog restore starts failed; restores read from the earlier ones");
-        }
+        self.0.store(&tpl, mode);
     }
 }
 

@@ -474,16 +474,42 @@ impl ConsumerContext for ConsumerCtx {
 /// is written after the main commit, so a crash between the two leaves an older, lower floor,
 /// from which a replay is still exact (only longer).
 pub struct FloorStore {
-    shadow: BaseConsumer,
+    shadow: ShadowGroup,
+}
+
+/// A group no consumer joins, `<group>.<suffix>`: its committed offsets hold what the runtime
+/// keeps beside the service's own group (the replay floors, the changelogs' restore starts).
+pub(crate) struct ShadowGroup {
+    client: BaseConsumer,
+    what: &'static str,
+}
+
+impl ShadowGroup {
+    pub(crate) fn new(kafka: &crate::KafkaConfig, suffix: &str, what: &'static str) -> anyhow::Result<ShadowGroup> {
+        let client = client_config(kafka)
+            .set("group.id", format!("{}.{suffix}", kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .with_context(|| format!("creating the {what} client"))?;
+        Ok(ShadowGroup { client, what })
+    }
+
+    /// Commits `tpl` (nothing when it is empty). A failure leaves the earlier offsets in force,
+    /// which every reader of a shadow group takes as safe: a lower floor replays more, an
+    /// earlier restore start reads more.
+    pub(crate) fn store(&self, tpl: &TopicPartitionList, mode: CommitMode) {
+        if tpl.count() > 0 {
+            if let Err(e) = self.client.commit(tpl, mode) {
+                tracing::warn!(error = %e, "storing {} failed; the earlier ones stay in force", self.what);
+            }
+        }
+    }
 }
 
 impl FloorStore {
     fn new(kafka: &crate::KafkaConfig) -> anyhow::Result<FloorStore> {
-        let mut c = client_config(kafka);
-        c.set("group.id", format!("{}.replay-floor", kafka.group_id))
-            .set("enable.auto.commit", "false");
         Ok(FloorStore {
-            shadow: c.create().context("creating the replay-floor client")?,
+            shadow: ShadowGroup::new(kafka, "replay-floor", "replay floors")?,
         })
     }
 
@@ -497,11 +523,7 @@ impl FloorStore {
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*f));
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.shadow.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(error = %e, "storing replay floors failed; the previous (lower) floors stay in force");
-            }
-        }
+        self.shadow.store(&tpl, CommitMode::Sync);
     }
 
     /// Stores the floors carried in the metadata of a commit the broker just confirmed,
@@ -513,11 +535,7 @@ impl FloorStore {
                 let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(f));
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.shadow.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "storing replay floors failed; the previous (lower) floors stay in force");
-            }
-        }
+        self.shadow.store(&tpl, mode);
     }
 
     fn read(&self, tpl: &TopicPartitionList, timeout: Duration) -> HashMap<(String, i32), i64> {
@@ -525,7 +543,7 @@ impl FloorStore {
         for e in tpl.elements() {
             q.add_partition(e.topic(), e.partition());
         }
-        match self.shadow.committed_offsets(q, timeout) {
+        match self.shadow.client.committed_offsets(q, timeout) {
             Ok(list) => list
                 .elements()
                 .iter()
