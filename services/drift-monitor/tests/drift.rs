@@ -152,6 +152,26 @@ fn model_errors(brokers: &str, topic: &str) -> Vec<DriftAlert> {
         .collect()
 }
 
+/// Steps 90 to 149 of `shifted_entity`'s stream (its actuals back on its forecasts), after a
+/// restart or a rebalance: the episode opened before it resolves after it, the test's one
+/// episode and of the shifted entity only, under its id, after the actuals came back, its error
+/// count running on from before (the test's warm-up plus baseline is 36 errors: detectors
+/// warmed up again, or missing the errors before, would count fewer than 90). Returns the
+/// alerts.
+async fn episode_resolves_across(brokers: &str, cfg: &Config, steps: &mut impl FnMut(std::ops::Range<i64>) -> Vec<Rec>, t0: i64) -> Vec<DriftAlert> {
+    produce(brokers, &cfg.topics.forecasts, &steps(90..150));
+    let mut alerts = Vec::new();
+    let resolved = model_error_seen(brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
+    assert!(resolved, "the episode opened before resolves after: {alerts:#?}");
+    assert!(alerts.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{alerts:#?}");
+    assert_eq!(alerts.iter().filter(|a| a.state == AlertState::Open).count(), 1, "{alerts:#?}");
+    assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
+    let resolved = alerts.iter().find(|a| a.state == AlertState::Resolved).unwrap();
+    assert!(resolved.ts_ms >= t0 + 100 * STEP, "resolved after the actuals came back: {resolved:?}");
+    assert!(resolved.detail("n").unwrap() > 90.0, "the error count runs on: {resolved:?}");
+    alerts
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_on_shifted_features_and_errors_follows_promotions_and_dead_letters() {
     let (brokers, cfg, models) = own_monitor("drift").await;
@@ -299,9 +319,7 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
     // to its forecasts and the episode opened by the first instance resolves.
     let h = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
     let _guard = StopOnDrop(h.shutdown.clone());
-    produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
-    let resolved = model_error_seen(&brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
-    assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
+    episode_resolves_across(&brokers, &cfg, &mut steps, t0).await;
     assert!(counter(&h, "drift_state_records_restored_total", "restored") >= 2.0);
     assert_eq!(counter(&h, "drift_state_restores_total", "failed"), 0.0);
     // Every forecasts partition was read back, all of them in one read.
@@ -315,14 +333,6 @@ async fn a_restarted_monitor_resumes_its_detectors_from_the_changelog() {
         .filter(|l| l.starts_with("headroom_drift_state_restore_seconds_count"))
         .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(reads, Some(1.0), "one read for the whole assignment");
-    assert!(alerts.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{alerts:#?}");
-    assert_eq!(alerts.iter().filter(|a| a.state == AlertState::Open).count(), 1, "{alerts:#?}");
-    assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
-    let resolved = alerts.iter().find(|a| a.state == AlertState::Resolved).unwrap();
-    assert!(resolved.ts_ms >= t0 + 100 * STEP, "resolved after the actuals came back: {resolved:?}");
-    // The detectors were not warmed up again: the resolution's error count runs on from the
-    // first instance's (the test's warm-up plus baseline is 36 errors).
-    assert!(resolved.detail("n").unwrap() > 90.0, "{resolved:?}");
     h.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }
@@ -361,17 +371,11 @@ async fn a_restarted_monitor_reads_its_detectors_back_from_their_latest_rewrite(
 
     let second = headroom_drift_monitor::start(cfg.clone(), Shutdown::new()).await.unwrap();
     let _guard = StopOnDrop(second.shutdown.clone());
-    produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
-    let resolved = model_error_seen(&brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
-    assert!(resolved, "the episode opened before the restart resolves after it: {alerts:#?}");
+    episode_resolves_across(&brokers, &cfg, &mut steps, t0).await;
     // Read back from the latest rewrite of each partition: at most its two entities and one
     // drain after it (rewrite_after = 1), instead of all the records written.
     let read = counter(&second, "drift_state_records_restored_total", "restored");
     assert!((2.0..=4.0).contains(&read), "{read} records read back of {written} written");
-    assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
-    let resolved = alerts.iter().find(|a| a.state == AlertState::Resolved).unwrap();
-    assert!(resolved.ts_ms >= t0 + 100 * STEP, "{resolved:?}");
-    assert!(resolved.detail("n").unwrap() > 90.0, "no warm-up again: {resolved:?}");
     second.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&models);
 }
@@ -411,17 +415,10 @@ async fn a_rebalance_replays_the_detectors_from_their_floor() {
     let _g2 = StopOnDrop(joiner.shutdown.clone());
     let reads = || counter(&first, "drift_state_restores_total", "\"ok\"") + counter(&joiner, "drift_state_restores_total", "\"ok\"");
     assert!(eventually(Duration::from_secs(60), || reads() >= 2.0 * partitions).await, "{} partitions read back", reads());
-    produce(&brokers, &cfg.topics.forecasts, &steps(90..150));
-    let resolved = model_error_seen(&brokers, &cfg.topics.output, AlertState::Resolved, &mut alerts).await;
-    assert!(resolved, "the episode opened before the rebalance resolves after it: {alerts:#?}");
-    assert!(alerts.iter().all(|a| a.entity_id.as_deref() == Some("shifted")), "{alerts:#?}");
-    assert!(alerts.iter().all(|a| a.alert_id == alerts[0].alert_id), "one episode: {alerts:#?}");
-    let resolved = alerts.iter().find(|a| a.state == AlertState::Resolved).unwrap();
-    assert!(resolved.ts_ms >= t0 + 100 * STEP, "{resolved:?}");
-    // The changelog held "shifted" after its tenth forecast; the replay from the floor gave
-    // back every error since (the test's warm-up plus baseline is 36 errors, and the episode
-    // needs the baseline: from the changelog alone there would be no episode to resolve).
-    assert!(resolved.detail("n").unwrap() > 90.0, "{resolved:?}");
+    // The changelog held "shifted" after its tenth forecast; the replay from the floor gives
+    // back every error since (the episode needs the baseline: from the changelog alone there
+    // would be no episode to resolve).
+    episode_resolves_across(&brokers, &cfg, &mut steps, t0).await;
     // The forecasts since the first write: steps 10 to 89 of both entities.
     let (a, b) = (counter(&first, "replayed_records_total", ""), counter(&joiner, "replayed_records_total", ""));
     assert_eq!(a + b, 160.0, "the forecasts since the floor are replayed: {a} + {b}");
