@@ -522,7 +522,7 @@ async fn every_run_is_tracked_in_mlflow_and_a_dead_tracking_server_changes_nothi
     let server = tokio::task::spawn_blocking(|| headroom_testkit::mlflow::MlflowServer::start(Duration::from_secs(180))).await.unwrap();
     let ml = server.url();
     let base = pg_url();
-    let (brokers, url, models, mut cfg) = scratch("retrain-mlflow").await;
+    let (_brokers, url, models, mut cfg) = scratch("retrain-mlflow").await;
     cfg.mlflow.tracking_url = ml.clone();
     cfg.mlflow.experiment = unique("headroom retrain");
     store_telemetry(&url, &generate(12, 3, 7)).await;
@@ -661,7 +661,7 @@ async fn neural_report(url: &str, candidate: &str) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neural_models_are_refitted_and_replace_the_serving_ones_only_when_no_worse() {
     headroom_testkit::init_test_logging();
-    let (brokers, url, models, mut cfg) = scratch("retrain-nn").await;
+    let (_brokers, url, models, mut cfg) = scratch("retrain-nn").await;
     store_telemetry(&url, &generate(12, 3, 7)).await;
     // v0: weak XGBoost and a weak LSTM (one epoch of 256 samples, hidden 2, another fleet).
     let other = Dataset::build(
