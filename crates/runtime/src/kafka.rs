@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
@@ -263,7 +262,11 @@ pub struct ConsumerCtx {
     outstanding: Arc<Outstanding>,
     events: Arc<Mutex<Vec<Event>>>,
     timeout: Duration,
-    commit_started: Mutex<Option<Instant>>,
+    /// Held by whoever commits (the committer thread, the revoke callback).
+    commits: Mutex<()>,
+    /// Revocations so far: a commit requested before a revocation is not sent after it
+    /// ([`Committer`]).
+    revocations: AtomicU64,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -321,25 +324,6 @@ pub fn set_lag(metrics: &Metrics, lag: &[(&str, i32, i64)]) {
 }
 
 impl ConsumerContext for ConsumerCtx {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Ok(mut started) = self.commit_started.lock() {
-            if let Some(t) = started.take() {
-                self.metrics
-                    .commit_seconds
-                    .observe(t.elapsed().as_secs_f64());
-            }
-        }
-        match result {
-            // Only after the broker confirmed the offsets may their floors be stored: a floor
-            // newer than the committed offset would make a replay start too late.
-            Ok(()) => self.floors.write_confirmed(offsets, CommitMode::Async),
-            Err(e) => {
-                self.metrics.commit_failures.inc();
-                tracing::warn!(error = %e, "offset commit failed; will retry at the next interval");
-            }
-        }
-    }
-
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -431,6 +415,10 @@ impl ConsumerContext for ConsumerCtx {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
+                // Wait for a commit in flight on the committer thread, and void the one it may
+                // have queued: its positions of these partitions must not land after ours.
+                let commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+                self.revocations.fetch_add(1, Ordering::SeqCst);
                 if flushed && !lost {
                     if let Ok(durable) = self.durable.lock() {
                         if let Some(list) = commit_list(&durable, Some(&revoked)) {
@@ -446,6 +434,9 @@ impl ConsumerContext for ConsumerCtx {
                 } else {
                     tracing::warn!("partitions revoked before their outputs were flushed; they will be reprocessed");
                 }
+                // No later commit may carry these partitions: another member owns them now.
+                forget(&self.durable, &self.sealed, &revoked);
+                drop(commits);
                 if let Ok(mut q) = self.events.lock() {
                     for (topic, partition) in revoked {
                         q.push(Event::Revoke { topic, partition });
@@ -526,16 +517,15 @@ impl FloorStore {
         self.shadow.store(&tpl, CommitMode::Sync);
     }
 
-    /// Stores the floors carried in the metadata of a commit the broker just confirmed,
-    /// without waiting.
-    fn write_confirmed(&self, committed: &TopicPartitionList, mode: CommitMode) {
+    /// Stores the floors carried in the metadata of a commit the broker just confirmed.
+    fn write_confirmed(&self, committed: &TopicPartitionList) {
         let mut tpl = TopicPartitionList::new();
         for e in committed.elements() {
             if let Some(f) = parse_floor(e.metadata()) {
                 let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(f));
             }
         }
-        self.shadow.store(&tpl, mode);
+        self.shadow.store(&tpl, CommitMode::Sync);
     }
 
     fn read(&self, tpl: &TopicPartitionList, timeout: Duration) -> HashMap<(String, i32), i64> {
@@ -622,12 +612,14 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         outstanding: outstanding.clone(),
         events: events.clone(),
         timeout: rt.drain_deadline,
-        commit_started: Mutex::new(None),
+        commits: Mutex::new(()),
+        revocations: AtomicU64::new(0),
     };
     let ccfg = consumer_config(&cfg.kafka);
-    let consumer: BaseConsumer<ConsumerCtx> = ccfg
-        .create_with_context(cctx)
-        .context("creating the kafka consumer")?;
+    let consumer: Arc<BaseConsumer<ConsumerCtx>> = Arc::new(
+        ccfg.create_with_context(cctx)
+            .context("creating the kafka consumer")?,
+    );
     let topics: Vec<&str> = opts.input_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -645,6 +637,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
     let mut epoch_started = Instant::now();
     let mut last_commit = Instant::now();
     let mut in_counters: Vec<(String, prometheus::IntCounter)> = Vec::new();
+    let mut committer = Committer::start(consumer.clone(), durable.clone(), opts.metrics.clone())?;
     opts.health.beat();
 
     // The clock is read once per iteration; the wall clock handed to processors and the
@@ -749,7 +742,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         }
         if now.saturating_duration_since(last_commit) >= rt.commit_interval {
             promote_complete(&sealed, &outstanding, &durable, &producer);
-            commit(&consumer, &durable, CommitMode::Async, &opts.metrics);
+            committer.request();
             processor.on_commit(&opts.metrics);
             st.refresh_floors(&mut processor);
             last_commit = now;
@@ -766,7 +759,7 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
             if flush_and_promote(&sealed, &outstanding, &durable, &producer, rt.drain_deadline)
                 && delivery_failure(&producer).is_none()
             {
-                commit(&consumer, &durable, CommitMode::Sync, &opts.metrics);
+                committer.finish(deadline);
             } else {
                 tracing::error!("outputs not acknowledged within the drain deadline; uncommitted records will be reprocessed");
             }
@@ -787,6 +780,21 @@ pub fn run<P: Processor>(opts: RunOptions, mut processor: P) -> anyhow::Result<(
         Err(e) => tracing::error!(error = %e, "processing loop stopped"),
     }
     result
+}
+
+/// Drops the positions of `partitions` from what is durable and what is sealed, so that no
+/// commit carries them any more.
+fn forget(durable: &Mutex<Durable>, sealed: &Mutex<VecDeque<Sealed>>, partitions: &[(String, i32)]) {
+    if let Ok(mut d) = durable.lock() {
+        for tp in partitions {
+            d.positions.remove(tp);
+        }
+    }
+    if let Ok(mut s) = sealed.lock() {
+        for e in s.iter_mut() {
+            e.positions.retain(|(t, _, _)| !partitions.contains(t));
+        }
+    }
 }
 
 fn delivery_failure(producer: &ThreadedProducer<ProducerCtx>) -> Option<anyhow::Error> {
@@ -895,15 +903,7 @@ impl LoopState {
                     processor.on_revoke(&topic, partition);
                     self.assigned
                         .retain(|a| !(a.0 == topic && a.1 == partition));
-                    let tp = (topic, partition);
-                    if let Ok(mut d) = durable.lock() {
-                        d.positions.remove(&tp);
-                    }
-                    if let Ok(mut s) = sealed.lock() {
-                        for e in s.iter_mut() {
-                            e.positions.retain(|(t, _, _)| *t != tp);
-                        }
-                    }
+                    forget(durable, sealed, &[(topic, partition)]);
                 }
             }
         }
@@ -1068,12 +1068,104 @@ fn flush_and_promote(
     }
 }
 
+/// Commits off the loop thread. librdkafka reports the result of a manual asynchronous commit
+/// to nobody (rust-rdkafka sets no `offset_commit_cb`, and `rd_kafka_commit` gives such a
+/// commit no reply queue), so an asynchronous commit cannot be followed by what must wait for
+/// its confirmation: the replay floors in the shadow group, the commit latency, the failure
+/// count. The loop asks for a commit every `commit_interval` without waiting; this thread takes
+/// the durable positions at that moment, commits them synchronously, and then stores their
+/// floors. A request made while a commit is in flight is merged into the next one. The revoke
+/// callback commits under the same lock; a request made up before a revocation is dropped
+/// ([`ConsumerCtx::commits`]).
+struct Committer {
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    durable: Arc<Mutex<Durable>>,
+    metrics: Metrics,
+    /// The generation of the pending request; `None` once the loop is stopping.
+    requests: Option<std::sync::mpsc::SyncSender<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(
+        consumer: Arc<BaseConsumer<ConsumerCtx>>,
+        durable: Arc<Mutex<Durable>>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        let (c, d, m) = (consumer.clone(), durable.clone(), metrics.clone());
+        let thread = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                while let Ok(generation) = rx.recv() {
+                    commit(&c, &d, Some(generation), &m);
+                }
+            })
+            .context("starting the committer thread")?;
+        Ok(Committer {
+            consumer,
+            durable,
+            metrics,
+            requests: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a commit of what is durable now; never waits.
+    fn request(&self) {
+        let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+        if let Some(tx) = &self.requests {
+            // Full: a request is already waiting, and it will take the positions as they are
+            // when it runs.
+            let _ = tx.try_send(generation);
+        }
+    }
+
+    /// The last commit, on stopping: lets a commit in flight end (until `deadline`), then
+    /// commits what is durable now on the calling thread.
+    fn finish(&mut self, deadline: Instant) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !t.is_finished() {
+                tracing::warn!("an offset commit is still in flight at the drain deadline; the last commit waits for it");
+            }
+        }
+        commit(&self.consumer, &self.durable, None, &self.metrics);
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Ends the thread once its current commit returns. Waited for a little, so that the
+        // loop, not this thread, closes the consumer; a commit to a broker that does not answer
+        // must not hold the service's exit.
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Commits the durable positions, then stores the replay floors the broker has just confirmed
+/// and the changelog restore starts. `generation`: the revocation count the request was made
+/// at; the commit is skipped if a revocation came since (`None`: commit anyway).
 fn commit(
     consumer: &BaseConsumer<ConsumerCtx>,
     durable: &Mutex<Durable>,
-    mode: CommitMode,
+    generation: Option<u64>,
     metrics: &Metrics,
 ) {
+    let ctx = consumer.context();
+    let _commits = ctx.commits.lock().unwrap_or_else(|p| p.into_inner());
+    if generation.is_some_and(|g| g != ctx.revocations.load(Ordering::SeqCst)) {
+        return;
+    }
     let (list, starts) = match durable.lock() {
         Ok(mut d) => (commit_list(&d, None), std::mem::take(&mut d.starts)),
         Err(_) => (None, BTreeMap::new()),
@@ -1081,22 +1173,18 @@ fn commit(
     // Independent of the input offsets: a start is stored once its whole rewrite is
     // acknowledged, and an older start (a failed store) only makes a restore read more.
     if !starts.is_empty() {
-        consumer.context().starts.write(&starts, mode);
+        ctx.starts.write(&starts, CommitMode::Sync);
     }
     let Some(list) = list else { return };
-    if let Ok(mut started) = consumer.context().commit_started.lock() {
-        started.get_or_insert_with(Instant::now);
-    }
-    // Async: the commit callback records the latency, counts failures, and stores the floors
-    // once the broker confirmed the offsets. Sync (revoke, shutdown) does the same inline.
-    let res: KafkaResult<()> = consumer.commit(&list, mode);
-    match (res, mode) {
-        (Ok(()), CommitMode::Sync) => consumer
-            .context()
-            .floors
-            .write_confirmed(&list, CommitMode::Sync),
-        (Ok(()), CommitMode::Async) => {}
-        (Err(e), _) => {
+    let started = Instant::now();
+    match consumer.commit(&list, CommitMode::Sync) {
+        Ok(()) => {
+            metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            // Only after the broker confirmed the offsets may their floors be stored: a floor
+            // newer than the committed offset would make a replay start too late.
+            ctx.floors.write_confirmed(&list);
+        }
+        Err(e) => {
             metrics.commit_failures.inc();
             tracing::warn!(error = %e, "offset commit failed; will retry at the next interval");
         }

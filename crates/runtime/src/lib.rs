@@ -7,8 +7,8 @@
 //!   they are made, and the loop never waits for them inline. Processed positions are sealed
 //!   into an *epoch* every `max_batch` records or `max_batch_wait`; each output counts against
 //!   its epoch until its delivery report arrives. Every `commit_interval` the positions of the
-//!   leading fully acknowledged epochs are committed (sync), and on revoke and shutdown the
-//!   producer is flushed first. A crash replays at most the records since the last commit;
+//!   leading fully acknowledged epochs are committed (sync, on a committer thread: the loop
+//!   does not wait), and on revoke and shutdown the producer is flushed first. A crash replays at most the records since the last commit;
 //!   outputs carry deterministic ids so consumers can de-duplicate.
 //! - **Delivery failures stop the service.** librdkafka retries inside `message.timeout.ms`;
 //!   a record that still fails makes [`run`] return an error without committing, so the

@@ -340,78 +340,20 @@ async fn restart_and_rebalance_give_the_same_features() {
     let brokers = brokers();
     let prefix = format!("{}.", unique("fz-restore"));
     create_topics(&brokers, &prefix).await;
-    let input = format!("{prefix}telemetry.raw");
-    let output = format!("{prefix}features");
     let base = (now_ms() - 5 * 86_400_000) / IV * IV;
     let entities: Vec<String> = (0..24).map(|i| format!("vm-{i:02}")).collect();
-    let make = |from: i64, to: i64| -> Vec<Rec> {
-        let mut v = Vec::new();
-        for step in from..to {
-            for (i, e) in entities.iter().enumerate() {
-                let wave = ((step as f64 / 12.0) + i as f64).sin() * 0.3 + 0.5;
-                let mut t = telemetry(e, base + step * IV + (i as i64 * 997) % 60_000, wave);
-                if (step + i as i64) % 17 == 0 {
-                    t.cpu_util = None;
-                }
-                v.push(avro(&t));
-            }
-        }
-        v
-    };
+    let make = |from, to| fleet_steps(base, &entities, from, to);
     let phases = [make(0, 100), make(100, 160), make(160, 220)];
     let total: usize = phases.iter().map(Vec::len).sum();
+    let reference = uninterrupted(&brokers, &prefix, &phases).await;
 
-    // Run 1 (the reference): everything, uninterrupted.
-    produce(&brokers, &input, &phases[0]);
-    produce(&brokers, &input, &phases[1]);
-    produce(&brokers, &input, &phases[2]);
-    let reference = {
-        let svc =
-            headroom_featurizer::start(config(&brokers, &prefix, &unique("ref")), Shutdown::new())
-                .await
-                .expect("start");
-        let (b, o) = (brokers.clone(), output.clone());
-        let msgs = tokio::task::spawn_blocking(move || {
-            consume(
-                &b,
-                &o,
-                total,
-                Duration::from_secs(120),
-                Duration::from_secs(1),
-            )
-        })
-        .await
-        .expect("consume");
-        svc.stop().await.expect("stop");
-        by_event(&msgs)
-    };
-    assert_eq!(reference.len(), total);
-
-    // Run 2 reads the same topic with its own group: stop after phase 0, restart, then a second
-    // member joins during phase 2 (a rebalance), and one leaves.
-    let out2 = format!("{prefix}features2");
+    // Run 2 reads the same records with its own group: stop after phase 0, restart, then a
+    // second member joins during phase 2 (a rebalance), and one leaves.
     let group = unique("restore");
     let mut cfg = config(&brokers, &prefix, &group);
-    cfg.topics.output = out2.clone();
-    headroom_runtime::topology::apply(
-        &one_topic_topology(&out2),
-        &headroom_testkit::kafka_config(&brokers, "x"),
-        "",
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("output topic");
-    // Only phase 0 is visible at first: use a separate input topic fed phase by phase.
-    let in2 = format!("{prefix}telemetry.raw2");
-    headroom_runtime::topology::apply(
-        &one_topic_topology(&in2),
-        &headroom_testkit::kafka_config(&brokers, "x"),
-        "",
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("input topic");
+    let (in2, out2) = fresh_topics(&brokers, &prefix, "2").await;
     cfg.topics.input = in2.clone();
+    cfg.topics.output = out2.clone();
     produce(&brokers, &in2, &phases[0]);
     let first = headroom_featurizer::start(cfg.clone(), Shutdown::new())
         .await
@@ -459,6 +401,197 @@ async fn restart_and_rebalance_give_the_same_features() {
             "features of event {id} differ from the uninterrupted run"
         );
     }
+}
+
+/// A crash (SIGKILL: no revoke, no last commit) restores the same features: the replay floors
+/// of the commits made while the service ran reach the broker, so the next instance rebuilds
+/// its windows from them before it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_featurizer_is_replayed_to_the_same_features() {
+    use headroom_testkit::rdkafka::consumer::Consumer;
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("fz-crash"));
+    create_topics(&brokers, &prefix).await;
+    let base = (now_ms() - 5 * 86_400_000) / IV * IV;
+    let entities: Vec<String> = (0..16).map(|i| format!("vm-{i:02}")).collect();
+    let phases = [
+        fleet_steps(base, &entities, 0, 100),
+        fleet_steps(base, &entities, 100, 140),
+    ];
+    let total: usize = phases.iter().map(Vec::len).sum();
+    let reference = uninterrupted(&brokers, &prefix, &phases).await;
+
+    let (input, output) = fresh_topics(&brokers, &prefix, "crash").await;
+    produce(&brokers, &input, &phases[0]);
+    let crashed = unique("crashed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-featurizer"))
+        .env_remove("HEADROOM_FEATURIZER_CONFIG")
+        .env("HEADROOM_FEATURIZER__KAFKA__BROKERS", &brokers)
+        .env("HEADROOM_FEATURIZER__KAFKA__GROUP_ID", &crashed)
+        .env("HEADROOM_FEATURIZER__HTTP__LISTEN", "127.0.0.1:0")
+        .env("HEADROOM_FEATURIZER__RUNTIME__COMMIT_INTERVAL", "200ms")
+        .env("HEADROOM_FEATURIZER__TOPICS__INPUT", &input)
+        .env("HEADROOM_FEATURIZER__TOPICS__OUTPUT", &output)
+        .env("HEADROOM_FEATURIZER__TOPICS__DLQ", format!("{prefix}telemetry.dlq"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the featurizer binary");
+    wait_for(&brokers, &output, phases[0].len()).await;
+    // Killed once phase 0 is committed: a replay has to rebuild its windows from the floors.
+    let committed = {
+        let want = phases[0].len() as i64;
+        headroom_testkit::eventually(Duration::from_secs(30), || {
+            committed_sum(&brokers, &crashed, &input) == want
+        })
+        .await
+    };
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert!(committed, "phase 0 committed by the featurizer before the kill");
+
+    // tansu 0.6 never expires a killed member's session, so the next instance joins a new
+    // group holding what the crashed one left on the broker (its offsets with their metadata,
+    // and its shadow floors): what Kafka gives the same group once the session expired.
+    let resumed = unique("resumed");
+    for (from, to) in [
+        (crashed.clone(), resumed.clone()),
+        (format!("{crashed}.replay-floor"), format!("{resumed}.replay-floor")),
+    ] {
+        let offsets = committed_offsets(&brokers, &from, &input);
+        if offsets.count() > 0 {
+            headroom_testkit::group_client(&brokers, &to)
+                .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                .expect("copy the offsets");
+        }
+    }
+    produce(&brokers, &input, &phases[1]);
+    let mut cfg = config(&brokers, &prefix, &resumed);
+    cfg.topics.input = input.clone();
+    cfg.topics.output = output.clone();
+    let svc = headroom_featurizer::start(cfg, Shutdown::new())
+        .await
+        .expect("restart");
+    wait_for(&brokers, &output, total).await;
+    let replayed = metric(&svc.metrics.render(), "headroom_replayed_records_total", "");
+    // Commits are confirmed, and timed, while the service runs.
+    let timed = headroom_testkit::eventually(Duration::from_secs(10), || {
+        metric(&svc.metrics.render(), "headroom_commit_seconds_count", "") > 0.0
+    })
+    .await;
+    assert!(timed, "{}", svc.metrics.render());
+    svc.stop().await.expect("stop");
+    let got = {
+        let (b, o) = (brokers.clone(), output.clone());
+        tokio::task::spawn_blocking(move || {
+            consume(&b, &o, total, Duration::from_secs(60), Duration::from_secs(2))
+        })
+        .await
+        .expect("consume")
+    };
+    let got = by_event(&got);
+    assert_eq!(got.len(), total, "every event has features after the crash");
+    // 24 lags and a 24 h window: every record of phase 0 is still needed.
+    assert_eq!(replayed, phases[0].len() as f64, "phase 0 replayed from its floors");
+    for (id, values) in &got {
+        assert_eq!(
+            values,
+            reference.get(id).expect("same event ids"),
+            "features of event {id} differ from the uninterrupted run"
+        );
+    }
+}
+
+/// Telemetry of `entities` for steps `from..to` (one sample per entity and step, a few
+/// missing CPU values).
+fn fleet_steps(base: i64, entities: &[String], from: i64, to: i64) -> Vec<Rec> {
+    let mut v = Vec::new();
+    for step in from..to {
+        for (i, e) in entities.iter().enumerate() {
+            let wave = ((step as f64 / 12.0) + i as f64).sin() * 0.3 + 0.5;
+            let mut t = telemetry(e, base + step * IV + (i as i64 * 997) % 60_000, wave);
+            if (step + i as i64) % 17 == 0 {
+                t.cpu_util = None;
+            }
+            v.push(avro(&t));
+        }
+    }
+    v
+}
+
+/// The features of an uninterrupted run over `phases` (the prefix's own topics, a fresh
+/// group): event id -> values.
+async fn uninterrupted(brokers: &str, prefix: &str, phases: &[Vec<Rec>]) -> BTreeMap<String, Vec<u32>> {
+    let input = format!("{prefix}telemetry.raw");
+    let output = format!("{prefix}features");
+    for p in phases {
+        produce(brokers, &input, p);
+    }
+    let total: usize = phases.iter().map(Vec::len).sum();
+    let svc = headroom_featurizer::start(config(brokers, prefix, &unique("ref")), Shutdown::new())
+        .await
+        .expect("start");
+    let (b, o) = (brokers.to_owned(), output);
+    let msgs = tokio::task::spawn_blocking(move || {
+        consume(&b, &o, total, Duration::from_secs(120), Duration::from_secs(1))
+    })
+    .await
+    .expect("consume");
+    svc.stop().await.expect("stop");
+    let reference = by_event(&msgs);
+    assert_eq!(reference.len(), total);
+    reference
+}
+
+/// An input and an output topic of their own (`<prefix>telemetry.raw<suffix>`,
+/// `<prefix>features<suffix>`), for a run fed phase by phase.
+async fn fresh_topics(brokers: &str, prefix: &str, suffix: &str) -> (String, String) {
+    let input = format!("{prefix}telemetry.raw{suffix}");
+    let output = format!("{prefix}features{suffix}");
+    for t in [&input, &output] {
+        headroom_runtime::topology::apply(
+            &one_topic_topology(t),
+            &headroom_testkit::kafka_config(brokers, "x"),
+            "",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("topic");
+    }
+    (input, output)
+}
+
+/// `group`'s committed offsets of `topic`'s six partitions (those it has).
+fn committed_offsets(brokers: &str, group: &str, topic: &str) -> rdkafka::TopicPartitionList {
+    use headroom_testkit::rdkafka::consumer::Consumer;
+    let mut q = rdkafka::TopicPartitionList::new();
+    for p in 0..6 {
+        q.add_partition(topic, p);
+    }
+    let got = headroom_testkit::group_client(brokers, group)
+        .committed_offsets(q, Duration::from_secs(10))
+        .expect("committed offsets");
+    let mut out = rdkafka::TopicPartitionList::new();
+    for e in got.elements() {
+        if let rdkafka::Offset::Offset(o) = e.offset() {
+            out.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(o))
+                .expect("add");
+            if let Some(mut x) = out.find_partition(e.topic(), e.partition()) {
+                x.set_metadata(e.metadata());
+            }
+        }
+    }
+    out
+}
+
+fn committed_sum(brokers: &str, group: &str, topic: &str) -> i64 {
+    committed_offsets(brokers, group, topic)
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum()
 }
 
 fn one_topic_topology(name: &str) -> headroom_runtime::topology::Topology {
