@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::KafkaConfig;
@@ -52,12 +52,12 @@ impl StartStore {
 
     /// Commits `starts` ((changelog topic, partition) -> first offset of its latest rewrite).
     /// A failure keeps the earlier starts, from which a restore reads more but still all.
-    pub(crate) fn write(&self, starts: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
+    pub(crate) fn write(&self, starts: &BTreeMap<(String, i32), i64>) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in starts {
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
         }
-        self.0.store(&tpl, mode);
+        self.0.store(&tpl);
     }
 }
 

@@ -468,6 +468,19 @@ pub struct FloorStore {
     shadow: ShadowGroup,
 }
 
+/// The shadow group of the replay floors: `<group>.replay-floor`.
+pub const REPLAY_FLOOR_SUFFIX: &str = "replay-floor";
+
+/// The groups a service on the runtime loop commits to besides its own `group`: the replay
+/// floors' and the changelog restore starts'. On a secured cluster its principal needs them too
+/// (`headroom topology acls`).
+pub fn shadow_groups(group: &str) -> [String; 2] {
+    [
+        format!("{group}.{REPLAY_FLOOR_SUFFIX}"),
+        crate::changelog::start_group(group),
+    ]
+}
+
 /// A group no consumer joins, `<group>.<suffix>`: its committed offsets hold what the runtime
 /// keeps beside the service's own group (the replay floors, the changelogs' restore starts).
 pub(crate) struct ShadowGroup {
@@ -485,12 +498,13 @@ impl ShadowGroup {
         Ok(ShadowGroup { client, what })
     }
 
-    /// Commits `tpl` (nothing when it is empty). A failure leaves the earlier offsets in force,
+    /// Commits `tpl` (nothing when it is empty), synchronously: librdkafka would report an
+    /// asynchronous commit's failure to nobody. A failure leaves the earlier offsets in force,
     /// which every reader of a shadow group takes as safe: a lower floor replays more, an
     /// earlier restore start reads more.
-    pub(crate) fn store(&self, tpl: &TopicPartitionList, mode: CommitMode) {
+    pub(crate) fn store(&self, tpl: &TopicPartitionList) {
         if tpl.count() > 0 {
-            if let Err(e) = self.client.commit(tpl, mode) {
+            if let Err(e) = self.client.commit(tpl, CommitMode::Sync) {
                 tracing::warn!(error = %e, "storing {} failed; the earlier ones stay in force", self.what);
             }
         }
@@ -500,7 +514,7 @@ impl ShadowGroup {
 impl FloorStore {
     fn new(kafka: &crate::KafkaConfig) -> anyhow::Result<FloorStore> {
         Ok(FloorStore {
-            shadow: ShadowGroup::new(kafka, "replay-floor", "replay floors")?,
+            shadow: ShadowGroup::new(kafka, REPLAY_FLOOR_SUFFIX, "replay floors")?,
         })
     }
 
@@ -514,7 +528,7 @@ impl FloorStore {
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*f));
             }
         }
-        self.shadow.store(&tpl, CommitMode::Sync);
+        self.shadow.store(&tpl);
     }
 
     /// Stores the floors carried in the metadata of a commit the broker just confirmed.
@@ -525,7 +539,7 @@ impl FloorStore {
                 let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(f));
             }
         }
-        self.shadow.store(&tpl, CommitMode::Sync);
+        self.shadow.store(&tpl);
     }
 
     fn read(&self, tpl: &TopicPartitionList, timeout: Duration) -> HashMap<(String, i32), i64> {
@@ -1122,7 +1136,9 @@ impl Committer {
     }
 
     /// The last commit, on stopping: lets a commit in flight end (until `deadline`), then
-    /// commits what is durable now on the calling thread.
+    /// commits what is durable now on the calling thread. A commit still in flight at the
+    /// deadline (a broker that does not answer) leaves the last one out rather than hanging
+    /// the stop: the records since the last commit are reprocessed by the next owner.
     fn finish(&mut self, deadline: Instant) {
         self.requests = None;
         if let Some(t) = self.thread.take() {
@@ -1130,7 +1146,9 @@ impl Committer {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if !t.is_finished() {
-                tracing::warn!("an offset commit is still in flight at the drain deadline; the last commit waits for it");
+                self.metrics.commit_failures.inc();
+                tracing::error!("an offset commit is still in flight at the drain deadline; stopping without the last commit");
+                return;
             }
         }
         commit(&self.consumer, &self.durable, None, &self.metrics);
@@ -1173,7 +1191,7 @@ fn commit(
     // Independent of the input offsets: a start is stored once its whole rewrite is
     // acknowledged, and an older start (a failed store) only makes a restore read more.
     if !starts.is_empty() {
-        ctx.starts.write(&starts, CommitMode::Sync);
+        ctx.starts.write(&starts);
     }
     let Some(list) = list else { return };
     let started = Instant::now();
