@@ -136,6 +136,21 @@ enum TopologyAction {
     Apply(TopologyArgs),
     /// Validate the topology file without a broker.
     Check(TopologyFile),
+    /// Print the Kafka ACLs each service needs on a cluster that enforces them, as
+    /// `kafka-acls.sh` commands: topics from the graph, consumer groups and their shadow groups.
+    Acls(AclArgs),
+}
+
+#[derive(clap::Args)]
+struct AclArgs {
+    #[command(flatten)]
+    file: TopologyFile,
+    /// Prefix for every topic name, as given to `topology apply`.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Each service's principal; `{service}` is replaced by the service's name.
+    #[arg(long, default_value = "User:headroom-{service}")]
+    principal: String,
 }
 
 #[derive(clap::Args)]
@@ -159,6 +174,50 @@ struct TopologyArgs {
     properties: Vec<(String, String)>,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+/// The topology's ACLs ([`Topology::acls`]) as `kafka-acls.sh` commands, one per service and
+/// resource, grouped by service.
+fn acl_commands(t: &Topology, prefix: &str, principal: &str) -> String {
+    use std::fmt::Write as _;
+    use topology::AclResource;
+    let mut out = String::from(
+        "# Kafka ACLs of the headroom services, from the topology. Run with an admin connection\n\
+         # (add --command-config <admin.properties> for a secured one); BROKERS is its address.\n",
+    );
+    for t in t.topics.iter().filter(|t| t.producers.iter().any(|p| p == topology::EXTERNAL_PRODUCER)) {
+        let _ = writeln!(
+            out,
+            "# The fleet's own publishers of {prefix}{} need Write on it (and IdempotentWrite on the cluster before Kafka 2.8).",
+            t.name
+        );
+    }
+    let mut service = String::new();
+    for a in t.acls(prefix) {
+        if a.service != service {
+            service.clone_from(&a.service);
+            let what = if a.service == topology::ACL_INIT_SERVICE {
+                "the principal that applies the topology (headroom topology apply, the init job)"
+            } else {
+                "service"
+            };
+            let who = principal.replace("{service}", &a.service);
+            let _ = writeln!(out, "\n# {service}, {what}: {who}");
+        }
+        let who = principal.replace("{service}", &a.service);
+        let resource = match a.resource {
+            AclResource::Topic => format!("--topic '{}'", a.name),
+            AclResource::Group => format!("--group '{}'", a.name),
+            AclResource::Cluster => "--cluster".to_owned(),
+        };
+        let ops: Vec<String> = a.operations.iter().map(|o| format!("--operation {o}")).collect();
+        let _ = writeln!(
+            out,
+            "kafka-acls.sh --bootstrap-server \"$BROKERS\" --add --allow-principal '{who}' {} {resource}",
+            ops.join(" ")
+        );
+    }
+    out
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -211,6 +270,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             let t = load_topology(&f)?;
             println!("topology is valid: {} topics", t.topics.len());
+        }
+        Command::Topology {
+            action: TopologyAction::Acls(args),
+        } => {
+            let t = load_topology(&args.file)?;
+            print!("{}", acl_commands(&t, &args.prefix, &args.principal));
         }
         Command::Topology {
             action: TopologyAction::Apply(args),

@@ -308,6 +308,78 @@ pub async fn apply(
     Ok(report)
 }
 
+/// A Kafka resource an ACL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AclResource {
+    Topic,
+    Group,
+    Cluster,
+}
+
+/// One permission a service's principal needs: allow `operations` on `resource` `name`
+/// (literal names; the cluster's name is `kafka-cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Acl {
+    pub service: String,
+    pub resource: AclResource,
+    pub name: String,
+    /// Kafka's operation names (`Read`, `Write`, `Describe`, `Create`, `DescribeConfigs`,
+    /// `IdempotentWrite`); `Read` and `Write` imply `Describe` on Kafka.
+    pub operations: Vec<&'static str>,
+}
+
+/// The principal that applies the topology (`headroom topology apply`, the init job).
+pub const ACL_INIT_SERVICE: &str = "init";
+
+/// Producers the topology names that are not headroom services (the fleet's own
+/// publishers): they get no ACLs here, only a mention in [`Topology::acls`]'s caller.
+pub const EXTERNAL_PRODUCER: &str = "external";
+
+impl Topology {
+    /// Every permission each service needs on a cluster that enforces ACLs, from the topic
+    /// graph: `Write` on what it produces (and `IdempotentWrite` on the cluster, which brokers
+    /// before Kafka 2.8 ask of idempotent producers), `Read` on what it consumes, `Read` on its
+    /// consumer groups and on their shadow groups ([`crate::kafka::shadow_groups`]: the runtime
+    /// commits replay floors and changelog restore starts there), and, for the principal that
+    /// applies the topology ([`ACL_INIT_SERVICE`]), `Create` and `DescribeConfigs` on the
+    /// topics. Topic names carry `prefix`; group names are the topology's.
+    pub fn acls(&self, prefix: &str) -> Vec<Acl> {
+        let mut want: BTreeMap<(String, AclResource, String), Vec<&'static str>> = BTreeMap::new();
+        let mut add = |service: &str, resource: AclResource, name: String, op: &'static str| {
+            let ops = want.entry((service.to_owned(), resource, name)).or_default();
+            if !ops.contains(&op) {
+                ops.push(op);
+            }
+        };
+        for t in &self.topics {
+            let topic = format!("{prefix}{}", t.name);
+            add(ACL_INIT_SERVICE, AclResource::Topic, topic.clone(), "Create");
+            add(ACL_INIT_SERVICE, AclResource::Topic, topic.clone(), "DescribeConfigs");
+            for p in t.producers.iter().filter(|p| *p != EXTERNAL_PRODUCER) {
+                add(p, AclResource::Topic, topic.clone(), "Write");
+                add(p, AclResource::Cluster, "kafka-cluster".into(), "IdempotentWrite");
+            }
+            for c in &t.consumers {
+                add(&c.service, AclResource::Topic, topic.clone(), "Read");
+                if !c.group.is_empty() {
+                    add(&c.service, AclResource::Group, c.group.clone(), "Read");
+                    for g in crate::kafka::shadow_groups(&c.group) {
+                        add(&c.service, AclResource::Group, g, "Read");
+                    }
+                }
+            }
+        }
+        want.into_iter()
+            .map(|((service, resource, name), operations)| Acl {
+                service,
+                resource,
+                name,
+                operations,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +428,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cleanup"));
+    }
+
+    #[test]
+    fn acls_follow_the_topic_graph_and_cover_the_shadow_groups() {
+        let t = Topology::builtin();
+        let acls = t.acls("prod.");
+        let has = |service: &str, resource: AclResource, name: &str, op: &str| {
+            acls.iter().any(|a| {
+                a.service == service && a.resource == resource && a.name == name && a.operations.contains(&op)
+            })
+        };
+        assert!(has("featurizer", AclResource::Topic, "prod.telemetry.raw", "Read"));
+        assert!(has("featurizer", AclResource::Topic, "prod.features", "Write"));
+        assert!(has("featurizer", AclResource::Topic, "prod.telemetry.dlq", "Write"));
+        assert!(has("featurizer", AclResource::Cluster, "kafka-cluster", "IdempotentWrite"));
+        for g in ["headroom-featurizer", "headroom-featurizer.replay-floor", "headroom-featurizer.changelog-start"] {
+            assert!(has("featurizer", AclResource::Group, g, "Read"), "{g}");
+        }
+        // The drift monitor reads its own changelogs back without a group.
+        assert!(has("drift-monitor", AclResource::Topic, "prod.drift.state", "Write"));
+        assert!(has("drift-monitor", AclResource::Topic, "prod.drift.state", "Read"));
+        assert!(has("drift-monitor", AclResource::Group, "headroom-drift.changelog-start", "Read"));
+        assert!(has(ACL_INIT_SERVICE, AclResource::Topic, "prod.models", "Create"));
+        // Nothing beyond the graph: a Write only where the service produces, a Read only where
+        // it consumes, no ACL for the fleet's own publishers.
+        assert!(!acls.iter().any(|a| a.service == EXTERNAL_PRODUCER));
+        assert!(!has("featurizer", AclResource::Topic, "prod.forecasts", "Read"));
+        for a in acls.iter().filter(|a| a.resource == AclResource::Topic && a.service != ACL_INIT_SERVICE) {
+            let topic = t.topic(a.name.strip_prefix("prod.").expect("prefixed")).expect("declared");
+            if a.operations.contains(&"Write") {
+                assert!(topic.producers.contains(&a.service), "{a:?}");
+            }
+            if a.operations.contains(&"Read") {
+                assert!(topic.consumers.iter().any(|c| c.service == a.service), "{a:?}");
+            }
+        }
+        // One entry per (service, resource, name), each operation once.
+        let mut keys: Vec<_> = acls.iter().map(|a| (&a.service, a.resource, &a.name)).collect();
+        let n = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), n);
+        assert!(acls.iter().all(|a| {
+            let mut o = a.operations.clone();
+            o.sort();
+            o.dedup();
+            o.len() == a.operations.len()
+        }));
     }
 }
