@@ -282,6 +282,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let t = load_topology(&args.file)?;
             let kafka = KafkaConfig {
+                instance_id: String::new(),
                 brokers: args.brokers.clone(),
                 group_id: "headroom-cli".into(),
                 properties: args.properties.into_iter().collect(),

@@ -46,6 +46,7 @@ pub struct BenchArgs {
 
 pub(crate) fn kafka_cfg(brokers: &str) -> KafkaConfig {
     KafkaConfig {
+        instance_id: String::new(),
         brokers: brokers.into(),
         group_id: "loadgen".into(),
         properties: Default::default(),

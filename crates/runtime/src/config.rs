@@ -67,6 +67,14 @@ pub struct CommonConfig {
 pub struct KafkaConfig {
     pub brokers: String,
     pub group_id: String,
+    /// Static group membership (`group.instance.id`, KIP-345): a name stable across restarts of
+    /// one replica (a pod's name, a container's host name). An instance that crashed and comes
+    /// back under the same name takes its partitions back as it joins, instead of waiting for
+    /// the crashed member's session to expire (tansu 0.6 never expires it). A static member that
+    /// stops keeps its partitions until its session times out: set it only where replicas
+    /// restart in place. Empty: dynamic membership.
+    #[serde(default)]
+    pub instance_id: String,
     /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -78,6 +86,7 @@ impl std::fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("group_id", &self.group_id)
+            .field("instance_id", &self.instance_id)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -144,6 +153,23 @@ impl CommonConfig {
         }
         if self.kafka.group_id.trim().is_empty() {
             return bad("kafka.group_id", "must not be empty");
+        }
+        let id = &self.kafka.instance_id;
+        if !id.is_empty()
+            && (id.len() > 249 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return bad(
+                "kafka.instance_id",
+                "must be at most 249 letters, digits, '.', '_' or '-' (or empty)",
+            );
+        }
+        if self.kafka.properties.contains_key("group.instance.id") {
+            // Passed through, it would reach the runtime's shadow-group clients too, whose
+            // commits the broker would then refuse as coming from an unknown static member.
+            return bad(
+                "kafka.properties.group.instance.id",
+                "is set by the runtime from kafka.instance_id; set that instead",
+            );
         }
         for reserved in [
             "enable.auto.commit",
@@ -238,6 +264,17 @@ max_output_bytes = 1000000
             .unwrap_err()
             .to_string()
             .contains("kafka.properties.enable.auto.commit"));
+        let mut c: CommonConfig = load_config(DEFAULTS, None, "HEADROOM_RTTEST3__").expect("load");
+        c.kafka.properties.insert("group.instance.id".into(), "a".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.properties.group.instance.id") && err.contains("kafka.instance_id"), "{err}");
+        c.kafka.properties.clear();
+        for bad in ["has space", "x/y", &"a".repeat(250)] {
+            c.kafka.instance_id = bad.to_owned();
+            assert!(c.validate().unwrap_err().to_string().contains("kafka.instance_id"), "{bad}");
+        }
+        c.kafka.instance_id = "featurizer-7f9c.a_b".into();
+        c.validate().expect("a pod name is a valid instance id");
         let missing =
             load_config::<CommonConfig>(DEFAULTS, Some(Path::new("/nonexistent.toml")), "X__");
         assert!(missing.unwrap_err().to_string().contains("no such file"));

@@ -58,13 +58,23 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// ([`export_lag`]).
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
+/// A group member's identity: `group.id`, and `group.instance.id` when `kafka.instance_id` is
+/// set. Only the clients that join the group take them; the shadow-group and changelog
+/// clients commit as non-members.
+pub fn membership(c: &mut ClientConfig, cfg: &crate::KafkaConfig) {
+    c.set("group.id", &cfg.group_id);
+    if !cfg.instance_id.is_empty() {
+        c.set("group.instance.id", &cfg.instance_id);
+    }
+}
+
 /// The services' consumer configuration: the pass-through properties, manual offset handling
 /// (the loop stores and commits what is durable), and defaults that a configured property
 /// overrides.
 pub fn consumer_config(cfg: &crate::KafkaConfig) -> ClientConfig {
     let mut c = client_config(cfg);
-    c.set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "false")
+    membership(&mut c, cfg);
+    c.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
     let defaults = [
@@ -1379,6 +1389,7 @@ mod tests {
     #[test]
     fn consumer_defaults_yield_to_configured_properties() {
         let mut k = crate::KafkaConfig {
+            instance_id: String::new(),
             brokers: "127.0.0.1:1".into(),
             group_id: "g".into(),
             properties: Default::default(),
@@ -1388,6 +1399,11 @@ mod tests {
         assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("group.instance.id"), None, "dynamic membership unless configured");
+        k.instance_id = "featurizer-0".into();
+        assert_eq!(consumer_config(&k).get("group.instance.id"), Some("featurizer-0"));
+        // Only the member: the shadow-group and changelog clients commit as non-members.
+        assert_eq!(client_config(&k).get("group.instance.id"), None);
         k.properties.insert("fetch.queue.backoff.ms".into(), "250".into());
         k.properties.insert("auto.offset.reset".into(), "latest".into());
         let c = consumer_config(&k);

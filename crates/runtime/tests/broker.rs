@@ -144,6 +144,7 @@ async fn a_changelog_restore_reads_all_its_partitions_to_their_ends() {
     }
 
     let kafka = headroom_runtime::KafkaConfig {
+        instance_id: String::new(),
         brokers: brokers.clone(),
         group_id: unique("restore"),
         properties: Default::default(),

@@ -82,6 +82,7 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn kafka_config(brokers: &str, group: &str) -> KafkaConfig {
     KafkaConfig {
+        instance_id: String::new(),
         brokers: brokers.to_owned(),
         group_id: group.to_owned(),
         properties: Default::default(),

@@ -404,11 +404,11 @@ async fn restart_and_rebalance_give_the_same_features() {
 }
 
 /// A crash (SIGKILL: no revoke, no last commit) restores the same features: the replay floors
-/// of the commits made while the service ran reach the broker, so the next instance rebuilds
-/// its windows from them before it goes on.
+/// of the commits made while the service ran reach the broker, so the instance restarted in
+/// its place (the same group and static member name, `kafka.instance_id`) rebuilds its windows
+/// from them before it goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_featurizer_is_replayed_to_the_same_features() {
-    use headroom_testkit::rdkafka::consumer::Consumer;
     let brokers = brokers();
     let prefix = format!("{}.", unique("fz-crash"));
     create_topics(&brokers, &prefix).await;
@@ -428,6 +428,7 @@ async fn a_killed_featurizer_is_replayed_to_the_same_features() {
         .env_remove("HEADROOM_FEATURIZER_CONFIG")
         .env("HEADROOM_FEATURIZER__KAFKA__BROKERS", &brokers)
         .env("HEADROOM_FEATURIZER__KAFKA__GROUP_ID", &crashed)
+        .env("HEADROOM_FEATURIZER__KAFKA__INSTANCE_ID", "featurizer-0")
         .env("HEADROOM_FEATURIZER__HTTP__LISTEN", "127.0.0.1:0")
         .env("HEADROOM_FEATURIZER__RUNTIME__COMMIT_INTERVAL", "200ms")
         .env("HEADROOM_FEATURIZER__TOPICS__INPUT", &input)
@@ -449,23 +450,11 @@ async fn a_killed_featurizer_is_replayed_to_the_same_features() {
     child.wait().expect("reaped");
     assert!(committed, "phase 0 committed by the featurizer before the kill");
 
-    // tansu 0.6 never expires a killed member's session, so the next instance joins a new
-    // group holding what the crashed one left on the broker (its offsets with their metadata,
-    // and its shadow floors): what Kafka gives the same group once the session expired.
-    let resumed = unique("resumed");
-    for (from, to) in [
-        (crashed.clone(), resumed.clone()),
-        (format!("{crashed}.replay-floor"), format!("{resumed}.replay-floor")),
-    ] {
-        let offsets = committed_offsets(&brokers, &from, &input);
-        if offsets.count() > 0 {
-            headroom_testkit::group_client(&brokers, &to)
-                .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-                .expect("copy the offsets");
-        }
-    }
     produce(&brokers, &input, &phases[1]);
-    let mut cfg = config(&brokers, &prefix, &resumed);
+    // tansu 0.6 never expires the killed member's session: without the static name the
+    // restarted instance would wait for its partitions for ever (Kafka: session.timeout.ms).
+    let mut cfg = config(&brokers, &prefix, &crashed);
+    cfg.kafka.instance_id = "featurizer-0".into();
     cfg.topics.input = input.clone();
     cfg.topics.output = output.clone();
     let svc = headroom_featurizer::start(cfg, Shutdown::new())
@@ -560,31 +549,17 @@ async fn fresh_topics(brokers: &str, prefix: &str, suffix: &str) -> (String, Str
     (input, output)
 }
 
-/// `group`'s committed offsets of `topic`'s six partitions (those it has).
-fn committed_offsets(brokers: &str, group: &str, topic: &str) -> rdkafka::TopicPartitionList {
+/// The sum of `group`'s committed offsets of `topic`'s six partitions: the records it has
+/// committed, offsets being contiguous from 0 on a fresh topic.
+fn committed_sum(brokers: &str, group: &str, topic: &str) -> i64 {
     use headroom_testkit::rdkafka::consumer::Consumer;
     let mut q = rdkafka::TopicPartitionList::new();
     for p in 0..6 {
         q.add_partition(topic, p);
     }
-    let got = headroom_testkit::group_client(brokers, group)
+    headroom_testkit::group_client(brokers, group)
         .committed_offsets(q, Duration::from_secs(10))
-        .expect("committed offsets");
-    let mut out = rdkafka::TopicPartitionList::new();
-    for e in got.elements() {
-        if let rdkafka::Offset::Offset(o) = e.offset() {
-            out.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(o))
-                .expect("add");
-            if let Some(mut x) = out.find_partition(e.topic(), e.partition()) {
-                x.set_metadata(e.metadata());
-            }
-        }
-    }
-    out
-}
-
-fn committed_sum(brokers: &str, group: &str, topic: &str) -> i64 {
-    committed_offsets(brokers, group, topic)
+        .expect("committed offsets")
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {

@@ -133,8 +133,8 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
         tracing::warn!(error = %e, "the serving version could not be re-announced");
     }
     let mut cc = headroom_runtime::kafka::client_config(&cfg.kafka);
-    cc.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "false")
+    headroom_runtime::kafka::membership(&mut cc, &cfg.kafka);
+    cc.set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         // Runs go on their own thread and this loop keeps polling: the group's default bound on
         // the time between polls holds however long a run takes.
