@@ -433,7 +433,7 @@ impl ConsumerContext for ConsumerCtx {
                     if let Ok(durable) = self.durable.lock() {
                         if let Some(list) = commit_list(&durable, Some(&revoked)) {
                             match consumer.commit(&list, CommitMode::Sync) {
-                                Ok(()) => self.floors.write(&durable, Some(&revoked)),
+                                Ok(()) => self.floors.write_confirmed(&list),
                                 Err(e) => {
                                     self.metrics.commit_failures.inc();
                                     tracing::warn!(error = %e, "commit on revoke failed");
@@ -526,19 +526,6 @@ impl FloorStore {
         Ok(FloorStore {
             shadow: ShadowGroup::new(kafka, REPLAY_FLOOR_SUFFIX, "replay floors")?,
         })
-    }
-
-    fn write(&self, durable: &Durable, only: Option<&[(String, i32)]>) {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), (_, floor)) in &durable.positions {
-            if only.is_some_and(|o| !o.iter().any(|(t, p)| t == topic && p == partition)) {
-                continue;
-            }
-            if let Some(f) = floor {
-                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*f));
-            }
-        }
-        self.shadow.store(&tpl);
     }
 
     /// Stores the floors carried in the metadata of a commit the broker just confirmed.
