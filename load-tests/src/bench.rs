@@ -13,6 +13,7 @@ use headroom_runtime::{KafkaConfig, Shutdown};
 use headroom_schemas::FeaturesRecord;
 use rdkafka::Message;
 
+use crate::cpu;
 use crate::kafka;
 use headroom_sources::{GenConfig, Generator};
 
@@ -154,7 +155,7 @@ async fn throughput(
     input: &str,
     records: u64,
     clock: Clock,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Timed> {
     let group = format!("{group_prefix}{}", which.split(':').next().unwrap_or(which));
     let props = service_properties()?;
     let output;
@@ -200,13 +201,20 @@ async fn throughput(
         output = c.topics.output.clone();
         headroom_featurizer::start(c, Shutdown::new()).await?
     };
-    let rate = timed(brokers, &handle, input, &output, records, clock).await?;
+    let run = timed(brokers, &handle, input, &output, records, clock).await?;
     handle.stop().await?;
-    eprintln!(
-        "  {}: {rate:.0} records/s",
-        which.split(':').next().unwrap_or(which)
-    );
-    Ok(rate)
+    let name = which.split(':').next().unwrap_or(which);
+    match run.cpu {
+        Some(c) => eprintln!(
+            "  {name}: {:.0} records/s; CPU per record {:.2} µs in this process, {:.2} µs on the machine (busy {:.0} %)",
+            run.eps,
+            c.process_us,
+            c.machine_us,
+            c.busy * 100.0
+        ),
+        None => eprintln!("  {name}: {:.0} records/s", run.eps),
+    }
+    Ok(run)
 }
 
 /// librdkafka properties for the measured services, from `HEADROOM_BENCH_KAFKA_PROPERTIES`
@@ -252,7 +260,9 @@ fn wait_count(count: impl Fn() -> u64, n: u64, timeout: Duration) -> Result<Inst
 /// Records/s of a started service, in its steady state: the clock starts when the broker has
 /// acknowledged the service's first output and stops when the last of `records` outputs was
 /// acknowledged ([`Clock::Acked`]) or arrived at a reader of `output` ([`Clock::Consumed`]);
-/// only the records the service consumed after the clock started are counted.
+/// only the records the service consumed after the clock started are counted. The CPU this
+/// process (the service, and the reader with [`Clock::Consumed`]) and the whole machine (the
+/// broker too) used between the same two instants is divided by the same count.
 ///
 /// Why not from the first consumed record: the group join is over by then, but the service's
 /// idempotent producer is not. librdkafka asks for a producer id only after it has connected to
@@ -269,31 +279,34 @@ async fn timed(
     output: &str,
     records: u64,
     clock: Clock,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Timed> {
     let records_in = handle.metrics.records_in.with_label_values(&[input]);
     let acked = handle.metrics.records_out.with_label_values(&[output]);
     let first_out = tokio::task::spawn_blocking(move || {
         let at = wait_count(|| acked.get(), 1, Duration::from_secs(120)).map_err(|_| {
             anyhow::anyhow!("no output acknowledged within 120 s of the service's start")
         })?;
-        anyhow::Ok((at, records_in.get()))
+        anyhow::Ok((at, records_in.get(), cpu::Sample::now()))
     });
     let (b, out) = (brokers.to_owned(), output.to_owned());
     let done = match clock {
         Clock::Consumed => tokio::task::spawn_blocking(move || {
-            drain_until(&b, &out, records, Duration::from_secs(600))
+            let at = drain_until(&b, &out, records, Duration::from_secs(600))?;
+            anyhow::Ok((at, cpu::Sample::now()))
         }),
         Clock::Acked => {
             let acked = handle.metrics.records_out.with_label_values(&[output]);
             tokio::task::spawn_blocking(move || {
-                wait_count(|| acked.get(), records, Duration::from_secs(600)).map_err(|n| {
-                    anyhow::anyhow!("{out}: only {n} of {records} outputs acknowledged")
-                })
+                let at =
+                    wait_count(|| acked.get(), records, Duration::from_secs(600)).map_err(|n| {
+                        anyhow::anyhow!("{out}: only {n} of {records} outputs acknowledged")
+                    })?;
+                anyhow::Ok((at, cpu::Sample::now()))
             })
         }
     };
-    let (started, consumed_before) = first_out.await??;
-    let last = done.await??;
+    let (started, consumed_before, cpu_start) = first_out.await??;
+    let (last, cpu_end) = done.await??;
     let counted = records.saturating_sub(consumed_before);
     anyhow::ensure!(
         counted >= records / 4,
@@ -309,11 +322,41 @@ async fn timed(
         })
         .await??;
     }
-    Ok(counted as f64
-        / last
-            .saturating_duration_since(started)
-            .as_secs_f64()
-            .max(1e-6))
+    let secs = last
+        .saturating_duration_since(started)
+        .as_secs_f64()
+        .max(1e-6);
+    Ok(Timed {
+        eps: counted as f64 / secs,
+        cpu: cpu_start
+            .zip(cpu_end)
+            .map(|(a, b)| b.since(&a).per_record(counted)),
+    })
+}
+
+/// The CPU per record of the best runs, for the RESULT line: ` {name}_cpu_us=…` (this
+/// process: the service), ` {name}_machine_cpu_us=…` (the machine: the broker too) and
+/// ` {name}_busy=…` (the machine's busy fraction) for each; empty without `/proc`.
+fn cpu_fields(runs: &[(&str, Timed)]) -> String {
+    runs.iter()
+        .filter_map(|(name, run)| {
+            run.cpu.map(|c| {
+                format!(
+                    " {name}_cpu_us={:.2} {name}_machine_cpu_us={:.2} {name}_busy={:.2}",
+                    c.process_us, c.machine_us, c.busy
+                )
+            })
+        })
+        .collect()
+}
+
+/// A throughput run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    /// Records/s.
+    eps: f64,
+    /// CPU per record while the run was timed, when `/proc` could be read.
+    cpu: Option<cpu::PerRecord>,
 }
 
 /// Arguments of `loadgen bench-scorer`.
@@ -341,10 +384,10 @@ pub fn run_scorer(brokers: &str, args: &ScorerBenchArgs) -> anyhow::Result<()> {
         let input = format!("{prefix}telemetry.raw");
         let (b, i, e, r) = (brokers.to_owned(), input.clone(), args.entities, args.records);
         tokio::task::spawn_blocking(move || preload(&b, &i, e, r)).await??;
-        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records, Clock::Consumed).await?;
+        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records, Clock::Consumed).await?.eps;
         let features = format!("{prefix}features");
         let which = format!("scorer:{}", args.models_dir);
-        let scorer = throughput(brokers, &which, &format!("{prefix}s."), &prefix, &features, args.records, Clock::Consumed).await?;
+        let scorer = throughput(brokers, &which, &format!("{prefix}s."), &prefix, &features, args.records, Clock::Consumed).await?.eps;
         println!(
             "RESULT scorer-throughput records={} entities={} scorer_eps={scorer:.0} featurizer_eps={featurizer:.0} ratio={:.3}",
             args.records,
@@ -475,7 +518,8 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
             eprintln!("  plain consumer: {consume_rate:.0} records/s");
             let (relay_bytes, featurizer_bytes, pad) = output_sizes(args.entities)?;
             let sized = format!("relay-sized:{pad}");
-            let (mut relay, mut featurizer, mut relay_sized) = (0f64, 0f64, 0f64);
+            let none = Timed { eps: 0.0, cpu: None };
+            let (mut relay, mut featurizer, mut relay_sized) = (none, none, none);
             // Alternating order (relay first in even rounds, last in odd ones): the broker
             // slows as its in-memory store fills, so a fixed order would favour whichever
             // service always runs first.
@@ -485,7 +529,7 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
                     order.reverse();
                 }
                 for which in order {
-                    let rate = throughput(
+                    let run = throughput(
                         brokers,
                         which,
                         &format!("{prefix}r{round}."),
@@ -500,22 +544,27 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
                         "featurizer" => &mut featurizer,
                         _ => &mut relay_sized,
                     };
-                    *best = best.max(rate);
+                    if run.eps > best.eps {
+                        *best = run;
+                    }
                 }
             }
+            let (relay_eps, featurizer_eps, relay_sized_eps) =
+                (relay.eps, featurizer.eps, relay_sized.eps);
             eprintln!(
                 "  outputs: relay {relay_bytes} B, featurizer {featurizer_bytes} B; the sized relay pads each record by {pad} B: ratio to it {:.3}",
-                featurizer / relay_sized
+                featurizer_eps / relay_sized_eps
             );
             println!(
-                "RESULT featurizer-throughput records={} entities={} relay_eps={relay:.0} featurizer_eps={featurizer:.0} ratio={:.3} relay_sized_eps={relay_sized:.0} ratio_sized={:.3} relay_bytes={relay_bytes} featurizer_bytes={featurizer_bytes} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0} clock={}",
+                "RESULT featurizer-throughput records={} entities={} relay_eps={relay_eps:.0} featurizer_eps={featurizer_eps:.0} ratio={:.3} relay_sized_eps={relay_sized_eps:.0} ratio_sized={:.3} relay_bytes={relay_bytes} featurizer_bytes={featurizer_bytes} producer_eps={produce_rate:.0} plain_consumer_eps={consume_rate:.0} clock={}{}",
                 args.records,
                 args.entities,
-                featurizer / relay,
-                featurizer / relay_sized,
-                clap::ValueEnum::to_possible_value(&args.clock).expect("no skipped variant").get_name()
+                featurizer_eps / relay_eps,
+                featurizer_eps / relay_sized_eps,
+                clap::ValueEnum::to_possible_value(&args.clock).expect("no skipped variant").get_name(),
+                cpu_fields(&[("relay", relay), ("featurizer", featurizer), ("relay_sized", relay_sized)]),
             );
-            featurizer
+            featurizer_eps
         }
     };
 
@@ -865,7 +914,7 @@ pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Re
             preload_forecasts(&b, &f, e, r)
         })
         .await??;
-        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records, Clock::Consumed).await?;
+        let featurizer = throughput(brokers, "featurizer", &prefix, &prefix, &input, args.records, Clock::Consumed).await?.eps;
 
         let mut c = headroom_recommender::Config::load(None)?;
         c.kafka.brokers = brokers.into();
@@ -877,7 +926,7 @@ pub fn run_recommender(brokers: &str, args: &RecommenderBenchArgs) -> anyhow::Re
         c.topics.dlq = format!("{prefix}telemetry.dlq");
         let output = c.topics.output.clone();
         let handle = headroom_recommender::start(c, Shutdown::new()).await?;
-        let rate = timed(brokers, &handle, &forecasts, &output, args.records, Clock::Consumed).await?;
+        let rate = timed(brokers, &handle, &forecasts, &output, args.records, Clock::Consumed).await?.eps;
         // The state gauges are refreshed at each commit.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let entities = handle.metrics.state_entities.get().max(1);

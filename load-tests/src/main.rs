@@ -1,6 +1,7 @@
 //! `loadgen`: publish synthetic telemetry, replay a CSV trace, or benchmark the pipeline.
 
 mod bench;
+mod cpu;
 mod kafka;
 mod olap_bench;
 mod sink_bench;
