@@ -586,8 +586,8 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         )
         .await?;
         println!(
-            "RESULT broker-hop-latency load_fraction={f} rate_eps={:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
-            featurizer * f, hop.count, hop.p50, hop.p95, hop.p99, hop.max
+            "RESULT broker-hop-latency load_fraction={f} rate_eps={:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}{}",
+            featurizer * f, hop.count, hop.p50, hop.p95, hop.p99, hop.max, hop.busy_field()
         );
     }
     let mut last = None;
@@ -604,18 +604,19 @@ async fn run_async(brokers: &str, args: &BenchArgs) -> anyhow::Result<()> {
         )
         .await?;
         eprintln!(
-            "  latency at {:.0} % ({rate:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max backlog {}",
+            "  latency at {:.0} % ({rate:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max backlog {}{}",
             fraction * 100.0,
             lat.p50,
             lat.p99,
-            lat.max_backlog
+            lat.max_backlog,
+            lat.busy.map(|b| format!(", machine busy {:.0} %", b * 100.0)).unwrap_or_default()
         );
         last = Some((*fraction, rate, lat));
     }
     if let Some((fraction, rate, lat)) = last {
         println!(
-            "RESULT featurizer-latency load_fraction={fraction} rate_eps={rate:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} max_backlog={} target_p99_ms=25",
-            lat.count, lat.p50, lat.p95, lat.p99, lat.max, lat.max_backlog
+            "RESULT featurizer-latency load_fraction={fraction} rate_eps={rate:.0} records={} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} max_backlog={} target_p99_ms=25{}",
+            lat.count, lat.p50, lat.p95, lat.p99, lat.max, lat.max_backlog, lat.busy_field()
         );
     }
     Ok(())
@@ -628,6 +629,16 @@ struct Latency {
     p99: f64,
     max: f64,
     max_backlog: u64,
+    /// The machine's busy fraction while the load was offered (every process: the service, the
+    /// generator, the reader, the broker), when `/proc` could be read.
+    busy: Option<f64>,
+}
+
+impl Latency {
+    /// ` machine_busy=…` for a RESULT line, or nothing.
+    fn busy_field(&self) -> String {
+        self.busy.map(|b| format!(" machine_busy={b:.2}")).unwrap_or_default()
+    }
 }
 
 /// Where the measured records go: through the featurizer (two broker hops), or straight from
@@ -699,16 +710,23 @@ async fn latency_run(
     };
     let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prod_count = produced.clone();
-    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+    // The machine's CPU while the load is offered: from the first record due to the last.
+    let producer = std::thread::spawn(move || -> anyhow::Result<Option<cpu::Used>> {
+        let mut offered = None;
         for k in 0..total {
             let (r, i) = ((k / n) as i64, (k % n) as usize);
             let t = g.sample(i, start_ts + r * iv);
             t.encode_framed(&mut buf);
             pacer.wait(k);
+            if k == 0 {
+                offered = cpu::Sample::now();
+            }
             kafka::send(&p, &input, t.entity_id.as_bytes(), &buf)?;
             prod_count.store(k + 1, std::sync::atomic::Ordering::Relaxed);
         }
-        kafka::flush(&p)
+        let used = offered.zip(cpu::Sample::now()).map(|(a, b)| b.since(&a));
+        kafka::flush(&p)?;
+        Ok(used)
     });
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<(Histogram<u64>, u64)> {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -779,7 +797,7 @@ async fn latency_run(
         }
         Ok((h, max_backlog))
     });
-    producer
+    let used = producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     let (h, max_backlog) = consumer.await??;
@@ -795,6 +813,7 @@ async fn latency_run(
         p99: ms(0.99),
         max: h.max() as f64 / 1000.0,
         max_backlog,
+        busy: used.map(|u| u.busy),
     })
 }
 
