@@ -81,7 +81,23 @@ cleanup() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     log "stopped (the broker keeps running; scripts/stack.sh down stops it)"
 }
-trap cleanup INT TERM EXIT
+# Ctrl-C (or a TERM) stops everything and ends the script there: without the exit, the script
+# would go on after the interrupted `wait` and report the generator, stopped by the same
+# signal, as failed.
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+trap cleanup EXIT
+
+# Each service joins its group under a static member name (kafka.instance_id): if a run ended
+# without its services leaving their groups (SIGKILL, out of memory, a closed terminal), tansu
+# never expires the dead members, and services restarted without a name would wait in their
+# groups for partitions the dead ones hold. Under the same names they take them back as they join.
+# (A name set in the environment is kept.)
+for svc in FEATURIZER:featurizer SCORER:scorer RECOMMENDER:recommender SINK:sink \
+    DRIFT:drift-monitor RETRAIN:retrainer; do
+    var="HEADROOM_${svc%%:*}__KAFKA__INSTANCE_ID"
+    export "$var=${!var:-${svc#*:}-local}"
+done
 
 HEADROOM_FEATURIZER__KAFKA__BROKERS="$KAFKA_BROKERS" HEADROOM_FEATURIZER__HTTP__LISTEN="127.0.0.1:9464" \
     "$BIN/headroom-featurizer" >"$STACK_DIR/featurizer.log" 2>&1 &
