@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
     Ok(ClientConfig::new()
@@ -94,6 +94,47 @@ pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<Base
     anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
     c.assign(&tpl)?;
     Ok(c)
+}
+
+/// The newest event time (`ts_ms`) among the last `tail` records of each partition of
+/// `topic`, or `None` when it holds no decodable telemetry. Reads on past the high watermark
+/// until nothing arrives for half a second (tansu's watermarks can lag what it stored; two
+/// seconds before the first record), at most `timeout`; records that do not decode are skipped.
+pub fn newest_event_ms(brokers: &str, topic: &str, tail: i64, timeout: Duration) -> anyhow::Result<Option<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("fetch.queue.backoff.ms", headroom_runtime::kafka::FETCH_QUEUE_BACKOFF_MS)
+        .create()?;
+    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low.max(high - tail)))?;
+        }
+    }
+    anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
+    c.assign(&tpl)?;
+    let decoder = headroom_schemas::TelemetryDecoder::new();
+    let deadline = Instant::now() + timeout;
+    let (mut last_arrival, mut idle) = (Instant::now(), Duration::from_secs(2));
+    let mut newest = None;
+    while Instant::now() < deadline && last_arrival.elapsed() < idle {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                (last_arrival, idle) = (Instant::now(), Duration::from_millis(500));
+                if let Some(t) = m.payload().and_then(|p| decoder.decode(p).ok()) {
+                    newest = newest.max(Some(t.ts_ms));
+                }
+            }
+            Some(Err(e)) => anyhow::bail!("reading the end of {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(newest)
 }
 
 /// Open-loop pacing: record `k` is due at `start + k / rate`.

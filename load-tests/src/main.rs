@@ -332,8 +332,26 @@ fn generate(
     let rounds = total.div_ceil(n as u64) as i64;
     let iv = g.interval_ms();
     let now = headroom_runtime::observe::now_ms();
-    let start_ts = (now - rounds * iv) / iv * iv;
-    eprintln!("publishing {total} records of {n} entities to {topic} at {rate}/s (event time from {} rounds ago)", rounds);
+    let mut start_ts = (now - rounds * iv) / iv * iv;
+    // Event time is compressed (one sampling interval per round), so a run backdated from now
+    // would start before the end of an earlier run on the same topic, whose events the
+    // featurizer's restored state still holds: every event would be too late for its entity.
+    // The fleet's clock resumes after the newest event already there instead.
+    if let Some(newest) = kafka::newest_event_ms(brokers, topic, 64, Duration::from_secs(15))? {
+        if newest >= start_ts {
+            start_ts = (newest.div_euclid(iv) + 1) * iv;
+            let ahead_h = (start_ts + (rounds - 1) * iv - now) as f64 / 3.6e6;
+            eprintln!("{topic} already holds events up to {newest} ms: event time resumes after it");
+            if ahead_h > 0.0 {
+                eprintln!(
+                    "warning: this run's last events would be {ahead_h:.1} h ahead of now; the featurizer \
+                     dead-letters events further ahead than its validation.max_future_ms (24 h by default). \
+                     A fresh broker (scripts/stack.sh broker-down) or a shorter --duration starts a clock that ends at now"
+                );
+            }
+        }
+    }
+    eprintln!("publishing {total} records of {n} entities to {topic} at {rate}/s (event time from {} rounds ago)", (now - start_ts).div_euclid(iv));
     let p = kafka::producer(brokers)?;
     let pacer = kafka::Pacer {
         start: Instant::now(),
