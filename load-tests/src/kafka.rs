@@ -68,27 +68,37 @@ pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) -> anyhow::Result<()>
 /// latency run) reads a fresh topic and ignores every record whose entity is not one of its
 /// own, which covers the warm-up records written before it.
 pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<BaseConsumer> {
+    let fetch_wait = env_or("HEADROOM_BENCH_FETCH_WAIT_MS", "5");
+    assigned(brokers, topic, &fetch_wait, |c, p| {
+        Ok(if from_end {
+            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            Offset::Offset(high)
+        } else {
+            Offset::Beginning
+        })
+    })
+}
+
+/// A consumer of its own (no commits) assigned to every partition of `topic`, each at the
+/// offset `start` gives it.
+fn assigned(
+    brokers: &str,
+    topic: &str,
+    fetch_wait_ms: &str,
+    start: impl Fn(&BaseConsumer, i32) -> anyhow::Result<Offset>,
+) -> anyhow::Result<BaseConsumer> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("loadgen-{}", uuid::Uuid::new_v4().simple()),
-        )
+        .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4().simple()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", env_or("HEADROOM_BENCH_FETCH_WAIT_MS", "5"))
+        .set("fetch.wait.max.ms", fetch_wait_ms)
         .set("fetch.queue.backoff.ms", headroom_runtime::kafka::FETCH_QUEUE_BACKOFF_MS)
         .create()?;
     let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for t in meta.topics() {
         for p in t.partitions() {
-            let off = if from_end {
-                let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-                Offset::Offset(high)
-            } else {
-                Offset::Beginning
-            };
-            tpl.add_partition_offset(topic, p.id(), off)?;
+            tpl.add_partition_offset(topic, p.id(), start(&c, p.id())?)?;
         }
     }
     anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
@@ -101,23 +111,10 @@ pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<Base
 /// until nothing arrives for half a second (tansu's watermarks can lag what it stored; two
 /// seconds before the first record), at most `timeout`; records that do not decode are skipped.
 pub fn newest_event_ms(brokers: &str, topic: &str, tail: i64, timeout: Duration) -> anyhow::Result<Option<i64>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .set("fetch.queue.backoff.ms", headroom_runtime::kafka::FETCH_QUEUE_BACKOFF_MS)
-        .create()?;
-    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in meta.topics() {
-        for p in t.partitions() {
-            let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low.max(high - tail)))?;
-        }
-    }
-    anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
-    c.assign(&tpl)?;
+    let c = assigned(brokers, topic, "100", |c, p| {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        Ok(Offset::Offset(low.max(high - tail)))
+    })?;
     let decoder = headroom_schemas::TelemetryDecoder::new();
     let deadline = Instant::now() + timeout;
     let (mut last_arrival, mut idle) = (Instant::now(), Duration::from_secs(2));
