@@ -76,17 +76,18 @@ pub fn reader(brokers: &str, topic: &str, from_end: bool) -> anyhow::Result<Base
         } else {
             Offset::Beginning
         })
-    })
+    })?
+    .ok_or_else(|| anyhow::anyhow!("topic {topic} has no partitions"))
 }
 
 /// A consumer of its own (no commits) assigned to every partition of `topic`, each at the
-/// offset `start` gives it.
+/// offset `start` gives it; `None` when the topic has no partitions (it does not exist).
 fn assigned(
     brokers: &str,
     topic: &str,
     fetch_wait_ms: &str,
     start: impl Fn(&BaseConsumer, i32) -> anyhow::Result<Offset>,
-) -> anyhow::Result<BaseConsumer> {
+) -> anyhow::Result<Option<BaseConsumer>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4().simple()))
@@ -101,20 +102,27 @@ fn assigned(
             tpl.add_partition_offset(topic, p.id(), start(&c, p.id())?)?;
         }
     }
-    anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
+    if tpl.count() == 0 {
+        return Ok(None);
+    }
     c.assign(&tpl)?;
-    Ok(c)
+    Ok(Some(c))
 }
 
 /// The newest event time (`ts_ms`) among the last `tail` records of each partition of
-/// `topic`, or `None` when it holds no decodable telemetry. Reads on past the high watermark
-/// until nothing arrives for half a second (tansu's watermarks can lag what it stored; two
-/// seconds before the first record), at most `timeout`; records that do not decode are skipped.
+/// `topic`, or `None` when it holds no decodable telemetry or does not exist. Reads on past the
+/// high watermark until nothing arrives for half a second (tansu's watermarks can lag what it
+/// stored; two seconds before the first record), at most `timeout`; records that do not decode
+/// are skipped.
 pub fn newest_event_ms(brokers: &str, topic: &str, tail: i64, timeout: Duration) -> anyhow::Result<Option<i64>> {
-    let c = assigned(brokers, topic, "100", |c, p| {
+    let Some(c) = assigned(brokers, topic, "100", |c, p| {
         let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         Ok(Offset::Offset(low.max(high - tail)))
-    })?;
+    })?
+    else {
+        // Not created yet: nothing to resume after (the producer creates it or fails).
+        return Ok(None);
+    };
     let decoder = headroom_schemas::TelemetryDecoder::new();
     let deadline = Instant::now() + timeout;
     let (mut last_arrival, mut idle) = (Instant::now(), Duration::from_secs(2));
