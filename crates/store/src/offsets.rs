@@ -35,6 +35,33 @@ pub async fn load(
     Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }
 
+/// Deletes the stored positions of `group` given in `positions` (each with the next offset it
+/// must still hold: one another writer moved meanwhile is kept); returns those deleted. A
+/// partition without a stored position starts at the beginning of what its topic holds.
+pub async fn forget(
+    conn: &mut PgConnection,
+    group: &str,
+    positions: &[(TopicPartition, i64)],
+) -> Result<Vec<TopicPartition>, sqlx::Error> {
+    let topics: Vec<&str> = positions.iter().map(|((t, _), _)| t.as_str()).collect();
+    let parts: Vec<i32> = positions.iter().map(|((_, p), _)| *p).collect();
+    let offsets: Vec<i64> = positions.iter().map(|(_, o)| *o).collect();
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "DELETE FROM sink_offsets o
+         USING unnest($2::text[], $3::int4[], $4::int8[]) AS w(topic, partition, next)
+         WHERE o.consumer_group = $1 AND o.topic = w.topic AND o.partition = w.partition
+           AND o.next_offset = w.next
+         RETURNING o.topic, o.partition",
+    )
+    .bind(group)
+    .bind(&topics)
+    .bind(&parts)
+    .bind(&offsets)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
 /// One partition's move in a batch: from the offset the writer expects to be stored (`None`:
 /// no row yet) to the next offset after the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

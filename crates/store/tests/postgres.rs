@@ -143,6 +143,13 @@ async fn offsets_are_fenced() {
     assert_eq!(stored.len(), 1);
     // Other groups are independent.
     assert!(offsets::load(&mut a, "other", &[("t".into(), 0)]).await.expect("load").is_empty());
+    // Forgetting a position is fenced on the value it must still hold: a stale 10 is kept, the
+    // current 20 goes, and the partition then has no stored position (it starts at the beginning).
+    let tp = ("t".to_owned(), 0);
+    assert!(offsets::forget(&mut a, "g", &[(tp.clone(), 10)]).await.expect("forget").is_empty());
+    assert_eq!(offsets::load(&mut a, "g", std::slice::from_ref(&tp)).await.expect("load").get(&tp), Some(&20));
+    assert_eq!(offsets::forget(&mut a, "g", &[(tp.clone(), 20)]).await.expect("forget"), vec![tp.clone()]);
+    assert!(offsets::load(&mut a, "g", &[tp]).await.expect("load").is_empty());
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@
 pub mod anomalies;
 pub mod archive;
 mod config;
+pub mod positions;
 pub mod rows;
 pub mod writer;
 
@@ -77,6 +78,7 @@ pub struct SinkMetrics {
     pub partitions_created: IntGauge,
     pub partitions_dropped: IntCounterVec,
     pub offset_gaps: IntCounterVec,
+    pub offset_resets: IntCounterVec,
     pub archive_hours: IntCounter,
     pub archive_rows: IntCounter,
     pub archive_errors: IntCounter,
@@ -131,6 +133,7 @@ impl SinkMetrics {
             archive_pending: gauge("sink_archive_pending", "Hours with raw rows not yet cut into the Parquet archive.")?,
             baseline_entities: gauge("sink_anomaly_baseline_entities", "Entities whose last day of hourly CPU moments the writer keeps for scoring anomalies (about 1 KB each).")?,
             offset_gaps: counter("sink_offset_gaps_total", "Jumps over offsets that were never delivered (normal on the compacted models topic only), by topic.", &["topic"])?,
+            offset_resets: counter("sink_offset_resets_total", "Stored positions past the end of their partition's log (a topic created again, a broker whose data was reset), forgotten so that the partition starts at its beginning, by topic.", &["topic"])?,
         };
         // Every series of a bounded label set starts at zero, so rate() and increase() see the
         // first event (and dashboards show a flat line instead of no data).
@@ -191,6 +194,8 @@ struct SinkCtx {
     sink_metrics: SinkMetrics,
     /// Bumped at every rebalance: the writer's anomaly baselines are valid within one.
     ownership: Arc<AtomicU64>,
+    /// The client configuration (brokers, security) the stored positions are checked with.
+    probe: rdkafka::ClientConfig,
 }
 
 impl ClientContext for SinkCtx {
@@ -228,6 +233,45 @@ impl SinkCtx {
             }
         }
     }
+
+    /// Forgets the stored positions past the end of their partition's log (`positions`), so
+    /// that those partitions start at their beginning. A position that cannot be checked, or
+    /// that another instance moved meanwhile, is kept.
+    fn forget_lost(&self, stored: &mut HashMap<TopicPartition, i64>) {
+        let lost = match positions::lost_positions(&self.probe, stored, positions::PROBE_TIMEOUT) {
+            Ok(l) if l.is_empty() => return,
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot check the stored positions against the broker; they are used unchecked");
+                return;
+            }
+        };
+        let keys: Vec<(TopicPartition, i64)> = lost.iter().map(|l| ((l.topic.clone(), l.partition), l.stored)).collect();
+        let res = self.runtime.block_on(async {
+            let mut c = headroom_store::connect(&self.url, self.connect_timeout).await?;
+            let r = headroom_store::offsets::forget(&mut c, &self.group, &keys).await;
+            let _ = sqlx::Connection::close(c).await;
+            r.map_err(anyhow::Error::from)
+        });
+        let forgotten = match res {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot forget the stored positions the broker no longer holds; they are used as stored");
+                return;
+            }
+        };
+        for l in &lost {
+            let key = (l.topic.clone(), l.partition);
+            if forgotten.contains(&key) {
+                stored.remove(&key);
+                self.sink_metrics.offset_resets.with_label_values(&[l.topic.as_str()]).inc();
+                tracing::warn!(
+                    topic = %l.topic, partition = l.partition, stored = l.stored, high_watermark = l.high,
+                    "the stored position is past the end of the partition (the topic was created again or the broker's data was reset): starting from its beginning"
+                );
+            }
+        }
+    }
 }
 
 impl ConsumerContext for SinkCtx {
@@ -240,9 +284,10 @@ impl ConsumerContext for SinkCtx {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                let Some(stored) = self.stored_offsets(&parts) else {
+                let Some(mut stored) = self.stored_offsets(&parts) else {
                     return;
                 };
+                self.forget_lost(&mut stored);
                 let mut assigned = Vec::with_capacity(parts.len());
                 for (t, p) in parts {
                     let s = stored.get(&(t.clone(), p)).copied();
@@ -446,6 +491,7 @@ fn run(
         events: Mutex::new(Vec::new()),
         metrics: metrics.clone(),
         sink_metrics: sm.clone(),
+        probe: headroom_runtime::kafka::client_config(&config.kafka),
     };
     // The services' consumer defaults (fetch wait, fetch queue backoff, statistics for the lag
     // gauge), then the sink's own: a stored offset the topic no longer retains restarts at the

@@ -614,6 +614,102 @@ async fn a_second_instance_joining_and_leaving_changes_nothing() {
     assert_exact(&e.pg, &good).await;
 }
 
+/// The sum of a counter's series for `topic` in a metrics text (0 when it has none).
+fn counter_for_topic(metrics: &str, name: &str, topic: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("topic=\"{topic}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_past_the_end_of_a_reset_topic_start_it_again_and_valid_ones_are_kept() {
+    let e = env(&headroom_testkit::pg_url(), true).await;
+    let offsets = unique("sink");
+    // Positions an earlier incarnation of the topic left in PostgreSQL (a broker whose data was
+    // reset, a topic created again): far past the end of the new log, which starts at 0.
+    {
+        let mut c = PgConnection::connect(&e.pg).await.expect("connect");
+        for p in 0..6 {
+            sqlx::query("INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)")
+                .bind(&offsets)
+                .bind(&e.topics.telemetry)
+                .bind(p)
+                .bind(50_000_i64 + i64::from(p))
+                .execute(&mut c)
+                .await
+                .expect("stale position");
+        }
+    }
+    let all = fleet(20, 100); // 2,000 samples, in time order
+    let (first, second) = all.split_at(1_000);
+    produce(&e.brokers, &e.topics.telemetry, &first.iter().map(framed).collect::<Vec<_>>());
+    let start = |offsets: &str| {
+        let mut c = config(&e, &unique("g"));
+        c.postgres.offsets_group = offsets.to_owned();
+        headroom_sink::start(c, Shutdown::new())
+    };
+    let a = start(&offsets).await.expect("start");
+    let n = wait_for(&e.pg, "SELECT count(*) FROM telemetry_raw", first.len() as i64, Duration::from_secs(90)).await;
+    let metrics = a.metrics.render();
+    a.stop().await.expect("stop");
+    // Before: every record below the stale positions was taken for one already stored (none
+    // landed while the new log was shorter; the first 50,000 would have been skipped after).
+    assert_eq!(n, first.len() as i64, "every record of the new log landed");
+    assert_eq!(counter_for_topic(&metrics, "headroom_sink_offset_resets_total", &e.topics.telemetry), 6.0, "the six stale positions were forgotten");
+    assert_exact(&e.pg, first).await;
+    let stored = scalar_i64(&e.pg, &format!("SELECT sum(next_offset)::int8 FROM sink_offsets WHERE topic = '{}'", e.topics.telemetry)).await;
+    assert_eq!(stored, first.len() as i64, "the positions are the new log's");
+
+    // A restart resumes from the stored positions, which are valid: on tansu they can be past
+    // the high watermark it reports (it lags a partition's last batch), and are kept then too.
+    produce(&e.brokers, &e.topics.telemetry, &second.iter().map(framed).collect::<Vec<_>>());
+    let b = start(&offsets).await.expect("restart");
+    let n = wait_for(&e.pg, "SELECT count(*) FROM telemetry_raw", all.len() as i64, Duration::from_secs(90)).await;
+    let metrics = b.metrics.render();
+    b.stop().await.expect("stop");
+    assert_eq!(counter_for_topic(&metrics, "headroom_sink_offset_resets_total", &e.topics.telemetry), 0.0, "valid positions kept");
+    assert_eq!(n, all.len() as i64);
+    assert_exact(&e.pg, &all).await;
+}
+
+#[test]
+fn a_position_at_the_end_of_a_log_is_held_and_one_past_it_is_lost() {
+    use headroom_testkit::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let brokers = brokers();
+    let prefix = format!("{}.", unique("positions"));
+    tokio::runtime::Runtime::new().expect("runtime").block_on(create_topics(&brokers, &prefix));
+    let topic = format!("{prefix}telemetry.raw");
+    // Partition 0: 500 records in a few batches, then nothing more.
+    let producer: BaseProducer = headroom_testkit::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let recs: Vec<Rec> = fleet(5, 100).iter().map(framed).collect();
+    for r in &recs {
+        producer.send(BaseRecord::<(), _>::to(&topic).partition(0).payload(&r.payload)).expect("send");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let end = recs.len() as i64;
+    let mut cc = headroom_testkit::rdkafka::ClientConfig::new();
+    cc.set("bootstrap.servers", &brokers);
+    let check = |s: i64| {
+        let stored = HashMap::from([((topic.clone(), 0), s)]);
+        headroom_sink::positions::lost_positions(&cc, &stored, headroom_sink::positions::PROBE_TIMEOUT).expect("check")
+    };
+    // The end itself and inside the log: held (tansu may report a watermark below the end; the
+    // record before the position is read then).
+    assert_eq!(check(end), vec![]);
+    assert_eq!(check(1), vec![]);
+    let lost = check(end + 1_000);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].stored, lost[0].partition), (end + 1_000, 0));
+    assert!(lost[0].high <= end, "{lost:?}");
+}
+
 /// Per hour, the rows the archive must hold: (count, sum of CPU).
 fn per_hour(rows: &[(i64, Option<f64>)]) -> std::collections::BTreeMap<i64, (usize, f64)> {
     let mut m = std::collections::BTreeMap::new();
