@@ -276,5 +276,14 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
         }
     });
     health.set_ready(false);
+    // What was consumed needs no replay unless it waits for a run: alerts of a pending trigger
+    // stay uncommitted and trigger it again after a restart.
+    let waiting = pending.as_ref().map_or(0, |(_, t)| t.alert_ids.len());
+    if pending.is_none() {
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit skipped");
+        }
+    }
+    tracing::info!(service = "retrainer", alerts_waiting = waiting, "stopped cleanly");
     Ok(())
 }
