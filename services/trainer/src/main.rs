@@ -301,7 +301,10 @@ fn main() -> anyhow::Result<()> {
                     headroom_store::registry::register_dir(&pool, &models_dir.join(&version)).await?;
                     headroom_store::registry::promote(&pool, &version, "promoted by headroom-train").await
                 })?;
-                eprintln!("registry: {version} serving, {} retired", previous.as_deref().unwrap_or("none"));
+                match previous.as_deref() {
+                    Some(p) if p == version => eprintln!("registry: {version} already serving"),
+                    p => eprintln!("registry: {version} serving, {} retired", p.unwrap_or("none")),
+                }
             }
             let reg = artifact::Registry::promote(&models_dir, &version)?;
             eprintln!("serving: {:?}", reg.serving);
