@@ -29,6 +29,8 @@ fn the_main_job_refuses_bad_arguments_before_setting_anything_up() {
         (&["--entities", "1e5"][..], "--entities must be a whole number".to_owned()),
         (&["--replicas", "2"][..], "unknown argument --replicas".to_owned()),
         (&["--rate", "100", "--duration"][..], "--duration needs a value".to_owned()),
+        // 259,200,000,000 records: no machine's memory holds them in the in-memory broker.
+        (&["--rate", "100000", "--duration", "30d"][..], "the in-memory broker would need about".to_owned()),
     ] {
         let (ok, stderr) = run_sh(&cwd, args);
         assert!(!ok, "{args:?} was accepted");
