@@ -153,6 +153,8 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
     let known = move |v: &str| root.join(v).join(headroom_forecast::artifact::MANIFEST).exists();
     let retrainer = &retrainer;
     let stop = || shutdown.is_triggered();
+    // Set when a run is stopped by the shutdown: its alerts must run again after a restart.
+    let mut stopped_run_alerts: Option<usize> = None;
     tracing::info!(topic = %cfg.topics.alerts, "waiting for drift alerts");
     std::thread::scope(|s| {
         // The run in progress, on its own thread: this loop keeps polling meanwhile (the group
@@ -217,6 +219,7 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
                     Outcome::Stopped => {
                         // Nothing committed: the alerts that led to this run trigger it again
                         // after a restart.
+                        stopped_run_alerts = Some(r.trigger.alert_ids.len());
                         tracing::info!("the retrain run was stopped; its alerts stay uncommitted");
                     }
                     outcome => {
@@ -276,10 +279,11 @@ fn serve(cfg: Config, rt: tokio::runtime::Handle, m: RetrainMetrics, lag: LagCtx
         }
     });
     health.set_ready(false);
-    // What was consumed needs no replay unless it waits for a run: alerts of a pending trigger
-    // stay uncommitted and trigger it again after a restart.
-    let waiting = pending.as_ref().map_or(0, |(_, t)| t.alert_ids.len());
-    if pending.is_none() {
+    // What was consumed needs no replay unless it waits for a run: the alerts of a pending
+    // trigger, or of a run the shutdown stopped, stay uncommitted and trigger it again after a
+    // restart.
+    let waiting = pending.as_ref().map_or(0, |(_, t)| t.alert_ids.len()) + stopped_run_alerts.unwrap_or(0);
+    if pending.is_none() && stopped_run_alerts.is_none() {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit skipped");
         }
