@@ -50,7 +50,8 @@ done
 # The local broker keeps every record of every topic in memory (tansu's memory engine deletes
 # nothing): measured 5.6-6.3 KB of broker memory per telemetry record once the whole pipeline has
 # written its features, forecasts, recommendations and drift state (2026-12-08: 7.5 GB after
-# 1,344,009 records). A generated run that would not fit is refused before anything starts.
+# 1,344,009 records). A run (generated, or a replay with --duration) that would not fit is
+# refused before anything starts.
 duration_secs() {
     local rest=$1 total=0 n unit
     while [[ "$rest" =~ ^([0-9]+)([a-z]+)(.*)$ ]]; do
@@ -64,12 +65,16 @@ duration_secs() {
     done
     echo "$total"
 }
-if [ -z "$TRACE" ] && [ "${HEADROOM_BROKER_STORAGE:-memory}" = memory ] && [ -r /proc/meminfo ]; then
+if [ -n "$TRACE" ] && [ -z "$DURATION_GIVEN" ] && [ "${HEADROOM_BROKER_STORAGE:-memory}" = memory ]; then
+    # A replay's length is the trace's: the whole Bitbrains month (500 VMs, about 3.8 million
+    # samples) would need over 20 GB.
+    log "note: the replay runs to the trace's end and the in-memory broker holds about 6 KB per sample; --max-vms or --duration bound it"
+elif [ "${HEADROOM_BROKER_STORAGE:-memory}" = memory ] && [ -r /proc/meminfo ]; then
     records=$(awk -v r="$RATE" -v s="$(duration_secs "$DURATION")" 'BEGIN { printf "%.0f", r * s }')
     need_mb=$((records * 6 / 1000))
     avail_mb=$(awk '/^MemAvailable:/ { printf "%d", $2 / 1024 }' /proc/meminfo)
     if [ "$need_mb" -gt $((avail_mb * 9 / 10)) ]; then
-        die "--rate $RATE for --duration $DURATION publishes $records records; the in-memory broker would need about $((need_mb / 1024)) GB for them and their outputs, and this machine has $((avail_mb / 1024)) GB available. Lower --rate or --duration (the services keep running after the generator ends), or restart the broker empty first (scripts/stack.sh broker-down)."
+        die "--rate $RATE for --duration $DURATION publishes up to $records records; the in-memory broker would need about $((need_mb / 1024)) GB for them and their outputs, and this machine has $((avail_mb / 1024)) GB available. Lower --rate or --duration (the services keep running after the generator ends), or restart the broker empty first (scripts/stack.sh broker-down)."
     elif [ "$need_mb" -gt $((avail_mb / 2)) ]; then
         log "note: this run will hold about $((need_mb / 1024)) GB in the in-memory broker ($((avail_mb / 1024)) GB available)"
     fi

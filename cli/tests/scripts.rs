@@ -42,6 +42,10 @@ fn the_main_job_refuses_bad_arguments_before_setting_anything_up() {
     std::fs::write(cwd.join("trace.csv"), "ts,vm,cpu\n").expect("trace");
     let (_, stderr) = run_sh(&cwd, &["--trace", "trace.csv", "--rate", "x"]);
     assert!(stderr.contains("--rate must be a number"), "the trace path was refused:\n{stderr}");
+    // A replay bounded by --duration is held to the same memory bound as a generated run.
+    let (ok, stderr) = run_sh(&cwd, &["--trace", "trace.csv", "--rate", "100000", "--duration", "30d"]);
+    assert!(!ok && stderr.contains("the in-memory broker would need about"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "more than the error:\n{stderr}");
     let _ = std::fs::remove_dir_all(&cwd);
 }
 
