@@ -65,7 +65,7 @@ duration_secs() {
     done
     echo "$total"
 }
-if [ -n "$TRACE" ] && [ -z "$DURATION_GIVEN" ] && [ "${HEADROOM_BROKER_STORAGE:-memory}" = memory ]; then
+if [ -n "$TRACE" ] && [ -z "$DURATION_GIVEN" ] && [ -z "$MAX_VMS" ] && [ "${HEADROOM_BROKER_STORAGE:-memory}" = memory ]; then
     # A replay's length is the trace's: the whole Bitbrains month (500 VMs, about 3.8 million
     # samples) would need over 20 GB.
     log "note: the replay runs to the trace's end and the in-memory broker holds about 6 KB per sample; --max-vms or --duration bound it"
