@@ -73,8 +73,9 @@ fn generator(entities: u32, seed: Option<u64>) -> Generator {
 }
 
 /// Entity count, sampling interval and a start time (on the interval grid) early enough that
-/// `records` samples, one per entity per interval, end before now.
-fn backdated(g: &Generator, records: u64) -> (u64, i64, i64) {
+/// `records` samples, one per entity per interval, end before now (`loadgen generate` starts a
+/// fleet's clock there too).
+pub(crate) fn backdated(g: &Generator, records: u64) -> (u64, i64, i64) {
     let n = g.entity_count() as u64;
     let iv = g.interval_ms();
     let rounds = records.div_ceil(n) as i64;

@@ -330,9 +330,8 @@ fn generate(
         1_000_000
     };
     let rounds = total.div_ceil(n as u64) as i64;
-    let iv = g.interval_ms();
+    let (_, iv, mut start_ts) = bench::backdated(&g, total);
     let now = headroom_runtime::observe::now_ms();
-    let mut start_ts = (now - rounds * iv) / iv * iv;
     // Event time is compressed (one sampling interval per round), so a run backdated from now
     // would start before the end of an earlier run on the same topic, whose events the
     // featurizer's restored state still holds: every event would be too late for its entity.
